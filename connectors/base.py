@@ -1,0 +1,134 @@
+"""The connector contract.
+
+A connector serves one system. It never touches Kafka, offsets or the job store: it receives a
+``Subject``, does the work against its system, and returns a typed result or raises one of the
+errors of ``worker.errors``.
+
+Contract, for every method:
+
+* It may block on network or database I/O. The orchestrator calls it from a worker thread and
+  never holds a store transaction open across the call. It must time out by itself (a bounded
+  timeout on every remote call).
+* It is idempotent: calling it again with the same subject after a crash, a retry or a
+  redelivery does no harm and never double-applies an effect. A second erasure of a subject that
+  is gone confirms as ``not_found`` (or ``requested`` where the vendor cannot tell).
+* It raises only ``RetryableError`` (optionally with ``retry_after``), ``PermanentError`` or
+  ``NeedsPersonError``. Any other exception is treated as retryable by the orchestrator, but is a
+  bug in the connector.
+* No personal data in exception messages, ``Result.detail`` or ``vendor_ref``: name the
+  system, the status code and what happened, never the email, phone or identifier.
+* ``erase``/``export`` may return ``Pending`` when a vendor accepted an async job; the orchestrator
+  then calls ``poll`` with the ``vendor_ref`` after ``poll_after`` seconds, until it returns a
+  ``Result``.
+
+``create(system_id, settings, context)`` in each connector module builds the connector from its
+section of the config; ``close`` releases its pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
+
+OutcomeName = Literal[
+    "erased", "anonymized", "not_found", "retained", "requested", "exported", "not_supported",
+]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whom a request is about. Holds personal data: never log it, never put it in an error."""
+
+    request_id: str
+    subject_ref: str
+    customer_id: str
+    emails: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()
+    identifiers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def ids(self, kind: str) -> tuple[str, ...]:
+        return self.identifiers.get(kind, ())
+
+    def __repr__(self) -> str:  # keeps personal data out of tracebacks and debug output
+        return f"Subject(request_id={self.request_id!r}, subject_ref={self.subject_ref!r})"
+
+
+@dataclass(frozen=True)
+class Retained:
+    """Data kept under a legal exception, reported in the receipt with its basis and end date."""
+
+    category: str
+    legal_basis: str
+    until: date
+
+
+@dataclass(frozen=True)
+class Result:
+    """A confirmation. ``records`` counts what an export wrote; ``detail`` is a PII-free reason."""
+
+    outcome: OutcomeName
+    retained: tuple[Retained, ...] = ()
+    vendor_ref: str | None = None
+    expected_by: datetime | None = None
+    records: int = 0
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An async vendor job was accepted; poll it with ``vendor_ref`` after ``poll_after`` seconds."""
+
+    vendor_ref: str
+    poll_after: float = 30.0
+
+
+CallResult = Result | Pending
+
+
+class ExportWriter(Protocol):
+    """Where a connector puts what it exports for one request. Each name is a file in the package.
+
+    Files are staged as they are written, so a connector can stream large objects without holding
+    them in memory.
+    """
+
+    def write_json(self, name: str, data: Any) -> None: ...
+
+    def write_rows(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """A flat table: written as ``name.json`` and ``name.csv``."""
+        ...
+
+    def write_stream(self, name: str, stream: BinaryIO, *, content_type: str = "application/octet-stream") -> None: ...
+
+
+class IdentityLookup(Protocol):
+    """Finds a subject's identifiers that a command did not carry, for example stored GA client ids."""
+
+    def identifiers(self, subject: Subject, kind: str) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class ConnectorContext:
+    """What the orchestrator lends every connector. ``now`` is injectable so tests control time."""
+
+    now: Callable[[], datetime]
+    identity: IdentityLookup | None = None
+
+
+@runtime_checkable
+class Connector(Protocol):
+    system: str
+
+    def erase(self, subject: Subject) -> CallResult: ...
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult: ...
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult: ...
+
+    def close(self) -> None: ...
+
+
+class ConnectorFactory(Protocol):
+    def __call__(self, system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector: ...

@@ -1,0 +1,71 @@
+"""The error tree, named for what the caller does next.
+
+Messages and fields never carry personal data: only system ids, request ids, status codes and
+stable error codes. Connectors raise only ``RetryableError``, ``PermanentError`` and
+``NeedsPersonError``; intake raises ``InvalidCommand``.
+"""
+
+from __future__ import annotations
+
+
+class OubliError(Exception):
+    """Base of every error oubli raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConnectorError(OubliError):
+    """A connector call did not confirm."""
+
+
+class RetryableError(ConnectorError):
+    """Try again later: timeouts, 5xx, 429, a database that is restarting.
+
+    ``retry_after`` (seconds) is the earliest retry the remote side asked for, if it said.
+    """
+
+    code = "retryable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentError(ConnectorError):
+    """Retrying cannot help (4xx other than 429, a bad configuration): the system fails at once."""
+
+    code = "permanent"
+
+
+class NeedsPersonError(ConnectorError):
+    """Only an operator can settle this, for example an ambiguous match or a vendor case to file."""
+
+    code = "needs_person"
+
+
+class QuotaDeferred(RetryableError):
+    """A daily quota is spent: retry when the next window opens (``retry_after`` says when)."""
+
+    code = "quota_deferred"
+
+
+class InvalidCommand(OubliError):
+    """A command that cannot be accepted. It goes to the DLQ with ``code`` as its stable error code."""
+
+    code = "invalid_command"
+
+    def __init__(self, code: str, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.request_id = request_id
+
+
+class ConfigError(OubliError):
+    """The configuration is unusable; the worker refuses to start."""
+
+    code = "config_error"
