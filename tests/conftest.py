@@ -1,0 +1,49 @@
+"""Factory fixtures: a fresh PostgreSQL schema, S3 bucket and Kafka topics for each test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+import pytest
+import sqlalchemy as sa
+
+from tests import services
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL whose connections see only a brand-new schema, dropped afterwards."""
+    base = services.require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base else "?"
+    yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def s3_client() -> Any:
+    endpoint = services.require_s3()
+    return boto3.client("s3", endpoint_url=endpoint, **services.S3_CREDENTIALS)
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any) -> str:
+    """A fresh, versioned bucket."""
+    name = f"t-{uuid.uuid4().hex[:16]}"
+    s3_client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3_client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+@pytest.fixture
+def kafka_bootstrap() -> str:
+    return services.require_kafka()
