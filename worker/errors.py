@@ -49,8 +49,17 @@ class NeedsPersonError(ConnectorError):
     code = "needs_person"
 
 
+class Throttled(RetryableError):
+    """Our own rate limiter said not yet. Not a failure: it does not count as an attempt."""
+
+    code = "throttled"
+
+
 class QuotaDeferred(RetryableError):
-    """A daily quota is spent: retry when the next window opens (``retry_after`` says when)."""
+    """A daily quota is spent: retry when the next window opens (``retry_after`` says when).
+
+    Like ``Throttled`` it does not count as an attempt; the request's status shows the deferral.
+    """
 
     code = "quota_deferred"
 
