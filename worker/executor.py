@@ -1,0 +1,165 @@
+"""The fan-out executor: runs due system tasks concurrently, driven entirely from the store.
+
+``tick`` is called from the main loop and never blocks on a connector: calls run in a thread
+pool, bounded per system (``concurrency``) and overall (``max_in_flight``). Results are written
+back on the next tick. Backoff is a due time in the store, so no thread ever sleeps waiting to
+retry and a restarted worker picks up exactly where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from connectors.base import Connector, ExportWriter, Pending, Result
+from worker import failpoints, states
+from worker.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
+from worker.receipts import PACKAGE_TASK
+from worker.store.repository import ClaimedTask, Store, TaskUpdate
+from worker.timefmt import iso
+
+log = structlog.get_logger("oubli.executor")
+
+
+class ExportPackager(Protocol):
+    def writer(self, request_id: str, system: str) -> ExportWriter: ...
+
+    def build_package(self, request_id: str, records: Mapping[str, int], now: datetime) -> Any: ...
+
+
+Outcome = tuple[states.Event, TaskUpdate]
+
+
+class Executor:
+    def __init__(
+        self, store: Store, connectors: Mapping[str, Connector], *, concurrency: Mapping[str, int],
+        max_in_flight: int, lease_seconds: float, clock: Callable[[], datetime],
+        exports: ExportPackager | None = None, crash: failpoints.Failpoints | None = None,
+        on_outcome: Callable[[ClaimedTask, states.Event, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.connectors = dict(connectors)
+        self.limits = {**concurrency, PACKAGE_TASK: max(2, max_in_flight // 8)}
+        self.max_in_flight = max_in_flight
+        self.lease = timedelta(seconds=lease_seconds)
+        self.clock = clock
+        self.exports = exports
+        self.crash = crash or failpoints.Failpoints(frozenset())
+        self.on_outcome = on_outcome
+        self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="oubli-call")
+        self.in_flight: dict[Future[Outcome], tuple[ClaimedTask, datetime]] = {}
+        self.last_renewal = clock()
+
+    # --- the loop's entry points ----------------------------------------------------------
+
+    def tick(self, *, accept_new: bool = True) -> int:
+        """Records finished calls, renews leases, then starts due tasks. Returns calls started."""
+        now = self.clock()
+        self._harvest(now)
+        if now - self.last_renewal > self.lease / 3 and self.in_flight:
+            self.store.renew_leases([task for task, _ in self.in_flight.values()], now + self.lease)
+            self.last_renewal = now
+        return self._launch(now) if accept_new else 0
+
+    def busy(self) -> int:
+        return len(self.in_flight)
+
+    def shutdown(self) -> None:
+        """Called after draining: anything still running keeps its lease and is redone elsewhere."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _launch(self, now: datetime) -> int:
+        room = self.max_in_flight - len(self.in_flight)
+        if room <= 0:
+            return 0
+        running: dict[str, int] = {}
+        for task, _ in self.in_flight.values():
+            running[task.system] = running.get(task.system, 0) + 1
+        free = {system: min(room, limit - running.get(system, 0)) for system, limit in self.limits.items()}
+        claimed = self.store.claim_due(now=now, lease_until=now + self.lease, free_slots=free)
+        for task in claimed[:room]:
+            self.in_flight[self.pool.submit(self._call, task)] = (task, now)
+        return len(claimed)
+
+    def _harvest(self, now: datetime) -> None:
+        for future in [f for f in self.in_flight if f.done()]:
+            task, started = self.in_flight.pop(future)
+            event, update = future.result()
+            recorded = self.store.finish(task, event, update, now)
+            if self.on_outcome is not None:
+                self.on_outcome(task, event, (now - started).total_seconds())
+            log.info("system_call_finished", request_id=task.request_id, system=task.system,
+                     attempt=task.attempt, event=type(event).__name__, recorded=recorded,
+                     **_event_fields(event))
+
+    def _call(self, task: ClaimedTask) -> Outcome:
+        """Runs in a pool thread. Never raises: every failure becomes a ``Fail`` event."""
+        self.crash.hit(failpoints.AFTER_CLAIM)
+        try:
+            outcome = self._dispatch(task)
+        except (Throttled, QuotaDeferred) as exc:
+            outcome = states.Fail(exc.code, exc.message, retryable=True, retry_after=exc.retry_after,
+                                  counts_as_attempt=False), TaskUpdate(detail=exc.message)
+        except RetryableError as exc:
+            outcome = states.Fail(exc.code, exc.message, retryable=True, retry_after=exc.retry_after), TaskUpdate()
+        except (PermanentError, NeedsPersonError) as exc:
+            outcome = states.Fail(exc.code, exc.message, retryable=False), TaskUpdate()
+        except Exception as exc:  # noqa: BLE001 - a connector bug must not kill the worker
+            # The message of an arbitrary exception may quote personal data: keep only its type.
+            outcome = states.Fail("unexpected_error", f"{task.system} raised {type(exc).__name__}",
+                                  retryable=True), TaskUpdate()
+            log.error("connector_bug", request_id=task.request_id, system=task.system, error_type=type(exc).__name__)
+        self.crash.hit(failpoints.AFTER_CONNECTOR)
+        return outcome
+
+    def _dispatch(self, task: ClaimedTask) -> Outcome:
+        if task.system == PACKAGE_TASK:
+            return self._package(task)
+        connector = self.connectors.get(task.system)
+        if connector is None:
+            raise PermanentError(f"system {task.system} is not configured on this worker", code="not_configured")
+        if task.polling and task.vendor_ref:
+            result = connector.poll(task.subject, task.vendor_ref)
+        elif task.kind == "erasure":
+            result = connector.erase(task.subject)
+        else:
+            if self.exports is None:
+                raise PermanentError("exports are not configured on this worker", code="not_configured")
+            result = connector.export(task.subject, self.exports.writer(task.request_id, task.system))
+        if isinstance(result, Pending):
+            return states.AwaitVendor(result.vendor_ref, result.poll_after), TaskUpdate()
+        return _confirmation(result)
+
+    def _package(self, task: ClaimedTask) -> Outcome:
+        if self.exports is None:
+            raise PermanentError("exports are not configured on this worker", code="not_configured")
+        _, task_rows, _ = self.store.get(task.request_id)
+        records = {row["system"]: row["records"] for row in task_rows if row["system"] != PACKAGE_TASK}
+        info = self.exports.build_package(task.request_id, records, self.clock())
+        export = {
+            "url": info.url, "expires_at": iso(info.expires_at), "sha256": info.sha256,
+            "size_bytes": info.size_bytes, "object_key": info.object_key,
+        }
+        return states.Confirm("exported"), TaskUpdate(export=export, records=sum(records.values()))
+
+
+def _confirmation(result: Result) -> Outcome:
+    update = TaskUpdate(
+        retained=[{"category": r.category, "legal_basis": r.legal_basis, "until": r.until.isoformat()}
+                  for r in result.retained],
+        expected_by=result.expected_by, detail=result.detail, records=result.records,
+    )
+    return states.Confirm(result.outcome, result.vendor_ref), update
+
+
+def _event_fields(event: states.Event) -> dict[str, Any]:
+    fields = dataclasses.asdict(event)
+    fields.pop("message", None)  # already PII-free, but the code is what dashboards group by
+    return fields

@@ -1,0 +1,104 @@
+"""Kafka client settings and helpers, in one place so every client agrees on them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from worker.config import KafkaSettings
+
+COMMAND_PARTITIONS = 6
+
+
+def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    return {
+        **kafka.client,
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        # Java clients hash keys with murmur2; librdkafka's default is CRC32. They must agree.
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+    }
+
+
+def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    return {
+        **kafka.client,
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "group.id": kafka.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "isolation.level": "read_committed",
+    }
+
+
+def admin(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient({**kafka.client, "bootstrap.servers": kafka.bootstrap_servers})
+
+
+def ensure_topics(kafka: KafkaSettings, *, partitions: int = COMMAND_PARTITIONS, replication: int = 1) -> list[str]:
+    """Creates the three SPEC topics if missing; returns the names it created."""
+    topics = kafka.topics
+    wanted = {
+        topics.commands: NewTopic(topics.commands, partitions, replication),
+        topics.receipts: NewTopic(topics.receipts, partitions, replication,
+                                  config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}),
+        topics.dlq: NewTopic(topics.dlq, partitions, replication, config={"retention.ms": str(30 * 86400 * 1000)}),
+    }
+    client = admin(kafka)
+    existing = set(client.list_topics(timeout=10).topics)
+    missing = [topic for name, topic in wanted.items() if name not in existing]
+    if not missing:
+        return []
+    created = []
+    for name, future in client.create_topics(missing, operation_timeout=15).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``), as a signed 32-bit int."""
+    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
+    length = len(data)
+    h = (seed ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    tail = length % 4
+    base = length - tail
+    if tail == 3:
+        h ^= data[base + 2] << 16
+    if tail >= 2:
+        h ^= data[base + 1] << 8
+    if tail >= 1:
+        h ^= data[base]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Java's default partitioner (and librdkafka's murmur2_random) picks for a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def headers_dict(headers: list[tuple[str, bytes | None]] | None) -> Mapping[str, bytes | None]:
+    return dict(headers or [])

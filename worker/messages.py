@@ -1,0 +1,167 @@
+"""Commands in: bytes to a validated, typed ``Command``, or an ``InvalidCommand`` with a stable code.
+
+Validation order matters for what the sender is told: size, then JSON, then the request id (so
+that a rejection can be receipted), then schema version, signature, schema and systems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+import jsonschema
+
+import schemas
+from connectors.base import Subject
+from worker import timefmt
+from worker.errors import InvalidCommand
+
+MAX_COMMAND_BYTES = 64 * 1024
+SIGNATURE_HEADER = "x-oubli-signature"
+
+
+@dataclass(frozen=True)
+class Command:
+    request_id: str
+    kind: str
+    customer_id: str
+    emails: tuple[str, ...]
+    phones: tuple[str, ...]
+    identifiers: Mapping[str, tuple[str, ...]]
+    requested_at: datetime
+    requested_by: str
+    due_at: datetime
+    systems: tuple[str, ...] | None
+    reason: str | None
+    body: Mapping[str, Any] = field(repr=False)
+
+    def __repr__(self) -> str:  # no personal data in tracebacks
+        return f"Command(request_id={self.request_id!r}, kind={self.kind!r})"
+
+    def subject(self, subject_ref: str) -> Subject:
+        return Subject(
+            request_id=self.request_id, subject_ref=subject_ref, customer_id=self.customer_id,
+            emails=self.emails, phones=self.phones, identifiers=dict(self.identifiers),
+        )
+
+
+@cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = schemas.load(name)
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator: jsonschema.protocols.Validator = validator_class(
+        schema, format_checker=validator_class.FORMAT_CHECKER,
+    )
+    return validator
+
+
+def schema_errors(name: str, document: Any) -> list[str]:
+    """Where ``document`` breaks the schema, as JSON paths and validator names: never the values."""
+    return sorted(
+        f"{error.json_path}: {error.validator} violated"
+        for error in _validator(name).iter_errors(document)
+    )
+
+
+def keyed_digest(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def subject_ref(key: bytes, customer_id: str) -> str:
+    return "hmac-sha256:" + keyed_digest(key, customer_id)
+
+
+def body_digest(key: bytes, body: Mapping[str, Any]) -> str:
+    """Identifies a command's content for duplicate detection without keeping the content."""
+    return keyed_digest(key, json.dumps(body, sort_keys=True, separators=(",", ":")))
+
+
+def verify_signature(value: bytes, signature: bytes | str | None, secret: bytes) -> bool:
+    if signature is None:
+        return False
+    given = signature.decode("ascii", "replace") if isinstance(signature, bytes) else signature
+    expected = hmac.new(secret, value, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, given.strip().removeprefix("sha256="))
+
+
+def sign(value: bytes, secret: bytes) -> str:
+    return hmac.new(secret, value, hashlib.sha256).hexdigest()
+
+
+def peek_request_id(document: Any) -> str | None:
+    """The request id if it is well-formed enough to name a receipt, else None."""
+    if not isinstance(document, dict):
+        return None
+    candidate = document.get("request_id")
+    if isinstance(candidate, str) and 0 < len(candidate) <= 128 and candidate.isprintable() and " " not in candidate:
+        return candidate
+    return None
+
+
+def decode(value: bytes | None) -> Any:
+    if value is None:
+        raise InvalidCommand("invalid_json", "the message has no value")
+    if len(value) > MAX_COMMAND_BYTES:
+        raise InvalidCommand("too_large", f"the command is {len(value)} bytes; the limit is {MAX_COMMAND_BYTES}")
+    try:
+        return json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        position = getattr(exc, "pos", getattr(exc, "start", 0))
+        raise InvalidCommand("invalid_json", f"the value is not UTF-8 JSON (error at byte {position})") from None
+
+
+def parse(
+    document: Any,
+    *,
+    value: bytes,
+    signature: bytes | str | None,
+    signing_secret: bytes | None,
+    known_systems: frozenset[str],
+    due_days_default: int | None = None,
+) -> Command:
+    """Validates a decoded command. Raises ``InvalidCommand`` carrying the readable request id."""
+    request_id = peek_request_id(document)
+
+    def reject(code: str, message: str) -> InvalidCommand:
+        return InvalidCommand(code, message, request_id=request_id)
+
+    if isinstance(document, dict) and "schema_version" in document and document["schema_version"] != 1:
+        raise reject("unsupported_schema_version", "schema_version must be 1")
+    if signing_secret is not None and not verify_signature(value, signature, signing_secret):
+        raise reject("bad_signature", f"the {SIGNATURE_HEADER} header is missing or does not match")
+    problems = schema_errors("command.v1", document)
+    if problems:
+        raise reject("schema_violation", "the command does not match command.v1: " + "; ".join(problems[:5]))
+    systems = document.get("systems")
+    if systems is not None:
+        unknown = sorted(set(systems) - known_systems)
+        if unknown:
+            raise reject("unknown_system", f"unknown systems: {', '.join(unknown)}")
+    subject = document["subject"]
+    requested_at = timefmt.parse(document["requested_at"])
+    if document.get("due_at"):
+        due_at = timefmt.parse(document["due_at"])
+    elif due_days_default is not None:
+        due_at = requested_at + timedelta(days=due_days_default)
+    else:
+        due_at = timefmt.add_months(requested_at, 1)
+    return Command(
+        request_id=document["request_id"],
+        kind=document["kind"],
+        customer_id=subject["customer_id"],
+        emails=tuple(subject.get("emails", ())),
+        phones=tuple(subject.get("phones", ())),
+        identifiers={k: tuple(v) for k, v in subject.get("identifiers", {}).items()},
+        requested_at=requested_at,
+        requested_by=document["requested_by"],
+        due_at=due_at,
+        systems=tuple(systems) if systems is not None else None,
+        reason=document.get("reason"),
+        body=document,
+    )

@@ -1,0 +1,26 @@
+"""Every metric name, declared once; code, tests and dashboards use the same strings."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+COMMANDS = Counter("oubli_commands_total", "Commands consumed, by intake result", ["result"], registry=REGISTRY)
+SYSTEM_CALLS = Counter("oubli_system_calls_total", "Connector calls, by system and event", ["system", "event"],
+                       registry=REGISTRY)
+SYSTEM_OUTCOMES = Counter("oubli_system_outcomes_total", "Confirmations, by system and outcome",
+                          ["system", "outcome"], registry=REGISTRY)
+RETRIES = Counter("oubli_retries_total", "Retryable failures, by system and code", ["system", "code"],
+                  registry=REGISTRY)
+CALL_SECONDS = Histogram("oubli_system_call_seconds", "Connector call wall time", ["system"], registry=REGISTRY)
+REQUESTS = Gauge("oubli_requests", "Requests in the store, by status", ["status"], registry=REGISTRY)
+OPEN_BY_AGE = Gauge("oubli_open_requests_by_age", "Open requests by age bucket", ["age"], registry=REGISTRY)
+OVERDUE = Gauge("oubli_overdue_requests", "Open requests past their due_at", registry=REGISTRY)
+END_TO_END = Histogram("oubli_request_seconds", "Time from requested_at to a terminal status", ["kind"],
+                       buckets=(1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400), registry=REGISTRY)
+PUBLISHED = Counter("oubli_outbox_published_total", "Records published from the outbox", ["topic"],
+                    registry=REGISTRY)
+CONSUMER_LAG = Gauge("oubli_consumer_lag", "Commands not yet consumed, by partition", ["partition"],
+                     registry=REGISTRY)
+IN_FLIGHT = Gauge("oubli_calls_in_flight", "Connector calls running now", registry=REGISTRY)

@@ -1,0 +1,62 @@
+"""Receipts: the request's current status as the receipts topic carries it. No personal data.
+
+Built from store rows only, so what the topic says is exactly what the store says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from worker.timefmt import iso
+
+PACKAGE_TASK = "_package"  # the export package step: a task like any other, hidden from receipts
+
+
+def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    error = None
+    if request["error_code"]:
+        error = {"code": request["error_code"], "message": request["error_message"] or ""}
+    return {
+        "schema_version": 1,
+        "request_id": request["request_id"],
+        "kind": request["kind"],
+        "subject_ref": request["subject_ref"],
+        "status": request["status"],
+        "requested_at": iso(request["requested_at"]),
+        "due_at": iso(request["due_at"]),
+        "updated_at": iso(now),
+        "completed_at": iso(request["completed_at"]),
+        "systems": [_system(t) for t in sorted(tasks, key=lambda t: t["system"]) if t["system"] != PACKAGE_TASK],
+        "export": json.loads(request["export_json"]) if request["export_json"] else None,
+        "error": error,
+    }
+
+
+def _system(task: Mapping[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "system": task["system"],
+        "state": task["state"],
+        "outcome": task["outcome"],
+        "attempts": task["attempts"],
+        "confirmed_at": iso(task["confirmed_at"]),
+    }
+    optional = {
+        "next_attempt_at": iso(task["next_attempt_at"]) if task["state"] in ("retrying", "waiting_vendor") else None,
+        "vendor_ref": task["vendor_ref"],
+        "expected_by": iso(task["expected_by"]),
+        "detail": task["detail"],
+        "confirmed_by": task["confirmed_by"],
+    }
+    entry.update({k: v for k, v in optional.items() if v is not None})
+    if task["error_code"] and task["state"] != "confirmed":
+        entry["error"] = {"code": task["error_code"], "message": task["error_message"] or ""}
+    if task["retained_json"]:
+        entry["retained"] = json.loads(task["retained_json"])
+    return entry
+
+
+def encode(receipt: Mapping[str, Any]) -> bytes:
+    return json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,169 @@
+"""The pure state machine for system tasks and requests (SPEC §2). No I/O; the clock is passed in.
+
+``transition(task, event, now, policy)`` returns the task's next state or raises
+``IllegalTransition``. ``request_status(...)`` derives a request's status from its tasks, so the
+two can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class SystemState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    WAITING_VENDOR = "waiting_vendor"
+    FAILED = "failed"
+    CONFIRMED = "confirmed"
+
+
+class RequestStatus(StrEnum):
+    ACCEPTED = "accepted"
+    IN_PROGRESS = "in_progress"
+    ACTION_REQUIRED = "action_required"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+
+
+TERMINAL_STATUSES = frozenset({RequestStatus.COMPLETED, RequestStatus.REJECTED})
+CLAIMABLE = frozenset({SystemState.PENDING, SystemState.RETRYING, SystemState.WAITING_VENDOR})
+
+
+class IllegalTransition(Exception):
+    def __init__(self, state: SystemState, event: Event) -> None:
+        super().__init__(f"{type(event).__name__} is not allowed in state {state}")
+        self.state = state
+        self.event = event
+
+
+@dataclass(frozen=True)
+class TaskState:
+    state: SystemState = SystemState.PENDING
+    attempts: int = 0
+    max_attempts: int = 8
+    next_attempt_at: datetime | None = None
+    outcome: str | None = None
+    vendor_ref: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    confirmed_at: datetime | None = None
+
+
+# Events ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker takes the task to call its connector (or poll its vendor job)."""
+
+
+@dataclass(frozen=True)
+class Confirm:
+    outcome: str
+    vendor_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class AwaitVendor:
+    vendor_ref: str
+    poll_after: float
+
+
+@dataclass(frozen=True)
+class Fail:
+    code: str
+    message: str
+    retryable: bool
+    retry_after: float | None = None
+    counts_as_attempt: bool = True
+
+
+@dataclass(frozen=True)
+class LeaseExpired:
+    """The worker that held the task vanished mid-call."""
+
+
+@dataclass(frozen=True)
+class OperatorRetry:
+    pass
+
+
+@dataclass(frozen=True)
+class OperatorConfirm:
+    pass
+
+
+Event = Claim | Confirm | AwaitVendor | Fail | LeaseExpired | OperatorRetry | OperatorConfirm
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Full-jitter exponential backoff; ``Retry-After`` is a floor, never shortened by jitter."""
+
+    base_seconds: float = 2.0
+    max_seconds: float = 3600.0
+    jitter: Callable[[float], float] = dataclasses.field(default=lambda ceiling: random.uniform(0, ceiling))  # noqa: S311
+
+    def delay(self, attempts: int, retry_after: float | None) -> float:
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
+        backoff = max(self.base_seconds / 2, self.jitter(ceiling))
+        return max(backoff, retry_after or 0.0)
+
+
+def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy) -> TaskState:
+    state = task.state
+    replace = dataclasses.replace
+    match event:
+        case Claim() if state in CLAIMABLE:
+            polling = state is SystemState.WAITING_VENDOR
+            return replace(task, state=SystemState.RUNNING, next_attempt_at=None,
+                           attempts=task.attempts if polling else task.attempts + 1)
+        case Confirm(outcome=outcome, vendor_ref=vendor_ref) if state is SystemState.RUNNING:
+            return replace(task, state=SystemState.CONFIRMED, outcome=outcome, confirmed_at=now,
+                           vendor_ref=vendor_ref or task.vendor_ref, error_code=None, error_message=None,
+                           next_attempt_at=None)
+        case AwaitVendor(vendor_ref=vendor_ref, poll_after=poll_after) if state is SystemState.RUNNING:
+            return replace(task, state=SystemState.WAITING_VENDOR, vendor_ref=vendor_ref,
+                           next_attempt_at=now + timedelta(seconds=poll_after), error_code=None, error_message=None)
+        case Fail() if state is SystemState.RUNNING:
+            return _after_failure(task, event, now, policy)
+        case LeaseExpired() if state is SystemState.RUNNING:
+            return replace(task, state=SystemState.RETRYING, next_attempt_at=now,
+                           error_code="lease_expired", error_message="the worker running this task stopped")
+        case OperatorRetry() if state in {SystemState.FAILED, SystemState.RETRYING, SystemState.WAITING_VENDOR}:
+            return replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now)
+        case OperatorConfirm() if state is not SystemState.CONFIRMED:
+            return replace(task, state=SystemState.CONFIRMED, outcome="manually_confirmed", confirmed_at=now,
+                           next_attempt_at=None, error_code=None, error_message=None)
+    raise IllegalTransition(state, event)
+
+
+def _after_failure(task: TaskState, event: Fail, now: datetime, policy: RetryPolicy) -> TaskState:
+    attempts = task.attempts if event.counts_as_attempt else max(task.attempts - 1, 0)
+    if event.retryable and attempts < task.max_attempts:
+        delay = policy.delay(attempts, event.retry_after) if event.counts_as_attempt else (event.retry_after or 0.0)
+        return dataclasses.replace(
+            task, state=SystemState.RETRYING, attempts=attempts, error_code=event.code,
+            error_message=event.message, next_attempt_at=now + timedelta(seconds=delay),
+        )
+    code = event.code if not event.retryable else "retries_exhausted"
+    return dataclasses.replace(task, state=SystemState.FAILED, attempts=attempts, error_code=code,
+                               error_message=event.message, next_attempt_at=None)
+
+
+def request_status(states: Iterable[SystemState], *, any_attempted: bool) -> RequestStatus:
+    """A request is completed only when every task confirmed; a failed task needs a person."""
+    states = list(states)
+    if states and all(s is SystemState.CONFIRMED for s in states):
+        return RequestStatus.COMPLETED
+    if any(s is SystemState.FAILED for s in states):
+        return RequestStatus.ACTION_REQUIRED
+    if not any_attempted and all(s is SystemState.PENDING for s in states):
+        return RequestStatus.ACCEPTED
+    return RequestStatus.IN_PROGRESS

@@ -1,0 +1,1 @@
+"""The durable store: requests, per-system tasks, the audit trail, the outbox and leases."""

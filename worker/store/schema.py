@@ -1,0 +1,98 @@
+"""Table definitions (SQLAlchemy Core). Changes ship as Alembic migrations in ``migrations/versions``.
+
+Only ``requests.subject_json`` and ``requests.reason`` may hold personal data, and both are purged
+when a request reaches a terminal state. ``outbox.value`` may hold a DLQ copy of a raw command
+until it is published, then the row is deleted.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+Timestamp = sa.DateTime(timezone=True)
+
+requests = sa.Table(
+    "requests", metadata,
+    # seq orders requests of one subject (SPEC invariant 7): intake order, not timestamps.
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16)),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("subject_ref", sa.String(80), index=True),
+    sa.Column("body_digest", sa.String(64)),
+    sa.Column("subject_json", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("requested_by", sa.String(128)),
+    sa.Column("requested_at", Timestamp),
+    sa.Column("due_at", Timestamp),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("completed_at", Timestamp),
+    sa.Column("purged_at", Timestamp),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.String(1000)),
+    sa.Column("export_json", sa.Text),
+)
+
+tasks = sa.Table(
+    "tasks", metadata,
+    sa.Column("request_id", sa.String(128), sa.ForeignKey("requests.request_id"), primary_key=True),
+    sa.Column("system", sa.String(64), primary_key=True),
+    sa.Column("request_seq", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", Timestamp),
+    sa.Column("outcome", sa.String(24)),
+    sa.Column("vendor_ref", sa.String(256)),
+    sa.Column("expected_by", Timestamp),
+    sa.Column("detail", sa.String(500)),
+    sa.Column("records", sa.Integer, nullable=False, default=0),
+    sa.Column("retained_json", sa.Text),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.String(1000)),
+    sa.Column("confirmed_at", Timestamp),
+    sa.Column("confirmed_by", sa.String(128)),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_expires_at", Timestamp),
+    sa.Column("version", sa.Integer, nullable=False, default=0),
+    sa.Index("ix_tasks_due", "state", "next_attempt_at"),
+)
+
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("system", sa.String(64)),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("from_state", sa.String(24)),
+    sa.Column("to_state", sa.String(24)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("detail", sa.String(1000)),
+)
+
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(255), nullable=False),
+    sa.Column("key", sa.LargeBinary),
+    sa.Column("value", sa.LargeBinary),
+    sa.Column("headers_json", sa.Text),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+leases = sa.Table(
+    "leases", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("expires_at", Timestamp, nullable=False),
+)
