@@ -1,4 +1,8 @@
-"""Builds connectors from config: ``connector: NAME`` loads ``connectors/NAME.py`` and calls its ``create``."""
+"""Builds connectors from config: ``connector: NAME`` loads ``connectors/NAME.py`` and calls its ``create``.
+
+A dotted name (``connector: mycompany.oubli_crm``) loads that module instead, so a connector can
+live outside this repository.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from worker.errors import ConfigError
 
 
 def build(system_id: str, connector_name: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    if not connector_name.isidentifier():
+    if not all(part.isidentifier() for part in connector_name.split(".")):
         raise ConfigError(f"system {system_id}: connector name {connector_name!r} is not a module name")
+    module_name = connector_name if "." in connector_name else f"connectors.{connector_name}"
     try:
-        module = importlib.import_module(f"connectors.{connector_name}")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"system {system_id}: no connector module named {connector_name!r}") from exc
     create = getattr(module, "create", None)

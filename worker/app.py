@@ -1,0 +1,270 @@
+"""Wires a worker from settings and runs its thin main loop.
+
+``run_once`` is the whole job: take at most one command, tick the executor, tick the outbox relay,
+commit offsets now and then. SIGTERM only sets a flag; ``run`` then drains in-flight calls and
+leaves the consumer group cleanly. An unexpected error stops the loop and re-raises, so that the
+orchestrator (Kubernetes) restarts the worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+import boto3
+import sqlalchemy as sa
+import structlog
+from botocore.config import Config as BotoConfig
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Message as KafkaMessage
+
+from connectors import registry
+from connectors.base import Connector, ConnectorContext, IdentityLookup
+from worker import failpoints, kafka, metrics, states
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.executor import ExportPackager, Executor
+from worker.health import HealthServer
+from worker.intake import Intake, Message
+from worker.outbox import Relay
+from worker.store import db
+from worker.store.repository import ClaimedTask, Store
+from worker.timefmt import utcnow
+
+log = structlog.get_logger("oubli.worker")
+
+STORE_BACKOFF_SECONDS = 2.0
+
+
+def s3_client(settings: Settings) -> Any:
+    s3 = settings.s3
+    return boto3.client(
+        "s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
+        aws_access_key_id=s3.access_key_id.get_secret_value() if s3.access_key_id else None,
+        aws_secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
+        config=BotoConfig(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 3},
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"),
+    )
+
+
+def build_exports(settings: Settings) -> ExportPackager | None:
+    if not settings.export:
+        return None
+    from worker.export import ExportStore
+
+    packager: ExportPackager = ExportStore.from_settings(s3_client(settings), settings.export)
+    return packager
+
+
+def build_identity(settings: Settings) -> IdentityLookup | None:
+    if settings.identity_system is None:
+        return None
+    system = settings.systems.get(settings.identity_system)
+    if system is None:
+        raise ConfigError(f"identity_system {settings.identity_system} is not a configured system")
+    module = importlib.import_module(system.connector if "." in system.connector else f"connectors.{system.connector}")
+    factory = getattr(module, "create_identity_lookup", None)
+    if factory is None:
+        raise ConfigError(f"connector {system.connector} cannot look identifiers up")
+    lookup: IdentityLookup = factory(system.settings)
+    return lookup
+
+
+def build_connectors(settings: Settings, context: ConnectorContext) -> dict[str, Connector]:
+    return {
+        system_id: registry.build(system_id, system.connector, system.settings, context)
+        for system_id, system in settings.systems.items()
+    }
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow, migrate: bool = False,
+                 serve_http: bool = True) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stopping = False
+        self.last_loop = time.monotonic()
+        self.store_ok = True
+        self.intake_resume_at = 0.0
+        self.last_commit = time.monotonic()
+        self.offsets_pending = False
+        self.assigned: list[TopicPartition] = []
+
+        self.engine = db.create_engine(settings.store_url)
+        if migrate:
+            db.migrate(self.engine)
+        elif db.pending_migrations(self.engine):
+            raise ConfigError("the store's schema is behind this version: run `oubli migrate` first")
+        self.crash = failpoints.Failpoints(settings.failpoints)
+        policy = states.RetryPolicy(settings.retry.base_seconds, settings.retry.max_seconds)
+        self.store = Store(self.engine, topics=settings.kafka.topics, policy=policy,
+                           actor=settings.worker.worker_id)
+        context = ConnectorContext(now=clock, identity=build_identity(settings))
+        self.connectors = build_connectors(settings, context)
+        self.exports = build_exports(settings)
+        self.intake = Intake(
+            self.store, subject_key=settings.subject_key.get_secret_value().encode(),
+            signing_secret=settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None,
+            systems={sid: s.max_attempts for sid, s in settings.systems.items()},
+            due_days_default=settings.due_days_default, export_enabled=self.exports is not None,
+        )
+        self.executor = Executor(
+            self.store, self.connectors, concurrency={sid: s.concurrency for sid, s in settings.systems.items()},
+            max_in_flight=settings.worker.max_in_flight, lease_seconds=settings.worker.lease_seconds,
+            clock=clock, exports=self.exports, crash=self.crash, on_outcome=_count_outcome,
+        )
+        self.producer = Producer(kafka.producer_config(settings.kafka))
+        self.relay = Relay(self.store, self.producer, clock=clock, crash=self.crash,
+                           on_published=lambda topic, n: metrics.PUBLISHED.labels(topic).inc(n))
+        self.consumer = Consumer(kafka.consumer_config(settings.kafka))
+        self.health = (HealthServer(settings.worker.http_host, settings.worker.http_port,
+                                    live=self._live, ready=self._ready) if serve_http else None)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self.stopping:
+                self.run_once()
+        finally:
+            self.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def start(self) -> None:
+        if self.health is not None:
+            self.health.start()
+        self.consumer.subscribe([self.settings.kafka.topics.commands], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        log.info("worker_started", worker_id=self.settings.worker.worker_id, systems=sorted(self.connectors),
+                 store=self.engine.dialect.name)
+
+    def run_once(self) -> None:
+        self.last_loop = time.monotonic()
+        self._consume_one()
+        self._guarded(self.executor.tick)
+        self._guarded(self.relay.tick)
+        metrics.IN_FLIGHT.set(self.executor.busy())
+        self._maybe_commit()
+
+    def close(self) -> None:
+        """Drains in-flight calls (bounded), publishes what is left, commits and leaves the group."""
+        log.info("worker_draining", in_flight=self.executor.busy())
+        deadline = time.monotonic() + self.settings.worker.drain_seconds
+        while self.executor.busy() and time.monotonic() < deadline:
+            self._guarded(lambda: self.executor.tick(accept_new=False))
+            time.sleep(0.05)
+        self._guarded(self.relay.tick)
+        self._commit()
+        self.consumer.close()
+        self.producer.flush(10)
+        self._guarded(self.relay.release)
+        self.executor.shutdown()
+        for connector in self.connectors.values():
+            connector.close()
+        if self.health is not None:
+            self.health.stop()
+        self.engine.dispose()
+        log.info("worker_stopped", left_running=self.executor.busy())
+
+    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    # --- consuming -------------------------------------------------------------------------
+
+    def _consume_one(self) -> None:
+        if self.intake_resume_at and time.monotonic() >= self.intake_resume_at:
+            self.consumer.resume(self.consumer.assignment())
+            self.intake_resume_at = 0.0
+        message = self.consumer.poll(self.settings.worker.poll_seconds)
+        if message is None:
+            return
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer_error", code=error.name(), retriable=error.retriable())
+            return
+        self._record(message)
+
+    def _record(self, message: KafkaMessage) -> None:
+        source = f"{message.topic()}/{message.partition()}/{message.offset()}"
+        incoming = Message(value=message.value(), key=message.key(), headers=message.headers() or [],
+                           source=source)
+        try:
+            result = self.intake.handle(incoming, self.clock())
+        except sa.exc.DBAPIError:
+            # Not recorded, so not acknowledged: rewind and pause intake while the store recovers.
+            log.error("store_unavailable", during="intake", source=source)
+            self.store_ok = False
+            self.consumer.seek(TopicPartition(message.topic(), message.partition(), message.offset()))
+            self.consumer.pause(self.consumer.assignment())
+            self.intake_resume_at = time.monotonic() + STORE_BACKOFF_SECONDS
+            return
+        self.store_ok = True
+        self.crash.hit(failpoints.AFTER_RECORD)
+        self.consumer.store_offsets(message)
+        self.offsets_pending = True
+        metrics.COMMANDS.labels(result.value).inc()
+
+    def _maybe_commit(self) -> None:
+        if self.offsets_pending and time.monotonic() - self.last_commit >= self.settings.kafka.commit_interval_seconds:
+            self._commit()
+
+    def _commit(self) -> None:
+        if not self.offsets_pending:
+            return
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset_commit_failed", code=exc.args[0].name())
+                return
+        self.offsets_pending = False
+        self.last_commit = time.monotonic()
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+        log.info("partitions_assigned", partitions=[p.partition for p in partitions])
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Everything consumed so far is in the store: commit it before another worker takes over.
+        self._commit()
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in gone]
+        log.info("partitions_revoked", partitions=[p.partition for p in partitions])
+
+    # --- health ----------------------------------------------------------------------------
+
+    def _guarded(self, step: Callable[[], Any]) -> None:
+        try:
+            step()
+            self.store_ok = True
+        except sa.exc.DBAPIError:
+            if self.store_ok:
+                log.error("store_unavailable", during=getattr(step, "__qualname__", "step"))
+            self.store_ok = False
+
+    def _live(self) -> bool:
+        return time.monotonic() - self.last_loop < 60
+
+    def _ready(self) -> bool:
+        return self._live() and self.store_ok and not self.stopping
+
+
+def _count_outcome(task: ClaimedTask, event: states.Event, seconds: float) -> None:
+    metrics.SYSTEM_CALLS.labels(task.system, type(event).__name__).inc()
+    metrics.CALL_SECONDS.labels(task.system).observe(seconds)
+    if isinstance(event, states.Confirm):
+        metrics.SYSTEM_OUTCOMES.labels(task.system, event.outcome).inc()
+    elif isinstance(event, states.Fail) and event.retryable:
+        metrics.RETRIES.labels(task.system, event.code).inc()

@@ -1,0 +1,219 @@
+"""``oubli``: the worker, and the commands support and operators use. Human output, or ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from worker import config as config_module
+from worker import kafka, logs
+from worker.config import Settings
+from worker.errors import ConfigError, OubliError
+from worker.store import db
+from worker.store.repository import NotFound, Store, StoreConflict
+from worker.timefmt import iso, utcnow
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]
+    return settings
+
+
+def _store(settings: Settings, actor: str) -> Store:
+    from worker.states import RetryPolicy
+
+    engine = db.create_engine(settings.store_url)
+    return Store(engine, topics=settings.kafka.topics, policy=RetryPolicy(), actor=actor)
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
+
+
+@click.group()
+@click.option("--config", "config_path", envvar="OUBLI_CONFIG", type=click.Path(dir_okay=False),
+              help="YAML config file (default: $OUBLI_CONFIG).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """oubli carries out GDPR erasure and export requests."""
+    logs.configure()
+    try:
+        ctx.obj = {"settings": config_module.load(config_path)}
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.option("--migrate/--no-migrate", default=False, help="Upgrade the store's schema before starting.")
+@click.pass_context
+def worker(ctx: click.Context, migrate: bool) -> None:
+    """Run the worker until SIGTERM."""
+    from worker.app import Worker
+
+    Worker(_settings(ctx), migrate=migrate).run()
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Upgrade the store's schema to this version (the Helm migration Job runs this)."""
+    db.migrate(db.create_engine(_settings(ctx).store_url))
+    click.echo("store schema is up to date")
+
+
+@cli.command()
+@click.option("--partitions", default=kafka.COMMAND_PARTITIONS, show_default=True)
+@click.option("--replication", default=1, show_default=True)
+@click.pass_context
+def topics(ctx: click.Context, partitions: int, replication: int) -> None:
+    """Create the commands, receipts (compacted) and DLQ topics if they are missing."""
+    created = kafka.ensure_topics(_settings(ctx).kafka, partitions=partitions, replication=replication)
+    click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@cli.command()
+@click.option("--kind", type=click.Choice(["erasure", "export"]), required=True)
+@click.option("--customer-id", required=True)
+@click.option("--email", "emails", multiple=True)
+@click.option("--phone", "phones", multiple=True, help="E.164, e.g. +33612345678")
+@click.option("--id", "identifiers", multiple=True, metavar="KIND=VALUE", help="e.g. ga_client_id=123.456")
+@click.option("--system", "systems", multiple=True, help="Restrict to these systems (default: all).")
+@click.option("--request-id")
+@click.option("--reason")
+@click.option("--requested-by", default="oubli-cli", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def submit(ctx: click.Context, kind: str, customer_id: str, emails: tuple[str, ...], phones: tuple[str, ...],
+           identifiers: tuple[str, ...], systems: tuple[str, ...], request_id: str | None, reason: str | None,
+           requested_by: str, as_json: bool) -> None:
+    """Publish a command to the commands topic."""
+    from worker import messages, support
+
+    ids: dict[str, list[str]] = {}
+    for item in identifiers:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter("use KIND=VALUE", param_hint="--id")
+        ids.setdefault(name, []).append(value)
+    command = support.build_command(
+        kind=kind, customer_id=customer_id, emails=emails, phones=phones, identifiers=ids,
+        systems=systems or None, requested_by=requested_by, reason=reason, request_id=request_id,
+    )
+    problems = messages.schema_errors("command.v1", command)
+    if problems:
+        raise click.ClickException("the command would be rejected: " + "; ".join(problems))
+    settings = _settings(ctx)
+    secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
+    support.publish_command(settings.kafka, command, signing_secret=secret)
+    _emit({"request_id": command["request_id"]}, as_json, f"submitted {kind} {command['request_id']}")
+
+
+@cli.command()
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", default=10.0, show_default=True)
+@click.pass_context
+def receipt(ctx: click.Context, request_id: str, as_json: bool, timeout: float) -> None:
+    """Show the latest receipt of a request, from the compacted receipts topic."""
+    from worker import support
+
+    found = support.read_receipt(_settings(ctx).kafka, request_id, timeout=timeout)
+    if found is None:
+        raise click.ClickException(f"no receipt for {request_id}")
+    _emit(found, as_json, format_receipt(found))
+
+
+@cli.command()
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--audit/--no-audit", default=False, help="Also list the audit trail.")
+@click.pass_context
+def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> None:
+    """Show a request's per-system state from the store."""
+    store = _store(_settings(ctx), "oubli-cli")
+    try:
+        request, tasks, events = store.get(request_id)
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    current = store.receipt(request_id, utcnow())
+    if as_json:
+        _emit({**current, "audit": events if audit else None}, True, "")
+        return
+    lines = [format_receipt(current)]
+    if audit:
+        lines.append("audit:")
+        lines += [f"  {iso(e['at'])}  {e['actor']:<24} {e['action']:<16} {e['system'] or '-':<18} "
+                  f"{e['from_state'] or ''}->{e['to_state'] or ''} {e['error_code'] or ''}" for e in events]
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("request_id")
+@click.option("--system", help="Only this system (default: every failed system).")
+@click.option("--by", "actor", required=True, help="Your name, for the audit trail.")
+@click.pass_context
+def retry(ctx: click.Context, request_id: str, system: str | None, actor: str) -> None:
+    """Retry a request's failed systems now, with a fresh attempt budget."""
+    store = _store(_settings(ctx), actor)
+    try:
+        systems = store.operator_retry(request_id, system, actor=actor, now=utcnow())
+    except (NotFound, StoreConflict) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"retrying: {', '.join(systems)}" if systems else "nothing to retry")
+
+
+@cli.command()
+@click.argument("request_id")
+@click.option("--system", required=True)
+@click.option("--by", "actor", required=True, help="Your name, recorded in the audit trail.")
+@click.option("--note", required=True, help="Why this system is confirmed by hand (no personal data).")
+@click.pass_context
+def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: str) -> None:
+    """Confirm a system by hand, for example after the vendor confirmed by email."""
+    store = _store(_settings(ctx), actor)
+    try:
+        store.operator_confirm(request_id, system, actor=actor, note=note, now=utcnow())
+    except (NotFound, StoreConflict) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{system} manually confirmed by {actor}")
+
+
+def format_receipt(receipt: Mapping[str, Any]) -> str:
+    lines = [
+        f"request   {receipt['request_id']}  ({receipt['kind'] or 'unknown kind'})",
+        f"status    {receipt['status']}",
+        f"subject   {receipt['subject_ref'] or '-'}",
+        f"requested {receipt['requested_at'] or '-'}   due {receipt['due_at'] or '-'}",
+        f"updated   {receipt['updated_at']}   completed {receipt['completed_at'] or '-'}",
+    ]
+    if receipt.get("error"):
+        lines.append(f"error     {receipt['error']['code']}: {receipt['error']['message']}")
+    for system in receipt.get("systems", []):
+        extra = []
+        if system.get("outcome"):
+            extra.append(system["outcome"])
+        for item in system.get("retained", []):
+            extra.append(f"retains {item['category']} until {item['until']} ({item['legal_basis']})")
+        if system.get("next_attempt_at"):
+            extra.append(f"next attempt {system['next_attempt_at']}")
+        if system.get("error"):
+            extra.append(f"{system['error']['code']}: {system['error']['message']}")
+        lines.append(f"  {system['system']:<18} {system['state']:<15} attempts={system['attempts']}  "
+                     + "; ".join(extra))
+    if receipt.get("export"):
+        export = receipt["export"]
+        lines.append(f"export    {export['size_bytes']} bytes sha256={export['sha256']} expires {export['expires_at']}")
+        lines.append(f"          {export['url']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except OubliError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
