@@ -139,7 +139,7 @@ def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> N
         request, tasks, events = store.get(request_id)
     except NotFound as exc:
         raise click.ClickException(str(exc)) from None
-    current = store.receipt(request_id, utcnow())
+    current = store.receipt(request_id)
     if as_json:
         _emit({**current, "audit": events if audit else None}, True, "")
         return

@@ -96,7 +96,7 @@ class Executor:
             if self.on_outcome is not None:
                 self.on_outcome(task, event, (now - started).total_seconds())
             log.info("system_call_finished", request_id=task.request_id, system=task.system,
-                     attempt=task.attempt, event=type(event).__name__, recorded=recorded,
+                     attempt=task.attempt, result=type(event).__name__, recorded=recorded,
                      **_event_fields(event))
 
     def _call(self, task: ClaimedTask) -> Outcome:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from worker.timefmt import iso
@@ -15,7 +14,8 @@ from worker.timefmt import iso
 PACKAGE_TASK = "_package"  # the export package step: a task like any other, hidden from receipts
 
 
-def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``updated_at`` is the store's, so a re-sent receipt of an unchanged request is byte-identical."""
     error = None
     if request["error_code"]:
         error = {"code": request["error_code"], "message": request["error_message"] or ""}
@@ -27,7 +27,7 @@ def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]], now: 
         "status": request["status"],
         "requested_at": iso(request["requested_at"]),
         "due_at": iso(request["due_at"]),
-        "updated_at": iso(now),
+        "updated_at": iso(request["updated_at"]),
         "completed_at": iso(request["completed_at"]),
         "systems": [_system(t) for t in sorted(tasks, key=lambda t: t["system"]) if t["system"] != PACKAGE_TASK],
         "export": json.loads(request["export_json"]) if request["export_json"] else None,

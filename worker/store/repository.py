@@ -358,9 +358,9 @@ class Store:
                                   .order_by(audit_events.c.id)).mappings().all()
             return dict(request), self._task_rows(conn, request_id), [dict(e) for e in events]
 
-    def receipt(self, request_id: str, now: datetime) -> dict[str, Any]:
+    def receipt(self, request_id: str) -> dict[str, Any]:
         request, task_rows, _ = self.get(request_id)
-        return receipts.render(request, task_rows, now)
+        return receipts.render(request, task_rows)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -424,7 +424,7 @@ class Store:
 
     def _enqueue_receipt(self, conn: sa.Connection, request_id: str, now: datetime) -> None:
         request = conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).mappings().one()
-        receipt = receipts.render(request, self._task_rows(conn, request_id), now)
+        receipt = receipts.render(request, self._task_rows(conn, request_id))
         conn.execute(outbox.insert().values(
             topic=self.topics.receipts, key=request_id.encode(), value=receipts.encode(receipt), created_at=now,
             headers_json=json.dumps([("x-oubli-status", receipt["status"])]),
