@@ -1,0 +1,137 @@
+"""Facebook Login: revoke the app's permissions for each of the subject's app-scoped user ids.
+
+What Meta documents (developers.facebook.com/docs/graph-api):
+
+* ``DELETE https://graph.facebook.com/v{N}/{user-id}/permissions`` with a user or *app* access
+  token (``access_token`` parameter); success answers ``{"success": true}``.
+* Errors come as ``{"error": {"message", "type", "code", "error_subcode", "fbtrace_id"}}``, often
+  with HTTP 400 whatever the cause. Codes 4, 17, 32, 613 and 80000-80014 are throttling; 1 and 2
+  are transient; 190 (and 102) mean the token is invalid; 10 and 200-299 a missing permission;
+  100 with subcode 33 says the object does not exist. ``message`` often quotes the user id, so it
+  never goes into our errors: only code and subcode do.
+* Rate limits are reported in the ``X-App-Usage`` header (percent of the app's hourly budget,
+  rolling window); Meta gives no ``Retry-After``, so a throttle waits ``throttle_backoff_seconds``.
+
+Outcome ``erased`` once the grant is revoked (the vendor confirms synchronously), ``not_found``
+when no id is known or Facebook does not know any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from connectors.base import CallResult, ConnectorContext, Pending, Result, Subject
+from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, parse_retry_after
+from connectors.ratelimit import RateSpec
+from connectors.vendor import Options, Progress, build_gate, resolve_ids
+from worker.errors import PermanentError, RetryableError
+
+DEFAULT_BASE_URL = "https://graph.facebook.com"
+_ASID = re.compile(r"^\d{1,32}$")
+_VERSION = re.compile(r"^v\d+\.\d+$")
+_THROTTLE_CODES = {4, 17, 32, 341, 613, *range(80000, 80015)}
+_TRANSIENT_CODES = {1, 2}
+_TOKEN_CODES = {102, 190}
+_PERMISSION_CODES = {3, 10, *range(200, 300)}
+_OP = "permissions revoke"
+
+
+class FacebookConnector(VendorConnector):
+    def __init__(self, system: str, opts: Options, context: ConnectorContext) -> None:
+        http = HttpSettings.parse(opts, DEFAULT_BASE_URL)
+        self._version = opts.text("api_version", "v25.0")
+        if not _VERSION.match(self._version):
+            raise opts.error("api_version", "must look like v25.0")
+        self._token = opts.secret("app_access_token")
+        self._backoff = opts.number("throttle_backoff_seconds", 300.0, minimum=1.0)
+        self._usage_threshold = opts.number("usage_threshold_percent", 95.0)
+        gate = build_gate(opts, context, buckets={f"facebook:app:{opts.text('app_id', 'default')}":
+                                                  RateSpec(2.0, 5)})
+        super().__init__(system, context, VendorHttp(system, http), gate)
+
+    def _ids(self, subject: Subject) -> tuple[str, ...]:
+        ids = resolve_ids(self.system, subject, "facebook_user_id", self.context)
+        if any(not _ASID.match(asid) for asid in ids):
+            raise PermanentError(f"{self.system}: an identifier is not an app-scoped user id (digits only)",
+                                 code="invalid_identifier")
+        return ids
+
+    def erase(self, subject: Subject) -> CallResult:
+        ids = self._ids(subject)
+        if not ids:
+            return Result("not_found", detail="no facebook app-scoped user id known")
+        return self._run(ids, Progress(0, len(ids)))
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        ids = self._ids(subject)
+        progress = Progress.parse(vendor_ref, len(ids))
+        if progress is None or not ids:
+            return super().poll(subject, vendor_ref)
+        return self._run(ids, progress)
+
+    def _run(self, ids: tuple[str, ...], progress: Progress) -> CallResult:
+        done = self.each(ids, progress, self._revoke, combine=lambda seen, new: "any" if "any" in (seen, new)
+                         else "none")
+        if isinstance(done, Pending):
+            return done
+        if done.note == "any":
+            return Result("erased", detail=f"app permissions revoked for {len(ids)} app-scoped id(s)")
+        return Result("not_found", detail="facebook knows none of the app-scoped ids")
+
+    def _revoke(self, asid: str) -> str:
+        response = self.call("DELETE", f"/{self._version}/{quote(asid, safe='')}/permissions", op=_OP,
+                             params={"access_token": self._token.reveal()})
+        self._watch_usage(response)
+        body = json_body(response)
+        if response.is_success and body.get("success") is True:
+            return "any"
+        error = body.get("error")
+        error = error if isinstance(error, dict) else {}
+        code, subcode = _int(error.get("code")), _int(error.get("error_subcode"))
+        label = f"{self.system}: {_OP} got HTTP {response.status_code} (graph error {code}/{subcode})"
+        if code == 100 and subcode == 33:
+            return "none"
+        if code in _THROTTLE_CODES or response.status_code == 429:
+            wait = parse_retry_after(response.headers, self.context.now()) or self._backoff
+            self.gate.hold(wait)
+            raise RetryableError(f"{label}: the vendor is throttling this app", retry_after=wait,
+                                 code="vendor_rate_limited")
+        if code in _TRANSIENT_CODES or error.get("is_transient") is True:
+            raise RetryableError(f"{label}: a transient vendor error", code="vendor_unavailable")
+        if code in _TOKEN_CODES:
+            raise PermanentError(f"{label}: the vendor refused our credentials (app token)",
+                                 code="credentials_refused")
+        if code in _PERMISSION_CODES:
+            raise PermanentError(f"{label}: the app lacks the permission for this call",
+                                 code="vendor_rejected")
+        if response.is_success:
+            raise PermanentError(f"{label}: unexpected answer", code="vendor_protocol")
+        raise classify(self.system, _OP, response, self.context.now(),
+                       f"graph:{code}/{subcode}" if code is not None else None)
+
+    def _watch_usage(self, response: httpx.Response) -> None:
+        """Pauses this app's calls before Meta starts refusing them (``X-App-Usage`` near 100%)."""
+        raw = response.headers.get("x-app-usage")
+        if not raw:
+            return
+        try:
+            usage = json.loads(raw)
+            peak = max(float(v) for v in usage.values()) if isinstance(usage, dict) and usage else 0.0
+        except (ValueError, TypeError):
+            return
+        if peak >= self._usage_threshold:
+            self.gate.hold(self._backoff)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+    return FacebookConnector(system_id, Options(system_id, settings), context)

@@ -1,0 +1,129 @@
+"""Google Analytics: the User Deletion API, one upsert per identifier.
+
+What Google documents (developers.google.com/analytics/devguides/config/userdeletion/v3):
+
+* ``POST https://www.googleapis.com/analytics/v3/userDeletion/userDeletionRequests:upsert`` with
+  the OAuth2 scope ``analytics.user.deletion``; body ``{kind: "analytics#userDeletionRequest",
+  id: {type: CLIENT_ID | USER_ID | APP_INSTANCE_ID, userId}, propertyId | webPropertyId |
+  firebaseProjectId}``. Each request processes only the id it names; the answer echoes the
+  resource with ``deletionRequestTime``.
+* Data leaves the reports within 72 hours and Google's servers at the next deletion run, which is
+  scheduled every two months: hence ``requested`` with ``expected_by`` = now + 63 days by default.
+* Quotas: 1.5 queries per second per property, 500 per day per property and per calling project.
+  Exceeding them answers 403 or 429 (reasons ``rateLimitExceeded``/``userRateLimitExceeded`` or
+  ``dailyLimitExceeded``/``quotaExceeded``). Daily quotas reset at midnight Pacific time.
+
+An upsert is idempotent, so a retry after a failure on the second of three ids may redo the first.
+When our own limiter stops the run part-way, the connector returns ``Pending`` with a progress
+marker, and ``poll`` resumes after the ids already accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from connectors.base import CallResult, ConnectorContext, Pending, Result, Subject
+from connectors.google_auth import GoogleCredentials, google_error_code
+from connectors.http import (
+    HttpSettings,
+    VendorConnector,
+    VendorHttp,
+    classify,
+    json_body,
+    parse_retry_after,
+)
+from connectors.ratelimit import RateSpec
+from connectors.vendor import Options, Progress, build_gate, resolve_ids
+from worker.errors import QuotaDeferred, RetryableError
+
+DEFAULT_BASE_URL = "https://www.googleapis.com/analytics/v3"
+ID_TYPES = {"ga_client_id": "CLIENT_ID", "ga_user_id": "USER_ID", "ga_app_instance_id": "APP_INSTANCE_ID"}
+_SCOPES = {"property_id": "propertyId", "web_property_id": "webPropertyId",
+           "firebase_project_id": "firebaseProjectId"}
+_RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
+_DAILY_REASONS = {"dailyLimitExceeded", "quotaExceeded"}
+_OP = "user deletion upsert"
+
+
+class GoogleAnalyticsConnector(VendorConnector):
+    def __init__(self, system: str, opts: Options, context: ConnectorContext) -> None:
+        http = HttpSettings.parse(opts, DEFAULT_BASE_URL)
+        chosen = [key for key in _SCOPES if opts.has(key)]
+        if len(chosen) != 1:
+            raise opts.error("property_id", "(or web_property_id, or firebase_project_id): set exactly one")
+        self._scope = (_SCOPES[chosen[0]], opts.text(chosen[0]))
+        self._kinds = opts.texts("identifier_kinds", tuple(ID_TYPES))
+        if unknown := [kind for kind in self._kinds if kind not in ID_TYPES]:
+            raise opts.error("identifier_kinds", f"has unknown kinds {unknown}; known: {sorted(ID_TYPES)}")
+        self._delay = timedelta(days=opts.number("expected_delay_days", 63, minimum=0))
+        project = opts.text("project", "default")
+        scope_key = f"google_analytics:{chosen[0]}:{self._scope[1]}"
+        gate = build_gate(opts, context, buckets={scope_key: RateSpec(1.5, 1)},
+                          quotas={scope_key: 500, f"google_analytics:project:{project}": 500},
+                          quota_tz="America/Los_Angeles")
+        self._credentials = GoogleCredentials(opts, context.now, http)
+        super().__init__(system, context, VendorHttp(system, http), gate)
+
+    def _targets(self, subject: Subject) -> list[tuple[str, str]]:
+        return [(ID_TYPES[kind], value) for kind in self._kinds
+                for value in resolve_ids(self.system, subject, kind, self.context)]
+
+    def erase(self, subject: Subject) -> CallResult:
+        targets = self._targets(subject)
+        if not targets:
+            return Result("not_found", detail="no google analytics identifier known")
+        return self._run(targets, Progress(0, len(targets)))
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        targets = self._targets(subject)
+        progress = Progress.parse(vendor_ref, len(targets))
+        if progress is None or not targets:
+            return super().poll(subject, vendor_ref)
+        return self._run(targets, progress)
+
+    def _run(self, targets: list[tuple[str, str]], progress: Progress) -> CallResult:
+        times: list[str] = []
+
+        def upsert(target: tuple[str, str]) -> str:
+            times.append(self._upsert(*target))
+            return ""
+
+        done = self.each(targets, progress, upsert)
+        if isinstance(done, Pending):
+            return done
+        stamp = times[-1] if times and times[-1] else None
+        return Result("requested", vendor_ref=f"deletionRequestTime:{stamp}" if stamp else None,
+                      expected_by=self.context.now() + self._delay,
+                      detail=f"{len(targets)} user deletion request(s) accepted")
+
+    def _upsert(self, id_type: str, user_id: str) -> str:
+        body: dict[str, Any] = {"kind": "analytics#userDeletionRequest",
+                                "id": {"type": id_type, "userId": user_id}, self._scope[0]: self._scope[1]}
+        response = self.call("POST", "/userDeletion/userDeletionRequests:upsert", op=_OP,
+                             json=body, headers=self._credentials.headers())
+        if response.is_success:
+            stamp = json_body(response).get("deletionRequestTime")
+            return stamp if isinstance(stamp, str) and len(stamp) <= 40 else ""
+        code = google_error_code(response)
+        if response.status_code in (403, 429) and code in _DAILY_REASONS:
+            wait = self.gate.exhaust_quotas()
+            raise QuotaDeferred(f"{self.system}: the vendor says the daily quota is spent ({code})",
+                                retry_after=wait)
+        if response.status_code in (403, 429) and code in _RATE_REASONS:
+            wait = parse_retry_after(response.headers, self.context.now()) or 1.0
+            self.gate.hold(wait)
+            raise RetryableError(f"{self.system}: {_OP} got HTTP {response.status_code} ({code}): the vendor "
+                                 "asks us to slow down", retry_after=wait, code="vendor_rate_limited")
+        if response.status_code == 401:
+            self._credentials.refused()
+        raise classify(self.system, _OP, response, self.context.now(), code)
+
+    def close(self) -> None:
+        self._credentials.close()
+        super().close()
+
+
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+    return GoogleAnalyticsConnector(system_id, Options(system_id, settings), context)

@@ -1,0 +1,219 @@
+"""HTTP for vendor connectors: bounded timeouts, https only, and errors that carry no personal data.
+
+Vendor URLs hold personal data (``/v1/customers/redact/{email}``, ``/{user-id}/permissions``), so
+no URL ever goes into an exception, a ``Result`` or a log line. ``httpx`` logs every request URL
+at INFO; this module installs a filter on the ``httpx`` logger that keeps only scheme and host.
+
+Classification (``classify``):
+
+* transport errors and timeouts, 408, 5xx: ``RetryableError``;
+* 429: ``RetryableError`` with ``retry_after`` from ``Retry-After`` (seconds or an HTTP date), else
+  from ``RateLimit-Reset`` / ``X-RateLimit-Reset``;
+* 401/403: ``PermanentError`` saying the vendor refused our credentials;
+* any other 4xx: ``PermanentError``.
+
+Connectors look at vendor error codes first (say, Graph API code 4 is a rate limit) and fall back
+to ``classify``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from connectors.base import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
+from connectors.ratelimit import Gate
+from connectors.vendor import Options, Progress
+from worker.errors import ConnectorError, PermanentError, QuotaDeferred, RetryableError, Throttled
+
+T = TypeVar("T")
+_CODE = re.compile(r"^[A-Za-z0-9_.:/#-]{1,64}$")
+
+
+class _OriginOnly(logging.Filter):
+    """Rewrites URL arguments of ``httpx`` log records to ``scheme://host`` (the path holds PII)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{arg.scheme}://{arg.host}/[redacted]" if isinstance(arg, httpx.URL) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _install_log_filter() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _OriginOnly) for f in logger.filters):
+        logger.addFilter(_OriginOnly())
+
+
+_install_log_filter()
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    base_url: str
+    timeout: float = 10.0
+    connect_timeout: float = 5.0
+
+    @classmethod
+    def parse(cls, opts: Options, default_base_url: str) -> HttpSettings:
+        base_url = opts.text("base_url", default_base_url).rstrip("/")
+        parts = urlsplit(base_url)
+        if not parts.hostname or parts.scheme not in {"https", "http"}:
+            raise opts.error("base_url", "must be an absolute https URL")
+        if parts.scheme == "http" and not opts.flag("allow_insecure_http", False):
+            raise opts.error("base_url", "must use https (allow_insecure_http is for tests and demos only)")
+        timeout = opts.number("timeout_seconds", 10.0, minimum=0.001)
+        connect = opts.number("connect_timeout_seconds", 5.0, minimum=0.001)
+        return cls(base_url, timeout, min(timeout, connect))
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
+    """Seconds the vendor asked us to wait, from ``Retry-After`` or the common rate-limit headers."""
+    value = headers.get("retry-after")
+    if value:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            when = when if when.tzinfo else when.replace(tzinfo=UTC)
+            return max(0.0, (when - now).total_seconds())
+    for name in ("ratelimit-reset", "x-ratelimit-reset"):
+        raw = headers.get(name)
+        try:
+            number = float(raw) if raw else None
+        except ValueError:
+            number = None
+        if number is not None:
+            # Some vendors send an epoch timestamp, others a delta in seconds.
+            return max(0.0, number - now.timestamp()) if number > 1_000_000_000 else max(0.0, number)
+    return None
+
+
+def safe_code(value: object) -> str | None:
+    """A vendor error code fit for a message: a short token, or nothing (never free text)."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    return text if _CODE.match(text) else None
+
+
+def json_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def classify(system: str, op: str, response: httpx.Response, now: datetime,
+             vendor_code: str | None = None) -> ConnectorError:
+    status = response.status_code
+    label = f"{system}: {op} got HTTP {status}" + (f" ({vendor_code})" if vendor_code else "")
+    if status == 429:
+        return RetryableError(f"{label}: the vendor asks us to slow down",
+                              retry_after=parse_retry_after(response.headers, now),
+                              code="vendor_rate_limited")
+    if status >= 500 or status == 408:
+        return RetryableError(f"{label}: the vendor is unavailable",
+                              retry_after=parse_retry_after(response.headers, now), code="vendor_unavailable")
+    if status in (401, 403):
+        return PermanentError(f"{label}: the vendor refused our credentials", code="credentials_refused")
+    return PermanentError(f"{label}: the vendor rejected the request", code="vendor_rejected")
+
+
+class VendorHttp:
+    """One pooled ``httpx.Client`` per connector, with a timeout on every call."""
+
+    def __init__(self, system: str, settings: HttpSettings, *, headers: Mapping[str, str] | None = None,
+                 auth: httpx.Auth | None = None) -> None:
+        self.system = system
+        self.settings = settings
+        self._client = httpx.Client(
+            base_url=settings.base_url,
+            timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+            headers={"user-agent": "oubli/0.1", "accept": "application/json", **(headers or {})},
+            auth=auth,
+            follow_redirects=False,  # a redirect could carry credentials to another host
+        )
+
+    def send(self, method: str, path: str, *, op: str, **kwargs: Any) -> httpx.Response:
+        """Returns the response, whatever its status; raises ``RetryableError`` on transport failure.
+
+        ``path`` may hold personal data: it is never put in an error. ``op`` names the operation.
+        """
+        try:
+            return self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise RetryableError(f"{self.system}: {op} timed out after {self.settings.timeout:g}s",
+                                 code="timeout") from None
+        except httpx.TransportError as exc:
+            raise RetryableError(f"{self.system}: {op} could not reach the vendor ({type(exc).__name__})",
+                                 code="connection") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class VendorConnector:
+    """Base of the vendor connectors: one gate, one HTTP client, and the defaults of the contract.
+
+    ``call`` passes the gate first (raising ``Throttled``/``QuotaDeferred`` without any I/O), then
+    sends. ``each`` runs one call per item and, when our own limiter cuts it short after some
+    progress, returns a ``Pending`` whose ``vendor_ref`` lets ``poll`` resume from there.
+    """
+
+    system: str
+
+    def __init__(self, system: str, context: ConnectorContext, http: VendorHttp, gate: Gate) -> None:
+        self.system = system
+        self.context = context
+        self.http = http
+        self.gate = gate
+
+    def call(self, method: str, path: str, *, op: str, **kwargs: Any) -> httpx.Response:
+        self.gate.admit()
+        response = self.http.send(method, path, op=op, **kwargs)
+        if response.status_code == 429:
+            # Every caller of this vendor in the process waits, not just this one.
+            wait = parse_retry_after(response.headers, self.context.now())
+            self.gate.hold(wait if wait is not None else 1.0)
+        return response
+
+    def each(self, items: Sequence[T], progress: Progress, step: Callable[[T], str],
+             combine: Callable[[str, str], str] = lambda seen, new: new) -> Progress | Pending:
+        """Runs ``step`` on ``items[progress.done:]``; ``step`` returns a short note that ``combine``
+        folds into the progress (for example, whether anything was found)."""
+        note = progress.note
+        for index in range(progress.done, len(items)):
+            try:
+                note = combine(note, step(items[index]))
+            except (Throttled, QuotaDeferred) as exc:
+                if index == progress.done:
+                    raise
+                return Pending(Progress(index, len(items), note).ref(), poll_after=exc.retry_after or 1.0)
+        return Progress(len(items), len(items), note)
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
+        return Result("not_supported", detail=f"{self.system}: the vendor API offers no export")
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        raise PermanentError(f"{self.system}: no async job of this connector matches the reference",
+                             code="unknown_vendor_ref")
+
+    def close(self) -> None:
+        self.http.close()

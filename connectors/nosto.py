@@ -1,0 +1,91 @@
+"""Nosto: GDPR redaction and takeout by email address, both queued by the vendor.
+
+What Nosto documents (docs.nosto.com/techdocs/apis/rest/gdpr):
+
+* ``DELETE https://api.nosto.com/v1/customers/redact/{email}`` and
+  ``POST https://api.nosto.com/v1/customers/takeout/{email}``, authenticated with an API token
+  ("Email" token) over HTTP Basic with an empty user name (``curl --user :TOKEN``).
+* Both only enqueue the address. A takeout "may take up to 24 hours"; when it is done Nosto
+  e-mails the merchant. No status endpoint exists, so both outcomes are ``requested``.
+
+Nosto documents neither rate limits nor error bodies: the default limit (5/s) is ours, and errors
+are classified by status. The token never travels over plain HTTP: a non-https ``base_url`` is
+refused unless ``allow_insecure_http: true`` (tests and demos only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from connectors.base import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
+from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
+from connectors.ratelimit import RateSpec
+from connectors.vendor import Options, Progress, build_gate
+
+DEFAULT_BASE_URL = "https://api.nosto.com"
+_METHODS = {"redact": "DELETE", "takeout": "POST"}
+
+
+class NostoConnector(VendorConnector):
+    def __init__(self, system: str, opts: Options, context: ConnectorContext) -> None:
+        http = HttpSettings.parse(opts, DEFAULT_BASE_URL)
+        token = opts.secret("api_token")
+        self._delay = timedelta(hours=opts.number("expected_delay_hours", 24.0))
+        key = f"nosto:{opts.text('account', 'default')}"
+        gate = build_gate(opts, context, buckets={key: RateSpec(5.0, 5)})
+        client = VendorHttp(system, http, auth=httpx.BasicAuth("", token.reveal()))
+        super().__init__(system, context, client, gate)
+
+    @staticmethod
+    def _emails(subject: Subject) -> list[str]:
+        """Each address as given and lower-cased: Nosto matches the address it was sent."""
+        stripped = [email.strip() for email in subject.emails if "@" in email]
+        return sorted({form for email in stripped for form in (email, email.lower())})
+
+    def erase(self, subject: Subject) -> CallResult:
+        return self._queue(subject, "redact")
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
+        return self._queue(subject, "takeout")
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        kind, _, rest = vendor_ref.partition("+")
+        emails = self._emails(subject)
+        progress = Progress.parse(rest, len(emails))
+        if kind not in _METHODS or progress is None or not emails:
+            return super().poll(subject, vendor_ref)
+        return self._run(kind, emails, progress)
+
+    def _queue(self, subject: Subject, kind: str) -> CallResult:
+        emails = self._emails(subject)
+        if not emails:
+            return Result("not_found", detail="no email address known")
+        return self._run(kind, emails, Progress(0, len(emails)))
+
+    def _run(self, kind: str, emails: list[str], progress: Progress) -> CallResult:
+        done = self.each(emails, progress, lambda email: self._send(kind, email))
+        if isinstance(done, Pending):
+            return Pending(f"{kind}+{done.vendor_ref}", poll_after=done.poll_after)
+        if kind == "redact":
+            return Result("requested", expected_by=self.context.now() + self._delay,
+                          detail=f"redaction queued for {len(emails)} address form(s)")
+        return Result("requested", expected_by=self.context.now() + self._delay,
+                      detail="takeout queued; Nosto e-mails the merchant when it is ready")
+
+    def _send(self, kind: str, email: str) -> str:
+        op = f"customer {kind}"
+        response = self.call(_METHODS[kind], f"/v1/customers/{kind}/{quote(email, safe='@+')}", op=op)
+        if response.is_success:
+            return ""
+        body = json_body(response)
+        code = safe_code(body.get("code") or body.get("type") or body.get("error"))
+        raise classify(self.system, op, response, self.context.now(), code)
+
+
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+    return NostoConnector(system_id, Options(system_id, settings), context)

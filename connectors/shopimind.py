@@ -1,0 +1,99 @@
+"""Shopimind: delete the subject's customer records; export what ``getCustomer`` returns.
+
+What Shopimind documents (developers.shopimind.com, a reference marked "beta"):
+
+* Base URL ``https://core.shopimind.com``, every path under ``/v1``; every request carries the API
+  key in the ``spm-api-key`` header; a revoked or inactive key answers 401.
+* ``DELETE /v1/customers/{customer_id}`` and ``POST /v1/customers/bulk-delete`` (up to 20 per
+  call). Deletes are idempotent: an unknown ``customer_id`` is silently skipped. Processing is
+  asynchronous: a 200 means accepted, answered as ``{statusCode, sent_count, rejected_count,
+  rejected_items}``. So the outcome is ``requested``.
+* ``GET /v1/customers/{customer_id}`` answers ``{statusCode, data: {...}}``.
+
+Not documented, so assumed here: the bulk body is an array of ``{"customer_id": …}`` objects
+(the reference says only "an array" of "objects"), a missing customer answers 404, error bodies
+look like ``{statusCode, error, message}``, and the rate limit (our default: 5/s).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from connectors.base import CallResult, ConnectorContext, ExportWriter, Result, Subject
+from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
+from connectors.ratelimit import RateSpec
+from connectors.vendor import Options, build_gate, resolve_ids
+from worker.errors import ConnectorError, PermanentError
+
+DEFAULT_BASE_URL = "https://core.shopimind.com"
+BULK_LIMIT = 20
+_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,128}$")
+
+
+class ShopimindConnector(VendorConnector):
+    def __init__(self, system: str, opts: Options, context: ConnectorContext) -> None:
+        http = HttpSettings.parse(opts, DEFAULT_BASE_URL)
+        key = opts.secret("api_key")
+        bucket = f"shopimind:{opts.text('shop', 'default')}"
+        gate = build_gate(opts, context, buckets={bucket: RateSpec(5.0, 5)})
+        client = VendorHttp(system, http, headers={"spm-api-key": key.reveal()})
+        super().__init__(system, context, client, gate)
+
+    def _ids(self, subject: Subject) -> tuple[str, ...]:
+        ids = resolve_ids(self.system, subject, "shopimind_customer_id", self.context)
+        if any(not _ID.match(customer_id) for customer_id in ids):
+            raise PermanentError(f"{self.system}: an identifier is not a valid shopimind customer id",
+                                 code="invalid_identifier")
+        return ids
+
+    def erase(self, subject: Subject) -> CallResult:
+        ids = self._ids(subject)
+        if not ids:
+            return Result("not_found", detail="no shopimind customer id known")
+        if len(ids) == 1:
+            path = f"/v1/customers/{quote(ids[0], safe='')}"
+            self._accepted(self.call("DELETE", path, op="customer delete"), "customer delete")
+        else:
+            # Every chunk is idempotent, so a retry after a failed second chunk may redo the first.
+            for start in range(0, len(ids), BULK_LIMIT):
+                chunk = [{"customer_id": customer_id} for customer_id in ids[start:start + BULK_LIMIT]]
+                self._accepted(self.call("POST", "/v1/customers/bulk-delete", op="customer bulk delete",
+                                         json=chunk), "customer bulk delete")
+        return Result("requested", detail=f"deletion queued for {len(ids)} customer id(s)")
+
+    def _accepted(self, response: httpx.Response, op: str) -> None:
+        if not response.is_success:
+            raise self._error(response, op)
+        rejected = json_body(response).get("rejected_count")
+        if isinstance(rejected, int) and rejected > 0:
+            raise PermanentError(f"{self.system}: {op} got HTTP {response.status_code}: the vendor "
+                                 f"rejected {rejected} identifier(s) as invalid", code="vendor_rejected")
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
+        rows = []
+        for customer_id in self._ids(subject):
+            response = self.call("GET", f"/v1/customers/{quote(customer_id, safe='')}", op="customer get")
+            if response.status_code == 404:
+                continue
+            if not response.is_success:
+                raise self._error(response, "customer get")
+            data = json_body(response).get("data")
+            if isinstance(data, dict) and data:
+                rows.append(data)
+        if not rows:
+            return Result("not_found", detail="shopimind holds no customer record for the known ids")
+        writer.write_rows("shopimind_customers", rows)
+        return Result("exported", records=len(rows))
+
+    def _error(self, response: httpx.Response, op: str) -> ConnectorError:
+        body = json_body(response)
+        return classify(self.system, op, response, self.context.now(), safe_code(body.get("error")))
+
+
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+    return ShopimindConnector(system_id, Options(system_id, settings), context)
