@@ -121,7 +121,8 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own console script
             [oubli, "--config", str(self.config_path), "worker", "--migrate"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env},
         )
         return self
 

@@ -1,0 +1,78 @@
+"""SPEC invariants 1-3 and 8 under SIGKILL: a worker killed at any point loses nothing, and the
+request completes once, with one terminal receipt, after a restart. Nothing personal is left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests import fakes
+from tests.pipeline import (
+    Receipts,
+    WorkerProcess,
+    iter_tables,
+    personal_strings,
+    raw_settings,
+    settings_from,
+    subject_command,
+)
+from worker import failpoints
+from worker.support import publish_command
+
+
+@pytest.mark.parametrize("failpoint", sorted(failpoints.ALL))
+def test_sigkill_at_any_point_loses_nothing_and_completes_once(
+    failpoint: str, pg_url: str, kafka_bootstrap: str, tmp_path: Path,
+) -> None:
+    systems = {name: {"connector": "tests.fakes", "settings": {"url": pg_url, **extra}}
+               for name, extra in {"alpha": {}, "beta": {"polls": 1}}.items()}
+    raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems)
+    settings = settings_from(raw)
+    receipts = Receipts(settings)
+    command = subject_command(identifiers={"ga_client_id": ["555.777"]})
+    request_id = command["request_id"]
+
+    doomed = WorkerProcess({**raw, "failpoints": [failpoint]}, tmp_path, "doomed").start()
+    publish_command(settings.kafka, command)
+    assert doomed.wait_exit(90) == -9, doomed.logs()[-2000:]
+
+    survivor = WorkerProcess(raw, tmp_path, "survivor").start()
+    try:
+        done = receipts.wait(request_id, {"completed"}, timeout=90)
+        receipts.drain(2.0)
+    finally:
+        assert survivor.terminate() == 0, survivor.logs()[-2000:]
+        receipts.close()
+
+    assert {s["system"]: s["state"] for s in done["systems"]} == {"alpha": "confirmed", "beta": "confirmed"}
+    terminal = {json.dumps(r, sort_keys=True) for r in receipts.of(request_id) if r["status"] == "completed"}
+    assert len(terminal) == 1, "two different terminal receipts"
+    assert fakes.effect_count(pg_url, request_id, "erase", "alpha") >= 1
+
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM requests WHERE request_id = :r"), {"r": request_id})
+        assert rows.scalar_one() == 1
+    _assert_nothing_personal(command, engine, [doomed.logs(), survivor.logs()], receipts.raw)
+    engine.dispose()
+
+
+def _assert_nothing_personal(command: dict[str, Any], engine: Any, logs: list[str], receipts: list[bytes]) -> None:
+    """SPEC invariant 8: no email, phone, customer id or vendor id in logs, receipts or our tables."""
+    personal = personal_strings(command)
+    assert personal
+    for text in logs:
+        assert text, "the worker wrote no logs at all"
+        for value in personal:
+            assert value not in text, "personal data in the worker's logs"
+    for record in receipts:
+        for value in personal:
+            assert value.encode() not in record, "personal data in a receipt"
+    for table, rows in iter_tables(engine):
+        dump = repr(rows)
+        for value in personal:
+            assert value not in dump, f"personal data left in table {table}"
