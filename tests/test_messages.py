@@ -1,0 +1,99 @@
+"""Command validation: stable error codes, bounds, signatures and defaults, without a broker."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from worker import messages
+from worker.errors import InvalidCommand
+from worker.support import build_command
+
+SYSTEMS = frozenset({"orders_db", "loyalty"})
+
+
+def command(**changes: Any) -> dict[str, Any]:
+    body = build_command(kind="erasure", customer_id="C-100234", emails=["marie.dupont@example.fr"],
+                         phones=["+33612345678"], request_id="5f0c9a8e-3c1e-4f4a-9d55-0d2b1f7b8a10",
+                         requested_at=datetime(2026, 1, 31, 10, tzinfo=UTC))
+    body.update(changes)
+    return body
+
+
+def parse(body: Any, *, secret: bytes | None = None, signature: str | None = None) -> messages.Command:
+    value = json.dumps(body).encode()
+    return messages.parse(messages.decode(value), value=value, signature=signature, signing_secret=secret,
+                          known_systems=SYSTEMS)
+
+
+def code_of(body: Any, **kwargs: Any) -> tuple[str, str | None]:
+    with pytest.raises(InvalidCommand) as caught:
+        parse(body, **kwargs)
+    return caught.value.code, caught.value.request_id
+
+
+def test_a_valid_command_parses_and_due_at_defaults_to_one_calendar_month() -> None:
+    parsed = parse(command())
+    assert parsed.kind == "erasure" and parsed.systems is None
+    assert parsed.due_at == datetime(2026, 2, 28, 10, tzinfo=UTC)  # 31 Jan + 1 month, clamped
+
+
+@pytest.mark.parametrize(("change", "code"), [
+    ({"schema_version": 2}, "unsupported_schema_version"),
+    ({"kind": "rectification"}, "schema_violation"),
+    ({"systems": ["orders_db", "crm"]}, "unknown_system"),
+    ({"reason": "x" * 1001}, "schema_violation"),
+    ({"unexpected": True}, "schema_violation"),
+    ({"subject": {"customer_id": "C-1", "emails": [f"a{i}@example.fr" for i in range(21)]}}, "schema_violation"),
+    ({"subject": {"customer_id": "C-1", "phones": ["0612345678"]}}, "schema_violation"),
+    ({"subject": {"customer_id": "x" * 129}}, "schema_violation"),
+    ({"requested_at": "yesterday"}, "schema_violation"),
+])
+def test_invalid_commands_get_a_stable_code_and_keep_their_request_id(change: dict[str, Any], code: str) -> None:
+    assert code_of(command(**change)) == (code, "5f0c9a8e-3c1e-4f4a-9d55-0d2b1f7b8a10")
+
+
+def test_a_missing_schema_version_is_a_schema_violation() -> None:
+    body = command()
+    del body["schema_version"]
+    assert code_of(body)[0] == "schema_violation"
+
+
+def test_an_unreadable_request_id_is_reported_as_none() -> None:
+    assert code_of(command(request_id="has space"))[1] is None
+    assert code_of(["not", "an", "object"]) == ("schema_violation", None)
+
+
+@pytest.mark.parametrize(("value", "code"), [
+    (b"\xff\xfe", "invalid_json"), (b"{", "invalid_json"), (None, "invalid_json"),
+    (b" " * (64 * 1024 + 1), "too_large"),
+])
+def test_undecodable_values(value: bytes | None, code: str) -> None:
+    with pytest.raises(InvalidCommand) as caught:
+        messages.decode(value)
+    assert caught.value.code == code
+
+
+def test_errors_name_fields_never_values() -> None:
+    with pytest.raises(InvalidCommand) as caught:
+        parse(command(subject={"customer_id": "C-1", "emails": ["not-an-email-marie"]}))
+    assert "marie" not in caught.value.message
+    assert "$.subject.emails[0]" in caught.value.message
+
+
+def test_signatures_are_required_when_a_secret_is_configured() -> None:
+    body = command()
+    value = json.dumps(body).encode()
+    good = messages.sign(value, b"secret")
+    assert parse(body, secret=b"secret", signature=good).request_id == body["request_id"]
+    assert code_of(body, secret=b"secret", signature=None)[0] == "bad_signature"
+    assert code_of(body, secret=b"secret", signature=messages.sign(value, b"other"))[0] == "bad_signature"
+
+
+def test_subject_ref_is_keyed_and_stable() -> None:
+    ref = messages.subject_ref(b"k1", "C-100234")
+    assert ref == messages.subject_ref(b"k1", "C-100234") != messages.subject_ref(b"k2", "C-100234")
+    assert ref.startswith("hmac-sha256:") and "C-100234" not in ref

@@ -1,0 +1,118 @@
+"""The state machine, exhaustively: every event in every state is either a listed transition or illegal."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from worker import states
+from worker.states import RequestStatus, SystemState, TaskState
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+NO_JITTER = states.RetryPolicy(base_seconds=2, max_seconds=60, jitter=lambda ceiling: ceiling)
+
+EVENTS: dict[str, states.Event] = {
+    "claim": states.Claim(),
+    "confirm": states.Confirm("erased"),
+    "await": states.AwaitVendor("job-1", poll_after=30),
+    "fail_retryable": states.Fail("retryable", "HTTP 503", retryable=True, retry_after=None),
+    "fail_permanent": states.Fail("permanent", "HTTP 403", retryable=False),
+    "throttled": states.Fail("throttled", "rate limit", retryable=True, retry_after=0.5, counts_as_attempt=False),
+    "lease_expired": states.LeaseExpired(),
+    "operator_retry": states.OperatorRetry(),
+    "operator_confirm": states.OperatorConfirm(),
+}
+
+S = SystemState
+LEGAL: dict[tuple[SystemState, str], SystemState] = {
+    (S.PENDING, "claim"): S.RUNNING,
+    (S.RETRYING, "claim"): S.RUNNING,
+    (S.WAITING_VENDOR, "claim"): S.RUNNING,
+    (S.RUNNING, "confirm"): S.CONFIRMED,
+    (S.RUNNING, "await"): S.WAITING_VENDOR,
+    (S.RUNNING, "fail_retryable"): S.RETRYING,
+    (S.RUNNING, "fail_permanent"): S.FAILED,
+    (S.RUNNING, "throttled"): S.RETRYING,
+    (S.RUNNING, "lease_expired"): S.RETRYING,
+    (S.FAILED, "operator_retry"): S.PENDING,
+    (S.RETRYING, "operator_retry"): S.PENDING,
+    (S.WAITING_VENDOR, "operator_retry"): S.PENDING,
+    **{(state, "operator_confirm"): S.CONFIRMED for state in SystemState if state is not S.CONFIRMED},
+}
+
+
+@pytest.mark.parametrize(("state", "event_name"), list(itertools.product(SystemState, EVENTS)))
+def test_every_event_in_every_state(state: SystemState, event_name: str) -> None:
+    task = TaskState(state=state, attempts=1, max_attempts=5)
+    expected = LEGAL.get((state, event_name))
+    if expected is None:
+        with pytest.raises(states.IllegalTransition):
+            states.transition(task, EVENTS[event_name], NOW, NO_JITTER)
+    else:
+        assert states.transition(task, EVENTS[event_name], NOW, NO_JITTER).state is expected
+
+
+def test_claim_counts_an_attempt_but_a_vendor_poll_does_not() -> None:
+    assert states.transition(TaskState(), states.Claim(), NOW, NO_JITTER).attempts == 1
+    waiting = TaskState(state=S.WAITING_VENDOR, attempts=1)
+    assert states.transition(waiting, states.Claim(), NOW, NO_JITTER).attempts == 1
+
+
+def test_backoff_grows_exponentially_up_to_the_cap() -> None:
+    delays = []
+    for attempts in range(1, 8):
+        task = TaskState(state=S.RUNNING, attempts=attempts, max_attempts=10)
+        after = states.transition(task, EVENTS["fail_retryable"], NOW, NO_JITTER)
+        assert after.next_attempt_at is not None
+        delays.append((after.next_attempt_at - NOW).total_seconds())
+    assert delays == [2, 4, 8, 16, 32, 60, 60]
+
+
+def test_jitter_never_goes_below_retry_after() -> None:
+    zero_jitter = states.RetryPolicy(base_seconds=2, max_seconds=60, jitter=lambda ceiling: 0.0)
+    task = TaskState(state=S.RUNNING, attempts=1)
+    after = states.transition(task, states.Fail("retryable", "429", retryable=True, retry_after=120), NOW, zero_jitter)
+    assert after.next_attempt_at == NOW + timedelta(seconds=120)
+    floor = states.transition(task, EVENTS["fail_retryable"], NOW, zero_jitter)
+    assert floor.next_attempt_at == NOW + timedelta(seconds=1)  # half the base: never a hot loop
+
+
+def test_retries_run_out_into_failed() -> None:
+    task = TaskState(state=S.RUNNING, attempts=5, max_attempts=5)
+    after = states.transition(task, EVENTS["fail_retryable"], NOW, NO_JITTER)
+    assert (after.state, after.error_code, after.next_attempt_at) == (S.FAILED, "retries_exhausted", None)
+
+
+def test_throttling_gives_the_attempt_back_and_waits_exactly_as_asked() -> None:
+    task = TaskState(state=S.RUNNING, attempts=5, max_attempts=5)
+    after = states.transition(task, EVENTS["throttled"], NOW, NO_JITTER)
+    assert (after.state, after.attempts) == (S.RETRYING, 4)
+    assert after.next_attempt_at == NOW + timedelta(seconds=0.5)
+
+
+def test_operator_retry_resets_the_attempt_budget_and_confirm_records_the_outcome() -> None:
+    failed = TaskState(state=S.FAILED, attempts=8, error_code="permanent")
+    retried = states.transition(failed, states.OperatorRetry(), NOW, NO_JITTER)
+    assert (retried.attempts, retried.next_attempt_at) == (0, NOW)
+    confirmed = states.transition(failed, states.OperatorConfirm(), NOW, NO_JITTER)
+    assert (confirmed.outcome, confirmed.confirmed_at, confirmed.error_code) == ("manually_confirmed", NOW, None)
+
+
+@pytest.mark.parametrize("combo", list(itertools.product(SystemState, repeat=2)))
+def test_request_status_is_derived_from_its_tasks(combo: tuple[SystemState, SystemState]) -> None:
+    for attempted in (False, True):
+        status = states.request_status(combo, any_attempted=attempted)
+        if all(s is S.CONFIRMED for s in combo):
+            assert status is RequestStatus.COMPLETED
+        elif S.FAILED in combo:
+            assert status is RequestStatus.ACTION_REQUIRED
+        elif not attempted and all(s is S.PENDING for s in combo):
+            assert status is RequestStatus.ACCEPTED
+        else:
+            assert status is RequestStatus.IN_PROGRESS
+
+
+def test_a_request_without_tasks_is_never_complete() -> None:
+    assert states.request_status([], any_attempted=False) is RequestStatus.ACCEPTED
