@@ -28,7 +28,7 @@ from connectors.base import Connector, ConnectorContext, IdentityLookup
 from worker import failpoints, kafka, metrics, states
 from worker.config import Settings
 from worker.errors import ConfigError
-from worker.executor import ExportPackager, Executor
+from worker.executor import Executor, ExportPackager
 from worker.health import HealthServer
 from worker.intake import Intake, Message
 from worker.outbox import Relay
@@ -198,15 +198,17 @@ class Worker:
 
     def _record(self, message: KafkaMessage) -> None:
         source = f"{message.topic()}/{message.partition()}/{message.offset()}"
-        incoming = Message(value=message.value(), key=message.key(), headers=message.headers() or [],
-                           source=source)
+        received = message.headers() or []
+        pairs = received.items() if isinstance(received, dict) else received
+        headers = [(str(k), v if isinstance(v, bytes) else (v or "").encode()) for k, v in pairs]
+        incoming = Message(value=message.value(), key=message.key(), headers=headers, source=source)
         try:
             result = self.intake.handle(incoming, self.clock())
         except sa.exc.DBAPIError:
             # Not recorded, so not acknowledged: rewind and pause intake while the store recovers.
             log.error("store_unavailable", during="intake", source=source)
             self.store_ok = False
-            self.consumer.seek(TopicPartition(message.topic(), message.partition(), message.offset()))
+            self.consumer.seek(TopicPartition(str(message.topic()), message.partition() or 0, message.offset() or 0))
             self.consumer.pause(self.consumer.assignment())
             self.intake_resume_at = time.monotonic() + STORE_BACKOFF_SECONDS
             return

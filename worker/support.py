@@ -47,7 +47,9 @@ def publish_command(settings: KafkaSettings, command: Mapping[str, Any], *, sign
     value = raw if raw is not None else json.dumps(command).encode("utf-8")
     if key is None:
         key = str(command.get("subject", {}).get("customer_id", "")).encode() or None
-    headers = [(messages.SIGNATURE_HEADER, messages.sign(value, signing_secret).encode())] if signing_secret else []
+    headers: list[tuple[str, str | bytes | None]] = []
+    if signing_secret:
+        headers.append((messages.SIGNATURE_HEADER, messages.sign(value, signing_secret).encode()))
     producer = Producer(kafka.producer_config(settings))
     errors: list[Any] = []
     producer.produce(settings.topics.commands, key=key, value=value, headers=headers,
@@ -86,7 +88,7 @@ def read_receipt(settings: KafkaSettings, request_id: str, *, timeout: float = 1
                 raise KafkaException(error)
             if message.key() == key:
                 latest, found = message.value(), True
-            if message.offset() >= high - 1:
+            if (message.offset() or 0) >= high - 1:
                 break
         if not found or latest is None:  # never seen, or a tombstone
             return None

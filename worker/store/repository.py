@@ -53,7 +53,7 @@ class OutboxRecord:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,14 @@ class Store:
                     self._audit(conn, command.request_id, None, now, "duplicate_received")
                     self._enqueue_receipt(conn, command.request_id, now)
                     return Recorded.DUPLICATE
-                seq = conn.execute(requests.insert().values(
+                inserted = conn.execute(requests.insert().values(
                     request_id=command.request_id, kind=command.kind, status=RequestStatus.ACCEPTED,
                     subject_ref=subject_ref, body_digest=digest, subject_json=_subject_json(command, subject_ref),
                     reason=command.reason, requested_by=command.requested_by, requested_at=command.requested_at,
                     due_at=command.due_at, created_at=now, updated_at=now,
-                )).inserted_primary_key[0]
+                )).inserted_primary_key
+                assert inserted is not None
+                seq = inserted[0]
                 conn.execute(tasks.insert(), [
                     {"request_id": command.request_id, "system": system, "request_seq": seq,
                      "state": SystemState.PENDING, "attempts": 0, "max_attempts": max_attempts,
@@ -320,7 +322,7 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(limit)).all()
         return [OutboxRecord(r.id, r.topic, r.key, r.value,
-                             [(k, v.encode("latin-1")) for k, v in json.loads(r.headers_json or "[]")])
+                             [(str(k), str(v).encode("latin-1")) for k, v in json.loads(r.headers_json or "[]")])
                 for r in rows]
 
     def outbox_delete(self, ids: Sequence[int]) -> None:
@@ -423,7 +425,7 @@ class Store:
             self._enqueue_receipt(conn, request["request_id"], now)
 
     def _enqueue_receipt(self, conn: sa.Connection, request_id: str, now: datetime) -> None:
-        request = conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).mappings().one()
+        request = dict(conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).mappings().one())
         receipt = receipts.render(request, self._task_rows(conn, request_id))
         conn.execute(outbox.insert().values(
             topic=self.topics.receipts, key=request_id.encode(), value=receipts.encode(receipt), created_at=now,
