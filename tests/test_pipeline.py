@@ -185,3 +185,31 @@ def _read_dlq(worker: Worker, settings: Settings, expected: int) -> list[dict[st
         consumer.close()
     assert len(found) == expected
     return found
+
+
+def test_probes_and_metrics_are_served(pg_url: str, kafka_bootstrap: str) -> None:
+    import urllib.request
+
+    settings = settings_from(raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems={"alpha": fake(pg_url)}))
+    worker = Worker(settings, migrate=True, serve_http=True)
+    worker.start()
+    receipts = Receipts(settings)
+    try:
+        command = subject_command()
+        publish_command(settings.kafka, command)
+        receipts.wait(command["request_id"], {"completed"}, step=worker.run_once)
+        worker.last_gauges = 0.0
+        worker.run_once()
+        base = f"http://127.0.0.1:{worker.health.port}" if worker.health else ""
+        for probe in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(base + probe, timeout=5) as response:  # noqa: S310 - loopback
+                assert response.status == 200
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:  # noqa: S310 - loopback
+            text = response.read().decode()
+        assert 'oubli_commands_total{result="accepted"}' in text
+        assert 'oubli_system_outcomes_total{outcome="erased",system="alpha"}' in text
+        assert 'oubli_requests{status="completed"}' in text
+        assert "oubli_consumer_lag" in text and "oubli_overdue_requests" in text
+    finally:
+        receipts.close()
+        worker.close()

@@ -39,6 +39,7 @@ from worker.timefmt import utcnow
 log = structlog.get_logger("oubli.worker")
 
 STORE_BACKOFF_SECONDS = 2.0
+GAUGE_SECONDS = 15.0
 
 
 def s3_client(settings: Settings) -> Any:
@@ -93,6 +94,7 @@ class Worker:
         self.store_ok = True
         self.intake_resume_at = 0.0
         self.last_commit = time.monotonic()
+        self.last_gauges = 0.0
         self.offsets_pending = False
         self.assigned: list[TopicPartition] = []
 
@@ -154,6 +156,21 @@ class Worker:
         self._guarded(self.relay.tick)
         metrics.IN_FLIGHT.set(self.executor.busy())
         self._maybe_commit()
+        if time.monotonic() - self.last_gauges >= GAUGE_SECONDS:
+            self._guarded(self._refresh_gauges)
+
+    def _refresh_gauges(self) -> None:
+        self.last_gauges = time.monotonic()
+        by_status, overdue, ages = self.store.gauges(self.clock())
+        for status in states.RequestStatus:
+            metrics.REQUESTS.labels(status.value).set(by_status.get(status.value, 0))
+        metrics.OVERDUE.set(overdue)
+        for bucket, count in ages.items():
+            metrics.OPEN_BY_AGE.labels(bucket).set(count)
+        for partition in self.assigned:
+            low, high = self.consumer.get_watermark_offsets(partition, cached=True) or (0, 0)
+            position = self.consumer.position([partition])[0].offset
+            metrics.CONSUMER_LAG.labels(str(partition.partition)).set(max(high - max(position, low), 0))
 
     def close(self) -> None:
         """Drains in-flight calls (bounded), publishes what is left, commits and leaves the group."""

@@ -364,6 +364,22 @@ class Store:
         request, task_rows, _ = self.get(request_id)
         return receipts.render(request, task_rows)
 
+    def gauges(self, now: datetime) -> tuple[dict[str, int], int, dict[str, int]]:
+        """Requests by status, overdue open requests, and open requests by age (for /metrics)."""
+        with self.engine.connect() as conn:
+            by_status = {row.status: row.n for row in conn.execute(
+                sa.select(requests.c.status, sa.func.count().label("n")).group_by(requests.c.status))}
+            open_rows = conn.execute(sa.select(requests.c.requested_at, requests.c.due_at)
+                                     .where(requests.c.status.in_(OPEN_STATUSES))).all()
+        overdue = sum(1 for r in open_rows if r.due_at is not None and aware(r.due_at) < now)
+        ages = {"lt_1h": 0, "lt_1d": 0, "lt_7d": 0, "lt_30d": 0, "ge_30d": 0}
+        for row in open_rows:
+            age = (now - aware(row.requested_at)).total_seconds() if row.requested_at else 0.0
+            bucket = next((name for name, limit in (("lt_1h", 3600), ("lt_1d", 86400), ("lt_7d", 7 * 86400),
+                                                     ("lt_30d", 30 * 86400)) if age < limit), "ge_30d")
+            ages[bucket] += 1
+        return by_status, overdue, ages
+
     # --- internals -------------------------------------------------------------------------
 
     def _lock_request(self, conn: sa.Connection, request_id: str) -> dict[str, Any]:
