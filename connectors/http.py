@@ -19,14 +19,17 @@ to ``classify``.
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import certifi
 import httpx
 
 from connectors.base import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
@@ -57,6 +60,12 @@ def _install_log_filter() -> None:
 
 
 _install_log_filter()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verified TLS context for every client: loading the CA bundle costs tens of ms each time."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,7 @@ class VendorHttp:
             headers={"user-agent": "oubli/0.1", "accept": "application/json", **(headers or {})},
             auth=auth,
             follow_redirects=False,  # a redirect could carry credentials to another host
+            verify=_tls_context(),
         )
 
     def send(self, method: str, path: str, *, op: str, **kwargs: Any) -> httpx.Response:

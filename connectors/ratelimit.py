@@ -67,7 +67,7 @@ class TokenBucket:
             self._refill(now)
             if now < self._held_until:
                 return self._held_until - now
-            if self._tokens >= tokens:
+            if self._tokens + 1e-6 >= tokens:  # float dust must not refuse a whole token
                 self._tokens -= tokens
                 return 0.0
             return (tokens - self._tokens) / self._spec.per_second
@@ -80,9 +80,10 @@ class TokenBucket:
         """The vendor said slow down (429 with Retry-After): admit nothing until then."""
         with self._lock:
             self._held_until = max(self._held_until, now + seconds)
-            # Resume with a single token when the hold ends, not with a full burst.
-            self._tokens = 0.0
-            self._stamp = max(self._stamp or now, self._held_until - 1.0 / self._spec.per_second)
+            # Resume with a single token when the hold ends, not with a full burst: nothing refills
+            # before then, because refills count from the stamp.
+            self._tokens = 1.0
+            self._stamp = self._held_until
 
 
 class DailyQuota:
