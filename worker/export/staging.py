@@ -1,0 +1,154 @@
+"""Stages what a connector exports as S3 objects, one per file, before the package is built.
+
+A staged file lives at ``{prefix}staging/{request_id}/{system}/{name}`` with server-side
+encryption. Writing the same name again replaces it, so a retried export converges on the same
+staging area. Nothing is held whole in memory: rows are spooled to a temporary file (in memory up
+to a few MiB) and streams are copied part by part.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import IO, Any, BinaryIO
+from uuid import UUID
+
+from worker.errors import PermanentError
+from worker.export.multipart import MultipartSink
+from worker.export.settings import ExportSettings
+
+CHUNK = 1 << 20
+SPOOL_BYTES = 4 << 20
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}(/[A-Za-z0-9][A-Za-z0-9._-]{0,119}){0,3}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_SYSTEM = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def check_request_id(request_id: str) -> str:
+    if not _REQUEST_ID.match(request_id):
+        raise PermanentError("export: request id cannot form an object key", code="export_bad_name")
+    return request_id
+
+
+def check_system(system: str) -> str:
+    if not _SYSTEM.match(system):
+        raise PermanentError("export: system id cannot form an object key", code="export_bad_name")
+    return system
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise PermanentError(
+            "export: file name not allowed (letters, digits, . _ - and at most 3 folders)",
+            code="export_bad_name",
+        )
+    return name
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"cannot export a {type(value).__name__} as JSON")
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | Decimal | UUID):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return json.dumps(value, default=json_default, ensure_ascii=False)
+
+
+class StagingWriter:
+    """``connectors.base.ExportWriter`` for one request and one system."""
+
+    def __init__(self, client: Any, settings: ExportSettings, request_id: str, system: str) -> None:
+        self._client = client
+        self._settings = settings
+        self.base = f"{settings.prefix}staging/{check_request_id(request_id)}/{check_system(system)}/"
+
+    def write_json(self, name: str, data: Any) -> None:
+        name = check_name(name if "." in name.rsplit("/", 1)[-1] else f"{name}.json")
+        body = json.dumps(data, default=json_default, ensure_ascii=False, indent=2).encode("utf-8")
+        self._upload(name, io.BytesIO(body), "application/json")
+
+    def write_rows(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        check_name(f"{name}.json")
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b") as spool:
+            columns = _spool_rows(rows, spool)
+            spool.seek(0)
+            self._upload_chunks(f"{name}.json", _json_array(spool), "application/json")
+            spool.seek(0)
+            self._upload_chunks(f"{name}.csv", _csv_lines(spool, columns), "text/csv; charset=utf-8")
+
+    def write_stream(self, name: str, stream: BinaryIO, *, content_type: str = "application/octet-stream") -> None:
+        self._upload(check_name(name), stream, content_type)
+
+    def _upload(self, name: str, stream: IO[bytes], content_type: str) -> None:
+        self._upload_chunks(name, iter(lambda: stream.read(CHUNK), b""), content_type)
+
+    def _upload_chunks(self, name: str, chunks: Iterator[bytes], content_type: str) -> None:
+        extra = {**self._settings.sse_args(), "ContentType": content_type}
+        with MultipartSink(
+            self._client,
+            self._settings.bucket,
+            self.base + name,
+            part_size=self._settings.part_size,
+            extra_args=extra,
+        ) as sink:
+            for chunk in chunks:
+                sink.write(chunk)
+            sink.complete()
+
+
+def _spool_rows(rows: Iterable[Mapping[str, Any]], spool: IO[bytes]) -> list[str]:
+    columns: dict[str, None] = {}
+    for row in rows:
+        for column in row:
+            columns.setdefault(str(column), None)
+        line = json.dumps({str(k): v for k, v in row.items()}, default=json_default, ensure_ascii=False)
+        spool.write(line.encode("utf-8") + b"\n")
+    return list(columns)
+
+
+def _json_array(spool: IO[bytes]) -> Iterator[bytes]:
+    first = True
+    yield b"["
+    for line in spool:
+        yield (b"\n  " if first else b",\n  ") + line.rstrip(b"\n")
+        first = False
+    yield b"\n]\n" if not first else b"]\n"
+
+
+def _csv_lines(spool: IO[bytes], columns: list[str]) -> Iterator[bytes]:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")
+    yield "\ufeff".encode()  # a BOM, so spreadsheet software reads the file as UTF-8
+    writer.writerow(columns)
+    for line in spool:
+        row = json.loads(line)
+        writer.writerow([_csv_cell(row.get(column)) for column in columns])
+        if text.tell() >= CHUNK:
+            yield text.getvalue().encode("utf-8")
+            text.seek(0)
+            text.truncate()
+    yield text.getvalue().encode("utf-8")

@@ -1,0 +1,201 @@
+"""The export store: staging per request and system, then one ZIP package per request.
+
+Contract (called by the orchestrator, from worker threads; every call may block on S3 I/O):
+
+* ``writer(request_id, system)`` is handed to a connector's ``export``. Files it writes are staged
+  in the exports bucket; writing again replaces them, so a retried export is harmless.
+* ``build_package(request_id, records, now)`` runs once every system has confirmed. It streams
+  every staged file into ``{prefix}packages/{request_id}.zip`` and returns an ``ExportInfo`` with a
+  presigned GET url. It is idempotent: a crash at any point leaves either no package or a complete
+  one, and a re-run gives a complete package at the same key. When the staged inputs have not
+  changed since the last complete package, that package is reused and only the url is re-signed.
+  Call it again with the same inputs after ``discard_staging`` and it still returns the package.
+* ``discard_staging(request_id)`` removes the staged copies (every version) once the package is
+  recorded.
+* Raises ``RetryableError`` (S3 unreachable, 5xx) or ``PermanentError`` (access denied, bad
+  config). Messages carry request ids and S3 error codes only, never file contents or names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from worker.errors import RetryableError
+from worker.export.package import fingerprint, list_staged, write_package
+from worker.export.s3errors import error_code, s3_error
+from worker.export.settings import ExportSettings, export_settings
+from worker.export.staging import StagingWriter, check_request_id
+
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    url: str
+    expires_at: datetime
+    sha256: str
+    size_bytes: int
+    object_key: str
+
+
+class ExportStore:
+    def __init__(self, s3_client: Any, settings: ExportSettings) -> None:
+        self._client = s3_client
+        self.settings = settings
+        # botocore presigns S3 urls with SigV2 unless the client's config names a signature version;
+        # SigV2 urls carry no enforced lifetime cap. Keep SigV4 query signing for this client.
+        s3_client.meta.events.register_first("choose-signer.s3", _keep_sigv4_presign, unique_id="oubli-sigv4-presign")
+
+    @classmethod
+    def from_settings(cls, s3_client: Any, settings: Mapping[str, Any]) -> ExportStore:
+        """Validates the ``export:`` section (``ConfigError`` when unusable)."""
+        return cls(s3_client, export_settings(settings))
+
+    def writer(self, request_id: str, system: str) -> StagingWriter:
+        return StagingWriter(self._client, self.settings, request_id, system)
+
+    def package_key(self, request_id: str) -> str:
+        return f"{self.settings.prefix}packages/{check_request_id(request_id)}.zip"
+
+    def build_package(self, request_id: str, records: Mapping[str, int], now: datetime) -> ExportInfo:
+        key = self.package_key(request_id)
+        files = list_staged(self._client, self.settings.bucket, self._staging(request_id))
+        inputs = fingerprint(files, records)
+        previous = self._read_sidecar(key)
+        if previous is not None and (previous["inputs"] == inputs or not files) and self._still_there(key, previous):
+            return self._info(key, previous, now)
+        self._abort_stale_uploads(key)
+        sink = write_package(self._client, self.settings, key, request_id, files, records, now)
+        if sink.version_id is not None:
+            self._delete_versions(key, keep=sink.version_id)
+        done = {
+            "inputs": inputs,
+            "sha256": sink.sha256,
+            "size_bytes": sink.size,
+            "version_id": sink.version_id,
+        }
+        self._put_json(self._sidecar(key), done)
+        return self._info(key, done, now)
+
+    def discard_staging(self, request_id: str) -> None:
+        self._delete_versions(self._staging(request_id))
+
+    def discard_package(self, request_id: str) -> None:
+        """Removes a package (every version) and its record, for example once its url has expired."""
+        key = self.package_key(request_id)
+        self._delete_versions(key)
+        self._delete_versions(self._sidecar(key))
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _staging(self, request_id: str) -> str:
+        return f"{self.settings.prefix}staging/{check_request_id(request_id)}/"
+
+    @staticmethod
+    def _sidecar(key: str) -> str:
+        return key.removesuffix(".zip") + ".done.json"
+
+    def _info(self, key: str, done: Mapping[str, Any], now: datetime) -> ExportInfo:
+        ttl = timedelta(hours=self.settings.url_ttl_hours)
+        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": key}
+        if done.get("version_id"):
+            params["VersionId"] = done["version_id"]  # the url serves exactly the package hashed here
+        try:
+            url = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(ttl.total_seconds()))
+        except Exception as exc:
+            raise s3_error(exc, "signing the export url") from None
+        expires_at = now.astimezone(UTC) + ttl
+        return ExportInfo(
+            url=url,
+            expires_at=expires_at,
+            sha256=str(done["sha256"]),
+            size_bytes=int(done["size_bytes"]),
+            object_key=key,
+        )
+
+    def _read_sidecar(self, key: str) -> dict[str, Any] | None:
+        try:
+            body = self._client.get_object(Bucket=self.settings.bucket, Key=self._sidecar(key))["Body"]
+            with body:
+                data = json.loads(body.read())
+        except Exception as exc:
+            if error_code_of(exc) in {"NoSuchKey", "404"}:
+                return None
+            raise s3_error(exc, "reading the export package record") from None
+        return data if isinstance(data, dict) else None
+
+    def _still_there(self, key: str, done: Mapping[str, Any]) -> bool:
+        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": key}
+        if done.get("version_id"):
+            params["VersionId"] = done["version_id"]
+        try:
+            head = self._client.head_object(**params)
+        except Exception as exc:
+            if error_code_of(exc) in {"NoSuchKey", "404", "NoSuchVersion", "400"}:
+                return False
+            raise s3_error(exc, "checking the export package") from None
+        return int(head.get("ContentLength", -1)) == int(done["size_bytes"])
+
+    def _put_json(self, key: str, data: Mapping[str, Any]) -> None:
+        try:
+            self._client.put_object(
+                Bucket=self.settings.bucket,
+                Key=key,
+                Body=json.dumps(data).encode(),
+                ContentType="application/json",
+                **self.settings.sse_args(),
+            )
+        except Exception as exc:
+            raise s3_error(exc, "recording the export package") from None
+
+    def _abort_stale_uploads(self, key: str) -> None:
+        """Parts of a package whose build crashed: abandoned, so they neither linger nor cost."""
+        try:
+            listed = self._client.list_multipart_uploads(Bucket=self.settings.bucket, Prefix=key)
+            for upload in listed.get("Uploads", []):
+                if upload["Key"] == key:
+                    self._client.abort_multipart_upload(
+                        Bucket=self.settings.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+        except Exception as exc:
+            raise s3_error(exc, "aborting a stale export upload") from None
+
+    def _delete_versions(self, prefix: str, keep: str | None = None) -> None:
+        """Deletes every version and delete marker under ``prefix`` (except ``keep``)."""
+        bucket = self.settings.bucket
+        try:
+            batch: list[dict[str, str]] = []
+            for page in self._client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+                for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                    if item["VersionId"] == keep or not item["Key"].startswith(prefix):
+                        continue
+                    batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+                    if len(batch) == DELETE_BATCH:
+                        self._delete_batch(batch)
+                        batch = []
+            if batch:
+                self._delete_batch(batch)
+        except Exception as exc:
+            raise s3_error(exc, "deleting export objects") from None
+
+    def _delete_batch(self, batch: list[dict[str, str]]) -> None:
+        response = self._client.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": batch, "Quiet": True})
+        errors = [e for e in response.get("Errors", []) if e.get("Code") != "NoSuchVersion"]
+        if errors:
+            codes = sorted({str(e.get("Code")) for e in errors})
+            raise RetryableError(f"deleting export objects: {len(errors)} not deleted ({', '.join(codes)})")
+
+
+def _keep_sigv4_presign(signature_version: str, **_: Any) -> str | None:
+    if signature_version.endswith("-query") and "v4" in signature_version:
+        return signature_version
+    return None
+
+
+def error_code_of(exc: Exception) -> str | None:
+    return error_code(exc) if isinstance(exc, ClientError) else None
