@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors.base import CallResult, ConnectorContext, Pending, Result, Subject
+from connectors.base import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, parse_retry_after
 from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, Progress, build_gate, resolve_ids
@@ -133,5 +133,5 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
     return FacebookConnector(system_id, Options(system_id, settings), context)

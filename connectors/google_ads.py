@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from connectors.base import CallResult, ConnectorContext, Pending, Result, Subject
+from connectors.base import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
 from connectors.ratelimit import RateSpec
@@ -179,5 +179,5 @@ def _reason(statuses: list[dict[str, Any]]) -> str:
     return "no reason given"
 
 
-def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
     return GoogleAdsConnector(system_id, Options(system_id, settings), context)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from connectors.base import CallResult, ConnectorContext, Pending, Result, Subject
+from connectors.base import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import (
     HttpSettings,
@@ -125,5 +125,5 @@ class GoogleAnalyticsConnector(VendorConnector):
         super().close()
 
 
-def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
     return GoogleAnalyticsConnector(system_id, Options(system_id, settings), context)

@@ -18,6 +18,7 @@ to ``classify``.
 
 from __future__ import annotations
 
+import abc
 import email.utils
 import functools
 import logging
@@ -179,7 +180,7 @@ class VendorHttp:
         self._client.close()
 
 
-class VendorConnector:
+class VendorConnector(abc.ABC):
     """Base of the vendor connectors: one gate, one HTTP client, and the defaults of the contract.
 
     ``call`` passes the gate first (raising ``Throttled``/``QuotaDeferred`` without any I/O), then
@@ -217,6 +218,9 @@ class VendorConnector:
                     raise
                 return Pending(Progress(index, len(items), note).ref(), poll_after=exc.retry_after or 1.0)
         return Progress(len(items), len(items), note)
+
+    @abc.abstractmethod
+    def erase(self, subject: Subject) -> CallResult: ...
 
     def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
         return Result("not_supported", detail=f"{self.system}: the vendor API offers no export")

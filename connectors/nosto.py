@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors.base import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
+from connectors.base import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
 from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
 from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, Progress, build_gate
@@ -87,5 +87,5 @@ class NostoConnector(VendorConnector):
         raise classify(self.system, op, response, self.context.now(), code)
 
 
-def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
     return NostoConnector(system_id, Options(system_id, settings), context)

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors.base import CallResult, ConnectorContext, ExportWriter, Result, Subject
+from connectors.base import CallResult, Connector, ConnectorContext, ExportWriter, Result, Subject
 from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
 from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate, resolve_ids
@@ -95,5 +95,5 @@ class ShopimindConnector(VendorConnector):
         return classify(self.system, op, response, self.context.now(), safe_code(body.get("error")))
 
 
-def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> VendorConnector:
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
     return ShopimindConnector(system_id, Options(system_id, settings), context)

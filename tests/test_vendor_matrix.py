@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.base import Result
+from connectors.base import Result, Subject
 from tests.conformance import assert_no_personal_data, settle
 from tests.standins.facebook import graph_error
 from tests.standins.google import google_error
@@ -50,15 +50,15 @@ def vendor(request: pytest.FixtureRequest) -> Iterator[VendorHarness]:
     standin.stop()
 
 
-def _erase(vendor: VendorHarness, subject: object) -> Result:
-    return settle(vendor.connector, subject, vendor.connector.erase(subject))  # type: ignore[arg-type]
+def _erase(vendor: VendorHarness, subject: Subject) -> Result:
+    return settle(vendor.connector, subject, vendor.connector.erase(subject))
 
 
 def test_success_confirms_and_the_vendor_no_longer_holds_the_subject(vendor: VendorHarness) -> None:
     subject = vendor.subject_with_data()
     result = _erase(vendor, subject)
     assert result.outcome == CONFIRMED[vendor.system]
-    assert not vendor.holds_personal_data(subject)  # type: ignore[attr-defined]
+    assert not vendor.holds_personal_data(subject)
 
 
 def test_repeat_is_idempotent(vendor: VendorHarness) -> None:
@@ -68,7 +68,7 @@ def test_repeat_is_idempotent(vendor: VendorHarness) -> None:
     second = _erase(vendor, subject)
     assert first.outcome == second.outcome == CONFIRMED[vendor.system]
     assert vendor.standin.count() > calls  # it really asked the vendor again
-    assert not vendor.holds_personal_data(subject)  # type: ignore[attr-defined]
+    assert not vendor.holds_personal_data(subject)
 
 
 def test_subject_without_identifiers_is_not_found_without_a_call(vendor: VendorHarness) -> None:

@@ -40,7 +40,8 @@ from tests.standins.shopimind import API_KEY as SHOPIMIND_KEY
 from tests.standins.shopimind import ShopimindStandIn
 
 __all__ = [
-    "DataManagerStandIn", "FacebookStandIn", "GoogleAnalyticsStandIn", "NostoStandIn", "Reply", "Request",
+    "ADS_LIST_ID", "GA_KINDS", "GA_PROPERTY_ID", "DataManagerStandIn", "FacebookStandIn",
+    "GoogleAnalyticsStandIn", "NostoStandIn", "Reply", "Request",
     "ShopimindStandIn", "StandIn", "StandIns", "running", "settings_for", "start", "start_all", "stop_all",
 ]
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -138,7 +138,7 @@ class StandIn:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> StandIn:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -222,7 +222,7 @@ class StandIn:
             fault = None
             if name not in self.fault_exempt:
                 fault = self._faults.pop(0) if self._faults else self._sticky
-            if fault is None and self.max_per_second is not None:
+            if fault is None and self.max_per_second is not None and name not in self.fault_exempt:
                 now = self.clock()
                 recent = sum(1 for c in self.calls if c.route == name and c.status < 400 and now - c.at < 1.0)
                 if recent >= self.max_per_second:

@@ -73,6 +73,6 @@ class FacebookStandIn(StandIn):
                                "exist, cannot be loaded due to missing permissions, or does not support "
                                "this operation", "GraphMethodException", subcode=33)
         self.granted[asid] = False
-        usage = min(100, round(100 * self.count("revoke") / self.hourly_budget))
+        usage = min(100, round(100 * (self.count("revoke") + 1) / self.hourly_budget))  # with this call
         return Reply(200, {"success": True},
                      {"X-App-Usage": json.dumps({"call_count": usage, "total_cputime": 1, "total_time": 1})})

@@ -100,7 +100,7 @@ class GoogleAnalyticsStandIn(GoogleStandIn):
         body = request.json()
         if not isinstance(body, dict) or body.get("kind") != "analytics#userDeletionRequest":
             return google_error(400, "INVALID_ARGUMENT", "invalid", "Invalid value for kind.")
-        ident = body.get("id") if isinstance(body.get("id"), dict) else {}
+        ident: dict[str, Any] = body["id"] if isinstance(body.get("id"), dict) else {}
         scopes = [k for k in ("propertyId", "webPropertyId", "firebaseProjectId") if body.get(k)]
         if ident.get("type") not in self.ID_TYPES or not ident.get("userId") or len(scopes) != 1:
             return google_error(400, "INVALID_ARGUMENT", "invalidParameter", "Invalid userDeletionRequest.")
@@ -126,6 +126,7 @@ class DataManagerStandIn(GoogleStandIn):
         super().__init__(**kwargs)
         self.lists: dict[str, set[str]] = {ADS_LIST_ID: set()}
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.bodies: list[dict[str, Any]] = []
         self.polls_to_finish = 2
         self.next_outcome = "SUCCESS"
         self._ids = itertools.count(1)
@@ -144,6 +145,7 @@ class DataManagerStandIn(GoogleStandIn):
 
     def _remove(self, request: Request) -> Reply:
         body = request.json() if isinstance(request.json(), dict) else {}
+        self.bodies.append(body)
         destinations, members = body.get("destinations") or [], body.get("audienceMembers") or []
         bad = google_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Request has an invalid argument.")
         if not 0 < len(destinations) <= 10 or not 0 < len(members) <= 10_000 or body.get("encoding") != "HEX":

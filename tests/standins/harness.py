@@ -118,6 +118,15 @@ class VendorHarness:
         self.identity = MemoryIdentity()
         self.connector = build(self.system, standin, self.clock, self.identity, **{**GENEROUS, **overrides})
 
+    def subject_with_data(self) -> Subject:
+        raise NotImplementedError
+
+    def subject_without_data(self) -> Subject:
+        raise NotImplementedError
+
+    def holds_personal_data(self, subject: Subject) -> bool:
+        raise NotImplementedError
+
     def transient_failure(self) -> contextlib.AbstractContextManager[None]:
         return self.standin.failing(503)
 

@@ -1,0 +1,134 @@
+"""Google Analytics User Deletion connector: one upsert per id, resumable runs, OAuth, config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from connectors.base import Pending, Result
+from tests.standins import GA_PROPERTY_ID, settings_for
+from tests.standins.google import ACCESS_TOKEN, GoogleAnalyticsStandIn, google_error
+from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
+from worker.errors import ConfigError, PermanentError, RetryableError, Throttled
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def ga() -> Iterator[GoogleAnalyticsStandIn]:
+    with GoogleAnalyticsStandIn() as standin:
+        yield standin
+
+
+def test_one_upsert_per_id_with_the_documented_body(ga: GoogleAnalyticsStandIn) -> None:
+    clock, identity = FakeClock(), MemoryIdentity()
+    connector = build("google_analytics", ga, clock, identity, rate_limit={"per_second": 100, "burst": 10})
+    subject = make_subject(identifiers={"ga_client_id": ["111.222"], "ga_app_instance_id": ["app-1"]})
+    identity.add(subject.customer_id, "ga_user_id", "U-7")
+    result = connector.erase(subject)
+    assert isinstance(result, Result) and result.outcome == "requested"
+    assert result.expected_by == clock.now() + timedelta(days=63)
+    assert result.vendor_ref and result.vendor_ref.startswith("deletionRequestTime:")
+    assert sorted((r["id"]["type"], r["id"]["userId"]) for r in ga.requests) == [
+        ("APP_INSTANCE_ID", "app-1"), ("CLIENT_ID", "111.222"), ("USER_ID", "U-7")]
+    assert all(r["kind"] == "analytics#userDeletionRequest" and r["propertyId"] == GA_PROPERTY_ID
+               for r in ga.requests)
+    connector.close()
+
+
+def test_a_run_cut_short_by_the_limiter_resumes_without_redoing_ids(ga: GoogleAnalyticsStandIn) -> None:
+    clock = FakeClock()
+    connector = build("google_analytics", ga, clock)  # 1.5/s, burst 1: one id per 0.67 s
+    subject = make_subject(identifiers={"ga_client_id": ["1.1", "2.2", "3.3"]})
+    first = connector.erase(subject)
+    assert isinstance(first, Pending) and first.vendor_ref == "progress:1/3"
+    assert first.poll_after == pytest.approx(1 / 1.5)
+    with pytest.raises(Throttled):
+        connector.poll(subject, first.vendor_ref)  # too early: refused, nothing sent
+    clock.advance(first.poll_after)
+    second = connector.poll(subject, first.vendor_ref)
+    assert isinstance(second, Pending) and second.vendor_ref == "progress:2/3"
+    clock.advance(second.poll_after)
+    done = connector.poll(subject, second.vendor_ref)
+    assert isinstance(done, Result) and done.outcome == "requested"
+    assert [r["id"]["userId"] for r in ga.requests] == ["1.1", "2.2", "3.3"]  # each exactly once
+    connector.close()
+
+
+def test_a_changed_id_list_restarts_from_the_first_id(ga: GoogleAnalyticsStandIn) -> None:
+    clock = FakeClock()
+    connector = build("google_analytics", ga, clock, rate_limit={"per_second": 100, "burst": 10})
+    subject = make_subject(identifiers={"ga_client_id": ["1.1", "2.2"]})
+    result = connector.poll(subject, "progress:1/3")  # made when three ids were known
+    assert isinstance(result, Result) and len(ga.requests) == 2
+    with pytest.raises(PermanentError):
+        connector.poll(subject, "somebody-else's-ref")
+    connector.close()
+
+
+def test_oauth_token_is_fetched_once_and_refreshed_when_it_expires(ga: GoogleAnalyticsStandIn) -> None:
+    clock = FakeClock()
+    connector = build("google_analytics", ga, clock, rate_limit={"per_second": 100, "burst": 10})
+    for i in range(3):
+        connector.erase(make_subject(identifiers={"ga_client_id": [f"{i}.0"]}))
+    assert ga.tokens_issued == 1
+    clock.advance(3600)
+    connector.erase(make_subject(identifiers={"ga_client_id": ["9.0"]}))
+    assert ga.tokens_issued == 2
+    connector.close()
+
+
+def test_a_fixed_access_token_and_a_web_property(ga: GoogleAnalyticsStandIn) -> None:
+    settings = settings_for("google_analytics", ga, access_token=ACCESS_TOKEN, web_property_id="UA-1-1")
+    del settings["oauth"], settings["property_id"]
+    from connectors import google_analytics
+    from connectors.base import ConnectorContext
+
+    connector = google_analytics.create("ga", settings, ConnectorContext(now=FakeClock().now))
+    result = connector.erase(make_subject(identifiers={"ga_user_id": ["u1"]}))
+    assert isinstance(result, Result) and result.outcome == "requested"
+    assert ga.requests[-1]["webPropertyId"] == "UA-1-1" and "propertyId" not in ga.requests[-1]
+    assert ga.tokens_issued == 0
+    connector.close()
+
+
+def test_403_rate_limit_reason_is_retryable_with_the_vendor_delay(ga: GoogleAnalyticsStandIn) -> None:
+    connector = build("google_analytics", ga, FakeClock())
+    reply = google_error(403, "PERMISSION_DENIED", "userRateLimitExceeded", "User Rate Limit Exceeded")
+    ga.fail_next(1, status=403, body=reply.body, headers={"Retry-After": "3"})
+    with pytest.raises(RetryableError) as caught:
+        connector.erase(make_subject(identifiers={"ga_client_id": ["1.1"]}))
+    assert caught.value.retry_after == 3.0 and "userRateLimitExceeded" in str(caught.value)
+    with pytest.raises(Throttled):
+        connector.erase(make_subject(identifiers={"ga_client_id": ["1.1"]}))
+    connector.close()
+
+
+def test_a_failing_identity_lookup_is_retryable_and_clean(ga: GoogleAnalyticsStandIn) -> None:
+    class Broken:
+        def identifiers(self, subject: object, kind: str) -> tuple[str, ...]:
+            raise ConnectionError("orders db at 10.0.0.7 refused marie@example.fr")
+
+    connector = build("google_analytics", ga, FakeClock(), Broken())  # type: ignore[arg-type]
+    with pytest.raises(RetryableError) as caught:
+        connector.erase(make_subject(identifiers={"ga_client_id": ["1.1"]}))
+    assert caught.value.code == "identity_lookup" and "marie" not in str(caught.value)
+    connector.close()
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"property_id": None}, "set exactly one"),
+    ({"web_property_id": "UA-1-1"}, "set exactly one"),
+    ({"identifier_kinds": ["ga_client_id", "email"]}, "unknown kinds"),
+    ({"allow_insecure_http": False}, "must use https"),
+    ({"oauth": {"client_id": "x", "refresh_token": "y"}}, "oauth.client_secret"),
+])
+def test_bad_settings_are_refused_without_echoing_values(
+        ga: GoogleAnalyticsStandIn, overrides: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build("google_analytics", ga, FakeClock(), None, **overrides)
+    assert problem in str(caught.value)
+    assert "standin-client-secret" not in str(caught.value)

@@ -1,0 +1,96 @@
+"""Shared vendor helpers: Retry-After parsing, vendor codes, secrets, settings, https."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from connectors.http import HttpSettings, classify, parse_retry_after, safe_code
+from connectors.vendor import Options, Progress, Secret
+from worker.errors import ConfigError, PermanentError, RetryableError
+
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [
+    ({"retry-after": "7"}, 7.0),
+    ({"retry-after": " 2.5 "}, 2.5),
+    ({"retry-after": "Tue, 24 Nov 2026 10:01:30 GMT"}, 90.0),
+    ({"retry-after": "Tue, 24 Nov 2026 09:00:00 GMT"}, 0.0),  # in the past: at once
+    ({"ratelimit-reset": "12"}, 12.0),
+    ({"x-ratelimit-reset": str(int(NOW.timestamp()) + 30)}, 30.0),  # an epoch timestamp
+    ({"retry-after": "soon"}, None),
+    ({}, None),
+])
+def test_retry_after_in_seconds_or_http_date(headers: dict[str, str], seconds: float | None) -> None:
+    assert parse_retry_after(httpx.Headers(headers), NOW) == seconds
+
+
+def test_vendor_codes_are_short_tokens_never_free_text() -> None:
+    assert safe_code("RESOURCE_EXHAUSTED") == "RESOURCE_EXHAUSTED"
+    assert safe_code(190) == "190"
+    assert safe_code("Object with ID '10229' does not exist") is None
+    assert safe_code("marie@example.fr") is None
+    assert safe_code(True) is None and safe_code(None) is None
+
+
+@pytest.mark.parametrize(("status", "kind", "code"), [
+    (429, RetryableError, "vendor_rate_limited"), (500, RetryableError, "vendor_unavailable"),
+    (503, RetryableError, "vendor_unavailable"), (408, RetryableError, "vendor_unavailable"),
+    (401, PermanentError, "credentials_refused"), (403, PermanentError, "credentials_refused"),
+    (400, PermanentError, "vendor_rejected"), (404, PermanentError, "vendor_rejected"),
+])
+def test_classification_by_status(status: int, kind: type[Exception], code: str) -> None:
+    response = httpx.Response(status, headers={"retry-after": "3"})
+    error = classify("nosto", "customer redact", response, NOW, "SOME_CODE")
+    assert type(error) is kind and error.code == code
+    assert str(error).startswith(f"nosto: customer redact got HTTP {status} (SOME_CODE)")
+    if isinstance(error, RetryableError):
+        assert error.retry_after == 3.0
+
+
+def test_secrets_never_show_in_repr_or_str() -> None:
+    secret = Options("s", {"token": "hunter2"}).secret("token")
+    assert "hunter2" not in repr(secret) and "hunter2" not in str(secret) and "hunter2" not in f"{secret}"
+    assert "hunter2" not in repr({"settings": secret})
+    assert secret.reveal() == "hunter2" and secret == Secret("hunter2")
+
+
+def test_settings_errors_name_the_key_not_the_value() -> None:
+    opts = Options("nosto", {"timeout_seconds": "fast", "api_token": "", "rate_limit": 5})
+    for read in (lambda: opts.number("timeout_seconds"), lambda: opts.secret("api_token"),
+                 lambda: opts.section("rate_limit"), lambda: opts.text("missing")):
+        with pytest.raises(ConfigError) as caught:
+            read()
+        assert str(caught.value).startswith("system nosto: setting ")
+        assert "fast" not in str(caught.value)
+    assert Options("s", {"n": "2.5", "f": "true"}).number("n") == 2.5  # ${ENV} values arrive as text
+    assert Options("s", {"f": "true"}).flag("f") is True
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://api.nosto.com", True), ("http://127.0.0.1:8080", False), ("ftp://x", False), ("/relative", False),
+])
+def test_base_url_must_be_https(url: str, allowed: bool) -> None:
+    opts = Options("nosto", {"base_url": url})
+    if allowed:
+        assert HttpSettings.parse(opts, "https://default").base_url == url
+    else:
+        with pytest.raises(ConfigError):
+            HttpSettings.parse(opts, "https://default")
+    insecure = Options("nosto", {"base_url": "http://127.0.0.1:1", "allow_insecure_http": "true"})
+    assert HttpSettings.parse(insecure, "https://default").base_url == "http://127.0.0.1:1"
+
+
+def test_timeouts_are_bounded_and_connect_never_exceeds_the_total() -> None:
+    settings = HttpSettings.parse(Options("s", {"timeout_seconds": 0.2}), "https://x")
+    assert settings.timeout == 0.2 and settings.connect_timeout == 0.2
+
+
+def test_progress_markers_round_trip_and_hold_no_identifier() -> None:
+    assert Progress(2, 5, "any").ref() == "progress:2/5:any"
+    assert Progress.parse("progress:2/5:any", 5) == Progress(2, 5, "any")
+    assert Progress.parse("progress:2/5", 4) == Progress(0, 4)  # the list changed: start over
+    assert Progress.parse("request-123", 5) is None
