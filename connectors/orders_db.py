@@ -1,0 +1,166 @@
+"""``orders_db``: customer accounts, orders, deliveries, returns and the billing trail (SPEC §1).
+
+A rule set for the declarative SQL connector over the schema of ``connectors.samples.orders``:
+
+* the account, its addresses, consents and vendor identifiers are deleted;
+* orders, order lines, deliveries and returns are anonymised: the personal columns are nulled (the
+  tracking number is pseudonymised), amounts, dates, products and statuses stay;
+* invoices and credit notes whose retention runs (``billing_retention_years`` after the due date,
+  SPEC §6) are kept, reduced to the fields an invoice must carry (number, dates, buyer name and
+  address, VAT number, amounts) and reported as retained until the latest end date; those past it
+  are anonymised like orders.
+
+Settings::
+
+    url: postgresql+psycopg://orders@db/orders
+    billing_retention_years: 3     # 1 to 10; the policy says at most 3, L123-22 may need 10
+    match_by_email: false          # find the account by email when the customer id is unknown
+    schema: null                   # optional PostgreSQL schema
+    statement_timeout_ms: 30000
+
+``create_identity_lookup(settings)`` reads the vendor ids of ``customer_identifiers`` for the
+vendor connectors (GA client ids, Facebook app-scoped ids, Shopimind ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from connectors.base import ConnectorContext, Subject
+from connectors.sql import SqlConnector, make_engine
+from connectors.sql_config import SqlConfig, parse
+from connectors.sql_errors import db_error
+from worker.errors import ConfigError
+
+_PASSED_THROUGH = ("url", "schema", "statement_timeout_ms", "connect_timeout_s", "pool_size")
+
+
+def rules(billing_retention_years: int = 3, match_by_email: bool = False) -> dict[str, Any]:
+    """The rule set, in the same shape as ``connector: sql`` settings (without the url)."""
+    by_customer = {"customer_id": "customer_id"}
+    via_orders = {"via": {"table": "orders", "column": "order_id", "parent_column": "order_id"}}
+    invoice_identity = [
+        "billing_name",
+        "billing_company",
+        "billing_line1",
+        "billing_postal_code",
+        "billing_city",
+        "vat_number",
+        "email",
+        "phone",
+        "customer_id",
+    ]
+    return {
+        "subject": {"table": "customers", "key": "customer_id", "email": "email", "email_fallback": match_by_email},
+        "tables": [
+            {"table": "customers", "match": by_customer, "erase": "delete", "export_exclude": ["password_hash"]},
+            {"table": "addresses", "match": by_customer, "erase": "delete"},
+            {"table": "consents", "match": by_customer, "erase": "delete"},
+            {"table": "customer_identifiers", "match": by_customer, "erase": "delete"},
+            {
+                "table": "orders",
+                "match": by_customer,
+                "erase": "anonymise",
+                "columns": dict.fromkeys(
+                    [
+                        "customer_id",
+                        "email",
+                        "phone",
+                        "shipping_name",
+                        "shipping_line1",
+                        "shipping_postal_code",
+                        "shipping_city",
+                        "customer_note",
+                    ]
+                ),
+            },
+            {"table": "order_lines", "match": via_orders, "erase": "anonymise", "columns": {"embroidery_text": None}},
+            {
+                "table": "deliveries",
+                "match": via_orders,
+                "erase": "anonymise",
+                "columns": {
+                    **dict.fromkeys(["recipient_name", "address_line", "postal_code", "city", "phone", "instructions"]),
+                    "tracking_number": "pseudonymise",
+                },
+            },
+            {
+                "table": "returns",
+                "match": via_orders,
+                "erase": "anonymise",
+                "columns": dict.fromkeys(["comment", "pickup_address"]),
+            },
+            {
+                "table": "invoices",
+                "match": by_customer,
+                "erase": "retain",
+                # What an invoice must show stays (Code de commerce L441-9, CGI art. 242 nonies A):
+                # number, dates, buyer name and address, VAT number, amounts. Contact details go.
+                "columns": dict.fromkeys(["email", "phone"]),
+                "retention": {
+                    "category": "invoices",
+                    "legal_basis": "billing retention",
+                    "date_column": "due_on",
+                    "years": billing_retention_years,
+                    "expired": "anonymise",
+                },
+                "expired_columns": dict.fromkeys(invoice_identity),
+            },
+        ],
+    }
+
+
+def config(system_id: str, settings: Mapping[str, Any]) -> SqlConfig:
+    known = {*_PASSED_THROUGH, "billing_retention_years", "match_by_email"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"system {system_id}: unknown settings {', '.join(unknown)}")
+    years = settings.get("billing_retention_years", 3)
+    if isinstance(years, bool) or not isinstance(years, int) or not 1 <= years <= 10:
+        raise ConfigError(f"system {system_id}: billing_retention_years must be an integer from 1 to 10")
+    raw = rules(years, bool(settings.get("match_by_email", False)))
+    raw.update({k: settings[k] for k in _PASSED_THROUGH if k in settings})
+    return parse(system_id, raw)
+
+
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> SqlConnector:
+    return SqlConnector(system_id, config(system_id, settings), context)
+
+
+class OrdersIdentityLookup:
+    """``connectors.base.IdentityLookup`` over ``customer_identifiers``. Blocks on one query."""
+
+    def __init__(self, engine: sa.Engine, schema: str | None = None) -> None:
+        self._engine = engine
+        self._table = sa.table(
+            "customer_identifiers",
+            sa.column("customer_id"),
+            sa.column("kind"),
+            sa.column("value"),
+            sa.column("recorded_at"),
+            schema=schema,
+        )
+
+    def identifiers(self, subject: Subject, kind: str) -> tuple[str, ...]:
+        t = self._table
+        query = (
+            sa.select(t.c.value)
+            .where(t.c.customer_id == subject.customer_id, t.c.kind == kind)
+            .order_by(t.c.recorded_at, t.c.value)
+        )
+        try:
+            with self._engine.connect() as conn:
+                return tuple(dict.fromkeys(str(v) for v in conn.execute(query).scalars()))
+        except Exception as exc:
+            raise db_error("orders_db", "identity lookup", exc) from None
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def create_identity_lookup(settings: Mapping[str, Any]) -> OrdersIdentityLookup:
+    resolved = config("orders_db", settings)
+    return OrdersIdentityLookup(make_engine(resolved), resolved.schema)
