@@ -110,7 +110,8 @@ class GoogleAdsConnector(VendorConnector):
 
     def _members(self, subject: Subject) -> list[dict[str, Any]]:
         members = [{"userData": {"userIdentifiers": [{"emailAddress": digest}]}}
-                   for email in subject.emails for digest in email_hashes(email)]
+                   for email in subject.emails if "@" in normalize_email(email)
+                   for digest in email_hashes(email)]
         for phone in subject.phones:
             e164 = normalize_phone(phone)
             if e164 is None:

@@ -88,8 +88,16 @@ class HttpSettings:
         return cls(base_url, timeout, min(timeout, connect))
 
 
+MAX_RETRY_AFTER = 86_400.0  # a day: a broken header must not silence a vendor until restart
+
+
 def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     """Seconds the vendor asked us to wait, from ``Retry-After`` or the common rate-limit headers."""
+    seconds = _retry_after(headers, now)
+    return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
+
+
+def _retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     value = headers.get("retry-after")
     if value:
         value = value.strip()
@@ -231,3 +239,6 @@ class VendorConnector(abc.ABC):
 
     def close(self) -> None:
         self.http.close()
+
+    def __repr__(self) -> str:  # never the settings: they hold credentials
+        return f"{type(self).__name__}(system={self.system!r})"

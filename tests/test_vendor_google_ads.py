@@ -124,3 +124,11 @@ def test_export_is_not_supported(ads: DataManagerStandIn) -> None:
     result = connector.export(_marie(), MemoryExportWriter())
     assert isinstance(result, Result) and result.outcome == "not_supported"
     connector.close()
+
+
+def test_blank_addresses_are_skipped_not_hashed(ads: DataManagerStandIn) -> None:
+    connector = build("google_ads", ads, FakeClock())
+    result = connector.erase(make_subject(emails=["   ", "not-an-address"]))
+    assert isinstance(result, Result) and result.outcome == "not_found" and ads.count() == 0
+    assert repr(connector) == "GoogleAdsConnector(system='google_ads')"
+    connector.close()

@@ -22,6 +22,7 @@ NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
     ({"ratelimit-reset": "12"}, 12.0),
     ({"x-ratelimit-reset": str(int(NOW.timestamp()) + 30)}, 30.0),  # an epoch timestamp
     ({"retry-after": "soon"}, None),
+    ({"retry-after": "99999999"}, 86_400.0),  # capped at a day
     ({}, None),
 ])
 def test_retry_after_in_seconds_or_http_date(headers: dict[str, str], seconds: float | None) -> None:
