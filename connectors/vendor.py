@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 from connectors.base import ConnectorContext, Subject
 from connectors.ratelimit import REGISTRY, Gate, RateSpec
@@ -130,10 +131,14 @@ def build_gate(opts: Options, context: ConnectorContext, *, buckets: Mapping[str
     if opts.has("daily_quota"):
         limits = {key: int(opts.number("daily_quota", minimum=1)) for key in limits}
     tz = opts.text("quota_timezone", quota_tz)
+    try:
+        quota_list = tuple((key, REGISTRY.quota(key, limit, tz)) for key, limit in limits.items())
+    except (ValueError, ZoneInfoNotFoundError):
+        raise opts.error("quota_timezone", "must be an IANA time zone such as Europe/Paris") from None
     return Gate(
         system=opts.system,
         buckets=tuple((key, REGISTRY.bucket(key, spec)) for key, spec in specs.items()),
-        quotas=tuple((key, REGISTRY.quota(key, limit, tz)) for key, limit in limits.items()),
+        quotas=quota_list,
         now=context.now,
     )
 
@@ -141,7 +146,7 @@ def build_gate(opts: Options, context: ConnectorContext, *, buckets: Mapping[str
 def resolve_ids(system: str, subject: Subject, kind: str, context: ConnectorContext) -> tuple[str, ...]:
     """The command's identifiers of ``kind`` plus those the identity lookup knows, sorted, unique.
 
-    Sorted so that a resumed job (see ``progress_ref``) walks the same list in the same order.
+    Sorted so that a resumed job (see ``Progress``) walks the same list in the same order.
     """
     found = set(subject.ids(kind))
     if context.identity is not None:

@@ -95,3 +95,13 @@ def test_progress_markers_round_trip_and_hold_no_identifier() -> None:
     assert Progress.parse("progress:2/5:any", 5) == Progress(2, 5, "any")
     assert Progress.parse("progress:2/5", 4) == Progress(0, 4)  # the list changed: start over
     assert Progress.parse("request-123", 5) is None
+
+
+def test_a_bad_quota_time_zone_is_a_config_error() -> None:
+    from connectors.base import ConnectorContext
+    from connectors.ratelimit import RateSpec
+    from connectors.vendor import build_gate
+
+    opts = Options("ga", {"quota_timezone": "Mars/Olympus_Mons"})
+    with pytest.raises(ConfigError, match="quota_timezone"):
+        build_gate(opts, ConnectorContext(now=lambda: NOW), buckets={"b": RateSpec(1, 1)}, quotas={"q": 5})
