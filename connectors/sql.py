@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -310,7 +311,9 @@ class SqlConnector:
                     names.append(self.config.suppression.table)
                 if self.config.subject is not None and self.config.subject.table not in names:
                     names.append(self.config.subject.table)
-                self._tables = {name: sa.Table(name, metadata, autoload_with=conn) for name in names}
+                with warnings.catch_warnings():  # SQLite cannot reflect expression indexes; we need none
+                    warnings.filterwarnings("ignore", "Skipped unsupported reflection", sa.exc.SAWarning)
+                    self._tables = {name: sa.Table(name, metadata, autoload_with=conn) for name in names}
             return self._tables
 
     def _column(self, table: sa.Table, name: str) -> sa.Column[Any]:

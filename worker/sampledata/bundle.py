@@ -176,7 +176,7 @@ def _account(rng: random.Random, out: Bundle, index: int, created: datetime, las
                 "source": "account",
             },
         )
-    ids: list[tuple[str, str]] = list(DEMO_IDENTIFIERS) if out.demo else []
+    ids: list[tuple[str, str]] = []
     if rng.random() < 0.7:
         ids += [
             ("ga_client_id", f"{rng.randint(10**8, 10**9 - 1)}.{int(created.timestamp())}")
@@ -186,6 +186,8 @@ def _account(rng: random.Random, out: Bundle, index: int, created: datetime, las
         ids.append(("facebook_user_id", str(rng.randint(10**15, 10**16 - 1))))
     if rng.random() < 0.45:
         ids.append(("shopimind_customer_id", str(100000 + index)))
+    if out.demo:
+        ids = list(DEMO_IDENTIFIERS)
     for k, (kind, value) in enumerate(ids):
         out.add(
             "orders_db",
