@@ -31,11 +31,9 @@ import sqlalchemy as sa
 
 from connectors.base import ConnectorContext, Subject
 from connectors.sql import SqlConnector, make_engine
-from connectors.sql_config import SqlConfig, parse
+from connectors.sql_config import SqlConfig, preset
 from connectors.sql_errors import db_error
 from worker.errors import ConfigError
-
-_PASSED_THROUGH = ("url", "schema", "statement_timeout_ms", "connect_timeout_s", "pool_size")
 
 
 def rules(billing_retention_years: int = 3, match_by_email: bool = False) -> dict[str, Any]:
@@ -114,16 +112,11 @@ def rules(billing_retention_years: int = 3, match_by_email: bool = False) -> dic
 
 
 def config(system_id: str, settings: Mapping[str, Any]) -> SqlConfig:
-    known = {*_PASSED_THROUGH, "billing_retention_years", "match_by_email"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"system {system_id}: unknown settings {', '.join(unknown)}")
     years = settings.get("billing_retention_years", 3)
     if isinstance(years, bool) or not isinstance(years, int) or not 1 <= years <= 10:
         raise ConfigError(f"system {system_id}: billing_retention_years must be an integer from 1 to 10")
-    raw = rules(years, bool(settings.get("match_by_email", False)))
-    raw.update({k: settings[k] for k in _PASSED_THROUGH if k in settings})
-    return parse(system_id, raw)
+    rule_set = rules(years, bool(settings.get("match_by_email", False)))
+    return preset(system_id, settings, rule_set, frozenset({"billing_retention_years", "match_by_email"}))
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> SqlConnector:

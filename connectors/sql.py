@@ -305,15 +305,12 @@ class SqlConnector:
     def _reflect(self, conn: sa.Connection) -> dict[str, sa.Table]:
         with self._lock:
             if self._tables is None:
-                metadata = sa.MetaData(schema=self.config.schema)
                 names = [rule.table for rule in self.config.tables]
                 if self.config.suppression is not None:
                     names.append(self.config.suppression.table)
                 if self.config.subject is not None and self.config.subject.table not in names:
                     names.append(self.config.subject.table)
-                with warnings.catch_warnings():  # SQLite cannot reflect expression indexes; we need none
-                    warnings.filterwarnings("ignore", "Skipped unsupported reflection", sa.exc.SAWarning)
-                    self._tables = {name: sa.Table(name, metadata, autoload_with=conn) for name in names}
+                self._tables = reflect(conn, names, self.config.schema)
             return self._tables
 
     def _column(self, table: sa.Table, name: str) -> sa.Column[Any]:
@@ -328,6 +325,13 @@ class SqlConnector:
             yield
         except Exception as exc:
             raise db_error(self.system, what, exc) from None
+
+
+def reflect(bind: sa.Connection | sa.Engine, names: list[str], schema: str | None = None) -> dict[str, sa.Table]:
+    metadata = sa.MetaData(schema=schema)
+    with warnings.catch_warnings():  # SQLite cannot reflect expression indexes; none is needed here
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection", sa.exc.SAWarning)
+        return {name: sa.Table(name, metadata, autoload_with=bind) for name in names}
 
 
 def suppression_hash(key: bytes, email: str) -> str:

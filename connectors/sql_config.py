@@ -136,6 +136,19 @@ class SqlConfig:
         raise ConfigError(f"no rule for table {table}")
 
 
+CONNECTION_SETTINGS = ("url", "schema", "statement_timeout_ms", "connect_timeout_s", "pool_size")
+
+
+def preset(
+    system_id: str, settings: Mapping[str, Any], rule_set: Mapping[str, Any], own: frozenset[str] = frozenset()
+) -> SqlConfig:
+    """A built-in rule set (``connectors.orders_db`` and friends) plus the connection settings."""
+    unknown = sorted(set(settings) - set(CONNECTION_SETTINGS) - own)
+    if unknown:
+        raise ConfigError(f"system {system_id}: unknown settings {', '.join(map(str, unknown))}")
+    return parse(system_id, {**rule_set, **{k: settings[k] for k in CONNECTION_SETTINGS if k in settings}})
+
+
 def parse(system_id: str, raw: Mapping[str, Any]) -> SqlConfig:
     where = f"system {system_id}"
     known = {
