@@ -1,0 +1,296 @@
+"""``call_recordings``: customer-service call recordings in a versioned S3 bucket.
+
+A customer's recordings live under a key prefix built from the configured layout, for example
+``recordings/{customer_id}/``, and carry user metadata naming the customer (``x-amz-meta-customer-id``).
+
+* Erasure lists every version and delete marker under the prefix and deletes them with
+  DeleteObjects, at most 1,000 per call, checking each per-key error. A version that S3 refuses to
+  delete because of Object Lock retention or a legal hold is reported as retained (with its
+  retain-until date; a legal hold has none, so the report gives a review date) and is not a
+  failure. It lists again until only locked versions remain, so a recording written meanwhile is
+  not missed. Governance retention is never bypassed.
+* Export writes each version's audio with ``writer.write_stream`` and a ``recordings`` table of
+  keys, versions, sizes and metadata. A version whose metadata names another customer is left out.
+
+Keys can embed the customer id, so no key appears in an error or a result.
+
+Settings::
+
+    bucket: callcenter-recordings
+    key_prefix: "recordings/{customer_id}/"    # must end with "/" right after a placeholder-free part
+    metadata_customer_key: customer-id
+    legal_hold_review_days: 30
+    endpoint_url: null                         # S3-compatible endpoint, region, credentials: optional
+    region: eu-west-1
+    access_key_id: null
+    secret_access_key: null
+    connect_timeout_s: 5
+    read_timeout_s: 30
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from connectors.base import CallResult, ConnectorContext, ExportWriter, Result, Retained, Subject
+from worker.errors import ConfigError, PermanentError, RetryableError
+from worker.export.s3errors import is_retryable_code, s3_error
+
+DELETE_BATCH = 1000
+MAX_PASSES = 5
+CATEGORY = "call recordings"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class RecordingsSettings:
+    bucket: str
+    key_prefix: str = "recordings/{customer_id}/"
+    metadata_customer_key: str = "customer-id"
+    legal_hold_review_days: int = 30
+    client: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def prefix(self, customer_id: str) -> str:
+        if not customer_id or "/" in customer_id or customer_id in (".", "..") or not customer_id.isprintable():
+            raise PermanentError("call_recordings: the customer id cannot form a key prefix", code="bad_subject")
+        return self.key_prefix.format(customer_id=customer_id)
+
+
+def parse(system_id: str, raw: Mapping[str, Any]) -> RecordingsSettings:
+    where = f"system {system_id}"
+    client_keys = {
+        "endpoint_url",
+        "region",
+        "access_key_id",
+        "secret_access_key",
+        "connect_timeout_s",
+        "read_timeout_s",
+    }
+    unknown = sorted(
+        set(raw) - client_keys - {"bucket", "key_prefix", "metadata_customer_key", "legal_hold_review_days"}
+    )
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {', '.join(unknown)}")
+    bucket, layout = raw.get("bucket"), str(raw.get("key_prefix", "recordings/{customer_id}/"))
+    if not isinstance(bucket, str) or not bucket:
+        raise ConfigError(f"{where}: settings.bucket is required")
+    # The prefix must end at a "/" after the customer id, or C-1's prefix would also match C-10.
+    if layout.count("{customer_id}") != 1 or not layout.endswith("/") or "/" not in layout.split("{customer_id}")[1]:
+        raise ConfigError(f"{where}: key_prefix must contain {{customer_id}} once and end with '/' after it")
+    try:
+        layout.format(customer_id="x")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"{where}: key_prefix may use only the {{customer_id}} placeholder") from None
+    days = raw.get("legal_hold_review_days", 30)
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 366:
+        raise ConfigError(f"{where}: legal_hold_review_days must be an integer from 1 to 366")
+    return RecordingsSettings(
+        bucket=bucket,
+        key_prefix=layout,
+        metadata_customer_key=str(raw.get("metadata_customer_key", "customer-id")),
+        legal_hold_review_days=days,
+        client={k: raw[k] for k in client_keys if k in raw},
+    )
+
+
+def make_client(settings: RecordingsSettings) -> Any:
+    c = settings.client
+    config = Config(
+        connect_timeout=float(c.get("connect_timeout_s", 5)),
+        read_timeout=float(c.get("read_timeout_s", 30)),
+        retries={"total_max_attempts": 1},  # the orchestrator retries; never nest retries
+        signature_version="s3v4",
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=c.get("endpoint_url"),
+        region_name=c.get("region", "eu-west-1"),
+        aws_access_key_id=c.get("access_key_id"),
+        aws_secret_access_key=c.get("secret_access_key"),
+        config=config,
+    )
+
+
+def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> CallRecordingsConnector:
+    parsed = parse(system_id, settings)
+    return CallRecordingsConnector(system_id, parsed, context, make_client(parsed))
+
+
+@dataclass(frozen=True)
+class _Version:
+    key: str
+    version_id: str
+    is_marker: bool
+    is_latest: bool = False
+    size: int = 0
+    last_modified: datetime | None = None
+
+
+class CallRecordingsConnector:
+    def __init__(self, system: str, settings: RecordingsSettings, context: ConnectorContext, client: Any) -> None:
+        self.system = system
+        self.settings = settings
+        self._context = context
+        self._client = client
+
+    def erase(self, subject: Subject) -> CallResult:
+        prefix = self.settings.prefix(subject.customer_id)
+        locked: dict[tuple[str, str], tuple[str, date]] = {}
+        found = False
+        for _ in range(MAX_PASSES):
+            pending = [v for v in self._versions(prefix) if (v.key, v.version_id) not in locked]
+            if not pending:
+                break
+            found = True
+            for start in range(0, len(pending), DELETE_BATCH):
+                locked.update(self._delete_batch(pending[start : start + DELETE_BATCH]))
+        else:
+            raise RetryableError(f"{self.system}: recordings kept appearing while erasing", code="not_settled")
+        if locked:
+            latest: dict[str, date] = {}
+            for basis, until in locked.values():
+                latest[basis] = max(until, latest.get(basis, until))
+            return Result("retained", retained=tuple(Retained(CATEGORY, b, u) for b, u in sorted(latest.items())))
+        return Result("erased") if found else Result("not_found")
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
+        prefix = self.settings.prefix(subject.customer_id)
+        versions = sorted(
+            (v for v in self._versions(prefix) if not v.is_marker),
+            key=lambda v: (v.key, not v.is_latest, v.last_modified or datetime.min),
+        )
+        rows: list[dict[str, Any]] = []
+        seen: dict[str, int] = {}
+        for version in versions:
+            try:
+                got = self._client.get_object(
+                    Bucket=self.settings.bucket, Key=version.key, VersionId=version.version_id
+                )
+            except Exception as exc:
+                raise s3_error(exc, f"{self.system}: reading a recording") from None
+            metadata = {k.lower(): v for k, v in got.get("Metadata", {}).items()}
+            owner = metadata.get(self.settings.metadata_customer_key)
+            if owner is not None and owner != subject.customer_id:
+                got["Body"].close()
+                continue
+            relative = version.key[len(prefix) :]
+            seen[relative] = seen.get(relative, 0) + 1
+            name = _file_name(relative, seen[relative])
+            with got["Body"] as body:
+                writer.write_stream(name, body, content_type=str(got.get("ContentType") or "application/octet-stream"))
+            rows.append(
+                {
+                    "file": name,
+                    "key": version.key,
+                    "version_id": version.version_id,
+                    "is_latest": version.is_latest,
+                    "size_bytes": version.size,
+                    "last_modified": version.last_modified,
+                    "content_type": got.get("ContentType"),
+                    **metadata,
+                }
+            )
+        if not rows:
+            return Result("not_found")
+        writer.write_rows("recordings", rows)
+        return Result("exported", records=len(rows))
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        raise PermanentError(f"{self.system}: no async jobs to poll", code="no_async")
+
+    def close(self) -> None:
+        close = getattr(self._client, "close", None)
+        if close is not None:
+            close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _versions(self, prefix: str) -> Iterator[_Version]:
+        listed: list[_Version] = []
+        try:
+            pages = self._client.get_paginator("list_object_versions").paginate(
+                Bucket=self.settings.bucket, Prefix=prefix
+            )
+            for page in pages:
+                listed += [
+                    _Version(
+                        v["Key"],
+                        v["VersionId"],
+                        False,
+                        bool(v.get("IsLatest")),
+                        int(v.get("Size", 0)),
+                        v.get("LastModified"),
+                    )
+                    for v in page.get("Versions", [])
+                ]
+                listed += [
+                    _Version(m["Key"], m["VersionId"], True, bool(m.get("IsLatest")))
+                    for m in page.get("DeleteMarkers", [])
+                ]
+        except Exception as exc:
+            raise s3_error(exc, f"{self.system}: listing recordings") from None
+        return iter([v for v in listed if v.key.startswith(prefix)])
+
+    def _delete_batch(self, batch: list[_Version]) -> dict[tuple[str, str], tuple[str, date]]:
+        objects = [{"Key": v.key, "VersionId": v.version_id} for v in batch]
+        try:
+            response = self._client.delete_objects(
+                Bucket=self.settings.bucket, Delete={"Objects": objects, "Quiet": False}
+            )
+        except Exception as exc:
+            raise s3_error(exc, f"{self.system}: deleting recordings") from None
+        deleted = {(d["Key"], d.get("VersionId")) for d in response.get("Deleted", [])}
+        locked: dict[tuple[str, str], tuple[str, date]] = {}
+        for error in response.get("Errors", []):
+            code = str(error.get("Code"))
+            if code in ("NoSuchKey", "NoSuchVersion"):
+                continue
+            if code != "AccessDenied":
+                kind = RetryableError if is_retryable_code(code) else PermanentError
+                raise kind(f"{self.system}: S3 refused to delete a recording version ({code})", code="s3_delete")
+            # Some S3 implementations omit VersionId in errors: check every version of that key we sent.
+            suspects = [
+                v
+                for v in batch
+                if v.key == error.get("Key")
+                and error.get("VersionId") in (None, v.version_id)
+                and (v.key, v.version_id) not in deleted
+            ]
+            for version in suspects:
+                lock = None if version.is_marker else self._lock(version)
+                if lock is None:
+                    raise PermanentError(
+                        f"{self.system}: access denied deleting a recording (not an object lock)",
+                        code="s3_access_denied",
+                    )
+                locked[(version.key, version.version_id)] = lock
+        return locked
+
+    def _lock(self, version: _Version) -> tuple[str, date] | None:
+        try:
+            head = self._client.head_object(Bucket=self.settings.bucket, Key=version.key, VersionId=version.version_id)
+        except Exception as exc:
+            raise s3_error(exc, f"{self.system}: reading a recording's lock") from None
+        now = self._context.now()
+        if head.get("ObjectLockLegalHoldStatus") == "ON":  # no end date: report when to look again
+            return "legal hold", (now + timedelta(days=self.settings.legal_hold_review_days)).date()
+        until = head.get("ObjectLockRetainUntilDate")
+        if isinstance(until, datetime) and until > now:
+            mode = str(head.get("ObjectLockMode") or "").lower()
+            return f"object lock retention ({mode})" if mode else "object lock retention", until.date()
+        return None
+
+
+def _file_name(relative: str, nth: int) -> str:
+    """``recordings/<flattened key>``, with ``.v2``, ``.v3``... before the extension for older versions."""
+    flat = _SAFE.sub("_", relative.replace("/", "_")).lstrip("._-")[:100] or "recording"
+    if nth > 1:
+        stem, dot, ext = flat.rpartition(".")
+        flat = f"{stem}.v{nth}.{ext}" if dot and stem else f"{flat}.v{nth}"
+    return f"recordings/{flat}"
