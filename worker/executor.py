@@ -105,6 +105,8 @@ class Executor:
         try:
             outcome = self._dispatch(task)
         except (Throttled, QuotaDeferred) as exc:
+            if task.polling and task.vendor_ref:  # the vendor job is still running: just look again later
+                return states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0), TaskUpdate(detail=exc.message)
             outcome = states.Fail(exc.code, exc.message, retryable=True, retry_after=exc.retry_after,
                                   counts_as_attempt=False), TaskUpdate(detail=exc.message)
         except RetryableError as exc:
