@@ -50,9 +50,12 @@ def normalise_email(value: str) -> str:
 
 def normalised_email_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     """The SQL twin of ``normalise_email``, portable to SQLite and PostgreSQL (and indexable)."""
+    # Inline literals, not bound parameters: the query must spell the same expression as the index
+    # on it (``connectors.samples``), or neither SQLite nor PostgreSQL will use that index.
     expression: sa.ColumnElement[Any] = column
     for char in WHITESPACE:
-        expression = sa.func.replace(expression, char, "")
+        expression = sa.func.replace(expression, sa.literal(char, literal_execute=True),
+                                     sa.literal("", literal_execute=True))
     return sa.func.lower(expression)
 
 
