@@ -156,6 +156,19 @@ def test_changed_inputs_rebuild_and_leave_one_version(store: ExportStore, s3_cli
     assert json.loads(archive.read("loyalty/summary.json")) == {"points": 150}
 
 
+def test_a_retried_export_leaves_only_the_last_attempts_files(store: ExportStore) -> None:
+    first = store.writer(REQUEST, "call_recordings")
+    first.write_stream("recordings/a.wav", io.BytesIO(b"a"))
+    first.write_stream("recordings/b.wav", io.BytesIO(b"b"))
+    store.writer(REQUEST, "call_recordings").write_stream("recordings/b.wav", io.BytesIO(b"b2"))
+    store.writer(REQUEST, "loyalty").write_json("summary", {"points": 1})
+    info = store.build_package(REQUEST, {"call_recordings": 1, "loyalty": 1}, NOW)
+    archive = zipfile.ZipFile(io.BytesIO(download(info.url)))
+    assert archive.read("call_recordings/recordings/b.wav") == b"b2"
+    assert "call_recordings/recordings/a.wav" not in archive.namelist()
+    assert "loyalty/summary.json" in archive.namelist()
+
+
 def test_empty_export_still_gives_a_package(store: ExportStore) -> None:
     info = store.build_package(REQUEST, {"orders_db": 0, "loyalty": 0}, NOW)
     archive = zipfile.ZipFile(io.BytesIO(download(info.url)))

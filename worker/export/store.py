@@ -2,8 +2,9 @@
 
 Contract (called by the orchestrator, from worker threads; every call may block on S3 I/O):
 
-* ``writer(request_id, system)`` is handed to a connector's ``export``. Files it writes are staged
-  in the exports bucket; writing again replaces them, so a retried export is harmless.
+* ``writer(request_id, system)`` is handed to a connector's ``export``; call it once per attempt.
+  It first clears what an earlier attempt staged for that system (so a retried export leaves
+  exactly the last attempt's files), then stages each file in the exports bucket as it is written.
 * ``build_package(request_id, records, now)`` runs once every system has confirmed. It streams
   every staged file into ``{prefix}packages/{request_id}.zip`` and returns an ``ExportInfo`` with a
   presigned GET url. It is idempotent: a crash at any point leaves either no package or a complete
@@ -57,8 +58,11 @@ class ExportStore:
         """Validates the ``export:`` section (``ConfigError`` when unusable)."""
         return cls(s3_client, export_settings(settings))
 
-    def writer(self, request_id: str, system: str) -> StagingWriter:
-        return StagingWriter(self._client, self.settings, request_id, system)
+    def writer(self, request_id: str, system: str, *, fresh: bool = True) -> StagingWriter:
+        writer = StagingWriter(self._client, self.settings, request_id, system)
+        if fresh:
+            self._delete_versions(writer.base)
+        return writer
 
     def package_key(self, request_id: str) -> str:
         return f"{self.settings.prefix}packages/{check_request_id(request_id)}.zip"
