@@ -264,10 +264,10 @@ class SqlConnector:
         salt: bytes,
     ) -> int:
         fixed = {
-            name: (None if a.kind == "null" else a.value) for name, a in actions.items() if a.kind in ("null", "set")
+            name: (None if a.kind == "null" else typed(a.value, self._column(table, name)))
+            for name, a in actions.items()
+            if a.kind in ("null", "set")
         }
-        for name in fixed:
-            self._column(table, name)
         pseudonymised = [self._column(table, n) for n, a in actions.items() if a.kind == "pseudonymise"]
         if not pseudonymised:
             return conn.execute(sa.update(table).where(condition).values(fixed)).rowcount if fixed else 0
@@ -345,6 +345,24 @@ def pseudonym(salt: bytes, value: Any, column: sa.Column[Any]) -> str | None:
     token = "anon-" + hmac.new(salt, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:20]
     length = getattr(column.type, "length", None)
     return token[:length] if length else token
+
+
+def typed(value: Any, column: sa.Column[Any]) -> Any:
+    """A configured ``set`` value as the column's type: YAML may give ``"1970-01-01"`` for a DATE."""
+    if not isinstance(value, str):
+        return value
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return value
+    try:
+        if python_type is datetime:
+            return datetime.fromisoformat(value)
+        if python_type is date:
+            return date.fromisoformat(value)
+    except ValueError:
+        raise PermanentError(f"a configured value for {column.name} is not a valid date", code="sql_config") from None
+    return value
 
 
 def as_date(value: date | datetime | str) -> date:

@@ -54,6 +54,8 @@ def db_error(system: str, what: str, exc: BaseException) -> ConnectorError:
         return PermanentError(f"{prefix}: database URL or driver unusable", code="sql_config")
     if isinstance(exc, sa_exc.DBAPIError):
         return _dbapi_error(prefix, exc)
+    if isinstance(exc, sa_exc.StatementError):  # failed before reaching the database: a value or rule is wrong
+        return PermanentError(f"{prefix}: statement could not be built ({type(exc.orig).__name__})", code="sql_config")
     if isinstance(exc, OSError):
         return RetryableError(f"{prefix}: database unreachable ({type(exc).__name__})", code="sql_unavailable")
     return RetryableError(f"{prefix}: unexpected {type(exc).__name__}", code="sql_unexpected")

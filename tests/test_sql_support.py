@@ -291,3 +291,54 @@ def test_driver_messages_with_row_values_are_not_copied(pg_url: str) -> None:
     error = db_error("newsletter", "erasure", caught.value)
     assert "marie" not in str(error) and "23505" in str(error)
     engine.dispose()
+
+
+def test_any_system_can_be_configured_as_a_plain_rule_set(tmp_path: Any) -> None:
+    """``connector: sql`` with the rules in config: the same engine as the built-in systems."""
+    from connectors import registry
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE contacts (id INTEGER PRIMARY KEY, customer_id TEXT, email TEXT, "
+                "score INTEGER, visited_on DATE)"
+            )
+        )
+        conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, contact_id INTEGER, body TEXT)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO contacts VALUES (1, NULL, ' Jo@Example.org', 7, '2026-01-01'), "
+                "(2, 'C-2', 'other@example.org', 3, '2026-01-02')"
+            )
+        )
+        conn.execute(sa.text("INSERT INTO notes VALUES (1, 1, 'called Jo'), (2, 2, 'other')"))
+    settings = {
+        "url": url,
+        "tables": [
+            {
+                "table": "contacts",
+                "match": {"customer_id": "customer_id", "email": "email"},
+                "erase": "anonymise",
+                "columns": {"customer_id": None, "email": "pseudonymise", "visited_on": {"set": "1970-01-01"}},
+            },
+            {
+                "table": "notes",
+                "match": {"via": {"table": "contacts", "column": "contact_id", "parent_column": "id"}},
+                "erase": "delete",
+            },
+        ],
+    }
+    connector = registry.build("crm", "sql", settings, context())
+    subject = Subject(request_id="r", subject_ref="x", customer_id="C-1", emails=("jo@example.org",))
+    assert connector.erase(subject).outcome == "anonymized"
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, customer_id, email, score, visited_on FROM contacts ORDER BY id")).all()
+        notes = conn.execute(sa.text("SELECT id FROM notes")).scalars().all()
+    assert rows[0][1] is None and rows[0][2].startswith("anon-") and rows[0][3] == 7 and rows[0][4] == "1970-01-01"
+    assert rows[1] == (2, "C-2", "other@example.org", 3, "2026-01-02")
+    assert notes == [2]
+    assert connector.erase(subject).outcome == "not_found"
+    connector.close()
+    engine.dispose()
