@@ -54,8 +54,9 @@ def normalised_email_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]
     # on it (``connectors.samples``), or neither SQLite nor PostgreSQL will use that index.
     expression: sa.ColumnElement[Any] = column
     for char in WHITESPACE:
-        expression = sa.func.replace(expression, sa.literal(char, literal_execute=True),
-                                     sa.literal("", literal_execute=True))
+        expression = sa.func.replace(
+            expression, sa.literal(char, literal_execute=True), sa.literal("", literal_execute=True)
+        )
     return sa.func.lower(expression)
 
 
