@@ -1,7 +1,7 @@
 """A package of more than 200 MB of recordings is staged and built without holding it in memory.
 
 The staging and packaging run in a fresh subprocess, which reports its peak resident set size
-(``ru_maxrss``) after imports, after staging and after packaging. The package is then downloaded
+(``VmHWM``) after imports, after staging and after packaging. The package is then downloaded
 through its presigned url, streamed to disk, and its sha256 checked.
 """
 
@@ -33,7 +33,14 @@ import boto3
 from worker.export import ExportStore
 
 endpoint, bucket, count, size_mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+def rss():
+    # VmHWM: this process's own peak. ru_maxrss would include the parent's RSS at fork time,
+    # because Linux carries the old address space's high-water mark across exec.
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) // 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 class Audio(io.RawIOBase):
     # An endless-looking recording: size_mb of bytes, produced 1 MiB at a time.
