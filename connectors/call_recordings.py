@@ -110,10 +110,10 @@ def make_client(settings: RecordingsSettings) -> Any:
     )
     return boto3.client(
         "s3",
-        endpoint_url=c.get("endpoint_url"),
-        region_name=c.get("region", "eu-west-1"),
-        aws_access_key_id=c.get("access_key_id"),
-        aws_secret_access_key=c.get("secret_access_key"),
+        endpoint_url=c.get("endpoint_url") or None,  # "" from an unset ${VAR:-}: the AWS default
+        region_name=c.get("region") or "eu-west-1",
+        aws_access_key_id=c.get("access_key_id") or None,
+        aws_secret_access_key=c.get("secret_access_key") or None,
         config=config,
     )
 
