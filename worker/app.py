@@ -107,7 +107,8 @@ class Worker:
         policy = states.RetryPolicy(settings.retry.base_seconds, settings.retry.max_seconds)
         self.store = Store(self.engine, topics=settings.kafka.topics, policy=policy,
                            actor=settings.worker.worker_id)
-        context = ConnectorContext(now=clock, identity=build_identity(settings))
+        identity = build_identity(settings)
+        context = ConnectorContext(now=clock, identity=identity)
         self.connectors = build_connectors(settings, context)
         self.exports = build_exports(settings)
         self.intake = Intake(
@@ -115,11 +116,13 @@ class Worker:
             signing_secret=settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None,
             systems={sid: s.max_attempts for sid, s in settings.systems.items()},
             due_days_default=settings.due_days_default, export_enabled=self.exports is not None,
+            identity_enabled=identity is not None,
         )
         self.executor = Executor(
             self.store, self.connectors, concurrency={sid: s.concurrency for sid, s in settings.systems.items()},
             max_in_flight=settings.worker.max_in_flight, lease_seconds=settings.worker.lease_seconds,
             clock=clock, exports=self.exports, crash=self.crash, on_outcome=_count_outcome,
+            identity=identity, identity_kinds=settings.identity_kinds,
         )
         self.producer = Producer(kafka.producer_config(settings.kafka))
         self.relay = Relay(self.store, self.producer, clock=clock, crash=self.crash,

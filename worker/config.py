@@ -92,6 +92,9 @@ class Settings(_Frozen):
     kafka: KafkaSettings = KafkaSettings()
     systems: dict[str, SystemSettings] = Field(default_factory=dict)
     identity_system: str | None = None
+    identity_kinds: tuple[str, ...] = (
+        "ga_client_id", "ga_user_id", "ga_app_instance_id", "facebook_user_id", "shopimind_customer_id",
+    )
     retry: RetrySettings = RetrySettings()
     s3: S3Settings = S3Settings()
     export: dict[str, Any] = Field(default_factory=dict)

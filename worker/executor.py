@@ -9,17 +9,17 @@ retry and a restarted worker picks up exactly where the last one stopped.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from connectors.base import Connector, ExportWriter, Pending, Result
+from connectors.base import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker import failpoints, states
 from worker.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
-from worker.receipts import PACKAGE_TASK
+from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, is_internal
 from worker.store.repository import ClaimedTask, Store, TaskUpdate
 from worker.timefmt import iso
 
@@ -31,6 +31,8 @@ class ExportPackager(Protocol):
 
     def build_package(self, request_id: str, records: Mapping[str, int], now: datetime) -> Any: ...
 
+    def discard_staging(self, request_id: str) -> None: ...
+
 
 Outcome = tuple[states.Event, TaskUpdate]
 
@@ -41,10 +43,14 @@ class Executor:
         max_in_flight: int, lease_seconds: float, clock: Callable[[], datetime],
         exports: ExportPackager | None = None, crash: failpoints.Failpoints | None = None,
         on_outcome: Callable[[ClaimedTask, states.Event, float], None] | None = None,
+        identity: IdentityLookup | None = None, identity_kinds: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.connectors = dict(connectors)
-        self.limits = {**concurrency, PACKAGE_TASK: max(2, max_in_flight // 8)}
+        internal = max(2, max_in_flight // 8)
+        self.limits = {**concurrency, PACKAGE_TASK: internal, IDENTITY_TASK: internal}
+        self.identity = identity
+        self.identity_kinds = tuple(identity_kinds)
         self.max_in_flight = max_in_flight
         self.lease = timedelta(seconds=lease_seconds)
         self.clock = clock
@@ -124,6 +130,8 @@ class Executor:
     def _dispatch(self, task: ClaimedTask) -> Outcome:
         if task.system == PACKAGE_TASK:
             return self._package(task)
+        if task.system == IDENTITY_TASK:
+            return self._resolve_identity(task)
         connector = self.connectors.get(task.system)
         if connector is None:
             raise PermanentError(f"system {task.system} is not configured on this worker", code="not_configured")
@@ -139,12 +147,25 @@ class Executor:
             return states.AwaitVendor(result.vendor_ref, result.poll_after), TaskUpdate()
         return _confirmation(result)
 
+    def _resolve_identity(self, task: ClaimedTask) -> Outcome:
+        if self.identity is None:
+            raise PermanentError("no identity lookup is configured on this worker", code="not_configured")
+        merged = {kind: list(ids) for kind, ids in task.subject.identifiers.items()}
+        for kind in self.identity_kinds:
+            found = self.identity.identifiers(task.subject, kind)
+            merged[kind] = list(dict.fromkeys([*merged.get(kind, []), *found]))
+        merged = {kind: ids for kind, ids in merged.items() if ids}
+        count = sum(len(ids) for ids in merged.values())
+        return states.Confirm("resolved"), TaskUpdate(identifiers=merged, records=count)
+
     def _package(self, task: ClaimedTask) -> Outcome:
         if self.exports is None:
             raise PermanentError("exports are not configured on this worker", code="not_configured")
         _, task_rows, _ = self.store.get(task.request_id)
-        records = {row["system"]: row["records"] for row in task_rows if row["system"] != PACKAGE_TASK}
+        records = {row["system"]: row["records"] for row in task_rows if not is_internal(row["system"])}
         info = self.exports.build_package(task.request_id, records, self.clock())
+        # The package holds everything now; a rebuild after a crash reuses it without the staging copies.
+        self.exports.discard_staging(task.request_id)
         export = {
             "url": info.url, "expires_at": iso(info.expires_at), "sha256": info.sha256,
             "size_bytes": info.size_bytes, "object_key": info.object_key,

@@ -17,7 +17,7 @@ import structlog
 from worker import messages
 from worker.errors import InvalidCommand
 from worker.messages import Command
-from worker.receipts import PACKAGE_TASK
+from worker.receipts import IDENTITY_TASK, PACKAGE_TASK
 from worker.store.repository import Recorded, Store
 
 log = structlog.get_logger("oubli.intake")
@@ -42,6 +42,7 @@ class Intake:
     def __init__(
         self, store: Store, *, subject_key: bytes, signing_secret: bytes | None,
         systems: Mapping[str, int], due_days_default: int | None = None, export_enabled: bool = False,
+        identity_enabled: bool = False,
     ) -> None:
         self.store = store
         self.subject_key = subject_key
@@ -49,6 +50,7 @@ class Intake:
         self.systems = dict(systems)  # system id -> max attempts
         self.due_days_default = due_days_default
         self.export_enabled = export_enabled
+        self.identity_enabled = identity_enabled
 
     def handle(self, message: Message, now: datetime) -> IntakeResult:
         try:
@@ -82,6 +84,9 @@ class Intake:
             raise InvalidCommand("no_systems", "no system is configured for this request",
                                  request_id=command.request_id)
         targets = {system: self.systems[system] for system in chosen}
+        if self.identity_enabled:
+            # Vendor ids are read before any system runs: orders_db's erasure deletes them.
+            targets[IDENTITY_TASK] = max(self.systems.values(), default=8)
         if command.kind == "export":
             if not self.export_enabled:
                 raise InvalidCommand("export_not_configured", "this worker has no export storage configured",

@@ -11,7 +11,14 @@ from typing import Any
 
 from worker.timefmt import iso
 
-PACKAGE_TASK = "_package"  # the export package step: a task like any other, hidden from receipts
+# Internal steps run as tasks like any other (retries, leases, audit) but are not systems, so
+# receipts leave them out. Their names cannot clash with a system id, which starts with a letter.
+PACKAGE_TASK = "_package"  # export: streams the staged files into one ZIP, after every system
+IDENTITY_TASK = "_identity"  # before any system: copies the subject's vendor ids from the identity store
+
+
+def is_internal(system: str) -> bool:
+    return system.startswith("_")
 
 
 def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -29,7 +36,7 @@ def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]]) -> di
         "due_at": iso(request["due_at"]),
         "updated_at": iso(request["updated_at"]),
         "completed_at": iso(request["completed_at"]),
-        "systems": [_system(t) for t in sorted(tasks, key=lambda t: t["system"]) if t["system"] != PACKAGE_TASK],
+        "systems": [_system(t) for t in sorted(tasks, key=lambda t: t["system"]) if not is_internal(t["system"])],
         "export": json.loads(request["export_json"]) if request["export_json"] else None,
         "error": error,
     }

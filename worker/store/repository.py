@@ -66,6 +66,7 @@ class TaskUpdate:
     records: int | None = None
     confirmed_by: str | None = None
     export: Mapping[str, Any] | None = None
+    identifiers: Mapping[str, Sequence[str]] | None = None
 
 
 class NotFound(LookupError):
@@ -197,6 +198,10 @@ class Store:
             sibling.c.request_id == tasks.c.request_id, sibling.c.system != receipts.PACKAGE_TASK,
             sibling.c.state != SystemState.CONFIRMED,
         )
+        unresolved_identity = sa.select(sa.literal(1)).select_from(sibling).where(
+            sibling.c.request_id == tasks.c.request_id, sibling.c.system == receipts.IDENTITY_TASK,
+            sibling.c.state != SystemState.CONFIRMED,
+        )
         due = sa.or_(
             sa.and_(tasks.c.state.in_([s.value for s in states.CLAIMABLE]), tasks.c.next_attempt_at <= now),
             sa.and_(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now),
@@ -205,7 +210,8 @@ class Store:
             sa.select(tasks.c.request_id, tasks.c.system, tasks.c.version)
             .join(requests, requests.c.request_id == tasks.c.request_id)
             .where(due, tasks.c.system.in_(list(wanted)), ~sa.exists(earlier_open),
-                   sa.or_(tasks.c.system != receipts.PACKAGE_TASK, ~sa.exists(unconfirmed_sibling)))
+                   sa.or_(tasks.c.system != receipts.PACKAGE_TASK, ~sa.exists(unconfirmed_sibling)),
+                   sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity)))
             .order_by(tasks.c.next_attempt_at, tasks.c.request_seq)
             .limit(sum(wanted.values()) * 4)
         )
@@ -275,6 +281,11 @@ class Store:
             self._audit(conn, claimed.request_id, claimed.system, now, type(event).__name__.lower(),
                         from_state=before.state, to_state=after.state, attempt=after.attempts,
                         error_code=error_code, detail=after.error_message if error_code else after.outcome)
+            if update.identifiers is not None and request["subject_json"] is not None:
+                subject = json.loads(request["subject_json"])
+                subject["identifiers"] = {k: list(v) for k, v in update.identifiers.items()}
+                conn.execute(requests.update().where(requests.c.request_id == claimed.request_id)
+                             .values(subject_json=json.dumps(subject)))
             if update.export is not None:
                 conn.execute(requests.update().where(requests.c.request_id == claimed.request_id)
                              .values(export_json=json.dumps(update.export)))
