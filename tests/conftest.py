@@ -47,3 +47,25 @@ def s3_bucket(s3_client: Any) -> str:
 @pytest.fixture
 def kafka_bootstrap() -> str:
     return services.require_kafka()
+
+
+@pytest.fixture
+def pg_schema_urls() -> Iterator[Any]:
+    """A factory of fresh schemas, for tests that need several databases (one per system)."""
+    base = services.require_postgres()
+    admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
+    made: list[str] = []
+
+    def make() -> str:
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        made.append(schema)
+        separator = "&" if "?" in base else "?"
+        return f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+
+    yield make
+    with admin.begin() as conn:
+        for schema in made:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
