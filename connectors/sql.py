@@ -49,6 +49,10 @@ from worker.errors import NeedsPersonError, PermanentError
 
 Condition = sa.ColumnElement[bool]
 
+# SQLite cannot reflect expression indexes, and none is needed here. A process-wide filter, because
+# catch_warnings() is not thread-safe and connectors reflect from several worker threads at once.
+warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index", sa.exc.SAWarning)
+
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> SqlConnector:
     return SqlConnector(system_id, parse(system_id, settings), context)
@@ -329,9 +333,7 @@ class SqlConnector:
 
 def reflect(bind: sa.Connection | sa.Engine, names: list[str], schema: str | None = None) -> dict[str, sa.Table]:
     metadata = sa.MetaData(schema=schema)
-    with warnings.catch_warnings():  # SQLite cannot reflect expression indexes; none is needed here
-        warnings.filterwarnings("ignore", "Skipped unsupported reflection", sa.exc.SAWarning)
-        return {name: sa.Table(name, metadata, autoload_with=bind) for name in names}
+    return {name: sa.Table(name, metadata, autoload_with=bind) for name in names}
 
 
 def suppression_hash(key: bytes, email: str) -> str:
