@@ -17,7 +17,8 @@ from connectors.base import Retained, Subject
 from connectors.call_recordings import CallRecordingsConnector, RecordingsSettings, make_client
 from tests import services
 from tests.conformance import ConnectorConformance, MemoryExportWriter, assert_no_personal_data
-from tests.test_sql_support import AS_OF, Proxy, context
+from tests.netproxy import Proxy
+from tests.test_sql_support import AS_OF, context
 from worker.errors import ConfigError, PermanentError, RetryableError
 from worker.sampledata import Recording
 from worker.sampledata.audio import synthetic_wav

@@ -96,9 +96,11 @@ class Executor:
 
     def _harvest(self, now: datetime) -> None:
         for future in [f for f in self.in_flight if f.done()]:
-            task, started = self.in_flight.pop(future)
+            task, started = self.in_flight[future]
             event, update = future.result()
+            # If the store is down this raises and the result stays in flight for the next tick.
             recorded = self.store.finish(task, event, update, now)
+            del self.in_flight[future]
             if self.on_outcome is not None:
                 self.on_outcome(task, event, (now - started).total_seconds())
             log.info("system_call_finished", request_id=task.request_id, system=task.system,

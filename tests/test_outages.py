@@ -1,0 +1,64 @@
+"""SPEC invariant 1 when the store goes away: intake pauses, nothing is acknowledged or lost, and the
+worker carries on by itself once the database is back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests import fakes
+from tests.netproxy import Proxy
+from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
+from worker.app import Worker
+from worker.store import db
+from worker.support import publish_command
+
+
+@pytest.fixture
+def proxied_store(pg_url: str) -> Iterator[tuple[str, Proxy]]:
+    url = sa.make_url(pg_url)
+    proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    db.migrate(db.create_engine(proxied))
+    yield proxied, proxy
+    proxy.close()
+
+
+def test_a_database_outage_pauses_intake_and_loses_nothing(
+    proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str,
+) -> None:
+    store_url, proxy = proxied_store
+    systems: dict[str, Any] = {"alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}}}
+    settings = settings_from(raw_settings(store_url=store_url, bootstrap=kafka_bootstrap, systems=systems))
+    worker = Worker(settings, serve_http=False)
+    worker.start()
+    receipts = Receipts(settings)
+    try:
+        before = subject_command()
+        publish_command(settings.kafka, before)
+        receipts.wait(before["request_id"], {"completed"}, step=worker.run_once)
+
+        proxy.cut()
+        during = [subject_command() for _ in range(3)]
+        for command in during:
+            publish_command(settings.kafka, command)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            worker.run_once()  # must not raise
+        assert not worker._ready(), "readiness must drop while the store is unreachable"
+        receipts.drain(0.5)
+        assert all(receipts.latest(c["request_id"]) is None for c in during)
+
+        proxy.heal()
+        for command in during:
+            receipts.wait(command["request_id"], {"completed"}, step=worker.run_once, timeout=60)
+        assert worker._ready()
+    finally:
+        receipts.close()
+        worker.close()
+    for command in [before, *during]:
+        assert fakes.effect_count(pg_url, command["request_id"], "erase") == 1
