@@ -183,6 +183,9 @@ class Worker:
             self._guarded(lambda: self.executor.tick(accept_new=False))
             time.sleep(0.05)
         self._guarded(self.relay.tick)
+        self._guarded(lambda: self.relay.drain(10))
+        self._guarded(self.relay.tick)  # what the drained executor wrote last
+        self._guarded(lambda: self.relay.drain(10))
         self._commit()
         self.consumer.close()
         self.producer.flush(10)
