@@ -33,7 +33,7 @@ from worker.health import HealthServer
 from worker.intake import Intake, Message
 from worker.outbox import Relay
 from worker.store import db
-from worker.store.repository import ClaimedTask, Store
+from worker.store.repository import ClaimedTask, Finished, Store
 from worker.timefmt import utcnow
 
 log = structlog.get_logger("oubli.worker")
@@ -286,10 +286,12 @@ class Worker:
         return self._live() and self.store_ok and not self.stopping
 
 
-def _count_outcome(task: ClaimedTask, event: states.Event, seconds: float) -> None:
+def _count_outcome(task: ClaimedTask, event: states.Event, seconds: float, finished: Finished | None) -> None:
     metrics.SYSTEM_CALLS.labels(task.system, type(event).__name__).inc()
     metrics.CALL_SECONDS.labels(task.system).observe(seconds)
     if isinstance(event, states.Confirm):
         metrics.SYSTEM_OUTCOMES.labels(task.system, event.outcome).inc()
     elif isinstance(event, states.Fail) and event.retryable:
         metrics.RETRIES.labels(task.system, event.code).inc()
+    if finished is not None and finished.closed and finished.requested_at is not None:
+        metrics.END_TO_END.labels(finished.kind).observe((utcnow() - finished.requested_at).total_seconds())

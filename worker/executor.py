@@ -20,7 +20,7 @@ from connectors.base import Connector, ExportWriter, IdentityLookup, Pending, Re
 from worker import failpoints, states
 from worker.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, is_internal
-from worker.store.repository import ClaimedTask, Store, TaskUpdate
+from worker.store.repository import ClaimedTask, Finished, Store, TaskUpdate
 from worker.timefmt import iso
 
 log = structlog.get_logger("oubli.executor")
@@ -42,7 +42,7 @@ class Executor:
         self, store: Store, connectors: Mapping[str, Connector], *, concurrency: Mapping[str, int],
         max_in_flight: int, lease_seconds: float, clock: Callable[[], datetime],
         exports: ExportPackager | None = None, crash: failpoints.Failpoints | None = None,
-        on_outcome: Callable[[ClaimedTask, states.Event, float], None] | None = None,
+        on_outcome: Callable[[ClaimedTask, states.Event, float, Finished | None], None] | None = None,
         identity: IdentityLookup | None = None, identity_kinds: Sequence[str] = (),
     ) -> None:
         self.store = store
@@ -99,12 +99,12 @@ class Executor:
             task, started = self.in_flight[future]
             event, update = future.result()
             # If the store is down this raises and the result stays in flight for the next tick.
-            recorded = self.store.finish(task, event, update, now)
+            finished = self.store.finish(task, event, update, now)
             del self.in_flight[future]
             if self.on_outcome is not None:
-                self.on_outcome(task, event, (now - started).total_seconds())
+                self.on_outcome(task, event, (now - started).total_seconds(), finished)
             log.info("system_call_finished", request_id=task.request_id, system=task.system,
-                     attempt=task.attempt, result=type(event).__name__, recorded=recorded,
+                     attempt=task.attempt, result=type(event).__name__, recorded=finished is not None,
                      **_event_fields(event))
 
     def _call(self, task: ClaimedTask) -> Outcome:

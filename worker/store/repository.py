@@ -69,6 +69,16 @@ class TaskUpdate:
     identifiers: Mapping[str, Sequence[str]] | None = None
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What recording a result did to its request; ``closed`` when it made the request terminal."""
+
+    status: RequestStatus
+    closed: bool
+    kind: str
+    requested_at: datetime | None
+
+
 class NotFound(LookupError):
     pass
 
@@ -267,13 +277,13 @@ class Store:
                     tasks.c.version == task.version, tasks.c.lease_owner == self.actor,
                 ).values(lease_expires_at=lease_until))
 
-    def finish(self, claimed: ClaimedTask, event: states.Event, update: TaskUpdate, now: datetime) -> bool:
-        """Records a connector call's result. False if the lease was lost (another worker owns it now)."""
+    def finish(self, claimed: ClaimedTask, event: states.Event, update: TaskUpdate, now: datetime) -> Finished | None:
+        """Records a connector call's result. None if the lease was lost (another worker owns it now)."""
         with self.engine.begin() as conn:
             request = self._lock_request(conn, claimed.request_id)
             row = self._task_row(conn, claimed.request_id, claimed.system)
             if row["version"] != claimed.version or row["lease_owner"] != self.actor:
-                return False
+                return None
             before = _task_state(row)
             after = states.transition(before, event, now, self.policy)
             self._write_task(conn, claimed.request_id, claimed.system, row["version"], after, update)
@@ -289,8 +299,9 @@ class Store:
             if update.export is not None:
                 conn.execute(requests.update().where(requests.c.request_id == claimed.request_id)
                              .values(export_json=json.dumps(update.export)))
-            self._refresh_request(conn, request, now, force_receipt=True)
-            return True
+            status = self._refresh_request(conn, request, now, force_receipt=True)
+            return Finished(status, status != request["status"] and status in states.TERMINAL_STATUSES,
+                            request["kind"], aware(request["requested_at"]) if request["requested_at"] else None)
 
     # --- operators -------------------------------------------------------------------------
 
@@ -434,7 +445,7 @@ class Store:
                      .values(**values))
 
     def _refresh_request(self, conn: sa.Connection, request: Mapping[str, Any], now: datetime, *,
-                         force_receipt: bool = False) -> None:
+                         force_receipt: bool = False) -> RequestStatus:
         """Derives the request's status from its tasks; purges personal data when it turns terminal."""
         rows = self._task_rows(conn, request["request_id"])
         status = states.request_status((SystemState(r["state"]) for r in rows),
@@ -450,6 +461,7 @@ class Store:
                         to_state=status)
         if changed or force_receipt:
             self._enqueue_receipt(conn, request["request_id"], now)
+        return status
 
     def _enqueue_receipt(self, conn: sa.Connection, request_id: str, now: datetime) -> None:
         request = dict(conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).mappings().one())
