@@ -34,6 +34,7 @@ lint: install
 
 test: install
 	scripts/stack up
+	scripts/helm-check --install-only
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

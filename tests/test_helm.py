@@ -1,0 +1,343 @@
+"""The Helm chart helm/oubli, rendered with the real helm CLI and read back.
+
+``scripts/helm-check`` (lint --strict, template, offline validation against the Kubernetes schemas)
+runs once as a whole; the other tests render the chart with chosen values and check what a
+production cluster depends on: probes, security context, grace period versus drain, hooks, KEDA,
+the schema's refusals, and that the ConfigMap holds a config the worker itself accepts.
+
+helm is built into .cache/bin by ``scripts/helm-check --install-only`` (``make test`` runs it).
+Without it these tests are skipped on a developer's machine and fail when ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from worker import config as oubli_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "oubli"
+ALL_ON = CHART / "ci" / "all-on-values.yaml"
+CACHED_HELM = ROOT / ".cache" / "bin" / "helm"
+ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    found = str(CACHED_HELM) if CACHED_HELM.exists() else shutil.which("helm")
+    if found is None:
+        _missing("helm is not installed; build it with `scripts/helm-check --install-only`")
+    assert found is not None
+    return found
+
+
+def _run(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _values_args(tmp_path: Path, values: dict[str, Any] | None, files: tuple[Path, ...]) -> list[str]:
+    args: list[str] = []
+    for file in files:
+        args += ["--values", str(file)]
+    if values is not None:
+        path = tmp_path / f"values-{len(list(tmp_path.glob('values-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(values), encoding="utf-8")
+        args += ["--values", str(path)]
+    return args
+
+
+def render(helm: str, tmp_path: Path, values: dict[str, Any] | None = None,
+           files: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    result = _run(helm, "template", "oubli", str(CHART), "--namespace", "privacy",
+                  *_values_args(tmp_path, values, files))
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def render_error(helm: str, tmp_path: Path, values: dict[str, Any]) -> str:
+    result = _run(helm, "template", "oubli", str(CHART), *_values_args(tmp_path, values, ()))
+    assert result.returncode != 0, f"helm template accepted {values}"
+    return result.stderr
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def kinds(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+@pytest.fixture(scope="module")
+def default_docs(helm: str, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return render(helm, tmp_path_factory.mktemp("default"))
+
+
+@pytest.fixture(scope="module")
+def all_on_docs(helm: str, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return render(helm, tmp_path_factory.mktemp("all-on"), files=(ALL_ON,))
+
+
+# --- the whole check, as CI and developers run it -----------------------------------------------
+
+
+def test_helm_check_lints_renders_and_validates(helm: str) -> None:
+    if not CACHED_HELM.exists():
+        _missing("scripts/helm-check uses .cache/bin/helm; build it with `scripts/helm-check --install-only`")
+    result = subprocess.run([str(ROOT / "scripts" / "helm-check")], capture_output=True, text=True, timeout=600,
+                            check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lint --strict (default values)" in result.stdout
+    assert "lint --strict (all-on values)" in result.stdout
+    assert "FAIL" not in result.stderr
+    assert "1 ScaledObject" in result.stdout  # the all-on render has it, checked by hand-written rules
+    assert result.stdout.rstrip().endswith("helm-check: ok")
+
+
+@pytest.mark.parametrize("files", [(), (ALL_ON,)], ids=["default", "all-on"])
+def test_lint_strict_passes(helm: str, files: tuple[Path, ...]) -> None:
+    args = [a for f in files for a in ("--values", str(f))]
+    result = _run(helm, "lint", "--strict", str(CHART), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+# --- the worker's Deployment -----------------------------------------------------------------------
+
+
+def test_deployment_probes_ports_and_command(default_docs: list[dict[str, Any]]) -> None:
+    deployment = one(default_docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["oubli"] and container["args"] == ["worker"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8080"
+    service = one(default_docs, "Service")
+    assert service["spec"]["ports"][0]["name"] == "metrics"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_deployment_follows_the_configured_http_port(all_on_docs: list[dict[str, Any]]) -> None:
+    container = one(all_on_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["containerPort"] == 9102
+    assert container["livenessProbe"]["httpGet"]["port"] == "metrics"
+
+
+@pytest.mark.parametrize("docs_fixture", ["default_docs", "all_on_docs"])
+def test_every_pod_is_locked_down(docs_fixture: str, request: pytest.FixtureRequest) -> None:
+    docs: list[dict[str, Any]] = request.getfixturevalue(docs_fixture)
+    pods = []
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            pods.append(doc["spec"]["template"]["spec"])
+        elif doc["kind"] == "CronJob":
+            pods.append(doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    assert len(pods) == (2 if docs_fixture == "default_docs" else 3)
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"] == {"drop": ["ALL"]}
+            assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert container["command"] == ["oubli"]
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+            assert set(container["resources"]) == {"requests", "limits"}
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+            assert "memory" in container["resources"]["limits"]
+        tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
+        assert "emptyDir" in tmp
+
+
+@pytest.mark.parametrize(("drain", "grace"), [(20, 35), (45.5, 61), (0, 15), (300, 315)])
+def test_grace_period_outlasts_the_drain(helm: str, tmp_path: Path, drain: float, grace: int) -> None:
+    docs = render(helm, tmp_path, {"config": {"worker": {"drain_seconds": drain}}})
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == grace
+    assert pod["terminationGracePeriodSeconds"] >= math.ceil(drain) + 15
+
+
+def test_default_grace_period_exceeds_default_drain(default_docs: list[dict[str, Any]]) -> None:
+    config = yaml.safe_load(one(default_docs, "ConfigMap", "oubli")["data"]["oubli.yaml"])
+    grace = one(default_docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > config["worker"]["drain_seconds"]
+
+
+def test_explicit_grace_period_shorter_than_the_drain_is_refused(helm: str, tmp_path: Path) -> None:
+    error = render_error(helm, tmp_path, {"terminationGracePeriodSeconds": 30,
+                                          "config": {"worker": {"drain_seconds": 20}}})
+    assert "terminationGracePeriodSeconds (30) must be at least config.worker.drain_seconds (20) + 15" in error
+    docs = render(helm, tmp_path, {"terminationGracePeriodSeconds": 40, "config": {"worker": {"drain_seconds": 20}}})
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 40
+
+
+# --- the config and the secrets ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("docs_fixture", ["default_docs", "all_on_docs"])
+def test_configmap_holds_a_config_the_worker_accepts(docs_fixture: str, request: pytest.FixtureRequest) -> None:
+    docs: list[dict[str, Any]] = request.getfixturevalue(docs_fixture)
+    maps = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert len(maps) == 2  # the worker's, and the migration hook's copy
+    texts = {m["data"]["oubli.yaml"] for m in maps}
+    assert len(texts) == 1
+    text = texts.pop()
+    env = {name: f"value-of-{name}" for name in ENV_REF.findall(text)}
+    assert "OUBLI_SUBJECT_KEY" in env
+    settings = oubli_config.build(yaml.safe_load(text), env=env)
+    assert settings.subject_key.get_secret_value() == "value-of-OUBLI_SUBJECT_KEY"
+    assert settings.worker.http_host == "0.0.0.0"
+    if docs_fixture == "all_on_docs":
+        assert len(settings.systems) == 5
+        assert settings.kafka.client["sasl.password"] == "value-of-KAFKA_PASSWORD"
+
+
+def test_secrets_are_only_referenced(all_on_docs: list[dict[str, Any]]) -> None:
+    assert "Secret" not in kinds(all_on_docs)
+    container = one(all_on_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "oubli-core"}}]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAFKA_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "kafka-users-oubli", "key": "password"}}
+    assert env["OUBLI_CONFIG"]["value"] == "/etc/oubli/oubli.yaml"
+    assert env["OUBLI_WORKER_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    for name, variable in env.items():
+        assert "value" not in variable or ENV_REF.search(variable["value"]) is None, name
+
+
+def test_an_unprovided_env_reference_is_refused(helm: str, tmp_path: Path) -> None:
+    error = render_error(helm, tmp_path, {"secrets": {"envFrom": [], "env": {
+        "OUBLI_SUBJECT_KEY": {"name": "oubli", "key": "subject-key"}}}})
+    assert "config references ${OUBLI_DB_PASSWORD} but no Secret provides it" in error
+
+
+# --- hooks, KEDA, retention, PDB ----------------------------------------------------------------------
+
+
+def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(default_docs: list[dict[str, Any]]) -> None:
+    job = one(default_docs, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["command"] == ["oubli"] and pod["containers"][0]["args"] == ["migrate"]
+    # What the hook uses must exist before the release's own objects do: it is made by hooks too, first.
+    config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    hook_config = one(default_docs, "ConfigMap", config_volume["configMap"]["name"])
+    hook_account = one(default_docs, "ServiceAccount", pod["serviceAccountName"])
+    weight = int(annotations["helm.sh/hook-weight"])
+    for dependency in (hook_config, hook_account):
+        assert dependency["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert int(dependency["metadata"]["annotations"]["helm.sh/hook-weight"]) < weight
+    assert "annotations" not in one(default_docs, "ConfigMap", "oubli")["metadata"]
+
+
+def test_keda_scaled_object_renders_only_when_enabled(helm: str, tmp_path: Path,
+                                                      default_docs: list[dict[str, Any]]) -> None:
+    assert "ScaledObject" not in kinds(default_docs)
+    assert one(default_docs, "Deployment")["spec"]["replicas"] == 2
+
+    docs = render(helm, tmp_path, {"keda": {"enabled": True, "lagThreshold": 25, "maxReplicaCount": 8}})
+    scaled = one(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
+    assert scaled["spec"]["minReplicaCount"] == 1 and scaled["spec"]["maxReplicaCount"] == 8
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "oubli-worker"  # config.kafka.group_id
+    assert trigger["metadata"]["topic"] == "privacy.commands"  # config.kafka.topics.commands
+    assert trigger["metadata"]["bootstrapServers"] == "kafka:9092"
+    assert trigger["metadata"]["lagThreshold"] == "25"
+    assert "authenticationRef" not in trigger
+    assert "replicas" not in one(docs, "Deployment")["spec"]  # KEDA owns the count
+
+    docs = render(helm, tmp_path, {"keda": {"enabled": True, "consumerGroup": "g2", "topic": "t2",
+                                            "authenticationRef": {"name": "kafka-auth"}}})
+    trigger = one(docs, "ScaledObject")["spec"]["triggers"][0]
+    assert (trigger["metadata"]["consumerGroup"], trigger["metadata"]["topic"]) == ("g2", "t2")
+    assert trigger["authenticationRef"] == {"name": "kafka-auth", "kind": "TriggerAuthentication"}
+
+
+def test_retention_cronjob_is_off_by_default_and_runs_oubli_sweep(helm: str, tmp_path: Path,
+                                                                 default_docs: list[dict[str, Any]]) -> None:
+    assert "CronJob" not in kinds(default_docs)
+    docs = render(helm, tmp_path, {"retention": {"enabled": True, "schedule": "0 4 * * *"}})
+    cron = one(docs, "CronJob")
+    assert cron["spec"]["schedule"] == "0 4 * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["oubli"] and container["args"] == ["sweep"]
+
+
+def test_pod_disruption_budget_selects_only_worker_pods(default_docs: list[dict[str, Any]],
+                                                       all_on_docs: list[dict[str, Any]]) -> None:
+    pdb = one(default_docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                           "selector": one(default_docs, "Deployment")["spec"]["selector"]}
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    assert one(all_on_docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+# --- values.schema.json ----------------------------------------------------------------------------
+
+
+INVALID_VALUES = {
+    "unknown top-level key": {"replicaCont": 3},
+    "unknown config key": {"config": {"worker": {"drain_second": 20}}},
+    "literal subject key": {"config": {"subject_key": "not-a-reference"}},
+    "password in the store url": {"config": {"store_url": "postgresql+psycopg://oubli:hunter2@db/oubli"}},
+    "literal kafka password": {"config": {"kafka": {"client": {"sasl.password": "hunter2"}}}},
+    "auto commit": {"config": {"kafka": {"client": {"enable.auto.commit": "true"}}}},
+    "literal nested connector secret": {"config": {"systems": {"google_analytics": {
+        "connector": "google_analytics", "settings": {"oauth": {"client_secret": "abc"}}}}}},
+    "bad system id": {"config": {"systems": {"Orders-DB": {"connector": "orders_db"}}}},
+    "chart-owned http_host": {"config": {"worker": {"http_host": "127.0.0.1"}}},
+    "keda scales to zero": {"keda": {"enabled": True, "minReplicaCount": 0}},
+    "root user": {"securityContext": {"runAsUser": 0}},
+    "no resource limits": {"resources": {"limits": None}},
+    "small shutdown margin": {"shutdownMarginSeconds": 5},
+    "string replica count": {"replicaCount": "two"},
+    "secret reference without key": {"secrets": {"env": {"KAFKA_PASSWORD": {"name": "kafka"}}}},
+}
+
+
+@pytest.mark.parametrize("values", list(INVALID_VALUES.values()), ids=list(INVALID_VALUES))
+def test_values_violating_the_schema_are_rejected(helm: str, tmp_path: Path, values: dict[str, Any]) -> None:
+    error = render_error(helm, tmp_path, values)
+    assert "values don't meet the specifications of the schema" in error
+
+
+def test_schema_is_valid_and_accepts_the_shipped_values() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft7Validator.check_schema(schema)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    jsonschema.validate(defaults, schema)
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["config"]["additionalProperties"] is False
