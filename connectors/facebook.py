@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from connectors.base import CallResult, Connector, ConnectorContext, Pending, Result, Subject
-from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, parse_retry_after
+from connectors.base import Connector, ConnectorContext, Result, Subject
+from connectors.http import HttpSettings, PerTargetConnector, VendorHttp, classify, json_body, parse_retry_after
 from connectors.ratelimit import RateSpec
-from connectors.vendor import Options, Progress, build_gate, resolve_ids
+from connectors.vendor import Options, build_gate, valid_ids
 from worker.errors import PermanentError, RetryableError
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
@@ -42,7 +42,9 @@ _PERMISSION_CODES = {3, 10, *range(200, 300)}
 _OP = "permissions revoke"
 
 
-class FacebookConnector(VendorConnector):
+class FacebookConnector(PerTargetConnector[str]):
+    no_targets = "no facebook app-scoped user id known"
+
     def __init__(self, system: str, opts: Options, context: ConnectorContext) -> None:
         http = HttpSettings.parse(opts, DEFAULT_BASE_URL)
         self._version = opts.text("api_version", "v25.0")
@@ -55,36 +57,20 @@ class FacebookConnector(VendorConnector):
                                                   RateSpec(2.0, 5)})
         super().__init__(system, context, VendorHttp(system, http), gate)
 
-    def _ids(self, subject: Subject) -> tuple[str, ...]:
-        ids = resolve_ids(self.system, subject, "facebook_user_id", self.context)
-        if any(not _ASID.match(asid) for asid in ids):
-            raise PermanentError(f"{self.system}: an identifier is not an app-scoped user id (digits only)",
-                                 code="invalid_identifier")
-        return ids
+    def _targets(self, subject: Subject) -> tuple[str, ...]:
+        return valid_ids(self.system, subject, "facebook_user_id", self.context, _ASID,
+                         "an app-scoped user id (digits only)")
 
-    def erase(self, subject: Subject) -> CallResult:
-        ids = self._ids(subject)
-        if not ids:
-            return Result("not_found", detail="no facebook app-scoped user id known")
-        return self._run(ids, Progress(0, len(ids)))
+    def _combine(self, note: str, answer: str) -> str:
+        return "any" if "any" in (note, answer) else "none"
 
-    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
-        ids = self._ids(subject)
-        progress = Progress.parse(vendor_ref, len(ids))
-        if progress is None or not ids:
-            return super().poll(subject, vendor_ref)
-        return self._run(ids, progress)
-
-    def _run(self, ids: tuple[str, ...], progress: Progress) -> CallResult:
-        done = self.each(ids, progress, self._revoke, combine=lambda seen, new: "any" if "any" in (seen, new)
-                         else "none")
-        if isinstance(done, Pending):
-            return done
-        if done.note == "any":
-            return Result("erased", detail=f"app permissions revoked for {len(ids)} app-scoped id(s)")
+    def _finished(self, job: str, targets: Sequence[str], note: str, answers: Sequence[str]) -> Result:
+        if note == "any":
+            return Result("erased", detail=f"app permissions revoked for {len(targets)} app-scoped id(s)")
         return Result("not_found", detail="facebook knows none of the app-scoped ids")
 
-    def _revoke(self, asid: str) -> str:
+    def _step(self, job: str, asid: str) -> str:
+        """Revokes the app's permissions for one id: ``any`` if Facebook knew it, else ``none``."""
         response = self.call("DELETE", f"/{self._version}/{quote(asid, safe='')}/permissions", op=_OP,
                              params={"access_token": self._token.reveal()})
         self._watch_usage(response)

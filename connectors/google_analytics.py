@@ -20,22 +20,22 @@ marker, and ``poll`` resumes after the ids already accepted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from connectors.base import CallResult, Connector, ConnectorContext, Pending, Result, Subject
+from connectors.base import Connector, ConnectorContext, Result, Subject
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import (
     HttpSettings,
-    VendorConnector,
+    PerTargetConnector,
     VendorHttp,
     classify,
     json_body,
     parse_retry_after,
 )
 from connectors.ratelimit import RateSpec
-from connectors.vendor import Options, Progress, build_gate, resolve_ids
+from connectors.vendor import Options, build_gate, resolve_ids
 from worker.errors import QuotaDeferred, RetryableError
 
 DEFAULT_BASE_URL = "https://www.googleapis.com/analytics/v3"
@@ -47,7 +47,9 @@ _DAILY_REASONS = {"dailyLimitExceeded", "quotaExceeded"}
 _OP = "user deletion upsert"
 
 
-class GoogleAnalyticsConnector(VendorConnector):
+class GoogleAnalyticsConnector(PerTargetConnector[tuple[str, str]]):
+    no_targets = "no google analytics identifier known"
+
     def __init__(self, system: str, opts: Options, context: ConnectorContext) -> None:
         http = HttpSettings.parse(opts, DEFAULT_BASE_URL)
         chosen = [key for key in _SCOPES if opts.has(key)]
@@ -70,35 +72,15 @@ class GoogleAnalyticsConnector(VendorConnector):
         return [(ID_TYPES[kind], value) for kind in self._kinds
                 for value in resolve_ids(self.system, subject, kind, self.context)]
 
-    def erase(self, subject: Subject) -> CallResult:
-        targets = self._targets(subject)
-        if not targets:
-            return Result("not_found", detail="no google analytics identifier known")
-        return self._run(targets, Progress(0, len(targets)))
-
-    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
-        targets = self._targets(subject)
-        progress = Progress.parse(vendor_ref, len(targets))
-        if progress is None or not targets:
-            return super().poll(subject, vendor_ref)
-        return self._run(targets, progress)
-
-    def _run(self, targets: list[tuple[str, str]], progress: Progress) -> CallResult:
-        times: list[str] = []
-
-        def upsert(target: tuple[str, str]) -> str:
-            times.append(self._upsert(*target))
-            return ""
-
-        done = self.each(targets, progress, upsert)
-        if isinstance(done, Pending):
-            return done
-        stamp = times[-1] if times and times[-1] else None
+    def _finished(self, job: str, targets: Sequence[tuple[str, str]], note: str, answers: Sequence[str]) -> Result:
+        stamp = answers[-1] if answers and answers[-1] else None
         return Result("requested", vendor_ref=f"deletionRequestTime:{stamp}" if stamp else None,
                       expected_by=self.context.now() + self._delay,
                       detail=f"{len(targets)} user deletion request(s) accepted")
 
-    def _upsert(self, id_type: str, user_id: str) -> str:
+    def _step(self, job: str, target: tuple[str, str]) -> str:
+        """Upserts one deletion request; answers its ``deletionRequestTime`` (or nothing)."""
+        id_type, user_id = target
         body: dict[str, Any] = {"kind": "analytics#userDeletionRequest",
                                 "id": {"type": id_type, "userId": user_id}, self._scope[0]: self._scope[1]}
         response = self.call("POST", "/userDeletion/userDeletionRequests:upsert", op=_OP,

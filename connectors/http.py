@@ -24,10 +24,10 @@ import functools
 import logging
 import re
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -192,8 +192,7 @@ class VendorConnector(abc.ABC):
     """Base of the vendor connectors: one gate, one HTTP client, and the defaults of the contract.
 
     ``call`` passes the gate first (raising ``Throttled``/``QuotaDeferred`` without any I/O), then
-    sends. ``each`` runs one call per item and, when our own limiter cuts it short after some
-    progress, returns a ``Pending`` whose ``vendor_ref`` lets ``poll`` resume from there.
+    sends.
     """
 
     system: str
@@ -213,20 +212,6 @@ class VendorConnector(abc.ABC):
             self.gate.hold(wait if wait is not None else 1.0)
         return response
 
-    def each(self, items: Sequence[T], progress: Progress, step: Callable[[T], str],
-             combine: Callable[[str, str], str] = lambda seen, new: new) -> Progress | Pending:
-        """Runs ``step`` on ``items[progress.done:]``; ``step`` returns a short note that ``combine``
-        folds into the progress (for example, whether anything was found)."""
-        note = progress.note
-        for index in range(progress.done, len(items)):
-            try:
-                note = combine(note, step(items[index]))
-            except (Throttled, QuotaDeferred) as exc:
-                if index == progress.done:
-                    raise
-                return Pending(Progress(index, len(items), note).ref(), poll_after=exc.retry_after or 1.0)
-        return Progress(len(items), len(items), note)
-
     @abc.abstractmethod
     def erase(self, subject: Subject) -> CallResult: ...
 
@@ -242,3 +227,63 @@ class VendorConnector(abc.ABC):
 
     def __repr__(self) -> str:  # never the settings: they hold credentials
         return f"{type(self).__name__}(system={self.system!r})"
+
+
+class PerTargetConnector(VendorConnector, Generic[T]):
+    """A connector whose job is one vendor call per target (an id, an address), resumable through ``Progress``.
+
+    A subclass supplies ``no_targets`` (the ``not_found`` detail when a subject has no target),
+    ``_targets`` (in a stable order, so that a resumed run walks the same list), ``_step`` (the
+    call for one target, returning a short answer) and ``_finished`` (the result once every target
+    is done). When our own limiter cuts a run short after some progress, the run returns a
+    ``Pending`` whose ``vendor_ref`` lets ``poll`` resume from there. ``job`` names what a run does:
+    ``erase`` and ``poll`` run ``"erase"``; a vendor with more jobs starts and resumes them itself.
+    """
+
+    no_targets: ClassVar[str]
+
+    @abc.abstractmethod
+    def _targets(self, subject: Subject) -> Sequence[T]: ...
+
+    @abc.abstractmethod
+    def _step(self, job: str, target: T) -> str: ...
+
+    @abc.abstractmethod
+    def _finished(self, job: str, targets: Sequence[T], note: str, answers: Sequence[str]) -> Result:
+        """``answers`` are those of the calls this run made, not of the runs it resumes."""
+
+    def _combine(self, note: str, answer: str) -> str:
+        """Folds an answer into the note that a resumed run starts from; by default nothing is kept."""
+        return ""
+
+    def erase(self, subject: Subject) -> CallResult:
+        return self._start(subject, "erase")
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        return self._resume(subject, "erase", vendor_ref)
+
+    def _start(self, subject: Subject, job: str) -> CallResult:
+        targets = self._targets(subject)
+        if not targets:
+            return Result("not_found", detail=self.no_targets)
+        return self._run(job, targets, Progress(0, len(targets)))
+
+    def _resume(self, subject: Subject, job: str, vendor_ref: str) -> CallResult:
+        targets = self._targets(subject)
+        progress = Progress.parse(vendor_ref, len(targets))
+        if progress is None or not targets:
+            return super().poll(subject, vendor_ref)
+        return self._run(job, targets, progress)
+
+    def _run(self, job: str, targets: Sequence[T], progress: Progress) -> CallResult:
+        note = progress.note
+        answers: list[str] = []
+        for index in range(progress.done, len(targets)):
+            try:
+                answers.append(self._step(job, targets[index]))
+            except (Throttled, QuotaDeferred) as exc:
+                if index == progress.done:
+                    raise
+                return Pending(Progress(index, len(targets), note).ref(), poll_after=exc.retry_after or 1.0)
+            note = self._combine(note, answers[-1])
+        return self._finished(job, targets, note, answers)

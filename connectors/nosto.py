@@ -15,7 +15,7 @@ refused unless ``allow_insecure_http: true`` (tests and demos only).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -23,15 +23,25 @@ from urllib.parse import quote
 import httpx
 
 from connectors.base import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
-from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
+from connectors.http import (
+    HttpSettings,
+    PerTargetConnector,
+    VendorConnector,
+    VendorHttp,
+    classify,
+    json_body,
+    safe_code,
+)
 from connectors.ratelimit import RateSpec
-from connectors.vendor import Options, Progress, build_gate
+from connectors.vendor import Options, build_gate
 
 DEFAULT_BASE_URL = "https://api.nosto.com"
 _METHODS = {"redact": "DELETE", "takeout": "POST"}
 
 
-class NostoConnector(VendorConnector):
+class NostoConnector(PerTargetConnector[str]):
+    no_targets = "no email address known"
+
     def __init__(self, system: str, opts: Options, context: ConnectorContext) -> None:
         http = HttpSettings.parse(opts, DEFAULT_BASE_URL)
         token = opts.secret("api_token")
@@ -41,43 +51,31 @@ class NostoConnector(VendorConnector):
         client = VendorHttp(system, http, auth=httpx.BasicAuth("", token.reveal()))
         super().__init__(system, context, client, gate)
 
-    @staticmethod
-    def _emails(subject: Subject) -> list[str]:
+    def _targets(self, subject: Subject) -> list[str]:
         """Each address as given and lower-cased: Nosto matches the address it was sent."""
         stripped = [email.strip() for email in subject.emails if "@" in email]
         return sorted({form for email in stripped for form in (email, email.lower())})
 
     def erase(self, subject: Subject) -> CallResult:
-        return self._queue(subject, "redact")
+        return _tagged("redact", self._start(subject, "redact"))
 
     def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
-        return self._queue(subject, "takeout")
+        return _tagged("takeout", self._start(subject, "takeout"))
 
     def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
         kind, _, rest = vendor_ref.partition("+")
-        emails = self._emails(subject)
-        progress = Progress.parse(rest, len(emails))
-        if kind not in _METHODS or progress is None or not emails:
-            return super().poll(subject, vendor_ref)
-        return self._run(kind, emails, progress)
+        if kind not in _METHODS:  # refused; the per-target ``poll`` would resume it as an erase
+            return VendorConnector.poll(self, subject, vendor_ref)
+        return _tagged(kind, self._resume(subject, kind, rest))
 
-    def _queue(self, subject: Subject, kind: str) -> CallResult:
-        emails = self._emails(subject)
-        if not emails:
-            return Result("not_found", detail="no email address known")
-        return self._run(kind, emails, Progress(0, len(emails)))
-
-    def _run(self, kind: str, emails: list[str], progress: Progress) -> CallResult:
-        done = self.each(emails, progress, lambda email: self._send(kind, email))
-        if isinstance(done, Pending):
-            return Pending(f"{kind}+{done.vendor_ref}", poll_after=done.poll_after)
+    def _finished(self, kind: str, emails: Sequence[str], note: str, answers: Sequence[str]) -> Result:
         if kind == "redact":
             return Result("requested", expected_by=self.context.now() + self._delay,
                           detail=f"redaction queued for {len(emails)} address form(s)")
         return Result("requested", expected_by=self.context.now() + self._delay,
                       detail="takeout queued; Nosto e-mails the merchant when it is ready")
 
-    def _send(self, kind: str, email: str) -> str:
+    def _step(self, kind: str, email: str) -> str:
         op = f"customer {kind}"
         response = self.call(_METHODS[kind], f"/v1/customers/{kind}/{quote(email, safe='@+')}", op=op)
         if response.is_success:
@@ -85,6 +83,13 @@ class NostoConnector(VendorConnector):
         body = json_body(response)
         code = safe_code(body.get("code") or body.get("type") or body.get("error"))
         raise classify(self.system, op, response, self.context.now(), code)
+
+
+def _tagged(kind: str, result: CallResult) -> CallResult:
+    """A ``Pending`` names its job (``redact+progress:1/2``), so that ``poll`` resumes the right one."""
+    if isinstance(result, Pending):
+        return Pending(f"{kind}+{result.vendor_ref}", poll_after=result.poll_after)
+    return result
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:

@@ -180,28 +180,26 @@ class Gate:
     def admit(self) -> None:
         now = self.now()
         taken: list[DailyQuota] = []
-        for key, quota in self.quotas:
-            wait = quota.try_acquire(now)
-            if wait:
-                for spent in taken:
-                    spent.refund(now)
-                raise QuotaDeferred(
-                    f"{self.system}: daily quota {key} is spent; next window in {wait:.0f}s",
-                    retry_after=wait,
-                )
-            taken.append(quota)
-        stamp = now.timestamp()
         granted: list[TokenBucket] = []
-        for key, bucket in self.buckets:
-            wait = bucket.try_acquire(stamp)
-            if wait:
-                for done in granted:
-                    done.refund()
-                for spent in taken:
-                    spent.refund(now)
-                raise Throttled(f"{self.system}: rate limit {key} reached; next slot in {wait:.2f}s",
-                                retry_after=wait)
-            granted.append(bucket)
+        try:
+            for key, quota in self.quotas:
+                if wait := quota.try_acquire(now):
+                    raise QuotaDeferred(f"{self.system}: daily quota {key} is spent; next window in {wait:.0f}s",
+                                        retry_after=wait)
+                taken.append(quota)
+            stamp = now.timestamp()
+            for key, bucket in self.buckets:
+                if wait := bucket.try_acquire(stamp):
+                    raise Throttled(f"{self.system}: rate limit {key} reached; next slot in {wait:.2f}s",
+                                    retry_after=wait)
+                granted.append(bucket)
+        except (QuotaDeferred, Throttled):
+            # A refused call spends nothing: give back what the limits before it granted.
+            for bucket in granted:
+                bucket.refund()
+            for quota in taken:
+                quota.refund(now)
+            raise
 
     def hold(self, seconds: float) -> None:
         stamp = self.now().timestamp()

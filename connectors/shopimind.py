@@ -27,7 +27,7 @@ import httpx
 from connectors.base import CallResult, Connector, ConnectorContext, ExportWriter, Result, Subject
 from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
 from connectors.ratelimit import RateSpec
-from connectors.vendor import Options, build_gate, resolve_ids
+from connectors.vendor import Options, build_gate, valid_ids
 from worker.errors import ConnectorError, PermanentError
 
 DEFAULT_BASE_URL = "https://core.shopimind.com"
@@ -45,11 +45,8 @@ class ShopimindConnector(VendorConnector):
         super().__init__(system, context, client, gate)
 
     def _ids(self, subject: Subject) -> tuple[str, ...]:
-        ids = resolve_ids(self.system, subject, "shopimind_customer_id", self.context)
-        if any(not _ID.match(customer_id) for customer_id in ids):
-            raise PermanentError(f"{self.system}: an identifier is not a valid shopimind customer id",
-                                 code="invalid_identifier")
-        return ids
+        return valid_ids(self.system, subject, "shopimind_customer_id", self.context, _ID,
+                         "a valid shopimind customer id")
 
     def erase(self, subject: Subject) -> CallResult:
         ids = self._ids(subject)

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from connectors.base import ConnectorContext, Subject
 from connectors.ratelimit import REGISTRY, Gate, RateSpec
-from worker.errors import ConfigError, OubliError, RetryableError
+from worker.errors import ConfigError, OubliError, PermanentError, RetryableError
 
 _MISSING: Any = object()
 
@@ -158,6 +158,18 @@ def resolve_ids(system: str, subject: Subject, kind: str, context: ConnectorCont
             raise RetryableError(f"{system}: identity lookup for {kind} failed ({type(exc).__name__})",
                                  code="identity_lookup") from None
     return tuple(sorted({value.strip() for value in found if value and value.strip()}))
+
+
+def valid_ids(system: str, subject: Subject, kind: str, context: ConnectorContext, pattern: re.Pattern[str],
+              description: str) -> tuple[str, ...]:
+    """``resolve_ids``, refusing (before any call) an identifier that ``pattern`` does not match.
+
+    The identifier goes into a URL path, so a bad one could reach another resource.
+    """
+    ids = resolve_ids(system, subject, kind, context)
+    if any(not pattern.match(value) for value in ids):
+        raise PermanentError(f"{system}: an identifier is not {description}", code="invalid_identifier")
+    return ids
 
 
 _PROGRESS = re.compile(r"^progress:(\d+)/(\d+)(?::([a-z_]{1,16}))?$")

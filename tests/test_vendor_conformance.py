@@ -10,54 +10,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conformance import ConnectorConformance, Harness
-from tests.standins.harness import (  # noqa: F401 - fresh_limiters is an autouse fixture
-    HARNESSES,
-    STANDINS,
-    FakeClock,
-    VendorHarness,
-    fresh_limiters,
-)
+from tests.standins.harness import HARNESSES, fresh_limiters, vendor_harness  # noqa: F401 - an autouse fixture
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _harness(system: str) -> Iterator[VendorHarness]:
-    standin = STANDINS[system]()
-    standin.start()
-    harness = HARNESSES[system](standin, FakeClock())
-    try:
-        yield harness
-    finally:
-        harness.connector.close()
-        standin.stop()
-
-
-class TestGoogleAnalyticsConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[Harness]:
-        yield from _harness("google_analytics")
-
-
-class TestGoogleAdsConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[Harness]:
-        yield from _harness("google_ads")
-
-
-class TestFacebookConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[Harness]:
-        yield from _harness("facebook")
-
-
-class TestNostoConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[Harness]:
-        yield from _harness("nosto")
-
-
-class TestShopimindConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[Harness]:
-        yield from _harness("shopimind")
-
+class TestVendorConformance(ConnectorConformance):
+    @pytest.fixture(params=sorted(HARNESSES))
+    def harness(self, request: pytest.FixtureRequest) -> Iterator[Harness]:
+        yield from vendor_harness(request.param)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from connectors.base import Result
@@ -13,12 +11,7 @@ from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limit
 from worker.errors import PermanentError, RetryableError, Throttled
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def fb() -> Iterator[FacebookStandIn]:
-    with FacebookStandIn() as standin:
-        yield standin
+fb = FacebookStandIn.fixture()
 
 
 def test_revokes_each_known_id_and_reports_erased(fb: FacebookStandIn) -> None:

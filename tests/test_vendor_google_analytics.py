@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,12 +14,7 @@ from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limit
 from worker.errors import ConfigError, PermanentError, RetryableError, Throttled
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def ga() -> Iterator[GoogleAnalyticsStandIn]:
-    with GoogleAnalyticsStandIn() as standin:
-        yield standin
+ga = GoogleAnalyticsStandIn.fixture()
 
 
 def test_one_upsert_per_id_with_the_documented_body(ga: GoogleAnalyticsStandIn) -> None:

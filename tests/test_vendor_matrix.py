@@ -17,12 +17,11 @@ from tests.standins.facebook import graph_error
 from tests.standins.google import google_error
 from tests.standins.harness import (  # noqa: F401 - fresh_limiters is an autouse fixture
     HARNESSES,
-    STANDINS,
-    FakeClock,
     VendorHarness,
     drive,
     fresh_limiters,
     make_subject,
+    vendor_harness,
 )
 from tests.standins.shopimind import spm_error
 from worker.errors import PermanentError, RetryableError, Throttled
@@ -42,12 +41,7 @@ BAD_REQUEST = {
 
 @pytest.fixture(params=sorted(HARNESSES))
 def vendor(request: pytest.FixtureRequest) -> Iterator[VendorHarness]:
-    standin = STANDINS[request.param](hang_seconds=1.0)
-    standin.start()
-    harness = HARNESSES[request.param](standin, FakeClock(), timeout_seconds=0.2)
-    yield harness
-    harness.connector.close()
-    standin.stop()
+    yield from vendor_harness(request.param, standin_options={"hang_seconds": 1.0}, timeout_seconds=0.2)
 
 
 def _erase(vendor: VendorHarness, subject: Subject) -> Result:

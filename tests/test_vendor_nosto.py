@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,12 +15,7 @@ from tests.standins.nosto import API_TOKEN, NostoStandIn
 from worker.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def standin() -> Iterator[NostoStandIn]:
-    with NostoStandIn() as server:
-        yield server
+standin = NostoStandIn.fixture()
 
 
 def test_redaction_is_queued_for_each_form_of_the_address(standin: NostoStandIn) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,12 +13,7 @@ from tests.standins.shopimind import ShopimindStandIn
 from worker.errors import PermanentError
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def spm() -> Iterator[ShopimindStandIn]:
-    with ShopimindStandIn() as standin:
-        yield standin
+spm = ShopimindStandIn.fixture()
 
 
 def test_one_id_is_deleted_with_delete(spm: ShopimindStandIn) -> None:

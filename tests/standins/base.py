@@ -138,6 +138,20 @@ class StandIn:
             self._server.server_close()
             self._server = None
 
+    @classmethod
+    def fixture(cls) -> Any:
+        """A pytest fixture serving each test a fresh stand-in, stopped afterwards.
+
+        ``fb = FacebookStandIn.fixture()`` in a test module: the fixture takes the name it is given.
+        """
+        import pytest  # here, not at the top: the demo imports the stand-ins and needs no pytest
+
+        def serve() -> Iterator[Self]:
+            with cls() as standin:
+                yield standin
+
+        return pytest.fixture(serve)
+
     def __enter__(self) -> Self:
         self.start()
         return self

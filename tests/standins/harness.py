@@ -235,3 +235,17 @@ HARNESSES: dict[str, type[VendorHarness]] = {h.system: h for h in (
 STANDINS: dict[str, type[StandIn]] = {"google_analytics": GoogleAnalyticsStandIn, "google_ads": DataManagerStandIn,
                                       "facebook": FacebookStandIn, "nosto": NostoStandIn,
                                       "shopimind": ShopimindStandIn}
+
+
+def vendor_harness(system: str, *, standin_options: Mapping[str, Any] | None = None,
+                   **overrides: Any) -> Iterator[VendorHarness]:
+    """``system``'s stand-in, started, and its harness, for a fixture to yield from; both are closed
+    when the fixture ends. ``overrides`` go to the connector settings."""
+    standin = STANDINS[system](**(standin_options or {}))
+    standin.start()
+    harness = HARNESSES[system](standin, FakeClock(), **overrides)
+    try:
+        yield harness
+    finally:
+        harness.connector.close()
+        standin.stop()
