@@ -35,9 +35,10 @@ import httpx
 
 from connectors.base import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from connectors.google_auth import GoogleCredentials, google_error_code
-from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
+from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
 from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate
+from connectors.vendor_connector import VendorConnector
 from worker.errors import NeedsPersonError, PermanentError
 
 DEFAULT_BASE_URL = "https://datamanager.googleapis.com/v1"

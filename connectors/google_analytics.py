@@ -26,16 +26,10 @@ from typing import Any
 
 from connectors.base import Connector, ConnectorContext, Result, Subject
 from connectors.google_auth import GoogleCredentials, google_error_code
-from connectors.http import (
-    HttpSettings,
-    PerTargetConnector,
-    VendorHttp,
-    classify,
-    json_body,
-    parse_retry_after,
-)
+from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
 from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate, resolve_ids
+from connectors.vendor_connector import PerTargetConnector
 from worker.errors import QuotaDeferred, RetryableError
 
 DEFAULT_BASE_URL = "https://www.googleapis.com/analytics/v3"

@@ -25,9 +25,10 @@ from urllib.parse import quote
 import httpx
 
 from connectors.base import CallResult, Connector, ConnectorContext, ExportWriter, Result, Subject
-from connectors.http import HttpSettings, VendorConnector, VendorHttp, classify, json_body, safe_code
+from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
 from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate, valid_ids
+from connectors.vendor_connector import VendorConnector
 from worker.errors import ConnectorError, PermanentError
 
 DEFAULT_BASE_URL = "https://core.shopimind.com"
