@@ -2,11 +2,15 @@
 
 Settings: ``url`` (where to log effects), ``transient_failures`` (fail the first N calls of each
 request with a retryable error), ``permanent`` (always fail permanently), ``polls`` (return
-``Pending`` and confirm after N polls), ``outcome`` (default ``erased``).
+``Pending`` and confirm after N polls), ``outcome`` (default ``erased``), ``delay_seconds`` (sleep
+in every erase/export call, to stand in for a slow system: only the connector's pool thread waits),
+``record_calls`` (write each erase/export call's start and end time to ``fake_calls``, so that
+benchmarks can count the calls in flight at once).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +27,14 @@ effects = sa.Table(
     sa.Column("request_id", sa.String(128)),
     sa.Column("action", sa.String(32)),
 )
+call_times = sa.Table(
+    "fake_calls", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("system", sa.String(64)),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column("started_at", sa.Float),  # time.time(), comparable across processes on one machine
+    sa.Column("ended_at", sa.Float),
+)
 
 
 class FakeConnector:
@@ -34,6 +46,8 @@ class FakeConnector:
         self.permanent = bool(settings.get("permanent", False))
         self.polls = int(settings.get("polls", 0))
         self.outcome = settings.get("outcome", "erased")
+        self.delay_seconds = float(settings.get("delay_seconds", 0.0))
+        self.record_calls = bool(settings.get("record_calls", False))
 
     def _log(self, subject: Subject, action: str) -> int:
         with self.engine.begin() as conn:
@@ -44,6 +58,18 @@ class FakeConnector:
             return count
 
     def _act(self, subject: Subject, action: str, outcome: str) -> CallResult:
+        started = time.time()
+        try:
+            return self._act_now(subject, action, outcome)
+        finally:
+            if self.delay_seconds:
+                time.sleep(max(0.0, started + self.delay_seconds - time.time()))
+            if self.record_calls:
+                with self.engine.begin() as conn:
+                    conn.execute(call_times.insert().values(system=self.system, request_id=subject.request_id,
+                                                       started_at=started, ended_at=time.time()))
+
+    def _act_now(self, subject: Subject, action: str, outcome: str) -> CallResult:
         calls = self._log(subject, f"{action}_call")
         if self.permanent:
             raise PermanentError(f"{self.system} refused the call (HTTP 403)")
