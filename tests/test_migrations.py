@@ -41,3 +41,14 @@ def test_migrations_upgrade_downgrade_and_match_the_table_definitions(backend: s
     db.migrate(engine)
     assert not db.pending_migrations(engine)
     engine.dispose()
+
+
+def test_concurrent_migrators_do_not_race(pg_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engines = [db.create_engine(pg_url) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(db.migrate, engines))  # raises if two of them tried to create the same tables
+    assert not db.pending_migrations(engines[0])
+    for engine in engines:
+        engine.dispose()

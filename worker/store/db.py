@@ -39,8 +39,15 @@ def _alembic_config(connection: sa.Connection) -> Config:
     return config
 
 
+MIGRATION_LOCK = 0x0B1_1  # any constant: PostgreSQL advisory locks are keyed by a 64-bit number
+
+
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
+    """Upgrades the schema; safe when several workers start with ``--migrate`` at once."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Serialises concurrent migrators; the second then finds nothing to do.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         command.upgrade(_alembic_config(connection), revision)
 
 
