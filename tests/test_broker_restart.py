@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from tests import fakes, services
 from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
-from tests.private_kafka import LIBS, PrivateKafka
+from tests.private_kafka import LIBS, ROOT, PrivateKafka
 from worker.app import Worker
 from worker.support import publish_command
 
@@ -18,8 +19,8 @@ from worker.support import publish_command
 @pytest.fixture
 def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
     services.require_kafka()  # the shared broker's jars and Java are what this one runs on
-    if not any(LIBS.glob("kafka_2.13-*.jar")):
-        pytest.fail("Kafka's jars are missing: run scripts/stack up kafka")
+    if not any(LIBS.glob("kafka_2.13-*.jar")):  # a checkout that reuses another checkout's broker
+        subprocess.run([str(ROOT / "scripts" / "stack"), "jars"], check=True)  # noqa: S603
     broker = PrivateKafka(tmp_path)
     broker.start()
     yield broker
