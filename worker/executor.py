@@ -85,11 +85,7 @@ class Executor:
         room = self.max_in_flight - len(self.in_flight)
         if room <= 0:
             return 0
-        running: dict[str, int] = {}
-        for task, _ in self.in_flight.values():
-            running[task.system] = running.get(task.system, 0) + 1
-        free = {system: min(room, limit - running.get(system, 0)) for system, limit in self.limits.items()}
-        claimed = self.store.claim_due(now=now, lease_until=now + self.lease, free_slots=free)
+        claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self.limits, room=room)
         for task in claimed[:room]:
             self.in_flight[self.pool.submit(self._call, task)] = (task, now)
         return len(claimed)

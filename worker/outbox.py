@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
@@ -57,6 +57,7 @@ class Relay:
         self.crash = crash or failpoints.Failpoints(frozenset())
         self.on_published = on_published
         self.leader_until: datetime | None = None
+        self.next_attempt = datetime.min.replace(tzinfo=UTC)
         self.in_flight: _Batch | None = None
 
     def tick(self) -> int:
@@ -66,8 +67,11 @@ class Relay:
         """
         self.producer.poll(0)
         now = self.clock()
-        if self.leader_until is None or now >= self.leader_until - self.lease / 3:
+        renew = self.leader_until is not None and now >= self.leader_until - self.lease / 3
+        # A follower asks again only now and then: the leader renews every lease/3.
+        if renew or (self.leader_until is None and now >= self.next_attempt):
             self.leader_until = now + self.lease if self.store.acquire_lease(LEASE, now=now, ttl=self.lease) else None
+            self.next_attempt = now + self.lease / 3
         if self.in_flight is not None:
             return self._collect() if self.in_flight.settled() else 0
         if self.leader_until is None:

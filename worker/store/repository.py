@@ -9,6 +9,7 @@ Task claims use a version compare-and-set, so two workers can never both run one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from connectors.base import Subject
 from worker import receipts, states
@@ -85,6 +88,11 @@ class NotFound(LookupError):
 
 class StoreConflict(RuntimeError):
     """An operator action that the request's current state does not allow."""
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit key for a PostgreSQL advisory lock."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _task_state(row: Mapping[str, Any]) -> TaskState:
@@ -193,10 +201,17 @@ class Store:
 
     # --- execution -------------------------------------------------------------------------
 
-    def claim_due(self, *, now: datetime, lease_until: datetime, free_slots: Mapping[str, int]) -> list[ClaimedTask]:
-        """Claims due tasks, at most ``free_slots[system]`` per system, oldest due first."""
-        wanted = {s: n for s, n in free_slots.items() if n > 0}
-        if not wanted:
+    def claim_due(self, *, now: datetime, lease_until: datetime, limits: Mapping[str, int],
+                  room: int) -> list[ClaimedTask]:
+        """Claims up to ``room`` due tasks, oldest due first, keeping each system's running tasks,
+        across every worker, within ``limits[system]``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tasks.c.system, sa.func.count().label("n"))
+                                .where(*self._live_running(now)).group_by(tasks.c.system))
+            running = {row.system: row.n for row in rows}
+        wanted = {s: min(room, limit - running.get(s, 0)) for s, limit in limits.items()}
+        wanted = {s: n for s, n in wanted.items() if n > 0}
+        if not wanted or room <= 0:
             return []
         earlier_open = sa.select(sa.literal(1)).select_from(requests.alias("earlier")).where(
             sa.literal_column("earlier.subject_ref") == requests.c.subject_ref,
@@ -229,17 +244,28 @@ class Store:
             candidates = conn.execute(query).all()
         claimed: list[ClaimedTask] = []
         for row in candidates:
-            if wanted.get(row.system, 0) <= 0:
+            if wanted.get(row.system, 0) <= 0 or len(claimed) >= room:
                 continue
-            task = self._claim(row.request_id, row.system, row.version, now, lease_until)
+            task = self._claim(row.request_id, row.system, row.version, now, lease_until, limits[row.system])
             if task is not None:
                 claimed.append(task)
                 wanted[row.system] -= 1
         return claimed
 
+    @staticmethod
+    def _live_running(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+        return (tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at >= now)
+
     def _claim(self, request_id: str, system: str, version: int, now: datetime,
-               lease_until: datetime) -> ClaimedTask | None:
+               lease_until: datetime, limit: int) -> ClaimedTask | None:
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Claims of one system queue up across workers, so the count below is exact.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(f"claim:{system}")})
+                busy = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(
+                    *self._live_running(now), tasks.c.system == system)).scalar_one()
+                if busy >= limit:
+                    return None
             request = self._lock_request(conn, request_id)
             row = self._task_row(conn, request_id, system)
             if row["version"] != version or request["subject_json"] is None:
@@ -360,12 +386,13 @@ class Store:
             ).values(owner=self.actor, expires_at=now + ttl)).rowcount
             if taken:
                 return True
-            try:
-                with conn.begin_nested():
-                    conn.execute(leases.insert().values(name=name, owner=self.actor, expires_at=now + ttl))
-                return True
-            except sa.exc.IntegrityError:
-                return False
+            values = {"name": name, "owner": self.actor, "expires_at": now + ttl}
+            # ON CONFLICT: losing the race is the normal case for a follower, not an error to log.
+            if conn.dialect.name == "postgresql":
+                statement: sa.Executable = pg_insert(leases).values(values).on_conflict_do_nothing()
+            else:
+                statement = sqlite_insert(leases).values(values).on_conflict_do_nothing()
+            return bool(conn.execute(statement).rowcount)
 
     def release_lease(self, name: str) -> None:
         with self.engine.begin() as conn:
