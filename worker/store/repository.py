@@ -388,11 +388,12 @@ class Store:
                 return True
             values = {"name": name, "owner": self.actor, "expires_at": now + ttl}
             # ON CONFLICT: losing the race is the normal case for a follower, not an error to log.
+            # rowcount is not reliable here (-1 with RETURNING-based inserts): ask for the row back.
             if conn.dialect.name == "postgresql":
-                statement: sa.Executable = pg_insert(leases).values(values).on_conflict_do_nothing()
+                statement = pg_insert(leases).values(values).on_conflict_do_nothing().returning(leases.c.name)
             else:
-                statement = sqlite_insert(leases).values(values).on_conflict_do_nothing()
-            return bool(conn.execute(statement).rowcount)
+                statement = sqlite_insert(leases).values(values).on_conflict_do_nothing().returning(leases.c.name)
+            return conn.execute(statement).first() is not None
 
     def release_lease(self, name: str) -> None:
         with self.engine.begin() as conn:
