@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import re
 import json
 import urllib.request
 import zipfile
@@ -12,6 +14,7 @@ import sqlalchemy as sa
 
 from tests import allsystems, services
 from tests.pipeline import Receipts, raw_settings, settings_from
+from worker import logs
 from worker.app import Worker
 from worker.support import build_command, publish_command
 from worker.timefmt import utcnow
@@ -39,6 +42,9 @@ def test_export_then_erasure_across_all_ten_systems(
     raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems, identity_system="orders_db",
                        export={"bucket": exports_bucket}, s3=s3)
     settings = settings_from(raw)
+    log_stream = io.StringIO()
+    logs.configure(level="DEBUG", stream=log_stream)
+    logging.getLogger().setLevel(logging.DEBUG)  # httpx, botocore and the rest log what they log
     worker = Worker(settings, migrate=True, serve_http=False)
     worker.start()
     receipts = Receipts(settings)
@@ -57,6 +63,13 @@ def test_export_then_erasure_across_all_ten_systems(
         worker.close()
 
     assert erased["status"] == "completed", json.dumps(erased, indent=1)
+    written = log_stream.getvalue()
+    assert "system_call_finished" in written
+    personal = [subject.email, subject.phone, subject.customer_id, *sum(subject.identifiers.values(), [])]
+    for value in personal:  # as a whole token: the Shopimind id "88" may well appear inside a timestamp
+        token = re.compile(rf"(?<![0-9A-Za-z.]){re.escape(value)}(?![0-9A-Za-z.])")
+        assert not token.search(written), "personal data in the worker's logs"
+        assert not any(token.search(record.decode()) for record in receipts.raw), "personal data in a receipt"
     outcomes = {s["system"]: s["outcome"] for s in erased["systems"]}
     assert outcomes == EXPECTED_ERASURE
     orders = next(s for s in erased["systems"] if s["system"] == "orders_db")

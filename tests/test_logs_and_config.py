@@ -44,3 +44,16 @@ def test_invalid_config_errors_do_not_quote_values() -> None:
     with pytest.raises(ConfigError) as caught:
         config.build({"subject_key": "k", "worker": {"max_in_flight": "s3cr3t"}}, env={})
     assert "s3cr3t" not in str(caught.value) and "worker.max_in_flight" in str(caught.value)
+
+
+def test_library_logs_are_json_redacted_and_kept_quiet_even_at_debug() -> None:
+    import logging
+
+    stream = io.StringIO()
+    logs.configure(level="DEBUG", stream=stream)
+    assert logging.getLogger("botocore.endpoint").getEffectiveLevel() == logging.WARNING
+    logging.getLogger("botocore.endpoint").debug("PUT /recordings/C-100234/call.wav")
+    logging.getLogger("kafka.client").warning("delivery to marie@example.fr failed")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["kafka.client"]
+    assert "marie" not in stream.getvalue() and lines[0]["level"] == "warning"
