@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
-import json
 import urllib.request
 import zipfile
 from typing import Any
