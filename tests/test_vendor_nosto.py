@@ -69,7 +69,9 @@ def test_missing_token_is_a_config_error() -> None:
 
 def test_logs_never_carry_the_address_or_the_token(standin: NostoStandIn, caplog: pytest.LogCaptureFixture) -> None:
     connector = build("nosto", standin, FakeClock())
-    with caplog.at_level(logging.DEBUG):
+    # httpx's own level too: worker.logs keeps it at WARNING in production, and another test may
+    # have configured that already in this process.
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="httpx"):
         connector.erase(make_subject(emails=["secret.person@example.org"]))
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "HTTP Request" in text  # httpx logged the call ...
