@@ -50,7 +50,7 @@ STEPS = [
     ("  store.claim_due (query + claims)", "store.claim_due"),
     ("    store._claim txn (1 per call)", "store._claim"),
     ("loop: relay tick", "relay.tick"),
-    ("  outbox_batch + outbox_delete", "store.outbox_batch"),
+    ("  outbox batch + delete", "store.outbox.batch"),
     ("loop: offset commit (sync)", "_commit"),
 ]
 
@@ -101,7 +101,7 @@ def profile(kind: str, n: int, directory: Path) -> None:
                 for parent in parents:
                     owner = getattr(owner, parent)
                 wrap(owner, name, label, totals, counts)
-            wrap(worker.store, "outbox_delete", STEPS[8][0], totals, counts)
+            wrap(worker.store.outbox, "delete", STEPS[8][0], totals, counts)
             sql: collections.Counter[str] = collections.Counter()
             sa.event.listen(worker.engine, "before_cursor_execute", lambda *_a, **_k: sql.update(["statements"]))
             sa.event.listen(worker.engine, "commit", lambda *_a: sql.update(["commits"]))

@@ -73,9 +73,9 @@ def test_the_relay_lease_has_one_holder_until_it_expires(pg_url: str) -> None:
     first, second = _stores(pg_url, 2)
     now = utcnow()
     ttl = timedelta(seconds=15)
-    assert first.acquire_lease("outbox-relay", now=now, ttl=ttl)
-    assert not second.acquire_lease("outbox-relay", now=now, ttl=ttl)
-    assert first.acquire_lease("outbox-relay", now=now + timedelta(seconds=10), ttl=ttl)  # renewal
-    assert not second.acquire_lease("outbox-relay", now=now + timedelta(seconds=20), ttl=ttl)
-    assert second.acquire_lease("outbox-relay", now=now + timedelta(seconds=26), ttl=ttl)  # the holder vanished
-    assert not first.acquire_lease("outbox-relay", now=now + timedelta(seconds=27), ttl=ttl)
+    assert first.outbox.acquire_lease("outbox-relay", now=now, ttl=ttl)
+    assert not second.outbox.acquire_lease("outbox-relay", now=now, ttl=ttl)
+    assert first.outbox.acquire_lease("outbox-relay", now=now + timedelta(seconds=10), ttl=ttl)  # renewal
+    assert not second.outbox.acquire_lease("outbox-relay", now=now + timedelta(seconds=20), ttl=ttl)
+    assert second.outbox.acquire_lease("outbox-relay", now=now + timedelta(seconds=26), ttl=ttl)  # the holder vanished
+    assert not first.outbox.acquire_lease("outbox-relay", now=now + timedelta(seconds=27), ttl=ttl)

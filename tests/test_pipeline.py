@@ -63,7 +63,7 @@ def test_same_command_twice_gives_one_request_one_effect_one_terminal_receipt(ma
     publish_command(settings.kafka, command)
     receipts.wait(command["request_id"], {"completed"}, step=worker.run_once)
     publish_command(settings.kafka, command)  # again, after completion: a fresh copy at most
-    run_until(worker, lambda: worker.store.outbox_batch(1) == [] and _consumed_all(worker, settings), timeout=30)
+    run_until(worker, lambda: worker.store.outbox.batch(1) == [] and _consumed_all(worker, settings), timeout=30)
     receipts.drain(1.0)
 
     assert fakes.effect_count(pg_url, command["request_id"], "erase") == 1

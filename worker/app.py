@@ -32,7 +32,7 @@ from worker.executor import Executor, ExportPackager
 from worker.health import HealthServer
 from worker.intake import Intake, Message
 from worker.outbox import Relay
-from worker.store import db
+from worker.store import db, reports
 from worker.store.repository import ClaimedTask, Finished, Store
 from worker.timefmt import utcnow
 
@@ -164,7 +164,7 @@ class Worker:
 
     def _refresh_gauges(self) -> None:
         self.last_gauges = time.monotonic()
-        by_status, overdue, ages = self.store.gauges(self.clock())
+        by_status, overdue, ages = reports.request_gauges(self.engine, self.clock())
         for status in states.RequestStatus:
             metrics.REQUESTS.labels(status.value).set(by_status.get(status.value, 0))
         metrics.OVERDUE.set(overdue)

@@ -19,7 +19,8 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from worker import failpoints
-from worker.store.repository import OutboxRecord, Store
+from worker.store.outbox import OutboxRecord
+from worker.store.repository import Store
 
 log = structlog.get_logger("oubli.outbox")
 
@@ -70,13 +71,14 @@ class Relay:
         renew = self.leader_until is not None and now >= self.leader_until - self.lease / 3
         # A follower asks again only now and then: the leader renews every lease/3.
         if renew or (self.leader_until is None and now >= self.next_attempt):
-            self.leader_until = now + self.lease if self.store.acquire_lease(LEASE, now=now, ttl=self.lease) else None
+            held = self.store.outbox.acquire_lease(LEASE, now=now, ttl=self.lease)
+            self.leader_until = now + self.lease if held else None
             self.next_attempt = now + self.lease / 3
         if self.in_flight is not None:
             return self._collect() if self.in_flight.settled() else 0
         if self.leader_until is None:
             return 0
-        records = self.store.outbox_batch(self.batch_size)
+        records = self.store.outbox.batch(self.batch_size)
         if records:
             self._send(records)
         return 0
@@ -103,7 +105,7 @@ class Relay:
         assert batch is not None
         self.crash.hit(failpoints.AFTER_PUBLISH)
         done = batch.delivered_prefix()
-        self.store.outbox_delete(done)
+        self.store.outbox.delete(done)
         if len(done) < len(batch.records):
             error = batch.outcomes.get(batch.records[len(done)].id)
             log.warning("outbox_publish_incomplete", published=len(done), pending=len(batch.records) - len(done),
@@ -122,5 +124,5 @@ class Relay:
 
     def release(self) -> None:
         if self.leader_until is not None:
-            self.store.release_lease(LEASE)
+            self.store.outbox.release_lease(LEASE)
             self.leader_until = None

@@ -13,20 +13,19 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from connectors.base import Subject
 from worker import receipts, states
 from worker.config import Topics
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState, TaskState
-from worker.store.schema import audit_events, leases, outbox, requests, tasks
+from worker.store.outbox import Outbox
+from worker.store.schema import audit_events, outbox, requests, tasks
 from worker.timefmt import aware
 
 OPEN_STATUSES = [s.value for s in RequestStatus if s not in states.TERMINAL_STATUSES]
@@ -48,15 +47,6 @@ class ClaimedTask:
     vendor_ref: str | None
     attempt: int
     version: int
-
-
-@dataclass(frozen=True)
-class OutboxRecord:
-    id: int
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -127,6 +117,7 @@ class Store:
         self.topics = topics
         self.policy = policy
         self.actor = actor
+        self.outbox = Outbox(engine, actor=actor)
 
     # --- intake ----------------------------------------------------------------------------
 
@@ -364,41 +355,6 @@ class Store:
         self._audit(conn, row["request_id"], row["system"], now, type(event).__name__.lower(), actor=actor,
                     from_state=before.state, to_state=after.state, attempt=after.attempts, detail=note)
 
-    # --- outbox and leases -----------------------------------------------------------------
-
-    def outbox_batch(self, limit: int) -> list[OutboxRecord]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(limit)).all()
-        return [OutboxRecord(r.id, r.topic, r.key, r.value,
-                             [(str(k), str(v).encode("latin-1")) for k, v in json.loads(r.headers_json or "[]")])
-                for r in rows]
-
-    def outbox_delete(self, ids: Sequence[int]) -> None:
-        if ids:
-            with self.engine.begin() as conn:
-                conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
-
-    def acquire_lease(self, name: str, *, now: datetime, ttl: timedelta) -> bool:
-        """A named lease held by one worker at a time (the outbox relay), renewed by its holder."""
-        with self.engine.begin() as conn:
-            taken = conn.execute(leases.update().where(
-                leases.c.name == name, sa.or_(leases.c.owner == self.actor, leases.c.expires_at < now),
-            ).values(owner=self.actor, expires_at=now + ttl)).rowcount
-            if taken:
-                return True
-            values = {"name": name, "owner": self.actor, "expires_at": now + ttl}
-            # ON CONFLICT: losing the race is the normal case for a follower, not an error to log.
-            # rowcount is not reliable here (-1 with RETURNING-based inserts): ask for the row back.
-            if conn.dialect.name == "postgresql":
-                statement = pg_insert(leases).values(values).on_conflict_do_nothing().returning(leases.c.name)
-            else:
-                statement = sqlite_insert(leases).values(values).on_conflict_do_nothing().returning(leases.c.name)
-            return conn.execute(statement).first() is not None
-
-    def release_lease(self, name: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(leases.delete().where(leases.c.name == name, leases.c.owner == self.actor))
-
     # --- reads -----------------------------------------------------------------------------
 
     def get(self, request_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -413,22 +369,6 @@ class Store:
     def receipt(self, request_id: str) -> dict[str, Any]:
         request, task_rows, _ = self.get(request_id)
         return receipts.render(request, task_rows)
-
-    def gauges(self, now: datetime) -> tuple[dict[str, int], int, dict[str, int]]:
-        """Requests by status, overdue open requests, and open requests by age (for /metrics)."""
-        with self.engine.connect() as conn:
-            by_status = {row.status: row.n for row in conn.execute(
-                sa.select(requests.c.status, sa.func.count().label("n")).group_by(requests.c.status))}
-            open_rows = conn.execute(sa.select(requests.c.requested_at, requests.c.due_at)
-                                     .where(requests.c.status.in_(OPEN_STATUSES))).all()
-        overdue = sum(1 for r in open_rows if r.due_at is not None and aware(r.due_at) < now)
-        ages = {"lt_1h": 0, "lt_1d": 0, "lt_7d": 0, "lt_30d": 0, "ge_30d": 0}
-        for row in open_rows:
-            age = (now - aware(row.requested_at)).total_seconds() if row.requested_at else 0.0
-            bucket = next((name for name, limit in (("lt_1h", 3600), ("lt_1d", 86400), ("lt_7d", 7 * 86400),
-                                                     ("lt_30d", 30 * 86400)) if age < limit), "ge_30d")
-            ages[bucket] += 1
-        return by_status, overdue, ages
 
     # --- internals -------------------------------------------------------------------------
 
