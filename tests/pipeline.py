@@ -65,7 +65,9 @@ class Receipts:
     def drain(self, timeout: float = 0.1) -> None:
         while (message := self.consumer.poll(timeout)) is not None:
             if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
+                # A topic created a moment ago may not be in this consumer's metadata yet.
+                assert message.error().code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART), \
+                    message.error()
                 continue
             value = message.value()
             receipt = json.loads(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,7 +66,21 @@ def ensure_topics(kafka: KafkaSettings, *, partitions: int = COMMAND_PARTITIONS,
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
+    _wait_for_leaders(client, list(wanted))
     return created
+
+
+def _wait_for_leaders(client: AdminClient, names: list[str], timeout: float = 30.0) -> None:
+    """A created topic is usable only once every partition has a leader in the metadata."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = client.list_topics(timeout=10).topics
+        if all(name in topics and topics[name].error is None and topics[name].partitions
+               and all(p.leader >= 0 for p in topics[name].partitions.values()) for name in names):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topics {', '.join(names)} have no leader after {timeout:.0f} s")
+        time.sleep(0.1)  # start-up only, never in the consume loop
 
 
 def murmur2(data: bytes) -> int:
