@@ -1,0 +1,24 @@
+"""The README's configuration example is a config the worker accepts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from worker import config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_config_example_is_valid() -> None:
+    text = README.read_text()
+    section = text[text.index("## Configuration"):]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    raw = yaml.safe_load(example.group(1).replace("…", "x"))
+    names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", example.group(1)))
+    settings = config.build(raw, env={name: "value" for name in names})
+    assert settings.systems["orders_db"].concurrency == 8
+    assert settings.identity_system == "orders_db"
