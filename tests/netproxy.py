@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 
 
 class Proxy:
@@ -56,6 +57,15 @@ class Proxy:
 
     def heal(self) -> None:
         self._cut.clear()
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """Cut for the duration of the block, then heal."""
+        self.cut()
+        try:
+            yield
+        finally:
+            self.heal()
 
     def close(self) -> None:
         self.cut()

@@ -85,11 +85,8 @@ class S3Harness:
 
     @contextlib.contextmanager
     def transient_failure(self) -> Iterator[None]:
-        self.proxy.cut()
-        try:
+        with self.proxy.outage():
             yield
-        finally:
-            self.proxy.heal()
 
     @contextlib.contextmanager
     def permanent_failure(self) -> Iterator[None]:

@@ -131,25 +131,18 @@ def test_seeding_postgres_leaves_sequences_usable(pg_url: str) -> None:
     engine.dispose()
 
 
-def test_seed_cli_writes_sqlite_files(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "seed.py"),
-            "--sqlite-dir",
-            str(tmp_path),
-            "--customers",
-            "120",
-            "--as-of",
-            "2026-11-25",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+def _seed_cli(directory: Path, *extra: str) -> dict[str, Any]:
+    run = subprocess.run(  # noqa: S603 - our own script
+        [sys.executable, str(ROOT / "scripts" / "seed.py"), "--sqlite-dir", str(directory),
+         "--customers", "120", "--as-of", "2026-11-25", "--json", *extra],
+        capture_output=True, text=True, timeout=120, check=True,
     )
-    summary = json.loads(run.stdout)
+    summary: dict[str, Any] = json.loads(run.stdout)
+    return summary
+
+
+def test_seed_cli_writes_sqlite_files(tmp_path: Path) -> None:
+    summary = _seed_cli(tmp_path)
     assert summary["customers"] == 120 and summary["rows"]["orders_db"]["customers"] == 120
     assert sorted(p.name for p in tmp_path.glob("*.db")) == [
         "contact_forms.db",
@@ -157,22 +150,5 @@ def test_seed_cli_writes_sqlite_files(tmp_path: Path) -> None:
         "newsletter.db",
         "orders_db.db",
     ]
-    again = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "seed.py"),
-            "--sqlite-dir",
-            str(tmp_path),
-            "--customers",
-            "120",
-            "--as-of",
-            "2026-11-25",
-            "--json",
-            "--reset",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert json.loads(again.stdout)["rows"] == summary["rows"]
+    again = _seed_cli(tmp_path, "--reset")
+    assert again["rows"] == summary["rows"]

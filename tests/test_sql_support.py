@@ -114,11 +114,8 @@ class SqlHarness:
     def transient_failure(self) -> Iterator[None]:
         if self.proxy is None:
             pytest.skip("transient failures are exercised against PostgreSQL")
-        self.proxy.cut()
-        try:
+        with self.proxy.outage():
             yield
-        finally:
-            self.proxy.heal()
 
     @contextlib.contextmanager
     def permanent_failure(self) -> Iterator[None]:
