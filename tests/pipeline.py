@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer
 
 from worker import config, kafka, messages
 from worker.app import Worker
@@ -61,13 +61,17 @@ class Receipts:
         self.consumer.subscribe([settings.kafka.topics.receipts])
         self.all: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
+        self.transient_errors: list[str] = []
 
     def drain(self, timeout: float = 0.1) -> None:
         while (message := self.consumer.poll(timeout)) is not None:
-            if message.error():
-                # A topic created a moment ago may not be in this consumer's metadata yet.
-                assert message.error().code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART), \
-                    message.error()
+            error = message.error()
+            if error is not None:
+                # Like the worker: only a fatal error ends the watch. The rest are librdkafka telling us what it
+                # retries by itself: a topic not yet in this consumer's metadata, or a coordinator that moved
+                # while a broker restarted (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, transport errors).
+                assert not error.fatal(), error
+                self.transient_errors.append(error.name())
                 continue
             value = message.value()
             receipt = json.loads(value)
