@@ -1,0 +1,129 @@
+"""Task claims: which due tasks a worker may start, within every system's limit across all workers.
+
+A claim is a version compare-and-set plus a lease, so two workers can never both run one task. On
+PostgreSQL the claims of one system queue on an advisory lock, which makes the running-task count
+that the limit is checked against exact across workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from worker import receipts, states
+from worker.states import SystemState
+from worker.store.base import StoreBase
+from worker.store.records import OPEN_STATUSES, ClaimedTask, subject_of, task_state
+from worker.store.schema import requests, tasks
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit key for a PostgreSQL advisory lock."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class Claims(StoreBase):
+    def claim_due(self, *, now: datetime, lease_until: datetime, limits: Mapping[str, int],
+                  room: int) -> list[ClaimedTask]:
+        """Claims up to ``room`` due tasks, oldest due first, keeping each system's running tasks,
+        across every worker, within ``limits[system]``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tasks.c.system, sa.func.count().label("n"))
+                                .where(*self._live_running(now)).group_by(tasks.c.system))
+            running = {row.system: row.n for row in rows}
+        wanted = {s: min(room, limit - running.get(s, 0)) for s, limit in limits.items()}
+        wanted = {s: n for s, n in wanted.items() if n > 0}
+        if not wanted or room <= 0:
+            return []
+        earlier_open = sa.select(sa.literal(1)).select_from(requests.alias("earlier")).where(
+            sa.literal_column("earlier.subject_ref") == requests.c.subject_ref,
+            sa.literal_column("earlier.seq") < requests.c.seq,
+            sa.literal_column("earlier.status").in_(OPEN_STATUSES),
+        )
+        sibling = tasks.alias("sibling")
+        unconfirmed_sibling = sa.select(sa.literal(1)).select_from(sibling).where(
+            sibling.c.request_id == tasks.c.request_id, sibling.c.system != receipts.PACKAGE_TASK,
+            sibling.c.state != SystemState.CONFIRMED,
+        )
+        unresolved_identity = sa.select(sa.literal(1)).select_from(sibling).where(
+            sibling.c.request_id == tasks.c.request_id, sibling.c.system == receipts.IDENTITY_TASK,
+            sibling.c.state != SystemState.CONFIRMED,
+        )
+        due = sa.or_(
+            sa.and_(tasks.c.state.in_([s.value for s in states.CLAIMABLE]), tasks.c.next_attempt_at <= now),
+            sa.and_(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now),
+        )
+        query = (
+            sa.select(tasks.c.request_id, tasks.c.system, tasks.c.version)
+            .join(requests, requests.c.request_id == tasks.c.request_id)
+            .where(due, tasks.c.system.in_(list(wanted)), ~sa.exists(earlier_open),
+                   sa.or_(tasks.c.system != receipts.PACKAGE_TASK, ~sa.exists(unconfirmed_sibling)),
+                   sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity)))
+            .order_by(tasks.c.next_attempt_at, tasks.c.request_seq)
+            .limit(sum(wanted.values()) * 4)
+        )
+        with self.engine.connect() as conn:
+            candidates = conn.execute(query).all()
+        claimed: list[ClaimedTask] = []
+        for row in candidates:
+            if wanted.get(row.system, 0) <= 0 or len(claimed) >= room:
+                continue
+            task = self._claim(row.request_id, row.system, row.version, now, lease_until, limits[row.system])
+            if task is not None:
+                claimed.append(task)
+                wanted[row.system] -= 1
+        return claimed
+
+    @staticmethod
+    def _live_running(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+        return (tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at >= now)
+
+    def _claim(self, request_id: str, system: str, version: int, now: datetime,
+               lease_until: datetime, limit: int) -> ClaimedTask | None:
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Claims of one system queue up across workers, so the count below is exact.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(f"claim:{system}")})
+                busy = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(
+                    *self._live_running(now), tasks.c.system == system)).scalar_one()
+                if busy >= limit:
+                    return None
+            request = self._lock_request(conn, request_id)
+            row = self._task_row(conn, request_id, system)
+            if row["version"] != version or request["subject_json"] is None:
+                return None
+            before = task_state(row)
+            current = before
+            if current.state is SystemState.RUNNING:  # its worker died mid-call
+                current = states.transition(current, states.LeaseExpired(), now, self.policy)
+                self._audit(conn, request_id, system, now, "lease_expired", from_state=before.state,
+                            to_state=current.state, attempt=current.attempts, error_code="lease_expired")
+            after = states.transition(current, states.Claim(), now, self.policy)
+            updated = conn.execute(
+                tasks.update().where(tasks.c.request_id == request_id, tasks.c.system == system,
+                                     tasks.c.version == version)
+                .values(state=after.state, attempts=after.attempts, next_attempt_at=None,
+                        lease_owner=self.actor, lease_expires_at=lease_until, version=version + 1)
+            ).rowcount
+            if updated != 1:
+                return None
+            self._audit(conn, request_id, system, now, "claimed", from_state=current.state, to_state=after.state,
+                        attempt=after.attempts)
+            self._refresh_request(conn, request, now)
+            return ClaimedTask(
+                request_id=request_id, system=system, kind=request["kind"],
+                subject=subject_of(request_id, request["subject_json"]),
+                polling=current.state is SystemState.WAITING_VENDOR, vendor_ref=row["vendor_ref"],
+                attempt=after.attempts, version=version + 1,
+            )
+
+    def renew_leases(self, claimed: Iterable[ClaimedTask], lease_until: datetime) -> None:
+        with self.engine.begin() as conn:
+            for task in claimed:
+                conn.execute(tasks.update().where(
+                    tasks.c.request_id == task.request_id, tasks.c.system == task.system,
+                    tasks.c.version == task.version, tasks.c.lease_owner == self.actor,
+                ).values(lease_expires_at=lease_until))

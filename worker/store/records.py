@@ -1,0 +1,93 @@
+"""What the store hands back and takes in: claimed tasks, task updates, outcomes, and its errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from connectors.base import Subject
+from worker import states
+from worker.messages import Command
+from worker.states import RequestStatus, SystemState, TaskState
+from worker.timefmt import aware
+
+OPEN_STATUSES = [s.value for s in RequestStatus if s not in states.TERMINAL_STATUSES]
+
+
+class Recorded(StrEnum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    request_id: str
+    system: str
+    kind: str
+    subject: Subject
+    polling: bool
+    vendor_ref: str | None
+    attempt: int
+    version: int
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    """What a connector result adds to the state machine's view of a task."""
+
+    retained: Sequence[Mapping[str, str]] = ()
+    expected_by: datetime | None = None
+    detail: str | None = None
+    records: int | None = None
+    confirmed_by: str | None = None
+    export: Mapping[str, Any] | None = None
+    identifiers: Mapping[str, Sequence[str]] | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What recording a result did to its request; ``closed`` when it made the request terminal."""
+
+    status: RequestStatus
+    closed: bool
+    kind: str
+    requested_at: datetime | None
+
+
+class NotFound(LookupError):
+    pass
+
+
+class StoreConflict(RuntimeError):
+    """An operator action that the request's current state does not allow."""
+
+
+def task_state(row: Mapping[str, Any]) -> TaskState:
+    return TaskState(
+        state=SystemState(row["state"]), attempts=row["attempts"], max_attempts=row["max_attempts"],
+        next_attempt_at=aware(row["next_attempt_at"]) if row["next_attempt_at"] else None,
+        outcome=row["outcome"], vendor_ref=row["vendor_ref"], error_code=row["error_code"],
+        error_message=row["error_message"],
+        confirmed_at=aware(row["confirmed_at"]) if row["confirmed_at"] else None,
+    )
+
+
+def subject_json(command: Command, subject_ref: str) -> str:
+    return json.dumps({
+        "customer_id": command.customer_id, "emails": list(command.emails), "phones": list(command.phones),
+        "identifiers": {k: list(v) for k, v in command.identifiers.items()}, "subject_ref": subject_ref,
+    })
+
+
+def subject_of(request_id: str, subject_json: str) -> Subject:
+    data = json.loads(subject_json)
+    return Subject(
+        request_id=request_id, subject_ref=data["subject_ref"], customer_id=data["customer_id"],
+        emails=tuple(data["emails"]), phones=tuple(data["phones"]),
+        identifiers={k: tuple(v) for k, v in data["identifiers"].items()},
+    )
