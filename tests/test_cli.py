@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from click.testing import CliRunner
 
-from tests.pipeline import Receipts, raw_settings, run_until, settings_from
+from tests.pipeline import SUBJECT_KEY, Receipts, raw_settings, run_until, settings_from
+from worker import messages, states
 from worker.app import Worker
 from worker.cli import cli
+from worker.config import Topics
+from worker.store import db
+from worker.store.repository import Store, TaskUpdate
+from worker.support import build_command
+from worker.timefmt import utcnow
 
 
 def test_support_commands_with_human_and_json_output(pg_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -66,3 +73,64 @@ def test_support_commands_with_human_and_json_output(pg_url: str, kafka_bootstra
     finally:
         receipts.close()
         worker.close()
+
+
+def test_requests_lists_open_work_earliest_due_first_with_what_holds_it_up(tmp_path: Path) -> None:
+    """What an operator answers an "overdue" alert from: no topic, no personal data, just the store."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = db.create_engine(store_url)
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    now = utcnow()
+    ids = {}
+    for name, due in (("late", now - timedelta(days=2)), ("soon", now + timedelta(days=3)),
+                      ("later", now + timedelta(days=20))):
+        body = build_command(kind="erasure", customer_id=f"C-list-{name}", emails=[f"{name}@example.fr"],
+                             requested_by="test", requested_at=due - timedelta(days=30), due_at=due)
+        command = messages.parse(body, value=b"", signature=None, signing_secret=None,
+                                 known_systems=frozenset({"alpha", "beta"}))
+        store.record_command(command, subject_ref=messages.subject_ref(SUBJECT_KEY.encode(), command.customer_id),
+                             digest=messages.body_digest(SUBJECT_KEY.encode(), body),
+                             targets={"alpha": 1, "beta": 1}, now=now)
+        ids[name] = command.request_id
+    # "soon": alpha confirmed, beta failed for good -> action_required, waiting on beta only.
+    for task in store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limits={"alpha": 9, "beta": 9},
+                                room=10):
+        if task.request_id != ids["soon"]:
+            continue
+        event = (states.Confirm("erased") if task.system == "alpha"
+                 else states.Fail("http_403", "beta answered 403", retryable=False))
+        store.finish(task, event, TaskUpdate(), now)
+
+    config = tmp_path / "oubli.yaml"
+    config.write_text(yaml.safe_dump(raw_settings(store_url=store_url, bootstrap="127.0.0.1:1", systems={
+        "alpha": {"connector": "tests.fakes", "settings": {"url": store_url}},
+        "beta": {"connector": "tests.fakes", "settings": {"url": store_url}}})))
+    runner = CliRunner()
+
+    def oubli(*args: str) -> Any:
+        result = runner.invoke(cli, ["--config", str(config), "requests", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listed = json.loads(oubli("--json"))
+    assert listed["total"] == 3
+    assert [r["request_id"] for r in listed["requests"]] == [ids["late"], ids["soon"], ids["later"]]
+    assert [r["overdue"] for r in listed["requests"]] == [True, False, False]
+    soon = listed["requests"][1]
+    assert soon["status"] == "action_required"
+    assert soon["waiting_on"] == [{"system": "beta", "state": "failed", "attempts": 1, "error_code": "http_403",
+                                   "next_attempt_at": None}]
+
+    assert [r["request_id"] for r in json.loads(oubli("--overdue", "--json"))["requests"]] == [ids["late"]]
+    assert [r["request_id"] for r in json.loads(oubli("--status", "action_required", "--json"))["requests"]] == [
+        ids["soon"]]
+    assert json.loads(oubli("--system", "alpha", "--json"))["total"] == 2  # "soon" has alpha confirmed
+    limited = json.loads(oubli("--limit", "1", "--json"))
+    assert limited["total"] == 3 and len(limited["requests"]) == 1
+
+    human = oubli()
+    assert human.index(ids["late"]) < human.index(ids["soon"]) < human.index(ids["later"])
+    assert "OVERDUE" in human and "beta (failed, http_403)" in human and "3 of 3 open requests shown" in human
+    for output in (human, json.dumps(listed)):
+        assert "example.fr" not in output and "C-list-" not in output

@@ -182,6 +182,42 @@ def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: 
     click.echo(f"{system} manually confirmed by {actor}")
 
 
+@cli.command("requests")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["accepted", "in_progress", "action_required"]),
+              help="Only these statuses (default: every open one).")
+@click.option("--overdue", is_flag=True, help="Only requests past their due date.")
+@click.option("--system", help="Only requests this system has not confirmed yet.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, system: str | None, limit: int,
+                  as_json: bool) -> None:
+    """List open requests, earliest due first, with the systems holding each one up."""
+    from worker.store.reports import open_requests
+
+    settings = _settings(ctx)
+    now = utcnow()
+    total, found = open_requests(db.create_engine(settings.store_url), now, statuses=statuses,
+                                 overdue_only=overdue, system=system, limit=limit)
+    if as_json:
+        _emit({"total": total, "requests": [
+            {"request_id": r.request_id, "kind": r.kind, "status": r.status, "subject_ref": r.subject_ref,
+             "requested_at": iso(r.requested_at), "due_at": iso(r.due_at), "overdue": r.overdue(now),
+             "waiting_on": [{"system": b.system, "state": b.state, "attempts": b.attempts,
+                             "error_code": b.error_code, "next_attempt_at": iso(b.next_attempt_at)}
+                            for b in r.blockers]}
+            for r in found]}, True, "")
+        return
+    lines = [f"{r.request_id}  {r.kind or '-':<8} {r.status:<16} due {iso(r.due_at) or '-'}"
+             f"{'  OVERDUE' if r.overdue(now) else ''}\n    waiting on: "
+             + (", ".join(f"{b.system} ({b.state}{', ' + b.error_code if b.error_code else ''})" for b in r.blockers)
+                or "-")
+             for r in found]
+    lines.append(f"{len(found)} of {total} open requests shown")
+    click.echo("\n".join(lines))
+
+
 def format_receipt(receipt: Mapping[str, Any]) -> str:
     lines = [
         f"request   {receipt['request_id']}  ({receipt['kind'] or 'unknown kind'})",

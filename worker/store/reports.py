@@ -1,13 +1,16 @@
-"""Read-only figures for ``/metrics``: requests by status, overdue and by age."""
+"""Read-only views of the store: the figures for ``/metrics`` and the open-request list operators work from."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 
-from worker.store.repository import OPEN_STATUSES
-from worker.store.schema import requests
+from worker.states import SystemState
+from worker.store.records import OPEN_STATUSES
+from worker.store.schema import requests, tasks
 from worker.timefmt import aware
 
 
@@ -26,3 +29,70 @@ def request_gauges(engine: sa.Engine, now: datetime) -> tuple[dict[str, int], in
                                                  ("lt_30d", 30 * 86400)) if age < limit), "ge_30d")
         ages[bucket] += 1
     return by_status, overdue, ages
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A system that has not confirmed yet, and why (error codes are PII-free by contract)."""
+
+    system: str
+    state: str
+    attempts: int
+    error_code: str | None
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    request_id: str
+    kind: str | None
+    status: str
+    subject_ref: str | None
+    requested_at: datetime | None
+    due_at: datetime | None
+    blockers: tuple[Blocker, ...]
+
+    def overdue(self, now: datetime) -> bool:
+        return self.due_at is not None and self.due_at < now
+
+
+def open_requests(engine: sa.Engine, now: datetime, *, statuses: Sequence[str] = (), overdue_only: bool = False,
+                  system: str | None = None, limit: int = 50) -> tuple[int, list[OpenRequest]]:
+    """Open requests, the most urgent (earliest due) first, each with the systems holding it up.
+
+    Returns how many match in all, and the first ``limit`` of them. This is what an operator answers
+    an "overdue" or "action required" alert from, so it reads only the store, never a topic.
+    """
+    wanted = [s for s in statuses if s in OPEN_STATUSES] if statuses else list(OPEN_STATUSES)
+    where: list[sa.ColumnElement[bool]] = [requests.c.status.in_(wanted)]
+    if overdue_only:
+        where.append(requests.c.due_at < now)
+    if system is not None:
+        where.append(sa.exists(sa.select(sa.literal(1)).select_from(tasks).where(
+            tasks.c.request_id == requests.c.request_id, tasks.c.system == system,
+            tasks.c.state != SystemState.CONFIRMED)))
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(requests).where(*where)).scalar_one()
+        rows = conn.execute(
+            sa.select(requests.c.request_id, requests.c.kind, requests.c.status, requests.c.subject_ref,
+                      requests.c.requested_at, requests.c.due_at)
+            .where(*where).order_by(requests.c.due_at.is_(None), requests.c.due_at, requests.c.seq).limit(limit)
+        ).all()
+        ids = [row.request_id for row in rows]
+        blockers: dict[str, list[Blocker]] = {request_id: [] for request_id in ids}
+        if ids:
+            for task in conn.execute(
+                sa.select(tasks.c.request_id, tasks.c.system, tasks.c.state, tasks.c.attempts, tasks.c.error_code,
+                          tasks.c.next_attempt_at)
+                .where(tasks.c.request_id.in_(ids), tasks.c.state != SystemState.CONFIRMED)
+                .order_by(tasks.c.system)
+            ):
+                blockers[task.request_id].append(Blocker(
+                    system=task.system, state=task.state, attempts=task.attempts, error_code=task.error_code,
+                    next_attempt_at=aware(task.next_attempt_at) if task.next_attempt_at else None))
+    return total, [
+        OpenRequest(request_id=row.request_id, kind=row.kind, status=row.status, subject_ref=row.subject_ref,
+                    requested_at=aware(row.requested_at) if row.requested_at else None,
+                    due_at=aware(row.due_at) if row.due_at else None, blockers=tuple(blockers[row.request_id]))
+        for row in rows
+    ]
