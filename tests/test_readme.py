@@ -22,3 +22,12 @@ def test_the_readme_config_example_is_valid() -> None:
     settings = config.build(raw, env={name: "value" for name in names})
     assert settings.systems["orders_db"].concurrency == 8
     assert settings.identity_system == "orders_db"
+
+
+def test_every_command_the_readme_names_exists() -> None:
+    from worker.cli import cli
+
+    # In inline code (`oubli receipt …`) and at the start of a line in a code block.
+    named = set(re.findall(r"(?:`|^)oubli (?:--config \S+ )?([a-z][a-z-]+)\b", README.read_text(), re.M))
+    assert {"receipt", "status", "requests", "retry", "confirm", "submit", "worker", "migrate"} <= named
+    assert named <= set(cli.commands), sorted(named - set(cli.commands))
