@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
+from connectors.ratelimit import Limits
+
 OutcomeName = Literal[
     "erased", "anonymized", "not_found", "retained", "requested", "exported", "not_supported",
 ]
@@ -111,10 +113,15 @@ class IdentityLookup(Protocol):
 
 @dataclass(frozen=True)
 class ConnectorContext:
-    """What the orchestrator lends every connector. ``now`` is injectable so tests control time."""
+    """What the orchestrator lends every connector. ``now`` is injectable so tests control time.
+
+    ``limits`` is where named rate limits live (see ``connectors.ratelimit``): the worker lends the
+    store-backed ones, shared by every worker; ``None`` means this process's registry.
+    """
 
     now: Callable[[], datetime]
     identity: IdentityLookup | None = None
+    limits: Limits | None = None
 
 
 @runtime_checkable

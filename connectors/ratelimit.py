@@ -1,33 +1,45 @@
-"""Client-side rate limits for vendor APIs: token buckets and daily quotas, shared per process.
+"""Client-side rate limits for vendor APIs: rates with a burst, and daily quotas, shared by name.
 
-Nothing here ever sleeps. A connector asks its ``Gate`` to ``admit()`` one call; when no token is
-left the gate raises ``Throttled`` (or ``QuotaDeferred`` for a spent daily quota) with the number
-of seconds until the next slot, and the orchestrator reschedules the work without counting an
-attempt. Other systems are never held back, because the caller's thread is free at once.
+Nothing here ever sleeps. A connector asks its ``Gate`` to ``admit()`` one call; when a limit says
+not yet, the gate raises ``Throttled`` (or ``QuotaDeferred`` for a spent daily quota) with the
+number of seconds until the next slot, and the orchestrator reschedules the work without counting
+an attempt. Other systems are never held back, because the caller's thread is free at once.
 
-Buckets and quotas live in a module-level registry keyed by name (for example
-``google_analytics:property:123``), so every connector instance in the process draws from the same
-budget. They hold no clock: the caller passes the time in, which keeps tests free of sleeps.
+Limits are named (for example ``google_analytics:property_id:123``) and live in a ``Limits``
+backend, so every gate that names a limit draws from the same budget:
 
-The registry is per process. With several workers, configure each worker's share of a vendor's
-limit, or rely on the vendor's own 429/quota errors, which the connectors also honour.
+* the worker passes the store-backed backend (``worker.store.ratelimits.StoreLimits``) in the
+  ``ConnectorContext``, so the budget is shared by every worker on one store: N workers together
+  send no more than the vendor's limit, a 429's ``Retry-After`` holds the whole fleet back, and a
+  daily count survives restarts;
+* without one (unit tests, the conformance suite, tools), ``REGISTRY`` keeps them in this process.
+
+A rate is a GCRA ("generic cell rate algorithm"), the token bucket written as one number per name:
+the theoretical arrival time ``tat``. A call at ``now`` is admitted iff ``tat - tolerance <= now``
+(``tolerance`` = (burst - 1) / rate), and then ``tat = max(tat, now) + 1/rate``. So in any window
+of ``w`` seconds at most ``burst + rate × w`` calls pass, whatever the callers' clocks. One number
+makes the shared version a single conditional upsert. Clocks come from the caller: tests never
+sleep.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from worker.errors import QuotaDeferred, Throttled
 
+EPSILON = 1e-6  # float dust in sums of 1/rate must not refuse a whole slot
+MAX_KEY = 255  # the store's key columns
+
 
 @dataclass(frozen=True)
 class RateSpec:
-    """``per_second`` tokens refill continuously up to ``burst``."""
+    """``per_second`` calls on average, up to ``burst`` at once after a quiet spell."""
 
     per_second: float
     burst: float = 1.0
@@ -36,133 +48,132 @@ class RateSpec:
         if not (self.per_second > 0 and self.burst >= 1):
             raise ValueError("a rate needs per_second > 0 and burst >= 1")
 
-
-class TokenBucket:
-    """Thread-safe token bucket; ``try_acquire`` returns 0 when admitted, else seconds to wait."""
-
-    def __init__(self, spec: RateSpec) -> None:
-        self._lock = threading.Lock()
-        self._spec = spec
-        self._tokens = spec.burst
-        self._stamp: float | None = None
-        self._held_until = -math.inf
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.per_second
 
     @property
-    def spec(self) -> RateSpec:
-        return self._spec
+    def tolerance(self) -> float:
+        return (self.burst - 1.0) / self.per_second
 
-    def reconfigure(self, spec: RateSpec) -> None:
-        with self._lock:
-            self._spec = spec
-            self._tokens = min(self._tokens, spec.burst)
+    def wait(self, tat: float | None, now: float) -> float:
+        """Seconds until a call at ``now`` may pass (0: now), given the name's ``tat``."""
+        if tat is None:
+            return 0.0
+        late = tat - self.tolerance - now
+        return late if late > EPSILON else 0.0
 
-    def _refill(self, now: float) -> None:
-        if self._stamp is not None:
-            elapsed = max(0.0, now - self._stamp)  # a clock that steps back refills nothing
-            self._tokens = min(self._spec.burst, self._tokens + elapsed * self._spec.per_second)
-        self._stamp = now if self._stamp is None else max(self._stamp, now)
+    def next_tat(self, tat: float | None, now: float) -> float:
+        return max(tat if tat is not None else now, now) + self.interval
 
-    def try_acquire(self, now: float, tokens: float = 1.0) -> float:
-        with self._lock:
-            self._refill(now)
-            if now < self._held_until:
-                return self._held_until - now
-            if self._tokens + 1e-6 >= tokens:  # float dust must not refuse a whole token
-                self._tokens -= tokens
-                return 0.0
-            return (tokens - self._tokens) / self._spec.per_second
-
-    def refund(self, tokens: float = 1.0) -> None:
-        with self._lock:
-            self._tokens = min(self._spec.burst, self._tokens + tokens)
-
-    def hold(self, now: float, seconds: float) -> None:
-        """The vendor said slow down (429 with Retry-After): admit nothing until then."""
-        with self._lock:
-            self._held_until = max(self._held_until, now + seconds)
-            # Resume with a single token when the hold ends, not with a full burst: nothing refills
-            # before then, because refills count from the stamp.
-            self._tokens = 1.0
-            self._stamp = self._held_until
+    def held_tat(self, tat: float | None, until: float) -> float:
+        """After a hold until ``until``: nothing passes before it, then a single call, not a burst."""
+        return max(tat if tat is not None else until, until + self.tolerance)
 
 
-class DailyQuota:
+@dataclass(frozen=True)
+class QuotaSpec:
     """At most ``limit`` calls per calendar day in ``tz`` (Google resets quotas at midnight Pacific)."""
 
-    def __init__(self, limit: int, tz: str = "UTC") -> None:
-        if limit < 1:
-            raise ValueError("a daily quota needs limit >= 1")
-        self._lock = threading.Lock()
-        self.limit = limit
-        self._tz = ZoneInfo(tz)
-        self._day: date | None = None
-        self._used = 0
+    limit: int
+    tz: str = "UTC"
+    zone: ZoneInfo = field(init=False, repr=False, compare=False)
 
-    def _roll(self, now: datetime) -> datetime:
-        local = now.astimezone(self._tz)
-        if local.date() != self._day:
-            self._day, self._used = local.date(), 0
-        return local
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError("a daily quota needs limit >= 1")
+        object.__setattr__(self, "zone", ZoneInfo(self.tz))  # raises for an unknown zone
+
+    def day(self, now: datetime) -> date:
+        return now.astimezone(self.zone).date()
 
     def seconds_to_next_window(self, now: datetime) -> float:
-        local = now.astimezone(self._tz)
-        midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), self._tz)
-        return max(1.0, (midnight - local).total_seconds())
+        local = now.astimezone(self.zone)
+        midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), self.zone)
+        # Timestamps, not wall-clock datetimes: a day with a DST change lasts 23 or 25 hours.
+        return max(1.0, midnight.timestamp() - now.timestamp())
 
-    def try_acquire(self, now: datetime) -> float:
-        with self._lock:
-            self._roll(now)
-            if self._used < self.limit:
-                self._used += 1
-                return 0.0
-            return self.seconds_to_next_window(now)
 
-    def refund(self, now: datetime) -> None:
-        with self._lock:
-            self._roll(now)
-            self._used = max(0, self._used - 1)
+Buckets = Sequence[tuple[str, RateSpec]]
+Quotas = Sequence[tuple[str, QuotaSpec]]
 
-    def exhaust(self, now: datetime) -> None:
-        """The vendor says today's quota is spent, whatever our own count says."""
-        with self._lock:
-            self._roll(now)
-            self._used = self.limit
 
-    def used(self, now: datetime) -> int:
-        with self._lock:
-            self._roll(now)
-            return self._used
+@dataclass(frozen=True)
+class Refusal:
+    """Why ``admit`` said no: a ``rate`` or ``quota`` named ``key``, or the backend is ``unavailable``."""
+
+    kind: Literal["rate", "quota", "unavailable"]
+    key: str
+    wait: float
+
+
+class Limits(Protocol):
+    """Where named limits live.
+
+    ``admit`` is all or nothing: it spends one call of every quota and every rate, or, if any of
+    them refuses, nothing at all, and says which refused and for how long. It never sleeps; a
+    store-backed one runs one short transaction. ``hold`` admits nothing under the ``buckets``
+    names until ``now + seconds`` (a vendor's ``Retry-After``); ``exhaust`` marks today's quotas
+    spent (the vendor says so). ``hold`` and ``exhaust`` never raise for an unreachable store.
+    """
+
+    def admit(self, buckets: Buckets, quotas: Quotas, now: datetime) -> Refusal | None: ...
+
+    def hold(self, buckets: Buckets, now: datetime, seconds: float) -> None: ...
+
+    def exhaust(self, quotas: Quotas, now: datetime) -> None: ...
 
 
 class Registry:
-    """Named buckets and quotas shared by every connector instance in the process."""
+    """``Limits`` kept in this process, for what has no store. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._buckets: dict[str, TokenBucket] = {}
-        self._quotas: dict[str, DailyQuota] = {}
+        self._tats: dict[str, float] = {}
+        self._used: dict[str, tuple[date, int]] = {}
 
-    def bucket(self, key: str, spec: RateSpec) -> TokenBucket:
-        with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(spec)
-            elif bucket.spec != spec:
-                bucket.reconfigure(spec)
-            return bucket
+    def _count(self, key: str, day: date) -> int:
+        seen, used = self._used.get(key, (day, 0))
+        return used if seen == day else 0
 
-    def quota(self, key: str, limit: int, tz: str = "UTC") -> DailyQuota:
+    def admit(self, buckets: Buckets, quotas: Quotas, now: datetime) -> Refusal | None:
+        stamp = now.timestamp()
         with self._lock:
-            quota = self._quotas.get(key)
-            if quota is None or quota.limit != limit:
-                quota = self._quotas[key] = DailyQuota(limit, tz)
-            return quota
+            for key, quota in quotas:
+                if self._count(key, quota.day(now)) >= quota.limit:
+                    return Refusal("quota", key, quota.seconds_to_next_window(now))
+            for key, rate in buckets:
+                if wait := rate.wait(self._tats.get(key), stamp):
+                    return Refusal("rate", key, wait)
+            for key, quota in quotas:
+                day = quota.day(now)
+                self._used[key] = (day, self._count(key, day) + 1)
+            for key, rate in buckets:
+                self._tats[key] = rate.next_tat(self._tats.get(key), stamp)
+        return None
+
+    def hold(self, buckets: Buckets, now: datetime, seconds: float) -> None:
+        until = now.timestamp() + seconds
+        with self._lock:
+            for key, rate in buckets:
+                self._tats[key] = rate.held_tat(self._tats.get(key), until)
+
+    def exhaust(self, quotas: Quotas, now: datetime) -> None:
+        with self._lock:
+            for key, quota in quotas:
+                day = quota.day(now)
+                self._used[key] = (day, max(self._count(key, day), quota.limit))
+
+    def used(self, key: str, now: datetime, tz: str = "UTC") -> int:
+        """Tests only: calls counted today under ``key``."""
+        with self._lock:
+            return self._count(key, now.astimezone(ZoneInfo(tz)).date())
 
     def clear(self) -> None:
-        """Tests only: forget every bucket and quota."""
+        """Tests only: forget every rate and quota."""
         with self._lock:
-            self._buckets.clear()
-            self._quotas.clear()
+            self._tats.clear()
+            self._used.clear()
 
 
 REGISTRY = Registry()
@@ -173,44 +184,33 @@ class Gate:
     """The limits one vendor call must pass. ``admit`` raises rather than waits."""
 
     system: str
-    buckets: Sequence[tuple[str, TokenBucket]]
-    quotas: Sequence[tuple[str, DailyQuota]]
+    buckets: Buckets
+    quotas: Quotas
     now: Callable[[], datetime]
+    limits: Limits = REGISTRY
+
+    def __post_init__(self) -> None:
+        if any(len(key) > MAX_KEY for key, _ in (*self.buckets, *self.quotas)):
+            raise ValueError(f"{self.system}: a rate-limit name is longer than {MAX_KEY} characters")
 
     def admit(self) -> None:
-        now = self.now()
-        taken: list[DailyQuota] = []
-        granted: list[TokenBucket] = []
-        try:
-            for key, quota in self.quotas:
-                if wait := quota.try_acquire(now):
-                    raise QuotaDeferred(f"{self.system}: daily quota {key} is spent; next window in {wait:.0f}s",
-                                        retry_after=wait)
-                taken.append(quota)
-            stamp = now.timestamp()
-            for key, bucket in self.buckets:
-                if wait := bucket.try_acquire(stamp):
-                    raise Throttled(f"{self.system}: rate limit {key} reached; next slot in {wait:.2f}s",
-                                    retry_after=wait)
-                granted.append(bucket)
-        except (QuotaDeferred, Throttled):
-            # A refused call spends nothing: give back what the limits before it granted.
-            for bucket in granted:
-                bucket.refund()
-            for quota in taken:
-                quota.refund(now)
-            raise
+        refusal = self.limits.admit(self.buckets, self.quotas, self.now())
+        if refusal is None:
+            return
+        key, wait = refusal.key, refusal.wait
+        if refusal.kind == "quota":
+            raise QuotaDeferred(f"{self.system}: daily quota {key} is spent; next window in {wait:.0f}s",
+                                retry_after=wait)
+        if refusal.kind == "unavailable":
+            raise Throttled(f"{self.system}: the shared rate limits are unavailable; next try in {wait:.0f}s",
+                            retry_after=wait, code="limits_unavailable")
+        raise Throttled(f"{self.system}: rate limit {key} reached; next slot in {wait:.2f}s", retry_after=wait)
 
     def hold(self, seconds: float) -> None:
-        stamp = self.now().timestamp()
-        for _, bucket in self.buckets:
-            bucket.hold(stamp, seconds)
+        self.limits.hold(self.buckets, self.now(), seconds)
 
     def exhaust_quotas(self) -> float:
         """Marks every daily quota spent; returns seconds until the earliest next window."""
         now = self.now()
-        waits = []
-        for _, quota in self.quotas:
-            quota.exhaust(now)
-            waits.append(quota.seconds_to_next_window(now))
-        return min(waits, default=3600.0)
+        self.limits.exhaust(self.quotas, now)
+        return min((quota.seconds_to_next_window(now) for _, quota in self.quotas), default=3600.0)

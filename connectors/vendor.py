@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
 from connectors.base import ConnectorContext, Subject
-from connectors.ratelimit import REGISTRY, Gate, RateSpec
+from connectors.ratelimit import REGISTRY, Gate, QuotaSpec, RateSpec
 from worker.errors import ConfigError, OubliError, PermanentError, RetryableError
 
 _MISSING: Any = object()
@@ -113,10 +113,11 @@ class Options:
 
 def build_gate(opts: Options, context: ConnectorContext, *, buckets: Mapping[str, RateSpec],
                quotas: Mapping[str, int] | None = None, quota_tz: str = "UTC") -> Gate:
-    """Shared limiters named by ``buckets``/``quotas`` keys; ``rate_limit``/``daily_quota`` override.
+    """Limits named by ``buckets``/``quotas`` keys; ``rate_limit``/``daily_quota`` override.
 
     ``rate_limit: {per_second, burst}`` replaces the rate of every bucket; ``daily_quota: N`` the
-    limit of every quota. A vendor's documented limits are the defaults.
+    limit of every quota. A vendor's documented limits are the defaults. The limits live in
+    ``context.limits`` (shared by every worker on the store), else in this process's registry.
     """
     override = opts.section("rate_limit", {}) if opts.has("rate_limit") else None
     specs = dict(buckets)
@@ -132,15 +133,11 @@ def build_gate(opts: Options, context: ConnectorContext, *, buckets: Mapping[str
         limits = {key: int(opts.number("daily_quota", minimum=1)) for key in limits}
     tz = opts.text("quota_timezone", quota_tz)
     try:
-        quota_list = tuple((key, REGISTRY.quota(key, limit, tz)) for key, limit in limits.items())
+        quota_list = tuple((key, QuotaSpec(limit, tz)) for key, limit in limits.items())
     except (ValueError, ZoneInfoNotFoundError):
         raise opts.error("quota_timezone", "must be an IANA time zone such as Europe/Paris") from None
-    return Gate(
-        system=opts.system,
-        buckets=tuple((key, REGISTRY.bucket(key, spec)) for key, spec in specs.items()),
-        quotas=quota_list,
-        now=context.now,
-    )
+    return Gate(system=opts.system, buckets=tuple(specs.items()), quotas=quota_list, now=context.now,
+                limits=context.limits if context.limits is not None else REGISTRY)
 
 
 def resolve_ids(system: str, subject: Subject, kind: str, context: ConnectorContext) -> tuple[str, ...]:

@@ -119,7 +119,7 @@ def test_daily_quota_defers_to_the_next_pacific_day(ga: GoogleAnalyticsStandIn, 
 
 
 def test_vendor_daily_limit_answer_defers_too(ga: GoogleAnalyticsStandIn, clock: FakeClock) -> None:
-    """Our count is per process; when the vendor says the day is spent, believe it."""
+    """Another client of the project may have spent the quota: when the vendor says the day is spent, believe it."""
     analytics = build("google_analytics", ga, clock)
     ga.daily_limit = 0
     with pytest.raises(QuotaDeferred) as caught:

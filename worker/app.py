@@ -33,6 +33,7 @@ from worker.health import HealthServer
 from worker.intake import Intake, Message
 from worker.outbox import Relay
 from worker.store import db, reports
+from worker.store.ratelimits import StoreLimits
 from worker.store.repository import ClaimedTask, Finished, Store
 from worker.timefmt import utcnow
 
@@ -108,7 +109,8 @@ class Worker:
         self.store = Store(self.engine, topics=settings.kafka.topics, policy=policy,
                            actor=settings.worker.worker_id)
         identity = build_identity(settings)
-        context = ConnectorContext(now=clock, identity=identity)
+        # Vendor rate limits live in the store, so every worker of the group shares one budget.
+        context = ConnectorContext(now=clock, identity=identity, limits=StoreLimits(self.engine))
         self.connectors = build_connectors(settings, context)
         self.exports = build_exports(settings)
         self.intake = Intake(

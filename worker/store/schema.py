@@ -96,3 +96,19 @@ leases = sa.Table(
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("expires_at", Timestamp, nullable=False),
 )
+
+# Vendor rate limits shared by every worker on the store (``worker.store.ratelimits``). Neither
+# table holds personal data: keys name a vendor and a configured property, project or app.
+rate_buckets = sa.Table(
+    "rate_buckets", metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    # GCRA's theoretical arrival time, in epoch seconds: plain arithmetic in SQL on both stores.
+    sa.Column("tat", sa.Double, nullable=False),
+)
+
+rate_quotas = sa.Table(
+    "rate_quotas", metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),  # the calendar day in the quota's time zone
+    sa.Column("used", sa.Integer, nullable=False),
+)
