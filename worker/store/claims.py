@@ -92,7 +92,8 @@ class Claims(StoreBase):
                 if busy >= limit:
                     return None
             request = self._lock_request(conn, request_id)
-            row = self._task_row(conn, request_id, system)
+            rows = self._task_rows(conn, request_id)
+            row = next(r for r in rows if r["system"] == system)
             if row["version"] != version or request["subject_json"] is None:
                 return None
             before = task_state(row)
@@ -102,17 +103,18 @@ class Claims(StoreBase):
                 self._audit(conn, request_id, system, now, "lease_expired", from_state=before.state,
                             to_state=current.state, attempt=current.attempts, error_code="lease_expired")
             after = states.transition(current, states.Claim(), now, self.policy)
+            claim = {"state": after.state, "attempts": after.attempts, "next_attempt_at": None,
+                     "lease_owner": self.actor, "lease_expires_at": lease_until, "version": version + 1}
             updated = conn.execute(
                 tasks.update().where(tasks.c.request_id == request_id, tasks.c.system == system,
-                                     tasks.c.version == version)
-                .values(state=after.state, attempts=after.attempts, next_attempt_at=None,
-                        lease_owner=self.actor, lease_expires_at=lease_until, version=version + 1)
+                                     tasks.c.version == version).values(**claim)
             ).rowcount
             if updated != 1:
                 return None
+            row.update(claim)
             self._audit(conn, request_id, system, now, "claimed", from_state=current.state, to_state=after.state,
                         attempt=after.attempts)
-            self._refresh_request(conn, request, now)
+            self._refresh_request(conn, request, now, rows=rows)
             return ClaimedTask(
                 request_id=request_id, system=system, kind=request["kind"],
                 subject=subject_of(request_id, request["subject_json"]),

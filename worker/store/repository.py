@@ -109,29 +109,46 @@ class Store(Claims):
 
     def finish(self, claimed: ClaimedTask, event: states.Event, update: TaskUpdate, now: datetime) -> Finished | None:
         """Records a connector call's result. None if the lease was lost (another worker owns it now)."""
+        return self.finish_many([(claimed, event, update)], now)[0]
+
+    def finish_many(self, results: Sequence[tuple[ClaimedTask, states.Event, TaskUpdate]],
+                    now: datetime) -> list[Finished | None]:
+        """Records several calls' results in one transaction, in the order of ``results``.
+
+        Request rows are locked in request_id order, so two workers harvesting overlapping batches
+        wait for each other instead of deadlocking. If the store fails, nothing is recorded and the
+        caller keeps every result for its next try.
+        """
+        finished: list[Finished | None] = [None] * len(results)
         with self.engine.begin() as conn:
-            request = self._lock_request(conn, claimed.request_id)
-            row = self._task_row(conn, claimed.request_id, claimed.system)
-            if row["version"] != claimed.version or row["lease_owner"] != self.actor:
-                return None
-            before = task_state(row)
-            after = states.transition(before, event, now, self.policy)
-            self._write_task(conn, claimed.request_id, claimed.system, row["version"], after, update)
-            error_code = after.error_code if after.state in (SystemState.RETRYING, SystemState.FAILED) else None
-            self._audit(conn, claimed.request_id, claimed.system, now, type(event).__name__.lower(),
-                        from_state=before.state, to_state=after.state, attempt=after.attempts,
-                        error_code=error_code, detail=after.error_message if error_code else after.outcome)
-            if update.identifiers is not None and request["subject_json"] is not None:
-                subject = json.loads(request["subject_json"])
-                subject["identifiers"] = {k: list(v) for k, v in update.identifiers.items()}
-                conn.execute(requests.update().where(requests.c.request_id == claimed.request_id)
-                             .values(subject_json=json.dumps(subject)))
-            if update.export is not None:
-                conn.execute(requests.update().where(requests.c.request_id == claimed.request_id)
-                             .values(export_json=json.dumps(update.export)))
-            status = self._refresh_request(conn, request, now, force_receipt=True)
-            return Finished(status, status != request["status"] and status in states.TERMINAL_STATUSES,
-                            request["kind"], aware(request["requested_at"]) if request["requested_at"] else None)
+            for index in sorted(range(len(results)), key=lambda i: results[i][0].request_id):
+                finished[index] = self._finish(conn, *results[index], now)
+        return finished
+
+    def _finish(self, conn: sa.Connection, claimed: ClaimedTask, event: states.Event, update: TaskUpdate,
+                now: datetime) -> Finished | None:
+        request = self._lock_request(conn, claimed.request_id)
+        rows = self._task_rows(conn, claimed.request_id)
+        row = next(r for r in rows if r["system"] == claimed.system)
+        if row["version"] != claimed.version or row["lease_owner"] != self.actor:
+            return None
+        before = task_state(row)
+        after = states.transition(before, event, now, self.policy)
+        row.update(self._write_task(conn, claimed.request_id, claimed.system, row["version"], after, update))
+        error_code = after.error_code if after.state in (SystemState.RETRYING, SystemState.FAILED) else None
+        self._audit(conn, claimed.request_id, claimed.system, now, type(event).__name__.lower(),
+                    from_state=before.state, to_state=after.state, attempt=after.attempts,
+                    error_code=error_code, detail=after.error_message if error_code else after.outcome)
+        changes: dict[str, Any] = {}
+        if update.identifiers is not None and request["subject_json"] is not None:
+            subject = json.loads(request["subject_json"])
+            subject["identifiers"] = {k: list(v) for k, v in update.identifiers.items()}
+            changes["subject_json"] = json.dumps(subject)
+        if update.export is not None:
+            changes["export_json"] = json.dumps(update.export)
+        status = self._refresh_request(conn, request, now, rows=rows, changes=changes, force_receipt=True)
+        return Finished(status, status != request["status"] and status in states.TERMINAL_STATUSES,
+                        request["kind"], aware(request["requested_at"]) if request["requested_at"] else None)
 
     # --- operators -------------------------------------------------------------------------
 
