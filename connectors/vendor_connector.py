@@ -37,7 +37,7 @@ class VendorConnector(abc.ABC):
         self.gate.admit()
         response = self.http.send(method, path, op=op, **kwargs)
         if response.status_code == 429:
-            # Every caller of this vendor in the process waits, not just this one.
+            # Every caller of this vendor in the fleet waits, not just this one: the hold is in the store.
             wait = parse_retry_after(response.headers, self.context.now())
             self.gate.hold(wait if wait is not None else 1.0)
         return response
