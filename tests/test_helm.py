@@ -296,6 +296,29 @@ def test_retention_cronjob_is_off_by_default_and_runs_oubli_sweep(helm: str, tmp
     assert container["command"] == ["oubli"] and container["args"] == ["sweep"]
 
 
+def test_the_retention_rules_example_in_values_passes_the_schema_and_the_worker(helm: str, tmp_path: Path) -> None:
+    lines = (CHART / "values.yaml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("  #   retention:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #   "):
+            break
+        block.append(line.removeprefix("  #   "))
+    rules = yaml.safe_load("\n".join(block))["retention"]["rules"]
+    assert [r["name"] for r in rules] == ["inactive-accounts", "contact-messages", "expired-invoices"]
+    systems = {name: {"connector": name, "settings": {"url": f"postgresql+psycopg://oubli:${{DB_PASSWORD}}@db/{name}"}}
+               for name in ("orders_db", "loyalty", "contact_forms")}
+    docs = render(helm, tmp_path, {"retention": {"enabled": True, "args": ["--dry-run"]},
+                                   "config": {"systems": systems, "retention": {"rules": rules}}})
+    container = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["sweep", "--dry-run"]
+    text = one(docs, "ConfigMap", "oubli")["data"]["oubli.yaml"]
+    settings = oubli_config.build(yaml.safe_load(text), env={name: "x" for name in ENV_REF.findall(text)})
+    assert [r.name for r in settings.retention.rules] == [r["name"] for r in rules]
+    error = render_error(helm, tmp_path, {"config": {"retention": {"rules": [{**rules[0], "period": {"year": 2}}]}}})
+    assert "values don't meet the specifications of the schema" in error
+
+
 def test_pod_disruption_budget_selects_only_worker_pods(default_docs: list[dict[str, Any]],
                                                        all_on_docs: list[dict[str, Any]]) -> None:
     pdb = one(default_docs, "PodDisruptionBudget")

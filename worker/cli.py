@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +17,9 @@ from worker.errors import ConfigError, OubliError
 from worker.store import db
 from worker.store.repository import NotFound, Store, StoreConflict
 from worker.timefmt import iso, utcnow
+
+if TYPE_CHECKING:
+    from worker.retention import SweepReport
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -216,6 +220,56 @@ def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, 
              for r in found]
     lines.append(f"{len(found)} of {total} open requests shown")
     click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be emitted, per rule; publish nothing.")
+@click.option("--as-of", "as_of", metavar="DATE|DATETIME",
+              help="Sweep as of this moment (ISO 8601; UTC unless an offset is given). Default: now.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N commands per rule in this run.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker's acknowledgements.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | None, timeout: float,
+          as_json: bool) -> None:
+    """Emit erasure commands for data past its retention period (config: retention.rules).
+
+    Prints counts per rule, never who. Exits 1 if a rule failed or a command was not acknowledged.
+    """
+    from worker import retention
+    from worker.timefmt import parse
+
+    settings = _settings(ctx)
+    if not settings.retention.rules:
+        raise click.ClickException("no retention rules are configured (retention.rules)")
+    try:
+        moment = parse(as_of) if as_of else utcnow()
+    except ValueError:
+        raise click.BadParameter("use an ISO 8601 date or date-time", param_hint="--as-of") from None
+    if moment > utcnow() + timedelta(minutes=5) and not dry_run:  # would erase data that has not expired yet
+        raise click.BadParameter("a future date is allowed only with --dry-run", param_hint="--as-of")
+    report = retention.sweep(settings, as_of=moment, dry_run=dry_run, limit=limit, timeout=timeout)
+    _emit(report.as_dict(), as_json, format_sweep(report))
+    if not report.ok:
+        click.echo("error: a rule failed or a command was not acknowledged; the next sweep emits it again", err=True)
+        ctx.exit(1)
+
+
+def format_sweep(report: SweepReport) -> str:
+    verb = "would emit" if report.dry_run else "emitted"
+    lines = [f"retention sweep as of {iso(report.as_of)}" + (" (dry run: nothing published)" if report.dry_run else ""),
+             f"{'rule':<28} {'expired':>8} {'kept':>8} {'invalid':>8} {verb:>10} {'failed':>8}"]
+    for rule in report.rules:
+        notes = []
+        if rule.limited:
+            notes.append("limit reached: the rest waits for the next run")
+        if rule.dropped_identifiers:
+            notes.append(f"{rule.dropped_identifiers} unusable emails/phones left out")
+        if rule.error:
+            notes.append(f"error: {rule.error}")
+        lines.append(f"{rule.rule:<28} {rule.expired:>8} {rule.kept:>8} {rule.invalid:>8} {rule.emitted:>10} "
+                     f"{rule.failed:>8}" + (f"  {'; '.join(notes)}" if notes else ""))
+    return "\n".join(lines)
 
 
 def format_receipt(receipt: Mapping[str, Any]) -> str:

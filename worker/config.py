@@ -12,10 +12,10 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from worker.errors import ConfigError
 
@@ -85,6 +85,78 @@ class WorkerSettings(_Frozen):
     http_port: int = 8080
 
 
+# -- retention rules (SPEC §6), carried out by ``oubli sweep`` (worker/retention) --------------------------------
+SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+CommandId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
+
+
+class RetentionPeriod(_Frozen):
+    """Calendar years, months and days. ``years_setting`` takes the years from the source system's settings
+    (e.g. orders_db's ``billing_retention_years``), falling back to ``years`` when the system does not set it."""
+
+    years: int = Field(default=0, ge=0, le=100)
+    months: int = Field(default=0, ge=0, le=1200)
+    days: int = Field(default=0, ge=0, le=36500)
+    years_setting: SqlName | None = None
+
+    def resolve(self, source_settings: dict[str, Any]) -> tuple[int, int, int]:
+        years = source_settings.get(self.years_setting, self.years) if self.years_setting else self.years
+        if isinstance(years, bool) or not isinstance(years, int) or years < 0:
+            raise ValueError(f"setting {self.years_setting} must be a non-negative integer")
+        if not years and not self.months and not self.days:
+            raise ValueError("the period must be longer than zero")
+        return years, self.months, self.days
+
+
+class RetentionKey(_Frozen):
+    """The column naming the subject: a customer id, or an email (normalised; the command then gets a
+    pseudonymous customer id)."""
+
+    customer_id: SqlName | None = None
+    email: SqlName | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RetentionKey:
+        if (self.customer_id is None) == (self.email is None):
+            raise ValueError("give exactly one of customer_id or email")
+        return self
+
+
+class RetentionCheck(_Frozen):
+    """Keeps a subject that has a row in ``table`` (in ``system``, default the rule's source), or, with ``newer``,
+    a row whose ``newer`` column is within the rule's period: recent activity elsewhere."""
+
+    system: str | None = None
+    table: SqlName
+    key: SqlName
+    newer: SqlName | None = None
+
+
+class RetentionRule(_Frozen):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    source: str  # the system whose settings.url is scanned
+    table: SqlName
+    key: RetentionKey
+    timestamp: tuple[SqlName, ...] = Field(min_length=1)  # a row's date is the latest non-null of these
+    period: RetentionPeriod
+    expires_when: Literal["all_rows", "any_row"] = "all_rows"
+    emails: tuple[SqlName, ...] = ()  # columns copied into the command, so that every system can act
+    phones: tuple[SqlName, ...] = ()
+    unless: tuple[RetentionCheck, ...] = ()
+    systems: tuple[str, ...] | None = Field(default=None, min_length=1)  # None: every configured system
+    requested_by: CommandId = "retention-sweeper"
+    reason: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+
+class RetentionSettings(_Frozen):
+    rules: tuple[RetentionRule, ...] = ()
+
+
 class Settings(_Frozen):
     store_url: str = "sqlite:///oubli.db"
     subject_key: SecretStr = Field(description="HMAC key for subject_ref and body digests")
@@ -101,6 +173,7 @@ class Settings(_Frozen):
     worker: WorkerSettings = WorkerSettings()
     due_days_default: int | None = None  # None: one calendar month (GDPR Art. 12(3))
     failpoints: frozenset[str] = frozenset()  # tests only: crash the process at named points
+    retention: RetentionSettings = RetentionSettings()
 
     @field_validator("systems")
     @classmethod
@@ -109,6 +182,25 @@ class Settings(_Frozen):
             if not _SYSTEM_ID.match(system_id):
                 raise ValueError(f"system id {system_id!r} must match {_SYSTEM_ID.pattern}")
         return value
+
+    @model_validator(mode="after")
+    def _retention_names_configured_systems(self) -> Settings:
+        names = [rule.name for rule in self.retention.rules]
+        if len(set(names)) != len(names):
+            raise ValueError("retention rule names must be unique")
+        for rule in self.retention.rules:
+            for system in sorted({rule.source, *(c.system for c in rule.unless if c.system)}):
+                if system not in self.systems or not isinstance(self.systems[system].settings.get("url"), str):
+                    raise ValueError(f"retention rule {rule.name}: {system} is not a configured system with "
+                                     "settings.url")
+            unknown = sorted(set(rule.systems or ()) - set(self.systems))
+            if unknown:
+                raise ValueError(f"retention rule {rule.name}: unknown systems {', '.join(unknown)}")
+            try:
+                rule.period.resolve(self.systems[rule.source].settings)
+            except ValueError as exc:
+                raise ValueError(f"retention rule {rule.name}: {exc}") from None
+        return self
 
 
 def expand_env(value: Any, env: Mapping[str, str]) -> Any:

@@ -1,0 +1,152 @@
+"""One sweep: every rule in turn, its expired subjects in batches, one erasure command each.
+
+``sweep`` blocks on the rules' databases and on Kafka. A rule that fails (its database is down, a
+configured column is missing) is reported with an error and the next rule still runs. Nothing here
+logs or returns personal data: only counts per rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException
+
+from worker.config import RetentionRule, Settings
+from worker.errors import ConfigError, OubliError
+from worker.retention import sources
+from worker.retention.commands import Publisher, erasure, schema_problems
+from worker.retention.sources import Databases, Expired, Period
+from worker.timefmt import iso
+
+log = structlog.get_logger("oubli.retention")
+BATCH = 500  # subjects per look-up of `unless` checks and contact details
+
+
+@dataclass
+class RuleReport:
+    """Counts only. ``expired`` = ``kept`` + ``invalid`` + ``emitted`` + ``failed``."""
+
+    rule: str
+    expired: int = 0  # subjects past the period (as far as the scan went: see ``limited``)
+    kept: int = 0  # kept by an ``unless`` check
+    invalid: int = 0  # no valid command.v1 could be built (e.g. a contact-form "email" that is not one)
+    emitted: int = 0  # acknowledged by the broker (a dry run: would be emitted)
+    failed: int = 0  # not acknowledged
+    dropped_identifiers: int = 0  # emails and phones command.v1 would refuse, left out of commands
+    limited: bool = False  # --limit stopped the rule: more has expired
+    error: str | None = None
+
+
+@dataclass
+class SweepReport:
+    as_of: datetime
+    dry_run: bool
+    rules: list[RuleReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.error is None and r.failed == 0 for r in self.rules)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"as_of": iso(self.as_of), "dry_run": self.dry_run, "ok": self.ok,
+                "rules": [asdict(r) for r in self.rules]}
+
+
+def sweep(settings: Settings, *, as_of: datetime, dry_run: bool = False, limit: int | None = None,
+          timeout: float = 120.0) -> SweepReport:
+    """Emits one erasure per expired subject and rule (at most ``limit`` per rule); ``dry_run`` only counts."""
+    secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
+    publisher = None if dry_run else Publisher(settings.kafka, signing_secret=secret, timeout=timeout)
+    databases = Databases(settings.systems)
+    reports = []
+    try:
+        for rule in settings.retention.rules:
+            report = RuleReport(rule.name)
+            reports.append(report)
+            run = _RuleRun(rule, settings, databases, publisher, report, as_of, limit)
+            try:
+                run.scan()
+            except OubliError as exc:  # database and config errors name the system and step, never a value
+                report.error = exc.message
+            except KafkaException as exc:
+                report.error = f"publishing failed: {exc}"
+            if publisher is not None:
+                publisher.flush()
+                report.failed = run.sent - report.emitted
+            log.info("retention_rule_swept", dry_run=dry_run, **asdict(report))
+    finally:
+        if publisher is not None:
+            publisher.flush()
+        databases.close()
+    return SweepReport(as_of, dry_run, reports)
+
+
+class _RuleRun:
+    def __init__(self, rule: RetentionRule, settings: Settings, databases: Databases, publisher: Publisher | None,
+                 report: RuleReport, as_of: datetime, limit: int | None) -> None:
+        self.rule, self.databases, self.publisher, self.report = rule, databases, publisher, report
+        self.as_of, self.limit, self.sent, self.checked = as_of, limit, 0, False
+        self.subject_key = settings.subject_key.get_secret_value().encode()
+        self.period: Period = rule.period.resolve(settings.systems[rule.source].settings)
+
+    def scan(self) -> None:
+        table = self.databases.table(self.rule.source, self.rule.table)
+        engine = self.databases.engine(self.rule.source)
+        with sources.guard(self.rule.source, "retention scan"), engine.connect() as conn:
+            for batch in _batches(sources.stream_expired(conn, table, self.rule, self.as_of, self.period)):
+                if not self._emit(batch):
+                    break
+
+    def _emit(self, batch: list[Expired]) -> bool:
+        """False once the limit is reached."""
+        keys = [e.key for e in batch]
+        kept: set[str] = set()
+        for check in self.rule.unless:
+            kept |= sources.kept(self.databases, self.rule, check, keys, self.as_of, self.period)
+        contacts = sources.contacts(self.databases, self.rule, [k for k in keys if k not in kept])
+        for expired in batch:
+            if self.limit is not None and self.sent >= self.limit:
+                self.report.limited = True
+                return False
+            self.report.expired += 1
+            if expired.key in kept:
+                self.report.kept += 1
+                continue
+            emails, phones = contacts[expired.key]
+            command, dropped = erasure(self.rule, subject_key=self.subject_key, key=expired.key, expired_at=expired.at,
+                                       requested_at=sources.expires_at(expired, self.period), emails=emails,
+                                       phones=phones)
+            self.report.dropped_identifiers += dropped
+            if command is None:
+                self.report.invalid += 1
+                continue
+            if not self.checked:  # the first command of a run against all of command.v1: a bad rule fails early
+                problems = schema_problems(command)
+                if problems:
+                    raise ConfigError(f"retention rule {self.rule.name} builds invalid commands: {problems[0]}")
+                self.checked = True
+            self.sent += 1
+            if self.publisher is None:
+                self.report.emitted += 1
+            else:
+                self.publisher.publish(command, self._delivered)
+        return True
+
+    def _delivered(self, ok: bool) -> None:
+        if ok:
+            self.report.emitted += 1
+
+
+def _batches(expired: Iterator[Expired]) -> Iterator[list[Expired]]:
+    batch: list[Expired] = []
+    for item in expired:
+        batch.append(item)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
