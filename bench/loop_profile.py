@@ -45,7 +45,7 @@ STEPS = [
     ("loop: _consume_one (poll + intake)", "_consume_one"),
     ("  intake txn (1 per command)", "intake.handle"),
     ("loop: executor tick: harvest", "executor._harvest"),
-    ("  store.finish txn (1 per call)", "store.finish"),
+    ("  store.finish_many txn (1 per harvest)", "store.finish_many"),
     ("loop: executor tick: launch", "executor._launch"),
     ("  store.claim_due (query + claims)", "store.claim_due"),
     ("    store._claim txn (1 per call)", "store._claim"),
