@@ -1,0 +1,238 @@
+"""Reading the dead-letter topic (SPEC §2) for ``oubli dlq`` (worker/dlq.py): records, replay cursors, summary.
+
+A DLQ record is what intake could not accept: key and value exactly as received, the original
+headers, then ``x-oubli-error-code``, ``x-oubli-error-message`` and ``x-oubli-source`` (the command's
+topic/partition/offset). The key is a customer id and the value a raw command, so ``DeadLetter``
+keeps them out of its ``repr``; the error message may quote the input (``unknown systems: …``, the
+JSON paths of a schema violation), so it is not even read.
+
+``DlqReader`` reads by assignment (no group, no commit), each partition from a given offset up to
+the high watermark captured before the read, then stops: what arrives meanwhile waits for the next
+read, and a partition at its end stops the read at once, so a read never hangs. ``Cursors`` are the
+replay progress per error code, as the committed offsets of the consumer group
+``<kafka.group_id>-dlq-replay.<code>``, read and moved through the admin API (the group never has
+members). ``summarize`` counts the whole topic per code, with how much of it is past each cursor.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from worker import kafka
+from worker.config import KafkaSettings
+from worker.errors import OubliError
+from worker.timefmt import iso
+
+ERROR_CODE = "x-oubli-error-code"
+ERROR_MESSAGE = "x-oubli-error-message"
+SOURCE = "x-oubli-source"
+REPLAYED_FROM = "x-oubli-replayed-from"
+REPLAYED_BY = "x-oubli-replayed-by"
+# What the DLQ added (or an earlier replay did): never sent back to the commands topic.
+_DROPPED = {ERROR_CODE, ERROR_MESSAGE, SOURCE, REPLAYED_FROM, REPLAYED_BY}
+CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+UNLABELLED = "unlabelled"  # a record without a well-formed error code header
+
+_OFFSET_NONE = -1001  # librdkafka's OFFSET_INVALID: the group never committed this partition
+
+
+class DlqError(OubliError):
+    """The DLQ could not be read to its end, or a replay's progress could not be recorded."""
+
+    code = "dlq_error"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    code: str
+    timestamp: datetime | None
+    source: str | None  # where the command was consumed: topic/partition/offset
+    key: bytes | None = field(repr=False)  # the subject's customer_id
+    value: bytes | None = field(repr=False)  # the raw command
+    headers: tuple[tuple[str, bytes | None], ...] = field(repr=False)
+
+    def replay_headers(self, topic: str, by: str) -> list[tuple[str, str | bytes | None]]:
+        """The original headers (the signature among them), minus what the DLQ added, plus where from and who."""
+        kept: list[tuple[str, str | bytes | None]] = [
+            (k, v) for k, v in self.headers if k not in _DROPPED and not k.startswith("x-oubli-error-")]
+        return [*kept, (REPLAYED_FROM, f"{topic}/{self.partition}/{self.offset}".encode()),
+                (REPLAYED_BY, by.encode())]
+
+
+def _letter(message: Message) -> DeadLetter:
+    raw = message.headers() or []
+    headers = tuple((str(k), v if isinstance(v, bytes | None) else str(v).encode())
+                    for k, v in (raw.items() if isinstance(raw, dict) else raw))
+    values = dict(headers)
+    code = (values.get(ERROR_CODE) or b"").decode("ascii", "replace")
+    source = values.get(SOURCE)
+    kind, millis = message.timestamp()
+    return DeadLetter(
+        partition=message.partition() or 0, offset=message.offset() or 0,
+        code=code if CODE.match(code) else UNLABELLED,
+        timestamp=datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None,
+        source=source.decode("ascii", "replace") if source else None,
+        key=message.key(), value=message.value(), headers=headers,
+    )
+
+
+class DlqReader:
+    """Reads the DLQ topic by partition assignment: it joins no group and commits nothing."""
+
+    def __init__(self, settings: KafkaSettings, *, timeout: float) -> None:
+        self.topic = settings.topics.dlq
+        self.timeout = timeout
+        self.consumer = Consumer({
+            **kafka.consumer_config(settings), "group.id": f"{settings.group_id}-dlq-reader",
+            "enable.partition.eof": True,
+        })
+
+    def watermarks(self) -> dict[int, tuple[int, int]]:
+        """Low and high watermark of every partition, captured now: the end of this read."""
+        try:
+            metadata = self.consumer.list_topics(self.topic, timeout=self.timeout).topics.get(self.topic)
+        except KafkaException as exc:
+            raise DlqError(f"cannot reach the brokers for {self.topic}: {exc.args[0] if exc.args else exc}") from None
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise DlqError(f"topic {self.topic} is not available"
+                           + (f" ({metadata.error.name()})" if metadata is not None and metadata.error else ""))
+        marks = {}
+        for partition in sorted(metadata.partitions):
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                            timeout=self.timeout)
+            marks[partition] = (low, high)
+        return marks
+
+    def read(self, starts: Mapping[int, int], ends: Mapping[int, int], deadline: float) -> Iterator[DeadLetter]:
+        """Every record from ``starts[p]`` up to, not including, ``ends[p]``, in offset order within a partition."""
+        pending = {p: ends[p] for p, start in starts.items() if start < ends[p]}
+        if not pending:
+            return
+        self.consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in pending])
+        while pending:
+            if time.monotonic() > deadline:
+                raise DlqError(f"timed out reading {self.topic}; {len(pending)} partitions unfinished")
+            message = self.consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            partition, offset = message.partition() or 0, message.offset() or 0
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    pending.pop(partition, None)  # at the end, which is at or past the captured end
+                elif error.fatal():
+                    raise KafkaException(error)
+                continue  # librdkafka retries transient errors by itself
+            end = pending.get(partition)
+            if end is None or offset >= end:
+                pending.pop(partition, None)
+                continue
+            yield _letter(message)
+            if offset >= end - 1:
+                pending.pop(partition)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Cursors:
+    """Per error code, how far replay went: the committed offsets of ``<group_id>-dlq-replay.<code>``."""
+
+    def __init__(self, settings: KafkaSettings, marks: Mapping[int, tuple[int, int]], *, timeout: float) -> None:
+        self.topic = settings.topics.dlq
+        self.prefix = f"{settings.group_id}-dlq-replay."
+        self.marks = marks
+        self.timeout = timeout
+        self.admin = kafka.admin(settings)
+        self._known: dict[str, dict[int, int]] = {}
+
+    def group(self, code: str) -> str:
+        return self.prefix + code
+
+    def of(self, code: str) -> dict[int, int]:
+        """Where replay of ``code`` resumes, per partition: never below the low watermark; a cursor past the
+        high watermark (the topic was recreated) starts again from the low one."""
+        if code not in self._known:
+            partitions = [TopicPartition(self.topic, p) for p in self.marks]
+            request = ConsumerGroupTopicPartitions(self.group(code), partitions)
+            result = self._result(self.admin.list_consumer_group_offsets([request], request_timeout=self.timeout))
+            committed = {tp.partition: tp.offset for tp in result.topic_partitions}
+            self._known[code] = {
+                p: low if committed.get(p, _OFFSET_NONE) < low or committed[p] > high else committed[p]
+                for p, (low, high) in self.marks.items()
+            }
+        return self._known[code]
+
+    def advance(self, code: str, ends: Mapping[int, int]) -> None:
+        offsets = [TopicPartition(self.topic, p, max(end, self.of(code)[p])) for p, end in ends.items()]
+        request = ConsumerGroupTopicPartitions(self.group(code), offsets)
+        self._result(self.admin.alter_consumer_group_offsets([request], request_timeout=self.timeout))
+        self._known[code] = {tp.partition: tp.offset for tp in offsets}
+
+    def _result(self, futures: Mapping[str, Any]) -> Any:
+        (future,) = futures.values()
+        try:
+            result = future.result(timeout=self.timeout)
+        except KafkaException as exc:
+            raise DlqError(f"replay cursor: {exc.args[0].name() if exc.args else exc}") from None
+        failed = [tp for tp in result.topic_partitions if tp.error is not None]
+        if failed:
+            raise DlqError(f"replay cursor of partition {failed[0].partition}: {failed[0].error.name()}")
+        return result
+
+
+# -- summary -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CodeSummary:
+    code: str
+    count: int = 0
+    unreplayed: int = 0  # at or past the code's replay cursor
+    first: tuple[datetime | None, str | None] = (None, None)  # record time, and where the command was consumed
+    last: tuple[datetime | None, str | None] = (None, None)
+
+    def add(self, letter: DeadLetter, *, replayed: bool) -> None:
+        self.count += 1
+        self.unreplayed += 0 if replayed else 1
+        at, first, last = letter.timestamp, self.first[0], self.last[0]
+        if self.count == 1 or (at is not None and (first is None or at < first)):
+            self.first = (at, letter.source)
+        if self.count == 1 or (at is not None and (last is None or at >= last)):
+            self.last = (at, letter.source)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "count": self.count, "unreplayed": self.unreplayed,
+                "first_at": iso(self.first[0]), "first_source": self.first[1],
+                "last_at": iso(self.last[0]), "last_source": self.last[1]}
+
+
+def summarize(settings: KafkaSettings, *, timeout: float) -> tuple[int, list[CodeSummary]]:
+    """Partition count, and per error code over the whole DLQ: count, not yet replayed, first and last record."""
+    reader = DlqReader(settings, timeout=timeout)
+    try:
+        marks = reader.watermarks()
+        cursors = Cursors(settings, marks, timeout=timeout)
+        by_code: dict[str, CodeSummary] = {}
+        ends = {p: high for p, (_, high) in marks.items()}
+        for letter in reader.read({p: low for p, (low, _) in marks.items()}, ends, time.monotonic() + timeout):
+            summary = by_code.setdefault(letter.code, CodeSummary(letter.code))
+            summary.add(letter, replayed=letter.offset < cursors.of(letter.code)[letter.partition])
+        return len(marks), sorted(by_code.values(), key=lambda c: (-c.count, c.code))
+    finally:
+        reader.close()

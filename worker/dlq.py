@@ -1,0 +1,223 @@
+"""``oubli dlq``: what is in the dead-letter topic, and putting commands back once the cause is fixed.
+
+``summary`` counts the whole DLQ per error code. ``replay`` republishes dead-lettered commands to the
+commands topic with their original key, value and headers (the signature among them), minus the
+DLQ's ``x-oubli-error-*`` and ``x-oubli-source`` headers, plus ``x-oubli-replayed-from`` (DLQ
+topic/partition/offset) and ``x-oubli-replayed-by``. It uses the worker's idempotent, murmur2
+producer, so a replayed command lands on its subject's partition, in its DLQ order.
+
+The replay rule, in one sentence: **each error code has its own cursor, which moves only after
+everything replayed was acknowledged.** ``--code X`` sends the X records not replayed before, then
+moves X's cursor (consumer group ``<kafka.group_id>-dlq-replay.X``) to the end captured at the start;
+records of other codes are left where they are for a later ``--code Y``. No ``--code`` means every
+code. A failed delivery moves no cursor, so the next run sends the same records again: harmless,
+because ``request_id`` is the idempotency key. A replayed command that fails again is dead-lettered
+anew past the captured end, so it is never sent twice in one run; it waits for the next one.
+``--dry-run`` only counts. Output is counts per code: never keys (customer ids), values or error
+messages (which may quote the input). See ``worker/deadletters.py`` for how the topic is read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from worker import kafka
+from worker.config import KafkaSettings, Settings
+from worker.deadletters import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
+from worker.timefmt import iso
+
+# -- replay ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ReplayReport:
+    dry_run: bool
+    replayed: Counter[str] = field(default_factory=Counter)  # sent (dry run: would be sent) by this run
+    earlier: Counter[str] = field(default_factory=Counter)  # selected, but behind the cursor: replayed before
+    skipped: Counter[str] = field(default_factory=Counter)  # other codes: not sent, cursors unmoved
+    failed: Counter[str] = field(default_factory=Counter)  # not acknowledged by the broker
+    advanced: list[str] = field(default_factory=list)  # codes whose cursor moved
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "replayed": dict(self.replayed), "earlier": dict(self.earlier),
+                "skipped": dict(self.skipped), "failed": dict(self.failed), "cursors_moved": self.advanced}
+
+
+def replay(settings: KafkaSettings, *, codes: frozenset[str] | None, by: str | None, dry_run: bool,
+           timeout: float) -> ReplayReport:
+    """Republishes dead letters to the commands topic, by the rule in the module docstring."""
+    if not dry_run and not by:
+        raise ValueError("a replay that publishes needs the operator's name")
+    report = ReplayReport(dry_run)
+    deadline = time.monotonic() + timeout
+    reader = DlqReader(settings, timeout=timeout)
+    producer = None if dry_run else Producer(kafka.producer_config(settings))
+    waiting: Counter[str] = Counter()
+
+    def delivered(code: str) -> Any:
+        def callback(error: KafkaError | None, _message: Message) -> None:
+            waiting[code] -= 1
+            report.failed[code] += error is not None
+        return callback
+
+    try:
+        marks = reader.watermarks()
+        cursors = Cursors(settings, marks, timeout=timeout)
+        ends = {p: high for p, (_, high) in marks.items()}
+        seen: set[str] = set()
+        for letter in reader.read({p: low for p, (low, _) in marks.items()}, ends, deadline):
+            if codes is not None and letter.code not in codes:
+                report.skipped[letter.code] += 1
+                continue
+            seen.add(letter.code)
+            if letter.offset < cursors.of(letter.code)[letter.partition]:
+                report.earlier[letter.code] += 1
+                continue
+            report.replayed[letter.code] += 1
+            if producer is not None:
+                waiting[letter.code] += 1
+                headers = letter.replay_headers(settings.topics.dlq, by or "")
+                if not _produce(producer, settings.topics.commands, letter, headers, delivered(letter.code)):
+                    waiting[letter.code] -= 1
+                    report.failed[letter.code] += 1
+    finally:
+        reader.close()
+        if producer is not None:
+            producer.flush(max(deadline - time.monotonic(), 5.0))
+    report.failed.update({code: n for code, n in waiting.items() if n > 0})  # no delivery report in time
+    report.failed = +report.failed
+    report.replayed = +(report.replayed - report.failed)  # replayed: acknowledged by the broker
+    if producer is None or report.failed:
+        return report  # a dry run moves nothing; after a failure the next run sends the same records again
+    for code in sorted(seen):
+        cursors.advance(code, ends)
+        report.advanced.append(code)
+    return report
+
+
+def _produce(producer: Producer, topic: str, letter: DeadLetter, headers: list[tuple[str, str | bytes | None]],
+             on_delivery: Any) -> bool:
+    """Hands one record to the producer; False if librdkafka refused it at once (e.g. over message.max.bytes)."""
+    while True:
+        try:
+            producer.produce(topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery)
+        except BufferError:  # the local queue is full: let deliveries drain, then try again
+            producer.poll(0.5)
+            continue
+        except KafkaException:
+            return False
+        producer.poll(0)
+        return True
+
+
+# -- the click group ------------------------------------------------------------------------------------------------
+# worker.cli registers this group with ``cli.add_command(dlq)``; importing worker.cli here would be circular.
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]
+    return settings
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, DlqError):
+        return exc.message
+    error = exc.args[0] if exc.args else None
+    return f"Kafka: {error.name() if isinstance(error, KafkaError) else error}"
+
+
+def _codes(values: Iterable[str]) -> frozenset[str] | None:
+    codes = frozenset(values)
+    bad = sorted(c for c in codes if not CODE.match(c))
+    if bad:
+        raise click.BadParameter(f"not an error code: {bad[0]!r}", param_hint="--code")
+    return codes or None
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter topic (rejected commands). Never prints keys, values or messages."""
+
+
+@dlq.command()
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to read the whole topic.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Per error code: records, not yet replayed, first and last (time, and the command's source offset).
+
+    Reads every partition from its start to the end seen when the command starts, then stops.
+    """
+    settings = _settings(ctx).kafka
+    try:
+        partitions, codes = summarize(settings, timeout=timeout)
+    except (DlqError, KafkaException) as exc:
+        raise click.ClickException(_reason(exc)) from None
+    total = sum(c.count for c in codes)
+    lines = [f"{settings.topics.dlq}: {total} records in {partitions} partitions",
+             f"{'code':<28} {'count':>6} {'unreplayed':>10}  {'first':<24} {'source':<28} {'last':<24} source"]
+    lines += [f"{c.code:<28} {c.count:>6} {c.unreplayed:>10}  {iso(c.first[0]) or '-':<24} {c.first[1] or '-':<28} "
+              f"{iso(c.last[0]) or '-':<24} {c.last[1] or '-'}" for c in codes]
+    _emit({"topic": settings.topics.dlq, "partitions": partitions, "records": total,
+           "codes": [c.as_dict() for c in codes]}, as_json, "\n".join(lines))
+
+
+@dlq.command("replay")
+@click.option("--code", "codes", multiple=True, metavar="CODE", help="Only this error code (repeatable). "
+              "Default: every code.")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; publish nothing, move no cursor.")
+@click.option("--by", "actor", help="Your name, sent as x-oubli-replayed-by. Required unless --dry-run.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to read the DLQ and get acknowledgements.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, actor: str | None, timeout: float,
+                   as_json: bool) -> None:
+    """Republish dead-lettered commands to the commands topic, once the cause is fixed.
+
+    Each error code has its own cursor (consumer group <group_id>-dlq-replay.<code>). A run sends the
+    selected codes' records past their cursors, up to the end seen at its start, and moves those
+    cursors only once the broker acknowledged every record. Records of other codes are left for a
+    later run, so a second identical run sends nothing. Exits 1 if a record was not acknowledged: no
+    cursor moved, and the next run sends the same records again (harmless: request_id is the
+    idempotency key). A command that fails again is dead-lettered again, for a later run.
+    """
+    selected = _codes(codes)
+    actor = actor.strip() if actor else None
+    if not dry_run and not actor:
+        raise click.UsageError("--by NAME is required (unless --dry-run)")
+    if actor and (len(actor) > 128 or not actor.isprintable()):
+        raise click.BadParameter("at most 128 printable characters", param_hint="--by")
+    settings = _settings(ctx).kafka
+    try:
+        report = replay(settings, codes=selected, by=actor, dry_run=dry_run, timeout=timeout)
+    except (DlqError, KafkaException) as exc:
+        raise click.ClickException(f"{_reason(exc)}; a code whose cursor did not move is sent again by the next "
+                                   "run (harmless: request_id is the idempotency key)") from None
+    _emit(report.as_dict(), as_json, _format_replay(report, settings))
+    if report.failed:
+        click.echo("error: some records were not acknowledged; no cursor moved, run the replay again", err=True)
+        ctx.exit(1)
+
+
+def _format_replay(report: ReplayReport, settings: KafkaSettings) -> str:
+    verb = "would replay" if report.dry_run else "replayed"
+    lines = [f"{settings.topics.dlq} -> {settings.topics.commands}"
+             + (" (dry run: nothing published, no cursor moved)" if report.dry_run else ""),
+             f"{'code':<28} {verb:>12} {'earlier':>8} {'failed':>7}"]
+    for code in sorted({*report.replayed, *report.earlier, *report.failed}):
+        lines.append(f"{code:<28} {report.replayed[code]:>12} {report.earlier[code]:>8} {report.failed[code]:>7}")
+    lines.append(f"total {verb}: {sum(report.replayed.values())}")
+    if report.skipped:
+        lines.append("left for another run (other codes): "
+                     + ", ".join(f"{code} {n}" for code, n in sorted(report.skipped.items())))
+    return "\n".join(lines)
