@@ -176,7 +176,8 @@ def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
 @click.option("--code", "codes", multiple=True, metavar="CODE", help="Only this error code (repeatable). "
               "Default: every code.")
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed; publish nothing, move no cursor.")
-@click.option("--by", "actor", help="Your name, sent as x-oubli-replayed-by. Required unless --dry-run.")
+@click.option("--by", "actor", metavar="NAME",
+              help="Your name, sent as x-oubli-replayed-by. Required unless --dry-run.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to read the DLQ and get acknowledgements.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -190,6 +191,9 @@ def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, ac
     later run, so a second identical run sends nothing. Exits 1 if a record was not acknowledged: no
     cursor moved, and the next run sends the same records again (harmless: request_id is the
     idempotency key). A command that fails again is dead-lettered again, for a later run.
+
+    Prefer --code: a record whose fault is in the command itself (invalid_json, schema_violation,
+    too_large, ...) only comes back to the DLQ.
     """
     selected = _codes(codes)
     actor = actor.strip() if actor else None
