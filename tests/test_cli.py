@@ -134,3 +134,15 @@ def test_requests_lists_open_work_earliest_due_first_with_what_holds_it_up(tmp_p
     assert "OVERDUE" in human and "beta (failed, http_403)" in human and "3 of 3 open requests shown" in human
     for output in (human, json.dumps(listed)):
         assert "example.fr" not in output and "C-list-" not in output
+
+
+def test_help_needs_no_config() -> None:
+    """An operator reads ``--help`` before they have a config; only a command that runs loads one."""
+    runner = CliRunner(env={"OUBLI_CONFIG": None})
+    for name, command in cli.commands.items():
+        shown = runner.invoke(cli, [name, "--help"])
+        assert shown.exit_code == 0 and "Usage:" in shown.output, (name, shown.output)
+        for sub in getattr(command, "commands", {}):
+            assert runner.invoke(cli, [name, sub, "--help"]).exit_code == 0, (name, sub)
+    refused = runner.invoke(cli, ["status", "some-request"])
+    assert refused.exit_code != 0 and "invalid configuration" in refused.output

@@ -13,6 +13,7 @@ import click
 from worker import config as config_module
 from worker import kafka, logs
 from worker.config import Settings
+from worker.dlq import dlq
 from worker.errors import ConfigError, OubliError
 from worker.store import db
 from worker.store.repository import NotFound, Store, StoreConflict
@@ -45,10 +46,24 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """oubli carries out GDPR erasure and export requests."""
     logs.configure()
-    try:
-        ctx.obj = {"settings": config_module.load(config_path)}
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    ctx.obj = _LazySettings(config_path)
+
+
+class _LazySettings(dict[str, Any]):
+    """``ctx.obj["settings"]``, loaded when a command first asks: ``oubli status --help`` needs no config."""
+
+    def __init__(self, config_path: str | None) -> None:
+        super().__init__()
+        self.config_path = config_path
+
+    def __missing__(self, key: str) -> Any:
+        if key != "settings":
+            raise KeyError(key)
+        try:
+            self[key] = config_module.load(self.config_path)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        return self[key]
 
 
 @cli.command()
@@ -299,6 +314,9 @@ def format_receipt(receipt: Mapping[str, Any]) -> str:
         lines.append(f"export    {export['size_bytes']} bytes sha256={export['sha256']} expires {export['expires_at']}")
         lines.append(f"          {export['url']}")
     return "\n".join(lines)
+
+
+cli.add_command(dlq)
 
 
 def main() -> None:
