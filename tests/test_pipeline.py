@@ -211,6 +211,7 @@ def test_probes_and_metrics_are_served(pg_url: str, kafka_bootstrap: str) -> Non
         assert 'oubli_system_outcomes_total{outcome="erased",system="alpha"}' in text
         assert 'oubli_requests{status="completed"}' in text
         assert "oubli_consumer_lag" in text and "oubli_overdue_requests" in text
+        assert re.search(r"^oubli_outbox_pending \d", text, re.M) and "oubli_outbox_oldest_seconds" in text
         counts = re.findall(r'^oubli_request_seconds_count\{kind="erasure"\} (\S+)$', text, re.M)
         assert counts and float(counts[0]) >= 1
     finally:

@@ -31,3 +31,12 @@ def test_every_command_the_readme_names_exists() -> None:
     named = set(re.findall(r"(?:`|^)oubli (?:--config \S+ )?([a-z][a-z-]+)\b", README.read_text(), re.M))
     assert {"receipt", "status", "requests", "retry", "confirm", "submit", "worker", "migrate"} <= named
     assert named <= set(cli.commands), sorted(named - set(cli.commands))
+
+
+def test_the_readme_lists_every_metric() -> None:
+    from worker import metrics
+
+    text = README.read_text()
+    for family in metrics.REGISTRY.collect():
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{name}" in text, name

@@ -172,6 +172,9 @@ class Worker:
         metrics.OVERDUE.set(overdue)
         for bucket, count in ages.items():
             metrics.OPEN_BY_AGE.labels(bucket).set(count)
+        pending, oldest = reports.outbox_backlog(self.engine, self.clock())
+        metrics.OUTBOX_PENDING.set(pending)
+        metrics.OUTBOX_OLDEST.set(oldest)
         for partition in self.assigned:
             low, high = self.consumer.get_watermark_offsets(partition, cached=True) or (0, 0)
             position = self.consumer.position([partition])[0].offset

@@ -23,4 +23,8 @@ PUBLISHED = Counter("oubli_outbox_published_total", "Records published from the 
                     registry=REGISTRY)
 CONSUMER_LAG = Gauge("oubli_consumer_lag", "Commands not yet consumed, by partition", ["partition"],
                      registry=REGISTRY)
+OUTBOX_PENDING = Gauge("oubli_outbox_pending", "Records waiting in the outbox to be published (receipts, DLQ copies)",
+                       registry=REGISTRY)
+OUTBOX_OLDEST = Gauge("oubli_outbox_oldest_seconds", "Age of the oldest record waiting in the outbox (0 when empty)",
+                      registry=REGISTRY)
 IN_FLIGHT = Gauge("oubli_calls_in_flight", "Connector calls running now", registry=REGISTRY)

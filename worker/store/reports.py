@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from worker.states import SystemState
 from worker.store.records import OPEN_STATUSES
-from worker.store.schema import requests, tasks
+from worker.store.schema import outbox, requests, tasks
 from worker.timefmt import aware
 
 
@@ -29,6 +29,17 @@ def request_gauges(engine: sa.Engine, now: datetime) -> tuple[dict[str, int], in
                                                  ("lt_30d", 30 * 86400)) if age < limit), "ge_30d")
         ages[bucket] += 1
     return by_status, overdue, ages
+
+
+def outbox_backlog(engine: sa.Engine, now: datetime) -> tuple[int, float]:
+    """Records waiting to be published, and the age in seconds of the oldest (0 when none wait).
+
+    A backlog that only grows means receipts are not reaching Kafka: the broker is unreachable, or
+    no worker holds the relay lease.
+    """
+    with engine.connect() as conn:
+        count, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(outbox.c.created_at))).one()
+    return count, max(0.0, (now - aware(oldest)).total_seconds()) if oldest is not None else 0.0
 
 
 @dataclass(frozen=True)
