@@ -1,4 +1,5 @@
-"""The demo behind `make demo`: one customer's export and erasure across all ten systems.
+"""The demo behind `make demo`: one customer's export and erasure across all ten systems, then a
+dry run of the retention sweep (SPEC §6) over the sample data.
 
 Kafka and S3 (moto) come from `scripts/stack up kafka s3`; the worker runs in this process on
 SQLite, with the sample data in SQLite files and the vendors as local stand-ins. Every run starts
@@ -19,9 +20,9 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 
 from tests import allsystems  # noqa: E402
-from worker import config, kafka, logs  # noqa: E402
+from worker import config, kafka, logs, retention  # noqa: E402
 from worker.app import Worker  # noqa: E402
-from worker.cli import format_receipt  # noqa: E402
+from worker.cli import format_receipt, format_sweep  # noqa: E402
 from worker.support import build_command, publish_command, read_receipt  # noqa: E402
 from worker.timefmt import utcnow  # noqa: E402
 
@@ -58,6 +59,7 @@ def main() -> int:
         "s3": S3,
         "export": {"bucket": exports},
         "worker": {"http_host": "127.0.0.1", "http_port": 0, "poll_seconds": 0.05},
+        "retention": {"rules": allsystems.RETENTION_RULES},
     }, env={})
     kafka.ensure_topics(settings.kafka)
     worker = Worker(settings, migrate=True)
@@ -100,6 +102,8 @@ def main() -> int:
         print(f"\n$ oubli receipt {command['request_id']}")
         print(format_receipt(receipt) if receipt else "no receipt")
         ok = ok and receipt is not None and receipt["status"] == "completed"
+    # What the retention rules would erase in the sample data today: counts only, nothing published.
+    print(f"\n$ oubli sweep --dry-run\n{format_sweep(retention.sweep(settings, as_of=utcnow(), dry_run=True))}")
     print(f"\nworker logs (JSON, redacted): {DEMO / 'worker.log'}")
     return 0 if ok else 1
 

@@ -25,6 +25,25 @@ class DemoSubject:
     identifiers: dict[str, list[str]]
 
 
+# The retention rules of SPEC §6 for the sample schemas: the README shows them, the demo dry-runs them,
+# tests/test_retention.py sweeps with them.
+RETENTION_RULES: list[dict[str, Any]] = [
+    {"name": "inactive-accounts", "source": "orders_db", "table": "customers", "key": {"customer_id": "customer_id"},
+     "timestamp": ["last_login_at", "created_at"], "period": {"years": 2}, "emails": ["email"], "phones": ["phone"],
+     "unless": [{"table": "orders", "key": "customer_id", "newer": "placed_at"},
+                {"system": "loyalty", "table": "loyalty_accounts", "key": "customer_id",
+                 "newer": "last_activity_at"}],
+     "reason": "account inactive for 2 years (retention policy)"},
+    {"name": "contact-messages", "source": "contact_forms", "table": "contact_messages", "key": {"email": "email"},
+     "timestamp": "received_at", "period": {"years": 1}, "systems": ["contact_forms"],
+     "reason": "contact-form messages are kept 1 year (retention policy)"},
+    {"name": "expired-invoices", "source": "orders_db", "table": "invoices", "key": {"customer_id": "customer_id"},
+     "timestamp": "due_on", "period": {"years_setting": "billing_retention_years", "years": 3},
+     "expires_when": "any_row", "unless": [{"table": "customers", "key": "customer_id"}], "systems": ["orders_db"],
+     "reason": "billing retention period ended"},
+]
+
+
 def demo_subject(as_of: datetime) -> DemoSubject:
     """C-100234, Marie Dupont of the SPEC's example: present in every system."""
     person = bundle(SEED, DEMO_INDEX, as_of).person

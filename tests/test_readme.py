@@ -40,3 +40,21 @@ def test_the_readme_lists_every_metric() -> None:
     for family in metrics.REGISTRY.collect():
         name = f"{family.name}_total" if family.type == "counter" else family.name
         assert f"`{name}" in text, name
+
+
+def test_the_readme_retention_example_is_the_rules_the_suite_and_demo_run() -> None:
+    from tests.allsystems import RETENTION_RULES
+
+    text = README.read_text()
+    section = text[text.index("## Retention (`oubli sweep`)"):]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    systems = {name: {"connector": name, "settings": {"url": "sqlite:///x.db"}}
+               for name in ("orders_db", "loyalty", "contact_forms")}
+
+    def rules(retention: object) -> object:
+        raw = {"store_url": "sqlite:///s.db", "subject_key": "k", "kafka": {"bootstrap_servers": "x:1"},
+               "systems": systems, "retention": retention}
+        return config.build(raw, env={}).retention
+
+    assert rules(yaml.safe_load(example.group(1))["retention"]) == rules({"rules": RETENTION_RULES})

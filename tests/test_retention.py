@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from connectors import orders_db
 from connectors.base import ConnectorContext, Subject
 from connectors.samples import contact_forms, loyalty, orders
+from tests.allsystems import RETENTION_RULES as RULES
 from tests.pipeline import Receipts, raw_settings, run_until, settings_from
 from worker import config, messages
 from worker.app import Worker
@@ -40,22 +41,6 @@ def ago(days: int) -> datetime:
 def due(days: int) -> date:
     return ago(days).date()
 
-
-RULES: list[dict[str, Any]] = [
-    {"name": "inactive-accounts", "source": "orders_db", "table": "customers", "key": {"customer_id": "customer_id"},
-     "timestamp": ["last_login_at", "created_at"], "period": {"years": 2}, "emails": ["email"], "phones": ["phone"],
-     "unless": [{"table": "orders", "key": "customer_id", "newer": "placed_at"},
-                {"system": "loyalty", "table": "loyalty_accounts", "key": "customer_id",
-                 "newer": "last_activity_at"}],
-     "reason": "account inactive for 2 years (retention policy)"},
-    {"name": "contact-messages", "source": "contact_forms", "table": "contact_messages", "key": {"email": "email"},
-     "timestamp": "received_at", "period": {"years": 1}, "systems": ["contact_forms"],
-     "reason": "contact-form messages are kept 1 year (retention policy)"},
-    {"name": "expired-invoices", "source": "orders_db", "table": "invoices", "key": {"customer_id": "customer_id"},
-     "timestamp": "due_on", "period": {"years_setting": "billing_retention_years", "years": 3},
-     "expires_when": "any_row", "unless": [{"table": "customers", "key": "customer_id"}], "systems": ["orders_db"],
-     "reason": "billing retention period ended"},
-]
 
 # Who is who. Personal values, so that the tests can check that none of them is ever printed.
 CUSTOMERS = {  # customer id: (email, phone, last login (days ago) or None, created (days ago))
