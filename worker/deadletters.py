@@ -12,13 +12,15 @@ read, and a partition at its end stops the read at once, so a read never hangs. 
 replay progress per error code, as the committed offsets of the consumer group
 ``<kafka.group_id>-dlq-replay.<code>``, read and moved through the admin API (the group never has
 members). ``summarize`` counts the whole topic per code, with how much of it is past each cursor.
+``replay_headers`` is what a replay sends with a record, and ``replay_note`` what intake writes from
+those headers into the audit trail of a replayed command it records as new.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,10 +44,13 @@ ERROR_MESSAGE = "x-oubli-error-message"
 SOURCE = "x-oubli-source"
 REPLAYED_FROM = "x-oubli-replayed-from"
 REPLAYED_BY = "x-oubli-replayed-by"
+REPLAY_OF = "x-oubli-replay-of"  # on a replay reissued under a new request_id: the id it replaces (worker/reissue.py)
 # What the DLQ added (or an earlier replay did): never sent back to the commands topic.
-_DROPPED = {ERROR_CODE, ERROR_MESSAGE, SOURCE, REPLAYED_FROM, REPLAYED_BY}
+_DROPPED = {ERROR_CODE, ERROR_MESSAGE, SOURCE, REPLAYED_FROM, REPLAYED_BY, REPLAY_OF}
 CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 UNLABELLED = "unlabelled"  # a record without a well-formed error code header
+
+Headers = list[tuple[str, str | bytes | None]]  # as the producer takes them
 
 _OFFSET_NONE = -1001  # librdkafka's OFFSET_INVALID: the group never committed this partition
 
@@ -67,12 +72,29 @@ class DeadLetter:
     value: bytes | None = field(repr=False)  # the raw command
     headers: tuple[tuple[str, bytes | None], ...] = field(repr=False)
 
-    def replay_headers(self, topic: str, by: str) -> list[tuple[str, str | bytes | None]]:
+    def replay_headers(self, topic: str, by: str) -> Headers:
         """The original headers (the signature among them), minus what the DLQ added, plus where from and who."""
-        kept: list[tuple[str, str | bytes | None]] = [
+        kept: Headers = [
             (k, v) for k, v in self.headers if k not in _DROPPED and not k.startswith("x-oubli-error-")]
         return [*kept, (REPLAYED_FROM, f"{topic}/{self.partition}/{self.offset}".encode()),
                 (REPLAYED_BY, by.encode())]
+
+
+def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """For intake to add to the audit trail of a command a replay sent: which request, from which DLQ record, by
+    whom. Only ids, an offset and an operator name (the headers ``replay_headers`` sets), cut to size."""
+    values = dict(headers)
+    source = values.get(REPLAYED_FROM)
+    if source is None:
+        return None
+    of = _header_text(values.get(REPLAY_OF), 128)
+    return (f"replay of {of} from " if of else "replayed from ") + (
+        f"{_header_text(source, 300)} by {_header_text(values.get(REPLAYED_BY), 128) or 'unknown'}")
+
+
+def _header_text(value: bytes | None, limit: int) -> str:
+    text = (value or b"").decode("utf-8", "replace")
+    return "".join(c for c in text if c.isprintable())[:limit]
 
 
 def _letter(message: Message) -> DeadLetter:

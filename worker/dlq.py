@@ -10,11 +10,19 @@ The replay rule, in one sentence: **each error code has its own cursor, which mo
 everything replayed was acknowledged.** ``--code X`` sends the X records not replayed before, then
 moves X's cursor (consumer group ``<kafka.group_id>-dlq-replay.X``) to the end captured at the start;
 records of other codes are left where they are for a later ``--code Y``. No ``--code`` means every
-code. A failed delivery moves no cursor, so the next run sends the same records again: harmless,
-because ``request_id`` is the idempotency key. A replayed command that fails again is dead-lettered
-anew past the captured end, so it is never sent twice in one run; it waits for the next one.
-``--dry-run`` only counts. Output is counts per code: never keys (customer ids), values or error
-messages (which may quote the input). See ``worker/deadletters.py`` for how the topic is read.
+code but ``conflicting_duplicate``, which is replayed only when named. A failed delivery moves no
+cursor, so the next run sends the same records again: harmless, because ``request_id`` is the
+idempotency key. A replayed command that fails again is dead-lettered anew past the captured end, so
+it is never sent twice in one run; it waits for the next one. ``--dry-run`` only counts, and names
+the new ids below.
+
+A request the store *rejected* cannot be reopened (``rejected`` is terminal, SPEC §2 and invariant 3),
+so a record naming one is carried out under a new, deterministic request_id, linked to the old one by
+``x-oubli-replay-of`` and by the new request's audit trail. worker/reissue.py holds that rule, with
+the one for ``conflicting_duplicate`` (a different body under a known id: reissued only when named by
+``--code``). Output is counts per code plus, per reissued record, the old and the new request id (ids
+are not personal data): never keys (customer ids), values or error messages (which may quote the
+input). See ``worker/deadletters.py`` for how the topic is read.
 """
 
 from __future__ import annotations
@@ -32,9 +40,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from worker import kafka
 from worker.config import KafkaSettings, Settings
 from worker.deadletters import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
+from worker.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
 from worker.timefmt import iso
 
 # -- replay ----------------------------------------------------------------------------------------------------------
+
+BATCH = 500  # dead letters planned per store read
+
 
 @dataclass
 class ReplayReport:
@@ -43,50 +55,80 @@ class ReplayReport:
     earlier: Counter[str] = field(default_factory=Counter)  # selected, but behind the cursor: replayed before
     skipped: Counter[str] = field(default_factory=Counter)  # other codes: not sent, cursors unmoved
     failed: Counter[str] = field(default_factory=Counter)  # not acknowledged by the broker
+    kept: Counter[str] = field(default_factory=Counter)  # of replayed: a known request_id sent unchanged
     advanced: list[str] = field(default_factory=list)  # codes whose cursor moved
+    reissued: dict[tuple[str, str], None] = field(default_factory=dict)  # (old id, new id), acknowledged, in order
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "replayed": dict(self.replayed), "earlier": dict(self.earlier),
-                "skipped": dict(self.skipped), "failed": dict(self.failed), "cursors_moved": self.advanced}
+                "skipped": dict(self.skipped), "failed": dict(self.failed), "kept": dict(self.kept),
+                "cursors_moved": self.advanced, "new_requests": self.new_requests()}
+
+    def note(self, code: str, out: Outgoing) -> None:
+        """What an acknowledged record (dry run: a planned one) was."""
+        if out.kept:
+            self.kept[code] += 1
+        if out.replay_of is not None and out.request_id is not None:
+            self.reissued[(out.replay_of, out.request_id)] = None
+
+    def new_requests(self) -> list[dict[str, str]]:
+        return [{"replay_of": old, "request_id": new} for old, new in self.reissued]
 
 
 def replay(settings: KafkaSettings, *, codes: frozenset[str] | None, by: str | None, dry_run: bool,
-           timeout: float) -> ReplayReport:
-    """Republishes dead letters to the commands topic, by the rule in the module docstring."""
+           timeout: float, reissuer: Reissuer | None = None) -> ReplayReport:
+    """Republishes dead letters to the commands topic, by the rule in the module docstring.
+
+    Without a ``reissuer`` every record is sent byte-identical. ``codes=None`` selects every code but
+    ``NAMED_ONLY`` (conflicting_duplicate).
+    """
     if not dry_run and not by:
         raise ValueError("a replay that publishes needs the operator's name")
     report = ReplayReport(dry_run)
     deadline = time.monotonic() + timeout
     reader = DlqReader(settings, timeout=timeout)
     producer = None if dry_run else Producer(kafka.producer_config(settings))
+    plan = reissuer.plan if reissuer is not None else unchanged
     waiting: Counter[str] = Counter()
 
-    def delivered(code: str) -> Any:
+    def delivered(code: str, out: Outgoing) -> Any:
         def callback(error: KafkaError | None, _message: Message) -> None:
             waiting[code] -= 1
             report.failed[code] += error is not None
+            if error is None:
+                report.note(code, out)
         return callback
+
+    def send(batch: list[DeadLetter]) -> None:
+        for letter, out in zip(batch, plan(batch, settings.topics.dlq, by or ""), strict=True):
+            report.replayed[letter.code] += 1
+            if producer is None:
+                report.note(letter.code, out)
+                continue
+            waiting[letter.code] += 1
+            if not _produce(producer, settings.topics.commands, letter.key, out, delivered(letter.code, out)):
+                waiting[letter.code] -= 1
+                report.failed[letter.code] += 1
+        batch.clear()
 
     try:
         marks = reader.watermarks()
         cursors = Cursors(settings, marks, timeout=timeout)
         ends = {p: high for p, (_, high) in marks.items()}
         seen: set[str] = set()
+        batch: list[DeadLetter] = []
         for letter in reader.read({p: low for p, (low, _) in marks.items()}, ends, deadline):
-            if codes is not None and letter.code not in codes:
+            if not _selected(letter.code, codes):
                 report.skipped[letter.code] += 1
                 continue
             seen.add(letter.code)
             if letter.offset < cursors.of(letter.code)[letter.partition]:
                 report.earlier[letter.code] += 1
                 continue
-            report.replayed[letter.code] += 1
-            if producer is not None:
-                waiting[letter.code] += 1
-                headers = letter.replay_headers(settings.topics.dlq, by or "")
-                if not _produce(producer, settings.topics.commands, letter, headers, delivered(letter.code)):
-                    waiting[letter.code] -= 1
-                    report.failed[letter.code] += 1
+            batch.append(letter)
+            if len(batch) >= BATCH:
+                send(batch)
+        send(batch)
     finally:
         reader.close()
         if producer is not None:
@@ -102,12 +144,15 @@ def replay(settings: KafkaSettings, *, codes: frozenset[str] | None, by: str | N
     return report
 
 
-def _produce(producer: Producer, topic: str, letter: DeadLetter, headers: list[tuple[str, str | bytes | None]],
-             on_delivery: Any) -> bool:
+def _selected(code: str, codes: frozenset[str] | None) -> bool:
+    return code in codes if codes is not None else code not in NAMED_ONLY
+
+
+def _produce(producer: Producer, topic: str, key: bytes | None, out: Outgoing, on_delivery: Any) -> bool:
     """Hands one record to the producer; False if librdkafka refused it at once (e.g. over message.max.bytes)."""
     while True:
         try:
-            producer.produce(topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery)
+            producer.produce(topic, key=key, value=out.value, headers=out.headers, on_delivery=on_delivery)
         except BufferError:  # the local queue is full: let deliveries drain, then try again
             producer.poll(0.5)
             continue
@@ -174,8 +219,9 @@ def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
 
 @dlq.command("replay")
 @click.option("--code", "codes", multiple=True, metavar="CODE", help="Only this error code (repeatable). "
-              "Default: every code.")
-@click.option("--dry-run", is_flag=True, help="Count what would be replayed; publish nothing, move no cursor.")
+              "Default: every code but conflicting_duplicate.")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed, and list the new request ids it "
+              "would use; publish nothing, move no cursor.")
 @click.option("--by", "actor", metavar="NAME",
               help="Your name, sent as x-oubli-replayed-by. Required unless --dry-run.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to read the DLQ and get acknowledgements.")
@@ -192,6 +238,21 @@ def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, ac
     cursor moved, and the next run sends the same records again (harmless: request_id is the
     idempotency key). A command that fails again is dead-lettered again, for a later run.
 
+    New request ids. The replay reads the store (store_url, read-only). A command whose request_id
+    the store rejected cannot reopen it (a rejected receipt is terminal): it is carried out as a new
+    request, the same body but for request_id (the same new id on every run), re-signed, with header
+    x-oubli-replay-of; the new request's audit trail names the old id, the DLQ record and you. This
+    applies to unknown_system, bad_signature, export_not_configured and no_systems, and to any other
+    code you name with --code. The output lists each old id and its new one: tell the requester to
+    follow the new one. With a signing secret configured, only a command whose signature verifies
+    under it is re-signed. A command the store already recorded with the same body, or that is not
+    reissued, goes back unchanged ("kept"). An id the store does not know goes back unchanged.
+
+    conflicting_duplicate: a different body under an id already in use. It is replayed only when you
+    name it with --code conflicting_duplicate, and then carried out under a new id even if the old id
+    was carried out: right when a producer reused an id, a second erasure or export when it resent an
+    edited command. Check which before you name it. Without --code it is left for such a run.
+
     Prefer --code: a record whose fault is in the command itself (invalid_json, schema_violation,
     too_large, ...) only comes back to the DLQ.
     """
@@ -201,13 +262,21 @@ def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, ac
         raise click.UsageError("--by NAME is required (unless --dry-run)")
     if actor and (len(actor) > 128 or not actor.isprintable()):
         raise click.BadParameter("at most 128 printable characters", param_hint="--by")
-    settings = _settings(ctx).kafka
+    settings = _settings(ctx)
+    store = StoreIndex(settings.store_url)
+    reissuer = Reissuer(store.lookup, subject_key=settings.subject_key.get_secret_value().encode(),
+                        signing_secret=(settings.signing_secret.get_secret_value().encode()
+                                        if settings.signing_secret else None),
+                        named=selected or frozenset())
     try:
-        report = replay(settings, codes=selected, by=actor, dry_run=dry_run, timeout=timeout)
+        report = replay(settings.kafka, codes=selected, by=actor, dry_run=dry_run, timeout=timeout,
+                        reissuer=reissuer)
     except (DlqError, KafkaException) as exc:
         raise click.ClickException(f"{_reason(exc)}; a code whose cursor did not move is sent again by the next "
                                    "run (harmless: request_id is the idempotency key)") from None
-    _emit(report.as_dict(), as_json, _format_replay(report, settings))
+    finally:
+        store.close()
+    _emit(report.as_dict(), as_json, _format_replay(report, settings.kafka))
     if report.failed:
         click.echo("error: some records were not acknowledged; no cursor moved, run the replay again", err=True)
         ctx.exit(1)
@@ -217,11 +286,21 @@ def _format_replay(report: ReplayReport, settings: KafkaSettings) -> str:
     verb = "would replay" if report.dry_run else "replayed"
     lines = [f"{settings.topics.dlq} -> {settings.topics.commands}"
              + (" (dry run: nothing published, no cursor moved)" if report.dry_run else ""),
-             f"{'code':<28} {verb:>12} {'earlier':>8} {'failed':>7}"]
+             f"{'code':<28} {verb:>12} {'earlier':>8} {'failed':>7} {'kept':>5}"]
     for code in sorted({*report.replayed, *report.earlier, *report.failed}):
-        lines.append(f"{code:<28} {report.replayed[code]:>12} {report.earlier[code]:>8} {report.failed[code]:>7}")
+        lines.append(f"{code:<28} {report.replayed[code]:>12} {report.earlier[code]:>8} {report.failed[code]:>7} "
+                     f"{report.kept[code]:>5}")
     lines.append(f"total {verb}: {sum(report.replayed.values())}")
+    if report.kept:
+        lines.append("kept: the store knows their request_id, sent unchanged (a copy of a recorded command is "
+                     "deduplicated; the others come back to the DLQ)")
     if report.skipped:
         lines.append("left for another run (other codes): "
-                     + ", ".join(f"{code} {n}" for code, n in sorted(report.skipped.items())))
+                     + ", ".join(f"{code} {n}" for code, n in sorted(report.skipped.items()))
+                     + (f" ({', '.join(sorted(NAMED_ONLY & set(report.skipped)))} only with --code)"
+                        if NAMED_ONLY & set(report.skipped) else ""))
+    if report.reissued:
+        lines.append(("would send" if report.dry_run else "sent")
+                     + " under a new request_id, the one to follow (replay of -> request_id):")
+        lines += [f"  {old} -> {new}" for old, new in report.reissued]
     return "\n".join(lines)

@@ -40,8 +40,12 @@ class Store(Claims):
 
     def record_command(
         self, command: Command, *, subject_ref: str, digest: str, targets: Mapping[str, int], now: datetime,
+        note: str | None = None,
     ) -> Recorded:
-        """Records a new request with one pending task per target system (system -> max attempts)."""
+        """Records a new request with one pending task per target system (system -> max attempts).
+
+        ``note`` (PII-free) is appended to the ``accepted`` audit event's detail: a replay's provenance.
+        """
         try:
             with self.engine.begin() as conn:
                 existing = conn.execute(
@@ -68,12 +72,14 @@ class Store(Claims):
                     for system, max_attempts in targets.items()
                 ])
                 self._audit(conn, command.request_id, None, now, "accepted", to_state=RequestStatus.ACCEPTED,
-                            detail=f"{command.kind} for {len(targets)} systems, requested by {command.requested_by}")
+                            detail=f"{command.kind} for {len(targets)} systems, requested by {command.requested_by}"
+                            + (f"; {note}" if note else ""))
                 self._enqueue_receipt(conn, command.request_id, now)
                 return Recorded.NEW
         except sa.exc.IntegrityError:
             # Another worker recorded the same request_id between our read and insert.
-            return self.record_command(command, subject_ref=subject_ref, digest=digest, targets=targets, now=now)
+            return self.record_command(command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
+                                       note=note)
 
     def record_invalid(
         self, *, request_id: str | None, code: str, message: str, raw: bytes | None, key: bytes | None,
