@@ -335,6 +335,7 @@ INVALID_VALUES = {
     "unknown top-level key": {"replicaCont": 3},
     "unknown config key": {"config": {"worker": {"drain_second": 20}}},
     "literal subject key": {"config": {"subject_key": "not-a-reference"}},
+    "literal previous signing secret": {"config": {"previous_signing_secrets": ["old-secret"]}},
     "password in the store url": {"config": {"store_url": "postgresql+psycopg://oubli:hunter2@db/oubli"}},
     "literal kafka password": {"config": {"kafka": {"client": {"sasl.password": "hunter2"}}}},
     "auto commit": {"config": {"kafka": {"client": {"enable.auto.commit": "true"}}}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 import structlog
@@ -38,6 +39,27 @@ def test_config_expands_env_and_hides_secrets() -> None:
     assert settings.subject_key.get_secret_value() == "very-secret"
     assert "very-secret" not in repr(settings)
     assert settings.store_url == "sqlite:///x.db" and settings.kafka.bootstrap_servers == "k:9092"
+
+
+def test_signing_secret_rotation_is_configured_and_reaches_intake(tmp_path: Path) -> None:
+    from worker.app import Worker
+
+    with pytest.raises(ConfigError, match="previous_signing_secrets needs signing_secret"):
+        config.build({"subject_key": "k", "previous_signing_secrets": ["old"]}, env={})
+    with pytest.raises(ConfigError, match="a signing secret is empty"):
+        config.build({"subject_key": "k", "signing_secret": "new", "previous_signing_secrets": ["${OLD:-}"]}, env={})
+    settings = config.build({
+        "subject_key": "k", "store_url": f"sqlite:///{tmp_path / 'store.db'}", "signing_secret": "${NEW}",
+        "previous_signing_secrets": ["${OLD}"], "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+        "worker": {"http_port": 0},
+    }, env={"NEW": "new-secret", "OLD": "old-secret"})
+    assert settings.verification_secrets() == (b"new-secret", b"old-secret")
+    assert "old-secret" not in repr(settings)
+    worker = Worker(settings, migrate=True, serve_http=False)
+    try:
+        assert worker.intake.signing_secret == b"new-secret" and worker.intake.previous_secrets == (b"old-secret",)
+    finally:
+        worker.close()
 
 
 def test_invalid_config_errors_do_not_quote_values() -> None:

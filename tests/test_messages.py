@@ -97,3 +97,17 @@ def test_subject_ref_is_keyed_and_stable() -> None:
     ref = messages.subject_ref(b"k1", "C-100234")
     assert ref == messages.subject_ref(b"k1", "C-100234") != messages.subject_ref(b"k2", "C-100234")
     assert ref.startswith("hmac-sha256:") and "C-100234" not in ref
+
+
+def test_previous_signing_secrets_still_verify_during_a_rotation() -> None:
+    body = command()
+    value = json.dumps(body).encode()
+
+    def parsed(signed_with: bytes) -> messages.Command:
+        return messages.parse(messages.decode(value), value=value, signature=messages.sign(value, signed_with),
+                              signing_secret=b"new", previous_secrets=(b"old",), known_systems=SYSTEMS)
+
+    assert parsed(b"new").request_id == parsed(b"old").request_id == body["request_id"]
+    with pytest.raises(InvalidCommand) as caught:
+        parsed(b"retired")
+    assert caught.value.code == "bad_signature"

@@ -118,7 +118,7 @@ class Worker:
             signing_secret=settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None,
             systems={sid: s.max_attempts for sid, s in settings.systems.items()},
             due_days_default=settings.due_days_default, export_enabled=self.exports is not None,
-            identity_enabled=identity is not None,
+            identity_enabled=identity is not None, previous_secrets=settings.verification_secrets()[1:],
         )
         self.executor = Executor(
             self.store, self.connectors, concurrency={sid: s.concurrency for sid, s in settings.systems.items()},

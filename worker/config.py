@@ -161,6 +161,9 @@ class Settings(_Frozen):
     store_url: str = "sqlite:///oubli.db"
     subject_key: SecretStr = Field(description="HMAC key for subject_ref and body digests")
     signing_secret: SecretStr | None = None
+    # Still accepted on incoming commands, never used to sign: lets producers and workers rotate the
+    # signing secret one after the other instead of at the same instant.
+    previous_signing_secrets: tuple[SecretStr, ...] = ()
     kafka: KafkaSettings = KafkaSettings()
     systems: dict[str, SystemSettings] = Field(default_factory=dict)
     identity_system: str | None = None
@@ -182,6 +185,22 @@ class Settings(_Frozen):
             if not _SYSTEM_ID.match(system_id):
                 raise ValueError(f"system id {system_id!r} must match {_SYSTEM_ID.pattern}")
         return value
+
+    @model_validator(mode="after")
+    def _previous_secrets_need_a_current_one(self) -> Settings:
+        if self.previous_signing_secrets and self.signing_secret is None:
+            raise ValueError("previous_signing_secrets needs signing_secret: without it no command is verified")
+        # An empty key is a key anyone has: "${OLD:-}" left unset must not accept every command.
+        secrets = (*self.previous_signing_secrets, *([self.signing_secret] if self.signing_secret else []))
+        if any(not secret.get_secret_value() for secret in secrets):
+            raise ValueError("a signing secret is empty")
+        return self
+
+    def verification_secrets(self) -> tuple[bytes, ...]:
+        """The current signing secret first, then the previous ones; empty when signatures are off."""
+        if self.signing_secret is None:
+            return ()
+        return tuple(s.get_secret_value().encode() for s in (self.signing_secret, *self.previous_signing_secrets))
 
     @model_validator(mode="after")
     def _retention_names_configured_systems(self) -> Settings:

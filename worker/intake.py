@@ -43,11 +43,12 @@ class Intake:
     def __init__(
         self, store: Store, *, subject_key: bytes, signing_secret: bytes | None,
         systems: Mapping[str, int], due_days_default: int | None = None, export_enabled: bool = False,
-        identity_enabled: bool = False,
+        identity_enabled: bool = False, previous_secrets: Sequence[bytes] = (),
     ) -> None:
         self.store = store
         self.subject_key = subject_key
         self.signing_secret = signing_secret
+        self.previous_secrets = tuple(previous_secrets)
         self.systems = dict(systems)  # system id -> max attempts
         self.due_days_default = due_days_default
         self.export_enabled = export_enabled
@@ -78,6 +79,7 @@ class Intake:
         return messages.parse(
             document, value=message.value or b"", signature=signature, signing_secret=self.signing_secret,
             known_systems=frozenset(self.systems), due_days_default=self.due_days_default,
+            previous_secrets=self.previous_secrets,
         )
 
     def _targets(self, command: Command) -> dict[str, int]:

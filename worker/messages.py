@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -124,6 +124,7 @@ def parse(
     signing_secret: bytes | None,
     known_systems: frozenset[str],
     due_days_default: int | None = None,
+    previous_secrets: Sequence[bytes] = (),
 ) -> Command:
     """Validates a decoded command. Raises ``InvalidCommand`` carrying the readable request id."""
     request_id = peek_request_id(document)
@@ -133,7 +134,9 @@ def parse(
 
     if isinstance(document, dict) and "schema_version" in document and document["schema_version"] != 1:
         raise reject("unsupported_schema_version", "schema_version must be 1")
-    if signing_secret is not None and not verify_signature(value, signature, signing_secret):
+    if signing_secret is not None and not any(
+        verify_signature(value, signature, secret) for secret in (signing_secret, *previous_secrets)
+    ):
         raise reject("bad_signature", f"the {SIGNATURE_HEADER} header is missing or does not match")
     problems = schema_errors("command.v1", document)
     if problems:
