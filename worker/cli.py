@@ -12,6 +12,7 @@ import click
 
 from worker import config as config_module
 from worker import kafka, logs
+from worker.compliance import report
 from worker.config import Settings
 from worker.dlq import dlq
 from worker.errors import ConfigError, OubliError
@@ -317,6 +318,7 @@ def format_receipt(receipt: Mapping[str, Any]) -> str:
 
 
 cli.add_command(dlq)
+cli.add_command(report)
 
 
 def main() -> None:
