@@ -111,3 +111,18 @@ def test_previous_signing_secrets_still_verify_during_a_rotation() -> None:
     with pytest.raises(InvalidCommand) as caught:
         parsed(b"retired")
     assert caught.value.code == "bad_signature"
+
+
+def test_schema_violations_never_quote_the_senders_own_keys_or_values() -> None:
+    """A rejection's message reaches the DLQ headers, the audit trail and a ``rejected`` receipt."""
+    body = command(subject={"customer_id": "C-1", "marie.dupont@example.fr": "x",
+                            "identifiers": {"marie.dupont@example.fr": ["y" * 300], "ga_client_id": ["+33612345678"]}})
+    code, request_id = code_of(body)
+    assert (code, request_id) == ("schema_violation", body["request_id"])
+    with pytest.raises(InvalidCommand) as caught:
+        parse(body)
+    message = caught.value.message
+    assert "$.subject.identifiers[*][0]: maxLength violated" in message
+    assert "$.subject: additionalProperties violated" in message
+    for personal in ("marie", "example.fr", "+33612345678", "yyy"):
+        assert personal not in message

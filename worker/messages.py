@@ -61,12 +61,40 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return validator
 
 
+@cache
+def _property_names(name: str) -> frozenset[str]:
+    """Every property name the schema itself defines, at any depth."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            found.update(node.get("properties", {}))
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(schemas.load(name))
+    return frozenset(found)
+
+
 def schema_errors(name: str, document: Any) -> list[str]:
-    """Where ``document`` breaks the schema, as JSON paths and validator names: never the values."""
-    return sorted(
-        f"{error.json_path}: {error.validator} violated"
-        for error in _validator(name).iter_errors(document)
-    )
+    """Where ``document`` breaks the schema, as JSON paths and validator names: never the values.
+
+    Nor the input's own keys: a key the schema does not define (an identifier kind, an unexpected
+    field) is shown as ``[*]``, because a sender may have put an email there, and these messages
+    reach the DLQ headers, the audit trail and a ``rejected`` receipt.
+    """
+    known = _property_names(name)
+
+    def path(error: jsonschema.ValidationError) -> str:
+        parts = ["$"]
+        for part in error.absolute_path:
+            parts.append(f"[{part}]" if isinstance(part, int) else f".{part}" if part in known else "[*]")
+        return "".join(parts)
+
+    return sorted({f"{path(error)}: {error.validator} violated" for error in _validator(name).iter_errors(document)})
 
 
 def keyed_digest(key: bytes, value: str) -> str:
