@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from confluent_kafka import Consumer
 from worker import config, kafka, messages
 from worker.app import Worker
 from worker.config import Settings
+from worker.store.repository import Store
 
 SUBJECT_KEY = "test-subject-key-0123456789abcdef"
 
@@ -158,6 +160,22 @@ def subject_command(kind: str = "erasure", **overrides: Any) -> dict[str, Any]:
         kind=kind, customer_id=customer, emails=overrides.pop("emails", [f"marie.{customer.lower()}@example.fr"]),
         phones=overrides.pop("phones", ["+33612345678"]), requested_by="test-suite", **overrides,
     )
+
+
+def record(store: Store, targets: dict[str, int], *, now: datetime | None = None, **command: Any) -> str:
+    """Records a command straight into ``store`` as intake would (no broker); returns its request_id.
+
+    ``command`` is passed to ``build_command`` (``kind`` defaults to erasure); ``now`` is the intake time,
+    by default the command's ``requested_at``.
+    """
+    from worker.support import build_command
+
+    body = build_command(**{"kind": "erasure", "requested_by": "test-suite", **command})
+    parsed = messages.parse(body, value=b"", signature=None, signing_secret=None, known_systems=frozenset(targets))
+    store.record_command(parsed, subject_ref=messages.subject_ref(SUBJECT_KEY.encode(), parsed.customer_id),
+                         digest=messages.body_digest(SUBJECT_KEY.encode(), body), targets=targets,
+                         now=now or parsed.requested_at)
+    return parsed.request_id
 
 
 def personal_strings(command: dict[str, Any]) -> list[str]:

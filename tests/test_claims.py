@@ -6,12 +6,11 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from tests.pipeline import SUBJECT_KEY
-from worker import messages, states
+from tests.pipeline import record
+from worker import states
 from worker.config import Topics
 from worker.store import db
 from worker.store.repository import Store, TaskUpdate
-from worker.support import build_command
 from worker.timefmt import utcnow
 
 
@@ -24,12 +23,7 @@ def _stores(url: str, count: int) -> list[Store]:
 def _record(store: Store, requests: int) -> None:
     now = utcnow()
     for i in range(requests):
-        body = build_command(kind="erasure", customer_id=f"C-claim-{i}", requested_by="test")
-        command = messages.parse(body, value=b"", signature=None, signing_secret=None,
-                                 known_systems=frozenset({"slow", "fast"}))
-        store.record_command(command, subject_ref=messages.subject_ref(SUBJECT_KEY.encode(), command.customer_id),
-                             digest=messages.body_digest(SUBJECT_KEY.encode(), body),
-                             targets={"slow": 3, "fast": 3}, now=now)
+        record(store, {"slow": 3, "fast": 3}, now=now, customer_id=f"C-claim-{i}")
 
 
 def test_the_limit_counts_tasks_running_on_other_workers(pg_url: str) -> None:

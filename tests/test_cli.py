@@ -10,14 +10,13 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 
-from tests.pipeline import SUBJECT_KEY, Receipts, raw_settings, run_until, settings_from
-from worker import messages, states
+from tests.pipeline import Receipts, raw_settings, record, run_until, settings_from
+from worker import states
 from worker.app import Worker
 from worker.cli import cli
 from worker.config import Topics
 from worker.store import db
 from worker.store.repository import Store, TaskUpdate
-from worker.support import build_command
 from worker.timefmt import utcnow
 
 
@@ -85,14 +84,8 @@ def test_requests_lists_open_work_earliest_due_first_with_what_holds_it_up(tmp_p
     ids = {}
     for name, due in (("late", now - timedelta(days=2)), ("soon", now + timedelta(days=3)),
                       ("later", now + timedelta(days=20))):
-        body = build_command(kind="erasure", customer_id=f"C-list-{name}", emails=[f"{name}@example.fr"],
-                             requested_by="test", requested_at=due - timedelta(days=30), due_at=due)
-        command = messages.parse(body, value=b"", signature=None, signing_secret=None,
-                                 known_systems=frozenset({"alpha", "beta"}))
-        store.record_command(command, subject_ref=messages.subject_ref(SUBJECT_KEY.encode(), command.customer_id),
-                             digest=messages.body_digest(SUBJECT_KEY.encode(), body),
-                             targets={"alpha": 1, "beta": 1}, now=now)
-        ids[name] = command.request_id
+        ids[name] = record(store, {"alpha": 1, "beta": 1}, now=now, customer_id=f"C-list-{name}",
+                           emails=[f"{name}@example.fr"], requested_at=due - timedelta(days=30), due_at=due)
     # "soon": alpha confirmed, beta failed for good -> action_required, waiting on beta only.
     for task in store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limits={"alpha": 9, "beta": 9},
                                 room=10):

@@ -12,26 +12,20 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 
-from tests.pipeline import SUBJECT_KEY, raw_settings
-from worker import messages, states
+from tests.pipeline import raw_settings, record
+from worker import states
 from worker.cli import cli
 from worker.config import Topics
 from worker.store import db
 from worker.store.repository import Store, TaskUpdate
-from worker.support import build_command
 
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 12, 20, 12, tzinfo=UTC)
 
 
 def _record(store: Store, name: str, kind: str, requested_at: datetime, systems: dict[str, int]) -> str:
-    body = build_command(kind=kind, customer_id=f"C-report-{name}", emails=[f"{name}@example.fr"],
-                         phones=["+33612345678"], requested_by="account-service", requested_at=requested_at)
-    command = messages.parse(body, value=b"", signature=None, signing_secret=None,
-                             known_systems=frozenset(systems))
-    store.record_command(command, subject_ref=messages.subject_ref(SUBJECT_KEY.encode(), command.customer_id),
-                         digest=messages.body_digest(SUBJECT_KEY.encode(), body), targets=systems, now=requested_at)
-    return command.request_id
+    return record(store, systems, kind=kind, customer_id=f"C-report-{name}", emails=[f"{name}@example.fr"],
+                  phones=["+33612345678"], requested_at=requested_at)
 
 
 def _run(store: Store, request_id: str, at: datetime, events: dict[str, states.Event]) -> None:
