@@ -150,16 +150,12 @@ def _selected(code: str, codes: frozenset[str] | None) -> bool:
 
 def _produce(producer: Producer, topic: str, key: bytes | None, out: Outgoing, on_delivery: Any) -> bool:
     """Hands one record to the producer; False if librdkafka refused it at once (e.g. over message.max.bytes)."""
-    while True:
-        try:
-            producer.produce(topic, key=key, value=out.value, headers=out.headers, on_delivery=on_delivery)
-        except BufferError:  # the local queue is full: let deliveries drain, then try again
-            producer.poll(0.5)
-            continue
-        except KafkaException:
-            return False
-        producer.poll(0)
-        return True
+    try:
+        kafka.produce(producer, topic, key=key, value=out.value, headers=out.headers, on_delivery=on_delivery,
+                      timeout=60.0)
+    except KafkaException:
+        return False
+    return True
 
 
 # -- the click group ------------------------------------------------------------------------------------------------

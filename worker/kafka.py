@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from worker.config import KafkaSettings
@@ -117,3 +117,22 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 def headers_dict(headers: list[tuple[str, bytes | None]] | None) -> Mapping[str, bytes | None]:
     return dict(headers or [])
+
+
+def produce(producer: Producer, topic: str, *, key: bytes | None, value: bytes | None,
+            headers: list[tuple[str, str | bytes | None]], on_delivery: Any, timeout: float) -> None:
+    """Hands one record to librdkafka, waiting while its local queue is full (at most ``timeout`` s).
+
+    Raises ``KafkaException`` when librdkafka refuses the record at once (over ``message.max.bytes``,
+    for example) or its queue stays full. The broker's answer comes later, through ``on_delivery``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+            break
+        except BufferError:  # the local queue is full: let deliveries drain it
+            if time.monotonic() > deadline:
+                raise KafkaException(f"the producer queue stayed full for {timeout:.0f} s") from None
+            producer.poll(0.5)
+    producer.poll(0)

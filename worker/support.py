@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,21 +41,43 @@ def build_command(
     }
 
 
+class CommandPublisher:
+    """One idempotent producer for many commands, keyed by customer_id (per-subject order) and signed
+    when a secret is given. ``publish`` blocks only while librdkafka's queue is full, for at most
+    ``timeout`` seconds; ``done(ok)`` runs from ``publish`` or ``flush`` once the broker acknowledged or
+    refused the command. A command not acknowledged within ``timeout`` counts as refused.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, signing_secret: bytes | None = None, timeout: float = 30.0) -> None:
+        self._topic = settings.topics.commands
+        self._secret = signing_secret
+        self._timeout = timeout
+        self._producer = Producer({**kafka.producer_config(settings), "message.timeout.ms": int(timeout * 1000)})
+
+    def publish(self, command: Mapping[str, Any], done: Callable[[bool], None], *, raw: bytes | None = None,
+                key: bytes | None = None) -> None:
+        value = raw if raw is not None else json.dumps(command).encode("utf-8")
+        if key is None:
+            key = str(command.get("subject", {}).get("customer_id", "")).encode() or None
+        headers: list[tuple[str, str | bytes | None]] = []
+        if self._secret:
+            headers.append((messages.SIGNATURE_HEADER, messages.sign(value, self._secret).encode()))
+        kafka.produce(self._producer, self._topic, key=key, value=value, headers=headers,
+                      on_delivery=lambda err, _msg: done(err is None), timeout=self._timeout)
+
+    def flush(self) -> int:
+        """Waits for every acknowledgement; returns how many commands are still unacknowledged."""
+        return int(self._producer.flush(self._timeout))
+
+
 def publish_command(settings: KafkaSettings, command: Mapping[str, Any], *, signing_secret: bytes | None = None,
                     raw: bytes | None = None, key: bytes | None = None) -> None:
-    """Publishes a command keyed by customer_id (per-subject order), signed when a secret is given."""
-    value = raw if raw is not None else json.dumps(command).encode("utf-8")
-    if key is None:
-        key = str(command.get("subject", {}).get("customer_id", "")).encode() or None
-    headers: list[tuple[str, str | bytes | None]] = []
-    if signing_secret:
-        headers.append((messages.SIGNATURE_HEADER, messages.sign(value, signing_secret).encode()))
-    producer = Producer(kafka.producer_config(settings))
-    errors: list[Any] = []
-    producer.produce(settings.topics.commands, key=key, value=value, headers=headers,
-                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
-    if producer.flush(30) or errors:
-        raise KafkaException(errors[0] if errors else "the command was not acknowledged within 30 s")
+    """Publishes one command and waits for the broker's acknowledgement."""
+    acknowledged: list[bool] = []
+    publisher = CommandPublisher(settings, signing_secret=signing_secret)
+    publisher.publish(command, acknowledged.append, raw=raw, key=key)
+    if publisher.flush() or acknowledged != [True]:
+        raise KafkaException("the command was not acknowledged within 30 s")
 
 
 def read_receipt(settings: KafkaSettings, request_id: str, *, timeout: float = 10.0) -> dict[str, Any] | None:

@@ -13,16 +13,13 @@ import hashlib
 import hmac
 import json
 import re
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
-
-from worker import kafka, messages, support
-from worker.config import KafkaSettings, RetentionRule
+from worker import messages, support
+from worker.config import RetentionRule
 from worker.timefmt import iso
 
 MAX_VALUES = 20  # command.v1: at most 20 emails, 20 phones
@@ -71,40 +68,3 @@ def erasure(rule: RetentionRule, *, subject_key: bytes, key: str, expired_at: da
 def schema_problems(command: Mapping[str, Any]) -> list[str]:
     """The whole of command.v1 (about 0.3 ms a command; ``erasure`` checks what the data can break)."""
     return messages.schema_errors("command.v1", command)
-
-
-class Publisher:
-    """One idempotent producer for a whole sweep (``support.publish_command`` makes one per command).
-
-    Commands are keyed, encoded and signed as ``support.publish_command`` does. ``publish`` blocks only
-    while librdkafka's queue is full, for at most ``timeout`` seconds; ``done(ok)`` runs from ``poll`` or
-    ``flush`` once the broker acknowledged or refused the command. A command not acknowledged within
-    ``timeout`` is reported as failed.
-    """
-
-    def __init__(self, settings: KafkaSettings, *, signing_secret: bytes | None, timeout: float) -> None:
-        self._topic = settings.topics.commands
-        self._secret = signing_secret
-        self._timeout = timeout
-        self._producer = Producer({**kafka.producer_config(settings), "message.timeout.ms": int(timeout * 1000)})
-
-    def publish(self, command: Mapping[str, Any], done: Callable[[bool], None]) -> None:
-        value = json.dumps(command).encode("utf-8")
-        headers: list[tuple[str, str | bytes | None]] = []
-        if self._secret:
-            headers.append((messages.SIGNATURE_HEADER, messages.sign(value, self._secret).encode()))
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                self._producer.produce(self._topic, key=str(command["subject"]["customer_id"]).encode(), value=value,
-                                       headers=headers, on_delivery=lambda err, _msg: done(err is None))
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                if time.monotonic() > deadline:
-                    raise KafkaException(f"the producer queue stayed full for {self._timeout:.0f} s") from None
-                self._producer.poll(0.5)
-        self._producer.poll(0)
-
-    def flush(self) -> int:
-        """Waits for every acknowledgement; returns how many commands are still unacknowledged."""
-        return int(self._producer.flush(self._timeout))

@@ -18,8 +18,9 @@ from confluent_kafka import KafkaException
 from worker.config import RetentionRule, Settings
 from worker.errors import ConfigError, OubliError
 from worker.retention import sources
-from worker.retention.commands import Publisher, erasure, schema_problems
+from worker.retention.commands import erasure, schema_problems
 from worker.retention.sources import Databases, Expired, Period
+from worker.support import CommandPublisher
 from worker.timefmt import iso
 
 log = structlog.get_logger("oubli.retention")
@@ -60,7 +61,7 @@ def sweep(settings: Settings, *, as_of: datetime, dry_run: bool = False, limit: 
           timeout: float = 120.0) -> SweepReport:
     """Emits one erasure per expired subject and rule (at most ``limit`` per rule); ``dry_run`` only counts."""
     secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
-    publisher = None if dry_run else Publisher(settings.kafka, signing_secret=secret, timeout=timeout)
+    publisher = None if dry_run else CommandPublisher(settings.kafka, signing_secret=secret, timeout=timeout)
     databases = Databases(settings.systems)
     reports = []
     try:
@@ -86,8 +87,8 @@ def sweep(settings: Settings, *, as_of: datetime, dry_run: bool = False, limit: 
 
 
 class _RuleRun:
-    def __init__(self, rule: RetentionRule, settings: Settings, databases: Databases, publisher: Publisher | None,
-                 report: RuleReport, as_of: datetime, limit: int | None) -> None:
+    def __init__(self, rule: RetentionRule, settings: Settings, databases: Databases,
+                 publisher: CommandPublisher | None, report: RuleReport, as_of: datetime, limit: int | None) -> None:
         self.rule, self.databases, self.publisher, self.report = rule, databases, publisher, report
         self.as_of, self.limit, self.sent, self.checked = as_of, limit, 0, False
         self.subject_key = settings.subject_key.get_secret_value().encode()
