@@ -12,13 +12,18 @@ from worker import config
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_the_readme_config_example_is_valid() -> None:
+def yaml_example(heading: str) -> str:
+    """The first YAML block under ``heading`` in the README."""
     text = README.read_text()
-    section = text[text.index("## Configuration"):]
-    example = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert example is not None
-    raw = yaml.safe_load(example.group(1).replace("…", "x"))
-    names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", example.group(1)))
+    example = re.search(r"```yaml\n(.*?)```", text[text.index(heading):], re.S)
+    assert example is not None, heading
+    return example.group(1)
+
+
+def test_the_readme_config_example_is_valid() -> None:
+    example = yaml_example("## Configuration")
+    raw = yaml.safe_load(example.replace("…", "x"))
+    names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", example))
     settings = config.build(raw, env={name: "value" for name in names})
     assert settings.systems["orders_db"].concurrency == 8
     assert settings.identity_system == "orders_db"
@@ -45,10 +50,7 @@ def test_the_readme_lists_every_metric() -> None:
 def test_the_readme_retention_example_is_the_rules_the_suite_and_demo_run() -> None:
     from tests.allsystems import RETENTION_RULES
 
-    text = README.read_text()
-    section = text[text.index("## Retention (`oubli sweep`)"):]
-    example = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert example is not None
+    example = yaml_example("## Retention (`oubli sweep`)")
     systems = {name: {"connector": name, "settings": {"url": "sqlite:///x.db"}}
                for name in ("orders_db", "loyalty", "contact_forms")}
 
@@ -57,4 +59,4 @@ def test_the_readme_retention_example_is_the_rules_the_suite_and_demo_run() -> N
                "systems": systems, "retention": retention}
         return config.build(raw, env={}).retention
 
-    assert rules(yaml.safe_load(example.group(1))["retention"]) == rules({"rules": RETENTION_RULES})
+    assert rules(yaml.safe_load(example)["retention"]) == rules({"rules": RETENTION_RULES})
