@@ -139,3 +139,33 @@ def test_help_needs_no_config() -> None:
             assert runner.invoke(cli, [name, sub, "--help"]).exit_code == 0, (name, sub)
     refused = runner.invoke(cli, ["status", "some-request"])
     assert refused.exit_code != 0 and "invalid configuration" in refused.output
+
+
+def test_support_finds_a_customers_requests_by_customer_id_without_printing_it(tmp_path: Path) -> None:
+    """The customer knows who they are, not their request id; the id is matched by its keyed hash."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = db.create_engine(store_url)
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    long_ago = utcnow() - timedelta(days=90)
+    export = record(store, {"alpha": 1}, kind="export", customer_id="C-find-me", requested_at=long_ago)
+    for task in store.claim_due(now=long_ago, lease_until=long_ago + timedelta(minutes=5), limits={"alpha": 9},
+                                room=5):
+        store.finish(task, states.Confirm("exported"), TaskUpdate(), long_ago)
+    erasure = record(store, {"alpha": 1}, customer_id="C-find-me")
+    record(store, {"alpha": 1}, customer_id="C-someone-else")
+
+    config = tmp_path / "oubli.yaml"
+    config.write_text(yaml.safe_dump(raw_settings(store_url=store_url, bootstrap="127.0.0.1:1", systems={
+        "alpha": {"connector": "tests.fakes", "settings": {"url": store_url}}})))
+    runner = CliRunner()
+    found = runner.invoke(cli, ["--config", str(config), "requests", "--customer-id", "C-find-me", "--json"])
+    assert found.exit_code == 0, found.output
+    listed = json.loads(found.output)
+    assert [(r["request_id"], r["status"]) for r in listed["requests"]] == [(erasure, "accepted"),
+                                                                          (export, "completed")]
+    assert listed["requests"][1]["overdue"] is False  # finished requests are never overdue
+    human = runner.invoke(cli, ["--config", str(config), "requests", "--customer-id", "C-find-me"]).output
+    assert "2 of 2 requests shown" in human and "C-find-me" not in human and "C-find-me" not in found.output
+    nobody = runner.invoke(cli, ["--config", str(config), "requests", "--customer-id", "C-unknown", "--json"])
+    assert json.loads(nobody.output) == {"requests": [], "total": 0}

@@ -204,22 +204,27 @@ def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: 
 
 @cli.command("requests")
 @click.option("--status", "statuses", multiple=True,
-              type=click.Choice(["accepted", "in_progress", "action_required"]),
+              type=click.Choice(["accepted", "in_progress", "action_required", "completed"]),
               help="Only these statuses (default: every open one).")
 @click.option("--overdue", is_flag=True, help="Only requests past their due date.")
 @click.option("--system", help="Only requests this system has not confirmed yet.")
+@click.option("--customer-id", help="Only this customer's requests, finished ones too, newest first. "
+              "It is matched by its keyed hash (subject_ref) and never printed.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, system: str | None, limit: int,
-                  as_json: bool) -> None:
+def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, system: str | None,
+                  customer_id: str | None, limit: int, as_json: bool) -> None:
     """List open requests, earliest due first, with the systems holding each one up."""
+    from worker import messages
     from worker.store.reports import open_requests
 
     settings = _settings(ctx)
     now = utcnow()
+    subject_ref = (messages.subject_ref(settings.subject_key.get_secret_value().encode(), customer_id)
+                   if customer_id is not None else None)
     total, found = open_requests(db.create_engine(settings.store_url), now, statuses=statuses,
-                                 overdue_only=overdue, system=system, limit=limit)
+                                 overdue_only=overdue, system=system, subject_ref=subject_ref, limit=limit)
     if as_json:
         _emit({"total": total, "requests": [
             {"request_id": r.request_id, "kind": r.kind, "status": r.status, "subject_ref": r.subject_ref,
@@ -234,7 +239,7 @@ def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, 
              + (", ".join(f"{b.system} ({b.state}{', ' + b.error_code if b.error_code else ''})" for b in r.blockers)
                 or "-")
              for r in found]
-    lines.append(f"{len(found)} of {total} open requests shown")
+    lines.append(f"{len(found)} of {total} {'requests' if customer_id else 'open requests'} shown")
     click.echo("\n".join(lines))
 
 

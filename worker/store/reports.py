@@ -8,7 +8,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from worker.states import SystemState
+from worker.states import RequestStatus, SystemState
 from worker.store.records import OPEN_STATUSES
 from worker.store.schema import outbox, requests, tasks
 from worker.timefmt import aware
@@ -64,18 +64,26 @@ class OpenRequest:
     blockers: tuple[Blocker, ...]
 
     def overdue(self, now: datetime) -> bool:
-        return self.due_at is not None and self.due_at < now
+        return self.status in OPEN_STATUSES and self.due_at is not None and self.due_at < now
 
 
 def open_requests(engine: sa.Engine, now: datetime, *, statuses: Sequence[str] = (), overdue_only: bool = False,
-                  system: str | None = None, limit: int = 50) -> tuple[int, list[OpenRequest]]:
+                  system: str | None = None, subject_ref: str | None = None,
+                  limit: int = 50) -> tuple[int, list[OpenRequest]]:
     """Open requests, the most urgent (earliest due) first, each with the systems holding it up.
 
     Returns how many match in all, and the first ``limit`` of them. This is what an operator answers
-    an "overdue" or "action required" alert from, so it reads only the store, never a topic.
+    an "overdue" or "action required" alert from, so it reads only the store, never a topic. With
+    ``subject_ref`` it is one subject's requests, finished ones too, newest first: what support
+    looks at when a customer asks what became of their request.
     """
-    wanted = [s for s in statuses if s in OPEN_STATUSES] if statuses else list(OPEN_STATUSES)
+    if subject_ref is not None:
+        wanted = list(statuses) if statuses else [s.value for s in RequestStatus]
+    else:
+        wanted = [s for s in statuses if s in OPEN_STATUSES] if statuses else list(OPEN_STATUSES)
     where: list[sa.ColumnElement[bool]] = [requests.c.status.in_(wanted)]
+    if subject_ref is not None:
+        where.append(requests.c.subject_ref == subject_ref)
     if overdue_only:
         where.append(requests.c.due_at < now)
     if system is not None:
@@ -87,7 +95,8 @@ def open_requests(engine: sa.Engine, now: datetime, *, statuses: Sequence[str] =
         rows = conn.execute(
             sa.select(requests.c.request_id, requests.c.kind, requests.c.status, requests.c.subject_ref,
                       requests.c.requested_at, requests.c.due_at)
-            .where(*where).order_by(requests.c.due_at.is_(None), requests.c.due_at, requests.c.seq).limit(limit)
+            .where(*where).order_by(*((requests.c.seq.desc(),) if subject_ref is not None else
+                                      (requests.c.due_at.is_(None), requests.c.due_at, requests.c.seq))).limit(limit)
         ).all()
         ids = [row.request_id for row in rows]
         blockers: dict[str, list[Blocker]] = {request_id: [] for request_id in ids}
