@@ -492,3 +492,26 @@ def test_a_record_the_broker_refuses_fails_the_replay_and_moves_no_cursor(kafka_
     assert (again["replayed"], again["failed"], again["cursors_moved"]) == ({}, {"unknown_system": 1}, [])
     assert_no_personal_data(oubli.outputs, [command])
 
+
+
+def test_a_replay_rejected_again_says_so_in_the_audit_trail(tmp_path: Path) -> None:
+    """The chain old id -> new id stays provable when the new one is rejected too."""
+    from worker import states
+    from worker.config import Topics
+    from worker.deadletters import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
+    from worker.intake import Intake, IntakeResult
+    from worker.intake import Message as Incoming
+    from worker.store.repository import Store
+
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    intake = Intake(store, subject_key=b"k", signing_secret=None, systems={"alpha": 3})
+    command = subject_command(systems=["beta"])  # still unknown on this worker
+    replayed = Incoming(value=json.dumps(command).encode(), key=b"C-1", source="t.commands/0/9", headers=[
+        (REPLAYED_FROM, b"t.dlq/2/41"), (REPLAYED_BY, b"ops"), (REPLAY_OF, b"old-request-id")])
+    assert intake.handle(replayed, timefmt.utcnow()) is IntakeResult.REJECTED
+    _, _, audit = store.get(command["request_id"])
+    assert [e["action"] for e in audit] == ["rejected"]
+    assert audit[0]["error_code"] == "unknown_system"
+    assert audit[0]["detail"].endswith("; replay of old-request-id from t.dlq/2/41 by ops")

@@ -102,6 +102,7 @@ class Intake:
         receipted = self.store.record_invalid(
             request_id=invalid.request_id, code=invalid.code, message=invalid.message, raw=message.value,
             key=message.key, headers=message.headers, source=message.source, now=now,
+            note=replay_note(message.headers),
         )
         log.warning("command_rejected", request_id=invalid.request_id, code=invalid.code, error=invalid.message,
                     source=message.source, receipted=receipted)

@@ -83,9 +83,11 @@ class Store(Claims):
 
     def record_invalid(
         self, *, request_id: str | None, code: str, message: str, raw: bytes | None, key: bytes | None,
-        headers: Sequence[tuple[str, bytes]], source: str, now: datetime,
+        headers: Sequence[tuple[str, bytes]], source: str, now: datetime, note: str | None = None,
     ) -> bool:
         """DLQs a bad command; receipts a rejection only for an unknown, readable request_id.
+
+        ``note`` (PII-free, e.g. which DLQ replay sent the command) joins the ``rejected`` audit event.
 
         Returns whether a ``rejected`` receipt was written. A known request is never touched: the
         receipts topic is compacted, so a stray record would overwrite its real state.
@@ -102,7 +104,7 @@ class Store(Claims):
                         completed_at=now, error_code=code, error_message=message[:1000],
                     ))
                     self._audit(conn, request_id, None, now, "rejected", to_state=RequestStatus.REJECTED,
-                                error_code=code, detail=message)
+                                error_code=code, detail=f"{message}; {note}" if note else message)
                     self._enqueue_receipt(conn, request_id, now)
                     receipted = True
             dlq_headers = [*headers, ("x-oubli-error-code", code.encode()),
