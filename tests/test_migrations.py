@@ -35,6 +35,8 @@ def test_migrations_upgrade_downgrade_and_match_the_table_definitions(backend: s
     for table in metadata.sorted_tables:
         migrated = {c["name"] for c in inspector.get_columns(table.name)}
         assert migrated == {c.name for c in table.columns}, table.name
+        indexes = {i["name"] for i in inspector.get_indexes(table.name) if not i.get("unique")}
+        assert indexes == {i.name for i in table.indexes if not i.unique}, table.name
     with engine.begin() as connection:
         command.downgrade(db._alembic_config(connection), "base")
     assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
