@@ -169,3 +169,25 @@ def test_support_finds_a_customers_requests_by_customer_id_without_printing_it(t
     assert "2 of 2 requests shown" in human and "C-find-me" not in human and "C-find-me" not in found.output
     nobody = runner.invoke(cli, ["--config", str(config), "requests", "--customer-id", "C-unknown", "--json"])
     assert json.loads(nobody.output) == {"requests": [], "total": 0}
+
+
+def test_requests_shows_an_erasure_waiting_behind_an_earlier_request_of_its_subject(tmp_path: Path) -> None:
+    """Invariant 7 holds an erasure until the subject's earlier export ends; the listing says so."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = db.create_engine(store_url)
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    now = utcnow()
+    export = record(store, {"alpha": 1}, kind="export", customer_id="C-queue", requested_at=now - timedelta(days=2))
+    erasure = record(store, {"alpha": 1}, customer_id="C-queue", requested_at=now - timedelta(days=1))
+    other = record(store, {"alpha": 1}, customer_id="C-alone", requested_at=now - timedelta(days=1))
+
+    config = tmp_path / "oubli.yaml"
+    config.write_text(yaml.safe_dump(raw_settings(store_url=store_url, bootstrap="127.0.0.1:1", systems={
+        "alpha": {"connector": "tests.fakes", "settings": {"url": store_url}}})))
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(cli, ["--config", str(config), "requests", "--json"]).output)
+    waits = {r["request_id"]: r["waits_for"] for r in listed["requests"]}
+    assert waits == {export: None, erasure: export, other: None}
+    human = runner.invoke(cli, ["--config", str(config), "requests"]).output
+    assert f"behind:     {export}" in human

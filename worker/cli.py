@@ -229,6 +229,7 @@ def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, 
         _emit({"total": total, "requests": [
             {"request_id": r.request_id, "kind": r.kind, "status": r.status, "subject_ref": r.subject_ref,
              "requested_at": iso(r.requested_at), "due_at": iso(r.due_at), "overdue": r.overdue(now),
+             "waits_for": r.waits_for,
              "waiting_on": [{"system": b.system, "state": b.state, "attempts": b.attempts,
                              "error_code": b.error_code, "next_attempt_at": iso(b.next_attempt_at)}
                             for b in r.blockers]}
@@ -238,6 +239,7 @@ def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, 
              f"{'  OVERDUE' if r.overdue(now) else ''}\n    waiting on: "
              + (", ".join(f"{b.system} ({b.state}{', ' + b.error_code if b.error_code else ''})" for b in r.blockers)
                 or "-")
+             + (f"\n    behind:     {r.waits_for} (an earlier open request of the same subject)" if r.waits_for else "")
              for r in found]
     lines.append(f"{len(found)} of {total} {'requests' if customer_id else 'open requests'} shown")
     click.echo("\n".join(lines))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -62,6 +63,9 @@ class OpenRequest:
     requested_at: datetime | None
     due_at: datetime | None
     blockers: tuple[Blocker, ...]
+    # An earlier open request of the same subject: none of this one's systems starts before it ends
+    # (SPEC invariant 7), which is why an erasure can sit untouched behind a stuck export.
+    waits_for: str | None = None
 
     def overdue(self, now: datetime) -> bool:
         return self.status in OPEN_STATUSES and self.due_at is not None and self.due_at < now
@@ -93,7 +97,7 @@ def open_requests(engine: sa.Engine, now: datetime, *, statuses: Sequence[str] =
     with engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(requests).where(*where)).scalar_one()
         rows = conn.execute(
-            sa.select(requests.c.request_id, requests.c.kind, requests.c.status, requests.c.subject_ref,
+            sa.select(requests.c.seq, requests.c.request_id, requests.c.kind, requests.c.status, requests.c.subject_ref,
                       requests.c.requested_at, requests.c.due_at)
             .where(*where).order_by(*((requests.c.seq.desc(),) if subject_ref is not None else
                                       (requests.c.due_at.is_(None), requests.c.due_at, requests.c.seq))).limit(limit)
@@ -110,9 +114,29 @@ def open_requests(engine: sa.Engine, now: datetime, *, statuses: Sequence[str] =
                 blockers[task.request_id].append(Blocker(
                     system=task.system, state=task.state, attempts=task.attempts, error_code=task.error_code,
                     next_attempt_at=aware(task.next_attempt_at) if task.next_attempt_at else None))
+        waits_for = _earlier_open(conn, [row for row in rows if row.status in OPEN_STATUSES])
     return total, [
         OpenRequest(request_id=row.request_id, kind=row.kind, status=row.status, subject_ref=row.subject_ref,
                     requested_at=aware(row.requested_at) if row.requested_at else None,
-                    due_at=aware(row.due_at) if row.due_at else None, blockers=tuple(blockers[row.request_id]))
+                    due_at=aware(row.due_at) if row.due_at else None, blockers=tuple(blockers[row.request_id]),
+                    waits_for=waits_for.get(row.request_id))
         for row in rows
     ]
+
+
+def _earlier_open(conn: sa.Connection, rows: Sequence[Any]) -> dict[str, str]:
+    """request_id -> the oldest open request of the same subject recorded before it, where there is one."""
+    refs = {row.subject_ref for row in rows if row.subject_ref}
+    if not refs:
+        return {}
+    queue: dict[str, list[tuple[int, str]]] = {}
+    for other in conn.execute(sa.select(requests.c.seq, requests.c.request_id, requests.c.subject_ref)
+                              .where(requests.c.subject_ref.in_(refs), requests.c.status.in_(OPEN_STATUSES))
+                              .order_by(requests.c.seq)):
+        queue.setdefault(other.subject_ref, []).append((other.seq, other.request_id))
+    found = {}
+    for row in rows:
+        head = queue.get(row.subject_ref or "", [])
+        if head and head[0][0] < row.seq:
+            found[row.request_id] = head[0][1]
+    return found
