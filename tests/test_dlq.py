@@ -27,7 +27,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import click
 import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner, Result
@@ -40,7 +39,6 @@ from worker.app import Worker
 from worker.cli import cli
 from worker.config import Settings
 from worker.deadletters import DeadLetter, replay_note
-from worker.dlq import dlq
 from worker.reissue import Known, Reissuer, new_request_id
 from worker.store import db
 from worker.store.repository import NotFound
@@ -48,10 +46,6 @@ from worker.store.schema import requests
 from worker.support import publish_command
 
 SECRET = "dlq-test-signing-secret"
-
-# The real ``oubli`` root (its --config handling and settings), with only this group under it: registering
-# the group in worker.cli is a one-line change there.
-oubli_root = click.Group("oubli", params=cli.params, callback=cli.callback, commands={"dlq": dlq})
 
 
 class Oubli:
@@ -65,8 +59,11 @@ class Oubli:
         self.path.write_text(yaml.safe_dump(raw))
 
     def __call__(self, *args: str, exit_code: int = 0) -> Result:
-        result = CliRunner().invoke(oubli_root, ["--config", str(self.path), "dlq", *args],
-                                    catch_exceptions=False)
+        return self.cli("dlq", *args, exit_code=exit_code)
+
+    def cli(self, *args: str, exit_code: int = 0) -> Result:
+        """Any ``oubli`` command with this config."""
+        result = CliRunner().invoke(cli, ["--config", str(self.path), *args], catch_exceptions=False)
         self.outputs.append(result.output)
         assert result.exit_code == exit_code, result.output
         return result
@@ -314,6 +311,11 @@ def test_replay_completes_a_request_rejected_as_unknown_system(pg_url: str, kafk
         _, _, events = worker.store.get(new_id)
         (accepted,) = [e for e in events if e["action"] == "accepted"]
         assert f"replay of {old_id} from {topics.dlq}/" in accepted["detail"] and accepted["detail"].endswith(" by ops")
+        # Support holds only the producer's old id: it leads to the new one (append-only, no receipt).
+        (link,) = [e for e in worker.store.get(old_id)[2] if e["action"] == "replayed_as"]
+        assert link["detail"].startswith(f"carried out as {new_id}; replay of {old_id}") and link["detail"].endswith(
+            " by ops")
+        assert f"replayed  carried out as {new_id}" in oubli.cli("status", old_id).output
         (resent,) = [m for m in read_topic(settings, topics.commands) if "x-oubli-replay-of" in headers_of(m)]
         assert messages.verify_signature(resent.value(), headers_of(resent)[messages.SIGNATURE_HEADER],
                                          SECRET.encode())

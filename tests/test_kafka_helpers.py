@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from worker import kafka
 from worker.config import KafkaSettings, Topics
@@ -39,3 +40,27 @@ def test_partition_for_matches_what_the_producer_chose(kafka_bootstrap: str) -> 
     assert len(chosen) == 40
     assert all(kafka.partition_for(key, 6) == partition for key, partition in chosen.items())
     assert len(set(chosen.values())) > 1
+
+
+class _FlakyConsumer:
+    """Answers ``get_watermark_offsets`` with the given errors first, then with the marks."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def get_watermark_offsets(self, _partition: Any, timeout: float) -> tuple[int, int]:
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return 3, 9
+
+
+def test_watermarks_ask_again_through_a_moving_leader_but_not_through_a_real_error() -> None:
+    moving = _FlakyConsumer(KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+    assert kafka.watermarks(moving, TopicPartition("t", 0), timeout=5) == (3, 9)  # type: ignore[arg-type]
+    assert moving.calls == 3
+    refused = _FlakyConsumer(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaException):
+        kafka.watermarks(refused, TopicPartition("t", 0), timeout=5)  # type: ignore[arg-type]
+    assert refused.calls == 1

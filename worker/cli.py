@@ -164,6 +164,8 @@ def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> N
         _emit({**current, "audit": events if audit else None}, True, "")
         return
     lines = [format_receipt(current)]
+    # A rejected request a DLQ replay carried out under a new id (support holds only the old one).
+    lines += [f"replayed  {e['detail']}" for e in events if e["action"] == "replayed_as"]
     if audit:
         lines.append("audit:")
         lines += [f"  {iso(e['at'])}  {e['actor']:<24} {e['action']:<16} {e['system'] or '-':<18} "

@@ -92,6 +92,11 @@ def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
         f"{_header_text(source, 300)} by {_header_text(values.get(REPLAYED_BY), 128) or 'unknown'}")
 
 
+def replay_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The request_id a reissued replay stands in for (``x-oubli-replay-of``), if it is one."""
+    return _header_text(dict(headers).get(REPLAY_OF), 128) or None
+
+
 def _header_text(value: bytes | None, limit: int) -> str:
     text = (value or b"").decode("utf-8", "replace")
     return "".join(c for c in text if c.isprintable())[:limit]
@@ -136,8 +141,7 @@ class DlqReader:
                            + (f" ({metadata.error.name()})" if metadata is not None and metadata.error else ""))
         marks = {}
         for partition in sorted(metadata.partitions):
-            low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
-                                                            timeout=self.timeout)
+            low, high = kafka.watermarks(self.consumer, TopicPartition(self.topic, partition), timeout=self.timeout)
             marks[partition] = (low, high)
         return marks
 

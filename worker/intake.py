@@ -15,7 +15,7 @@ from enum import StrEnum
 import structlog
 
 from worker import messages
-from worker.deadletters import replay_note
+from worker.deadletters import replay_note, replay_of
 from worker.errors import InvalidCommand
 from worker.messages import Command
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK
@@ -63,7 +63,7 @@ class Intake:
         recorded = self.store.record_command(
             command, subject_ref=messages.subject_ref(self.subject_key, command.customer_id),
             digest=messages.body_digest(self.subject_key, command.body), targets=targets, now=now,
-            note=replay_note(message.headers),
+            note=replay_note(message.headers), replaces=replay_of(message.headers),
         )
         if recorded is Recorded.CONFLICT:
             return self._reject(message, InvalidCommand(

@@ -6,8 +6,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from worker.config import KafkaSettings
 
@@ -136,3 +137,29 @@ def produce(producer: Producer, topic: str, *, key: bytes | None, value: bytes |
                 raise KafkaException(f"the producer queue stayed full for {timeout:.0f} s") from None
             producer.poll(0.5)
     producer.poll(0)
+
+
+# What a metadata change answers for a moment (a topic just created, a leader or coordinator moving);
+# asked again shortly, the same request passes.
+TRANSIENT_ERRORS = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._TRANSPORT,
+})
+
+
+def is_transient(exc: BaseException) -> bool:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and (error.code() in TRANSIENT_ERRORS or error.retriable())
+
+
+def watermarks(consumer: Consumer, partition: TopicPartition, *, timeout: float) -> tuple[int, int]:
+    """A partition's low and high watermarks, asking again through a transient error until ``timeout``."""
+    for attempt in Retrying(retry=retry_if_exception(is_transient), stop=stop_after_delay(timeout),
+                            wait=wait_exponential(multiplier=0.1, max=1.0), reraise=True):
+        with attempt:
+            marks = consumer.get_watermark_offsets(partition, timeout=timeout)
+            if marks is None:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+            low, high = marks
+            return int(low), int(high)
+    raise AssertionError("unreachable: Retrying re-raises")  # pragma: no cover

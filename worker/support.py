@@ -93,7 +93,7 @@ def read_receipt(settings: KafkaSettings, request_id: str, *, timeout: float = 1
         if metadata is None or metadata.error is not None:
             raise KafkaException(f"topic {topic} is not available")
         partition = kafka.partition_for(key, len(metadata.partitions))
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        low, high = kafka.watermarks(consumer, TopicPartition(topic, partition), timeout=timeout)
         if high <= low:
             return None
         consumer.assign([TopicPartition(topic, partition, low)])

@@ -40,11 +40,13 @@ class Store(Claims):
 
     def record_command(
         self, command: Command, *, subject_ref: str, digest: str, targets: Mapping[str, int], now: datetime,
-        note: str | None = None,
+        note: str | None = None, replaces: str | None = None,
     ) -> Recorded:
         """Records a new request with one pending task per target system (system -> max attempts).
 
         ``note`` (PII-free) is appended to the ``accepted`` audit event's detail: a replay's provenance.
+        ``replaces`` names the rejected request a DLQ replay carries out under this new id: that one
+        gets a ``replayed_as`` audit event, so support can follow the producer's old id to this one.
         """
         try:
             with self.engine.begin() as conn:
@@ -74,12 +76,17 @@ class Store(Claims):
                 self._audit(conn, command.request_id, None, now, "accepted", to_state=RequestStatus.ACCEPTED,
                             detail=f"{command.kind} for {len(targets)} systems, requested by {command.requested_by}"
                             + (f"; {note}" if note else ""))
+                if replaces is not None and replaces != command.request_id and conn.execute(
+                        sa.select(requests.c.seq).where(requests.c.request_id == replaces)).first() is not None:
+                    # Append-only, and no receipt: the old request stays rejected, as SPEC requires.
+                    self._audit(conn, replaces, None, now, "replayed_as", detail=f"carried out as {command.request_id}"
+                                + (f"; {note}" if note else ""))
                 self._enqueue_receipt(conn, command.request_id, now)
                 return Recorded.NEW
         except sa.exc.IntegrityError:
             # Another worker recorded the same request_id between our read and insert.
             return self.record_command(command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
-                                       note=note)
+                                       note=note, replaces=replaces)
 
     def record_invalid(
         self, *, request_id: str | None, code: str, message: str, raw: bytes | None, key: bytes | None,
