@@ -178,6 +178,31 @@ def record(store: Store, targets: dict[str, int], *, now: datetime | None = None
     return parsed.request_id
 
 
+class LocalStore:
+    """A migrated SQLite store and a config naming it: for CLI tests that need no broker."""
+
+    def __init__(self, directory: Path, systems: tuple[str, ...] = ("alpha",)) -> None:
+        from worker import states
+        from worker.config import Topics
+        from worker.store import db
+
+        url = f"sqlite:///{directory / 'store.db'}"
+        engine = db.create_engine(url)
+        db.migrate(engine)
+        self.store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+        self.config = directory / "oubli.yaml"
+        self.config.write_text(yaml.safe_dump(raw_settings(store_url=url, bootstrap="127.0.0.1:1", systems={
+            system: {"connector": "tests.fakes", "settings": {"url": url}} for system in systems})))
+
+    def oubli(self, *args: str) -> Any:
+        """``oubli --config <this> ARGS`` through click's runner; returns the click Result."""
+        from click.testing import CliRunner
+
+        from worker.cli import cli
+
+        return CliRunner().invoke(cli, ["--config", str(self.config), *args], catch_exceptions=False)
+
+
 def personal_strings(command: dict[str, Any]) -> list[str]:
     subject = command["subject"]
     values = [subject["customer_id"], *subject.get("emails", []), *subject.get("phones", [])]

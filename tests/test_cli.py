@@ -10,13 +10,11 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 
-from tests.pipeline import Receipts, raw_settings, record, run_until, settings_from
+from tests.pipeline import LocalStore, Receipts, raw_settings, record, run_until, settings_from
 from worker import states
 from worker.app import Worker
 from worker.cli import cli
-from worker.config import Topics
-from worker.store import db
-from worker.store.repository import Store, TaskUpdate
+from worker.store.repository import TaskUpdate
 from worker.timefmt import utcnow
 
 
@@ -76,10 +74,8 @@ def test_support_commands_with_human_and_json_output(pg_url: str, kafka_bootstra
 
 def test_requests_lists_open_work_earliest_due_first_with_what_holds_it_up(tmp_path: Path) -> None:
     """What an operator answers an "overdue" alert from: no topic, no personal data, just the store."""
-    store_url = f"sqlite:///{tmp_path / 'store.db'}"
-    engine = db.create_engine(store_url)
-    db.migrate(engine)
-    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    local = LocalStore(tmp_path, ("alpha", "beta"))
+    store = local.store
     now = utcnow()
     ids = {}
     for name, due in (("late", now - timedelta(days=2)), ("soon", now + timedelta(days=3)),
@@ -95,14 +91,8 @@ def test_requests_lists_open_work_earliest_due_first_with_what_holds_it_up(tmp_p
                  else states.Fail("http_403", "beta answered 403", retryable=False))
         store.finish(task, event, TaskUpdate(), now)
 
-    config = tmp_path / "oubli.yaml"
-    config.write_text(yaml.safe_dump(raw_settings(store_url=store_url, bootstrap="127.0.0.1:1", systems={
-        "alpha": {"connector": "tests.fakes", "settings": {"url": store_url}},
-        "beta": {"connector": "tests.fakes", "settings": {"url": store_url}}})))
-    runner = CliRunner()
-
     def oubli(*args: str) -> Any:
-        result = runner.invoke(cli, ["--config", str(config), "requests", *args], catch_exceptions=False)
+        result = local.oubli("requests", *args)
         assert result.exit_code == 0, result.output
         return result.output
 
@@ -143,10 +133,8 @@ def test_help_needs_no_config() -> None:
 
 def test_support_finds_a_customers_requests_by_customer_id_without_printing_it(tmp_path: Path) -> None:
     """The customer knows who they are, not their request id; the id is matched by its keyed hash."""
-    store_url = f"sqlite:///{tmp_path / 'store.db'}"
-    engine = db.create_engine(store_url)
-    db.migrate(engine)
-    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    local = LocalStore(tmp_path)
+    store = local.store
     long_ago = utcnow() - timedelta(days=90)
     export = record(store, {"alpha": 1}, kind="export", customer_id="C-find-me", requested_at=long_ago)
     for task in store.claim_due(now=long_ago, lease_until=long_ago + timedelta(minutes=5), limits={"alpha": 9},
@@ -155,39 +143,28 @@ def test_support_finds_a_customers_requests_by_customer_id_without_printing_it(t
     erasure = record(store, {"alpha": 1}, customer_id="C-find-me")
     record(store, {"alpha": 1}, customer_id="C-someone-else")
 
-    config = tmp_path / "oubli.yaml"
-    config.write_text(yaml.safe_dump(raw_settings(store_url=store_url, bootstrap="127.0.0.1:1", systems={
-        "alpha": {"connector": "tests.fakes", "settings": {"url": store_url}}})))
-    runner = CliRunner()
-    found = runner.invoke(cli, ["--config", str(config), "requests", "--customer-id", "C-find-me", "--json"])
+    found = local.oubli("requests", "--customer-id", "C-find-me", "--json")
     assert found.exit_code == 0, found.output
     listed = json.loads(found.output)
     assert [(r["request_id"], r["status"]) for r in listed["requests"]] == [(erasure, "accepted"),
                                                                           (export, "completed")]
     assert listed["requests"][1]["overdue"] is False  # finished requests are never overdue
-    human = runner.invoke(cli, ["--config", str(config), "requests", "--customer-id", "C-find-me"]).output
+    human = local.oubli("requests", "--customer-id", "C-find-me").output
     assert "2 of 2 requests shown" in human and "C-find-me" not in human and "C-find-me" not in found.output
-    nobody = runner.invoke(cli, ["--config", str(config), "requests", "--customer-id", "C-unknown", "--json"])
+    nobody = local.oubli("requests", "--customer-id", "C-unknown", "--json")
     assert json.loads(nobody.output) == {"requests": [], "total": 0}
 
 
 def test_requests_shows_an_erasure_waiting_behind_an_earlier_request_of_its_subject(tmp_path: Path) -> None:
     """Invariant 7 holds an erasure until the subject's earlier export ends; the listing says so."""
-    store_url = f"sqlite:///{tmp_path / 'store.db'}"
-    engine = db.create_engine(store_url)
-    db.migrate(engine)
-    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    local = LocalStore(tmp_path)
+    store = local.store
     now = utcnow()
     export = record(store, {"alpha": 1}, kind="export", customer_id="C-queue", requested_at=now - timedelta(days=2))
     erasure = record(store, {"alpha": 1}, customer_id="C-queue", requested_at=now - timedelta(days=1))
     other = record(store, {"alpha": 1}, customer_id="C-alone", requested_at=now - timedelta(days=1))
 
-    config = tmp_path / "oubli.yaml"
-    config.write_text(yaml.safe_dump(raw_settings(store_url=store_url, bootstrap="127.0.0.1:1", systems={
-        "alpha": {"connector": "tests.fakes", "settings": {"url": store_url}}})))
-    runner = CliRunner()
-    listed = json.loads(runner.invoke(cli, ["--config", str(config), "requests", "--json"]).output)
+    listed = json.loads(local.oubli("requests", "--json").output)
     waits = {r["request_id"]: r["waits_for"] for r in listed["requests"]}
     assert waits == {export: None, erasure: export, other: None}
-    human = runner.invoke(cli, ["--config", str(config), "requests"]).output
-    assert f"behind:     {export}" in human
+    assert f"behind:     {export}" in local.oubli("requests").output

@@ -9,14 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-from click.testing import CliRunner
-
-from tests.pipeline import raw_settings, record
+from tests.pipeline import LocalStore, record
 from worker import states
-from worker.cli import cli
-from worker.config import Topics
-from worker.store import db
 from worker.store.repository import Store, TaskUpdate
 
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
@@ -36,15 +30,11 @@ def _run(store: Store, request_id: str, at: datetime, events: dict[str, states.E
             store.finish(task, events[task.system], TaskUpdate(), at)
 
 
-def _store(tmp_path: Path) -> tuple[str, Store]:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    engine = db.create_engine(url)
-    db.migrate(engine)
-    return url, Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
 
 
 def test_a_period_report_counts_on_time_late_open_and_outcomes_without_personal_data(tmp_path: Path) -> None:
-    url, store = _store(tmp_path)
+    local = LocalStore(tmp_path, systems=())
+    store = local.store
     systems = {"orders_db": 1, "google_analytics": 1}
     on_time = _record(store, "ontime", "erasure", NOVEMBER + timedelta(days=2), systems)
     _run(store, on_time, NOVEMBER + timedelta(days=4), {"orders_db": states.Confirm("anonymized"),
@@ -62,13 +52,8 @@ def test_a_period_report_counts_on_time_late_open_and_outcomes_without_personal_
     store.record_invalid(request_id="bad-1", code="schema_violation", message="bad", raw=b"{}", key=b"C",
                          headers=[], source="t/0/1", now=NOVEMBER + timedelta(days=7))
 
-    config = tmp_path / "oubli.yaml"
-    config.write_text(yaml.safe_dump(raw_settings(store_url=url, bootstrap="127.0.0.1:1", systems={})))
-    runner = CliRunner()
-
     def oubli(*args: str) -> str:
-        result = runner.invoke(cli, ["--config", str(config), "report", "--since", "2026-11-01",
-                                     "--until", "2026-12-01", *args], catch_exceptions=False)
+        result = local.oubli("report", "--since", "2026-11-01", "--until", "2026-12-01", *args)
         assert result.exit_code == 0, result.output
         return result.output
 
@@ -100,7 +85,7 @@ def test_a_period_report_counts_on_time_late_open_and_outcomes_without_personal_
 
 
 def test_open_requests_past_their_due_date_are_counted_overdue(tmp_path: Path) -> None:
-    url, store = _store(tmp_path)
+    store = LocalStore(tmp_path, systems=()).store
     _record(store, "old", "erasure", NOVEMBER - timedelta(days=60), {"loyalty": 1})
     report_now = NOVEMBER + timedelta(days=1)
     from worker.compliance import build
@@ -110,12 +95,8 @@ def test_open_requests_past_their_due_date_are_counted_overdue(tmp_path: Path) -
 
 
 def test_the_period_must_make_sense(tmp_path: Path) -> None:
-    url, _ = _store(tmp_path)
-    config = tmp_path / "oubli.yaml"
-    config.write_text(yaml.safe_dump(raw_settings(store_url=url, bootstrap="127.0.0.1:1", systems={})))
-    runner = CliRunner()
-    base = ["--config", str(config), "report"]
-    backwards = runner.invoke(cli, [*base, "--since", "2026-12-01", "--until", "2026-11-01"])
+    local = LocalStore(tmp_path, systems=())
+    backwards = local.oubli("report", "--since", "2026-12-01", "--until", "2026-11-01")
     assert backwards.exit_code != 0 and "must be after --since" in backwards.output
-    garbled = runner.invoke(cli, [*base, "--since", "last week", "--until", "2026-11-01"])
+    garbled = local.oubli("report", "--since", "last week", "--until", "2026-11-01")
     assert garbled.exit_code != 0 and "ISO 8601" in garbled.output
