@@ -60,3 +60,10 @@ def test_the_readme_retention_example_is_the_rules_the_suite_and_demo_run() -> N
         return config.build(raw, env={}).retention
 
     assert rules(yaml.safe_load(example)["retention"]) == rules({"rules": RETENTION_RULES})
+
+
+def test_the_docs_cite_only_tests_that_exist() -> None:
+    root = README.parent
+    for doc in [README, *sorted((root / "docs").glob("*.md"))]:
+        for cited in set(re.findall(r"`(tests/test_[\w*]+\.py)`", doc.read_text())):
+            assert list(root.glob(cited)), f"{doc.name} cites {cited}"
