@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -114,10 +113,6 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Java's default partitioner (and librdkafka's murmur2_random) picks for a key."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def headers_dict(headers: list[tuple[str, bytes | None]] | None) -> Mapping[str, bytes | None]:
-    return dict(headers or [])
 
 
 def produce(producer: Producer, topic: str, *, key: bytes | None, value: bytes | None,
