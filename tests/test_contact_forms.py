@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -37,14 +36,6 @@ class TestContactFormsConformance(ConnectorConformance):
         h = SqlHarness("contact_forms", pg_url, make_connector, holds, lambda b: True)
         yield h
         h.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'contact.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
 
 
 def message(message_id: int, email: str, text: str) -> dict[str, object]:
