@@ -32,7 +32,7 @@ from worker.config import Settings  # noqa: E402
 
 __all__ = [
     "ROOT", "Settings", "WorkerProcess", "fakes", "raw_settings", "settings_from", "subject_command",
-    "KAFKA", "PG_URL", "require_stack", "pg_schema", "fake_system", "Publisher", "ReceiptWatch",
+    "KAFKA", "PG_URL", "require_stack", "pg_schema", "store_url", "fake_system", "Publisher", "ReceiptWatch",
     "start_workers", "wait_assigned", "stop_workers", "max_overlap", "median", "fmt",
 ]
 
@@ -65,6 +65,16 @@ def pg_schema(prefix: str = "bench") -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def store_url(kind: str, directory: Path) -> Iterator[str]:
+    """The worker's store: ``pg`` a fresh PostgreSQL schema, anything else a fresh SQLite file."""
+    if kind == "pg":
+        with pg_schema("bench_store") as url:
+            yield url
+    else:
+        yield f"sqlite:///{directory / f'store-{time.monotonic_ns()}.db'}"
 
 
 def fake_system(url: str, *, concurrency: int, **settings: Any) -> dict[str, Any]:

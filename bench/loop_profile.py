@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime as dt
 import functools
 import logging
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from _common import (
     raw_settings,
     require_stack,
     settings_from,
+    store_url,
     subject_command,
 )
 
@@ -55,15 +55,6 @@ STEPS = [
 ]
 
 
-@contextlib.contextmanager
-def store(kind: str, directory: Path) -> Iterator[str]:
-    if kind == "pg":
-        with pg_schema("bench_prof") as url:
-            yield url
-    else:
-        yield f"sqlite:///{directory / f'store-{time.monotonic_ns()}.db'}"
-
-
 def wrap(owner: Any, name: str, label: str, totals: collections.Counter[str], counts: collections.Counter[str]) -> None:
     original: Callable[..., Any] = getattr(owner, name)
 
@@ -80,7 +71,7 @@ def wrap(owner: Any, name: str, label: str, totals: collections.Counter[str], co
 
 
 def profile(kind: str, n: int, directory: Path) -> None:
-    with pg_schema("bench_prof_fakes") as fakes_url, store(kind, directory) as url:
+    with pg_schema("bench_prof_fakes") as fakes_url, store_url(kind, directory) as url:
         engine = sa.create_engine(fakes_url, poolclass=sa.pool.NullPool)
         fakes.metadata.create_all(engine)
         engine.dispose()

@@ -19,7 +19,6 @@ Usage: .venv/bin/python bench/throughput.py [--commands 300] [--repeats 3] [--co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import platform
@@ -27,7 +26,6 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from _common import (
     settings_from,
     start_workers,
     stop_workers,
+    store_url,
     subject_command,
     wait_assigned,
 )
@@ -56,16 +55,6 @@ from worker.store.schema import requests
 CONFIGS = {"sqlite": ("sqlite", 1), "pg": ("pg", 1), "pg-2w": ("pg", 2)}
 SYSTEMS = ("alpha", "beta", "gamma")
 RUN_TIMEOUT = 240.0
-
-
-@contextlib.contextmanager
-def store_url(kind: str, directory: Path) -> Iterator[str]:
-    if kind == "pg":
-        with pg_schema("bench_store") as url:
-            yield url
-    else:
-        path = directory / f"store-{time.monotonic_ns()}.db"
-        yield f"sqlite:///{path}"
 
 
 def one_run(name: str, n: int, directory: Path) -> dict[str, Any]:
