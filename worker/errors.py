@@ -78,3 +78,13 @@ class ConfigError(OubliError):
     """The configuration is unusable; the worker refuses to start."""
 
     code = "config_error"
+
+
+class StoreUnavailable(OubliError):
+    """The store cannot be reached (lost connection, pool timeout): nothing was recorded.
+
+    Not the input's fault, so the input is not dead-lettered: the caller rewinds and pauses intake
+    for a bounded time instead. A store error caused by the data is ``store_rejected`` poison.
+    """
+
+    code = "store_unavailable"
