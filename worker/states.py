@@ -3,6 +3,10 @@
 ``transition(task, event, now, policy)`` returns the task's next state or raises
 ``IllegalTransition``. ``request_status(...)`` derives a request's status from its tasks, so the
 two can never disagree.
+
+Nothing waits forever: a task keeps ``waiting_since``, when it first handed its work to an async
+vendor job, and a poll that still finds the job unfinished ``policy.vendor_wait`` later fails the
+task with ``vendor_wait_expired``, so a person looks at it (the request turns ``action_required``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class TaskState:
     error_code: str | None = None
     error_message: str | None = None
     confirmed_at: datetime | None = None
+    waiting_since: datetime | None = None  # first handed to an async vendor job; cleared once settled
 
 
 # Events ---------------------------------------------------------------------------------------
@@ -86,7 +91,7 @@ class Fail:
 
 @dataclass(frozen=True)
 class LeaseExpired:
-    """The worker that held the task vanished mid-call."""
+    """The worker that held the task vanished mid-call (or restarted: it reclaims its own leases)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,8 @@ class RetryPolicy:
     base_seconds: float = 2.0
     max_seconds: float = 3600.0
     jitter: Callable[[float], float] = dataclasses.field(default=lambda ceiling: random.uniform(0, ceiling))  # noqa: S311
+    # How long an async vendor job may stay unfinished, from the first time the task waited on it.
+    vendor_wait: timedelta = timedelta(days=14)
 
     def delay(self, attempts: int, retry_after: float | None) -> float:
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
@@ -127,21 +134,39 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
         case Confirm(outcome=outcome, vendor_ref=vendor_ref) if state is SystemState.RUNNING:
             return replace(task, state=SystemState.CONFIRMED, outcome=outcome, confirmed_at=now,
                            vendor_ref=vendor_ref or task.vendor_ref, error_code=None, error_message=None,
-                           next_attempt_at=None)
+                           next_attempt_at=None, waiting_since=None)
         case AwaitVendor(vendor_ref=vendor_ref, poll_after=poll_after) if state is SystemState.RUNNING:
-            return replace(task, state=SystemState.WAITING_VENDOR, vendor_ref=vendor_ref,
-                           next_attempt_at=now + timedelta(seconds=poll_after), error_code=None, error_message=None)
+            return _await_vendor(task, vendor_ref, poll_after, now, policy)
         case Fail() if state is SystemState.RUNNING:
             return _after_failure(task, event, now, policy)
+        case LeaseExpired() if state is SystemState.RUNNING and task.vendor_ref and task.waiting_since:
+            # It died while polling: poll the same vendor job again rather than start a second one.
+            return replace(task, state=SystemState.WAITING_VENDOR, next_attempt_at=now,
+                           error_code="lease_expired", error_message="the worker polling this task stopped")
         case LeaseExpired() if state is SystemState.RUNNING:
             return replace(task, state=SystemState.RETRYING, next_attempt_at=now,
                            error_code="lease_expired", error_message="the worker running this task stopped")
         case OperatorRetry() if state in {SystemState.FAILED, SystemState.RETRYING, SystemState.WAITING_VENDOR}:
-            return replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now)
+            return replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None)
         case OperatorConfirm() if state is not SystemState.CONFIRMED:
             return replace(task, state=SystemState.CONFIRMED, outcome="manually_confirmed", confirmed_at=now,
-                           next_attempt_at=None, error_code=None, error_message=None)
+                           next_attempt_at=None, error_code=None, error_message=None, waiting_since=None)
     raise IllegalTransition(state, event)
+
+
+def _await_vendor(task: TaskState, vendor_ref: str, poll_after: float, now: datetime,
+                  policy: RetryPolicy) -> TaskState:
+    since = task.waiting_since or now
+    if now - since >= policy.vendor_wait:
+        days = policy.vendor_wait.total_seconds() / 86400
+        return dataclasses.replace(
+            task, state=SystemState.FAILED, vendor_ref=vendor_ref, waiting_since=since, next_attempt_at=None,
+            error_code="vendor_wait_expired",
+            error_message=f"the vendor job was still unfinished {days:g} days after it was submitted",
+        )
+    return dataclasses.replace(task, state=SystemState.WAITING_VENDOR, vendor_ref=vendor_ref, waiting_since=since,
+                               next_attempt_at=now + timedelta(seconds=poll_after), error_code=None,
+                               error_message=None)
 
 
 def _after_failure(task: TaskState, event: Fail, now: datetime, policy: RetryPolicy) -> TaskState:

@@ -74,6 +74,7 @@ def task_state(row: Mapping[str, Any]) -> TaskState:
         outcome=row["outcome"], vendor_ref=row["vendor_ref"], error_code=row["error_code"],
         error_message=row["error_message"],
         confirmed_at=aware(row["confirmed_at"]) if row["confirmed_at"] else None,
+        waiting_since=aware(row["waiting_since"]) if row.get("waiting_since") else None,
     )
 
 
