@@ -12,7 +12,7 @@ import importlib
 import signal
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -105,7 +105,8 @@ class Worker:
         elif db.pending_migrations(self.engine):
             raise ConfigError("the store's schema is behind this version: run `oubli migrate` first")
         self.crash = failpoints.Failpoints(settings.failpoints)
-        policy = states.RetryPolicy(settings.retry.base_seconds, settings.retry.max_seconds)
+        policy = states.RetryPolicy(settings.retry.base_seconds, settings.retry.max_seconds,
+                                    vendor_wait=timedelta(days=settings.worker.vendor_wait_days))
         self.store = Store(self.engine, topics=settings.kafka.topics, policy=policy,
                            actor=settings.worker.worker_id)
         identity = build_identity(settings)

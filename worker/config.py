@@ -78,11 +78,21 @@ class S3Settings(_Frozen):
 class WorkerSettings(_Frozen):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_in_flight: int = Field(default=64, ge=1)
-    lease_seconds: float = Field(default=300.0, gt=0)
+    # A task's lease: renewed every third of it while the call runs, so it bounds only how long a
+    # dead worker's tasks wait for another worker (its own restart reclaims them at once). It must
+    # outlast the longest stall of the main loop, which renews: two thirds of it, 20 s by default.
+    lease_seconds: float = Field(default=30.0, ge=3)
+    # An async vendor job still unfinished this long after it was submitted fails its task
+    # (vendor_wait_expired), so that a person looks at it.
+    vendor_wait_days: float = Field(default=14.0, gt=0)
     poll_seconds: float = Field(default=0.2, gt=0)
     drain_seconds: float = Field(default=20.0, ge=0)
     http_host: str = "0.0.0.0"  # noqa: S104 - probes and metrics must be reachable from the kubelet
     http_port: int = 8080
+    # A store outage holds intake, tried again after 1 s, 2 s, 4 s ... up to store_retry_max_seconds. Past
+    # store_outage_exit_seconds the worker exits non-zero: Kubernetes restarts it and its partitions move.
+    store_retry_max_seconds: float = Field(default=30.0, gt=0)
+    store_outage_exit_seconds: float = Field(default=300.0, gt=0)
 
 
 # -- retention rules (SPEC §6), carried out by ``oubli sweep`` (worker/retention) --------------------------------

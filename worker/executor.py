@@ -4,6 +4,12 @@
 pool, bounded per system (``concurrency``) and overall (``max_in_flight``). Results are written
 back on the next tick. Backoff is a due time in the store, so no thread ever sleeps waiting to
 retry and a restarted worker picks up exactly where the last one stopped.
+
+Leases: every task in flight holds a short lease, renewed every third of it by ``tick``, so a call
+may take any time while its worker lives, and a dead worker's tasks are taken over within one lease.
+A result whose lease was lost is never recorded (``Store.finish`` checks version and owner). On its
+first tick the executor takes its worker id's identity lock and reclaims what a dead incarnation of
+itself left running (``Claims.reclaim_own_leases``): a restarted pod resumes within seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from connectors.base import Connector, ExportWriter, IdentityLookup, Pending, Re
 from worker import failpoints, states
 from worker.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, is_internal
+from worker.store.identity import IdentityLock
 from worker.store.repository import ClaimedTask, Finished, Store, TaskUpdate
 from worker.timefmt import iso
 
@@ -64,12 +71,16 @@ class Executor:
         self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="oubli-call")
         self.in_flight: dict[Future[Outcome], tuple[ClaimedTask, datetime]] = {}
         self.last_renewal = clock()
+        self.identity_lock = IdentityLock(store.engine, store.actor)
+        self.reclaimed: bool = False
 
     # --- the loop's entry points ----------------------------------------------------------
 
     def tick(self, *, accept_new: bool = True) -> int:
         """Records finished calls, renews leases, then starts due tasks. Returns calls started."""
         now = self.clock()
+        if not self.reclaimed:
+            self._reclaim(now)
         self._harvest(now)
         if now - self.last_renewal > self.lease / 3 and self.in_flight:
             self.store.renew_leases([task for task, _ in self.in_flight.values()], now + self.lease)
@@ -82,14 +93,27 @@ class Executor:
     def shutdown(self) -> None:
         """Called after draining: anything still running keeps its lease and is redone elsewhere."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.identity_lock.release()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _reclaim(self, now: datetime) -> None:
+        """Once, before the first claim: a dead incarnation's leases, if no live process shares our id."""
+        if self.identity_lock.acquire():
+            count = self.store.reclaim_own_leases(now)
+            if count:
+                log.info("leases_reclaimed", worker_id=self.store.actor, tasks=count)
+        else:
+            log.warning("worker_id_in_use", worker_id=self.store.actor)
+        self.reclaimed = True
 
     def _launch(self, now: datetime) -> int:
         room = self.max_in_flight - len(self.in_flight)
         if room <= 0:
             return 0
-        claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self.limits, room=room)
+        held = {(task.request_id, task.system) for task, _ in self.in_flight.values()}
+        claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self.limits, room=room,
+                                       held=held)
         for task in claimed[:room]:
             self.in_flight[self.pool.submit(self._call, task)] = (task, now)
         return len(claimed)

@@ -3,13 +3,19 @@
 A claim is a version compare-and-set plus a lease, so two workers can never both run one task. On
 PostgreSQL the claims of one system queue on an advisory lock, which makes the running-task count
 that the limit is checked against exact across workers.
+
+Recovery in seconds (SPEC invariant 11): the lease is short and its holder renews it while the call
+runs, so another worker takes a dead worker's task within one lease. A dead worker's own restart
+(same ``worker_id``: in Kubernetes, the pod's name survives a container restart) does better: it
+reclaims its leases at once, see ``reclaim_own_leases``. Expired leases are offered before any
+other due task, so a backlog never hides them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -27,9 +33,14 @@ def _lock_key(name: str) -> int:
 
 class Claims(StoreBase):
     def claim_due(self, *, now: datetime, lease_until: datetime, limits: Mapping[str, int],
-                  room: int) -> list[ClaimedTask]:
-        """Claims up to ``room`` due tasks, oldest due first, keeping each system's running tasks,
-        across every worker, within ``limits[system]``."""
+                  room: int, held: Collection[tuple[str, str]] = ()) -> list[ClaimedTask]:
+        """Claims up to ``room`` due tasks, keeping each system's running tasks, across every worker,
+        within ``limits[system]``.
+
+        Expired leases come first (their work was due before anything still waiting), then the rest,
+        oldest due first. ``held`` are (request_id, system) pairs whose calls this worker still has in
+        flight: never claimed again here, even if their lease ran out while the store was unreachable.
+        """
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(tasks.c.system, sa.func.count().label("n"))
                                 .where(*self._live_running(now)).group_by(tasks.c.system))
@@ -62,14 +73,16 @@ class Claims(StoreBase):
             .where(due, tasks.c.system.in_(list(wanted)), ~sa.exists(earlier_open),
                    sa.or_(tasks.c.system != receipts.PACKAGE_TASK, ~sa.exists(unconfirmed_sibling)),
                    sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity)))
-            .order_by(tasks.c.next_attempt_at, tasks.c.request_seq)
+            # A running task has no next_attempt_at (NULL sorts last on PostgreSQL): rank it first.
+            .order_by(sa.case((tasks.c.state == SystemState.RUNNING, 0), else_=1), tasks.c.next_attempt_at,
+                      tasks.c.request_seq)
             .limit(sum(wanted.values()) * 4)
         )
         with self.engine.connect() as conn:
             candidates = conn.execute(query).all()
         claimed: list[ClaimedTask] = []
         for row in candidates:
-            if wanted.get(row.system, 0) <= 0 or len(claimed) >= room:
+            if wanted.get(row.system, 0) <= 0 or len(claimed) >= room or (row.request_id, row.system) in held:
                 continue
             task = self._claim(row.request_id, row.system, row.version, now, lease_until, limits[row.system])
             if task is not None:
@@ -122,10 +135,28 @@ class Claims(StoreBase):
                 attempt=after.attempts, version=version + 1,
             )
 
-    def renew_leases(self, claimed: Iterable[ClaimedTask], lease_until: datetime) -> None:
+    def renew_leases(self, claimed: Iterable[ClaimedTask], lease_until: datetime) -> int:
+        """Extends the leases this worker still holds; returns how many. A lost lease (the version
+        moved on) stays lost: that call's result will not be recorded either."""
+        renewed = 0
         with self.engine.begin() as conn:
             for task in claimed:
-                conn.execute(tasks.update().where(
+                renewed += conn.execute(tasks.update().where(
                     tasks.c.request_id == task.request_id, tasks.c.system == task.system,
                     tasks.c.version == task.version, tasks.c.lease_owner == self.actor,
-                ).values(lease_expires_at=lease_until))
+                ).values(lease_expires_at=lease_until)).rowcount
+        return renewed
+
+    def reclaim_own_leases(self, now: datetime) -> int:
+        """Ends, at once, the leases held under this worker's id: they belong to a dead incarnation.
+
+        Call it only at start-up, before this process claims anything, and only while holding the
+        worker's identity lock (``worker.store.identity``): that lock proves no other live process
+        uses this id, so nothing can still be running these tasks. The version moves on too, so even
+        a process that lost its identity lock could no longer record or renew them. The tasks are
+        then claimed again like any expired lease (audited ``lease_expired``), ahead of the backlog.
+        """
+        with self.engine.begin() as conn:
+            return conn.execute(tasks.update().where(
+                tasks.c.state == SystemState.RUNNING, tasks.c.lease_owner == self.actor,
+            ).values(lease_expires_at=now - timedelta(seconds=1), version=tasks.c.version + 1)).rowcount
