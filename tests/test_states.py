@@ -100,6 +100,66 @@ def test_operator_retry_resets_the_attempt_budget_and_confirm_records_the_outcom
     assert (confirmed.outcome, confirmed.confirmed_at, confirmed.error_code) == ("manually_confirmed", NOW, None)
 
 
+WAIT = timedelta(days=14)
+POLICY_14D = states.RetryPolicy(base_seconds=2, max_seconds=60, jitter=lambda ceiling: ceiling, vendor_wait=WAIT)
+SUBMITTED = NOW - timedelta(days=3)
+
+
+@pytest.mark.parametrize("state", list(SystemState))
+@pytest.mark.parametrize("waited", [None, timedelta(0), WAIT - timedelta(seconds=1), WAIT, WAIT + timedelta(days=30)])
+def test_a_vendor_job_unfinished_past_the_deadline_fails_the_task(state: SystemState, waited: timedelta | None) -> None:
+    """Every state, with no wait yet, a fresh one, one just short of and one at or past the deadline."""
+    since = None if waited is None else NOW - waited
+    task = TaskState(state=state, attempts=1, vendor_ref="job-1", waiting_since=since)
+    event = states.AwaitVendor("job-1", poll_after=30)
+    if state is not S.RUNNING:
+        with pytest.raises(states.IllegalTransition):
+            states.transition(task, event, NOW, POLICY_14D)
+        return
+    after = states.transition(task, event, NOW, POLICY_14D)
+    assert after.waiting_since == (since or NOW), "the wait counts from the first time it waited"
+    if waited is not None and waited >= WAIT:
+        assert (after.state, after.error_code, after.next_attempt_at) == (S.FAILED, "vendor_wait_expired", None)
+        assert after.error_message == "the vendor job was still unfinished 14 days after it was submitted"
+        assert states.request_status([after.state, S.CONFIRMED], any_attempted=True) is RequestStatus.ACTION_REQUIRED
+    else:
+        assert (after.state, after.error_code) == (S.WAITING_VENDOR, None)
+        assert after.next_attempt_at == NOW + timedelta(seconds=30)
+
+
+def test_the_wait_survives_polls_failures_and_resubmissions_and_ends_when_settled() -> None:
+    waiting = states.transition(TaskState(state=S.RUNNING, attempts=1), EVENTS["await"], SUBMITTED, POLICY_14D)
+    assert waiting.waiting_since == SUBMITTED
+    polled = states.transition(states.transition(waiting, states.Claim(), NOW, POLICY_14D), EVENTS["await"], NOW,
+                               POLICY_14D)
+    assert polled.waiting_since == SUBMITTED
+    # A failed poll goes back to retrying and the job is submitted again: still the same wait.
+    failed = states.transition(states.transition(polled, states.Claim(), NOW, POLICY_14D),
+                               EVENTS["fail_retryable"], NOW, POLICY_14D)
+    assert (failed.state, failed.waiting_since) == (S.RETRYING, SUBMITTED)
+    resubmitted = states.transition(states.transition(failed, states.Claim(), NOW, POLICY_14D),
+                                    states.AwaitVendor("job-2", 30), SUBMITTED + WAIT, POLICY_14D)
+    assert (resubmitted.state, resubmitted.error_code) == (S.FAILED, "vendor_wait_expired")
+    retried = states.transition(resubmitted, states.OperatorRetry(), NOW, POLICY_14D)
+    assert retried.waiting_since is None, "an operator's retry starts a new wait"
+    confirmed = states.transition(states.transition(polled, states.Claim(), NOW, POLICY_14D), EVENTS["confirm"], NOW,
+                                  POLICY_14D)
+    assert confirmed.waiting_since is None
+    manual = states.transition(polled, states.OperatorConfirm(), NOW, POLICY_14D)
+    assert manual.waiting_since is None
+
+
+def test_a_lease_lost_while_polling_polls_the_same_job_again() -> None:
+    polling = TaskState(state=S.RUNNING, attempts=1, vendor_ref="job-1", waiting_since=SUBMITTED)
+    after = states.transition(polling, states.LeaseExpired(), NOW, NO_JITTER)
+    assert (after.state, after.vendor_ref, after.next_attempt_at, after.error_code) == (
+        S.WAITING_VENDOR, "job-1", NOW, "lease_expired")
+    again = states.transition(after, states.Claim(), NOW, NO_JITTER)
+    assert again.attempts == 1, "polling is not an attempt"
+    calling = TaskState(state=S.RUNNING, attempts=1)
+    assert states.transition(calling, states.LeaseExpired(), NOW, NO_JITTER).state is S.RETRYING
+
+
 @pytest.mark.parametrize("combo", list(itertools.product(SystemState, repeat=2)))
 def test_request_status_is_derived_from_its_tasks(combo: tuple[SystemState, SystemState]) -> None:
     for attempted in (False, True):
