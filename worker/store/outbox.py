@@ -1,5 +1,10 @@
 """The outbox's reading side and the relay's lease. Rows are written by ``Store`` in the same
-transaction as the state change they announce; only the relay reads and deletes them."""
+transaction as the state change they announce; only the relay reads, rewrites and deletes them.
+
+The relay's lease carries a ``token``, new each time a relay takes it. Renewing and deleting check the
+token, not just the worker's name: a restarted worker (same name) takes its dead incarnation's lease
+at once, and the old incarnation, should it still run, can then neither renew nor delete anything.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker.store.schema import leases, outbox
 
+Headers = list[tuple[str, str | bytes | None]]
+
 
 @dataclass(frozen=True)
 class OutboxRecord:
@@ -21,7 +28,14 @@ class OutboxRecord:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, str | bytes | None]]
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class Held:
+    """A lease as one relay holds it: only the holder of ``token`` may renew it or delete rows."""
+    name: str
+    token: str
 
 
 class Outbox:
@@ -36,20 +50,36 @@ class Outbox:
                              [(str(k), str(v).encode("latin-1")) for k, v in json.loads(r.headers_json or "[]")])
                 for r in rows]
 
-    def delete(self, ids: Sequence[int]) -> None:
-        if ids:
-            with self.engine.begin() as conn:
-                conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
+    def delete(self, ids: Sequence[int], *, held: Held | None = None) -> bool:
+        """Deletes published rows; with ``held``, only while that lease is still this token's.
 
-    def acquire_lease(self, name: str, *, now: datetime, ttl: timedelta) -> bool:
-        """A named lease held by one worker at a time (the outbox relay), renewed by its holder."""
+        Returns False (nothing deleted) when the lease moved on. The lease row stays locked until the
+        delete commits, so a relay taking the lease over reads the outbox either before or after it.
+        """
+        if not ids:
+            return True
+        with self.engine.begin() as conn:
+            if held is not None and not self._holds(conn, held):
+                return False
+            conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
+            return True
+
+    def replace(self, record_id: int, *, key: bytes | None, value: bytes | None, headers: Headers) -> None:
+        """Rewrites one unpublished row (a record the broker refused, by its stand-in)."""
+        text = json.dumps([(k, (v.decode("latin-1") if isinstance(v, bytes) else v or "")) for k, v in headers])
+        with self.engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.id == record_id)
+                         .values(key=key, value=value, headers_json=text))
+
+    def acquire_lease(self, name: str, *, now: datetime, ttl: timedelta, token: str | None = None) -> bool:
+        """Takes a named lease if it is free, expired or already this worker's (by name); sets ``token``."""
         with self.engine.begin() as conn:
             taken = conn.execute(leases.update().where(
                 leases.c.name == name, sa.or_(leases.c.owner == self.actor, leases.c.expires_at < now),
-            ).values(owner=self.actor, expires_at=now + ttl)).rowcount
+            ).values(owner=self.actor, expires_at=now + ttl, token=token)).rowcount
             if taken:
                 return True
-            values = {"name": name, "owner": self.actor, "expires_at": now + ttl}
+            values = {"name": name, "owner": self.actor, "expires_at": now + ttl, "token": token}
             # ON CONFLICT: losing the race is the normal case for a follower, not an error to log.
             # rowcount is not reliable here (-1 with RETURNING-based inserts): ask for the row back.
             if conn.dialect.name == "postgresql":
@@ -58,6 +88,21 @@ class Outbox:
                 statement = sqlite_insert(leases).values(values).on_conflict_do_nothing().returning(leases.c.name)
             return conn.execute(statement).first() is not None
 
-    def release_lease(self, name: str) -> None:
+    def renew_lease(self, held: Held, *, now: datetime, ttl: timedelta) -> bool:
+        """Extends a lease only while ``held.token`` still holds it. False: it was taken over."""
         with self.engine.begin() as conn:
-            conn.execute(leases.delete().where(leases.c.name == name, leases.c.owner == self.actor))
+            return bool(conn.execute(leases.update().where(leases.c.name == held.name, leases.c.token == held.token)
+                                     .values(expires_at=now + ttl)).rowcount)
+
+    def release_lease(self, name: str, *, token: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(leases.delete().where(
+                leases.c.name == name, leases.c.owner == self.actor,
+                *([leases.c.token == token] if token is not None else []),
+            ))
+
+    @staticmethod
+    def _holds(conn: sa.Connection, held: Held) -> bool:
+        # FOR SHARE: a concurrent acquire_lease (an UPDATE of this row) waits until this transaction ends.
+        return conn.execute(sa.select(leases.c.name).where(leases.c.name == held.name, leases.c.token == held.token)
+                            .with_for_update(read=True)).first() is not None

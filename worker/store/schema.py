@@ -96,6 +96,8 @@ leases = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("expires_at", Timestamp, nullable=False),
+    # New at each take-over (the outbox relay's): renewals and deletes check it (worker/store/outbox.py).
+    sa.Column("token", sa.String(64)),
 )
 
 # Vendor rate limits shared by every worker on the store (``worker.store.ratelimits``). Neither
