@@ -1,8 +1,15 @@
 """Intake: one consumed command becomes a durable request, or a DLQ record with a stable code.
 
 ``handle`` returns only after the store committed, so the caller may then store the offset
-(SPEC invariant 1). It never raises for bad input (invariant 4); a store outage does raise, and
+(SPEC invariant 1). It never raises for anything about the record (invariant 4): a bad command is
+rejected with its code, an exception becomes ``internal_error`` and a store error caused by the
+data ``store_rejected``, both in the DLQ. Only a store outage raises (``StoreUnavailable``), and
 the message is then not acknowledged.
+
+With a signing secret, a command whose signature does not verify goes to the DLQ as
+``bad_signature`` and nowhere else: no ``rejected`` request that would squat its request_id, and
+its replay headers are ignored. Without a secret anyone may write the topic, so replay headers are
+honoured as they come.
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+import sqlalchemy as sa
 import structlog
 
 from worker import messages
 from worker.deadletters import replay_note, replay_of
-from worker.errors import InvalidCommand
+from worker.errors import InvalidCommand, StoreUnavailable
 from worker.messages import Command
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK
+from worker.store.faults import is_outage
 from worker.store.repository import Recorded, Store
 
 log = structlog.get_logger("oubli.intake")
@@ -55,31 +64,65 @@ class Intake:
         self.identity_enabled = identity_enabled
 
     def handle(self, message: Message, now: datetime) -> IntakeResult:
+        """Records the message or dead-letters it; raises only ``StoreUnavailable``.
+
+        Whatever goes wrong with the record itself (decoding, validation, date arithmetic, hashing,
+        a store that refuses its data) ends in the DLQ with a stable code, never in an exception
+        that would stop the worker on the same record forever.
+        """
+        try:
+            return self._handle(message, now)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last resort: one record must not stop the fleet
+            if is_outage(exc):
+                raise StoreUnavailable(f"the store failed during intake ({type(exc).__name__})") from exc
+            # The type only: an exception's message may quote the input.
+            return self._poison(message, "internal_error", exc, now)
+
+    def _handle(self, message: Message, now: datetime) -> IntakeResult:
+        # Authenticity first: until it is proven, nothing in the command (its request_id, its replay
+        # headers) may reach the store, so an unsigned command cannot squat an id.
+        if not self._authentic(message):
+            return self._reject(message, InvalidCommand(
+                "bad_signature", f"the {messages.SIGNATURE_HEADER} header is missing or does not match"), now,
+                trusted=False)
         try:
             command = self._parse(message)
             targets = self._targets(command)
         except InvalidCommand as invalid:
-            return self._reject(message, invalid, now)
-        recorded = self.store.record_command(
-            command, subject_ref=messages.subject_ref(self.subject_key, command.customer_id),
-            digest=messages.body_digest(self.subject_key, command.body), targets=targets, now=now,
-            note=replay_note(message.headers), replaces=replay_of(message.headers),
-        )
+            return self._reject(message, invalid, now, trusted=True)
+        subject_ref = messages.subject_ref(self.subject_key, command.customer_id)
+        digest = messages.body_digest(self.subject_key, command.body)
+        try:
+            recorded = self.store.record_command(
+                command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
+                note=replay_note(message.headers), replaces=replay_of(message.headers),
+            )
+        except sa.exc.SQLAlchemyError as exc:
+            if is_outage(exc):
+                raise StoreUnavailable(f"the store failed during intake ({type(exc).__name__})") from exc
+            return self._poison(message, "store_rejected", exc, now)
         if recorded is Recorded.CONFLICT:
             return self._reject(message, InvalidCommand(
                 "conflicting_duplicate", "a request with this request_id and a different body was already recorded",
-                request_id=command.request_id), now)
+                request_id=command.request_id), now, trusted=True)
         log.info("command_recorded", request_id=command.request_id, kind=command.kind, outcome=recorded.value,
                  systems=len(targets), source=message.source)
         return IntakeResult.ACCEPTED if recorded is Recorded.NEW else IntakeResult.DUPLICATE
 
+    def _authentic(self, message: Message) -> bool:
+        if self.signing_secret is None:
+            return True
+        signature = dict(message.headers).get(messages.SIGNATURE_HEADER)
+        return messages.signed_by_any(message.value or b"", signature, (self.signing_secret, *self.previous_secrets))
+
     def _parse(self, message: Message) -> Command:
         document = messages.decode(message.value)
-        signature = dict(message.headers).get(messages.SIGNATURE_HEADER)
+        # The signature was checked by _authentic, against the same bytes.
         return messages.parse(
-            document, value=message.value or b"", signature=signature, signing_secret=self.signing_secret,
+            document, value=message.value or b"", signature=None, signing_secret=None,
             known_systems=frozenset(self.systems), due_days_default=self.due_days_default,
-            previous_secrets=self.previous_secrets,
         )
 
     def _targets(self, command: Command) -> dict[str, int]:
@@ -98,12 +141,41 @@ class Intake:
             targets[PACKAGE_TASK] = max(self.systems.values(), default=8)
         return targets
 
-    def _reject(self, message: Message, invalid: InvalidCommand, now: datetime) -> IntakeResult:
-        receipted = self.store.record_invalid(
-            request_id=invalid.request_id, code=invalid.code, message=invalid.message, raw=message.value,
-            key=message.key, headers=message.headers, source=message.source, now=now,
-            note=replay_note(message.headers),
-        )
+    def _reject(self, message: Message, invalid: InvalidCommand, now: datetime, *, trusted: bool) -> IntakeResult:
+        """DLQ record, plus a ``rejected`` receipt when the request id is readable and unknown.
+
+        ``trusted``: the signature verified (or signing is off), so the replay headers may be honoured.
+        """
+        note = replay_note(message.headers) if trusted else None
+        try:
+            receipted = self.store.record_invalid(
+                request_id=invalid.request_id, code=invalid.code, message=invalid.message, raw=message.value,
+                key=message.key, headers=message.headers, source=message.source, now=now, note=note,
+            )
+        except Exception as exc:  # noqa: BLE001 - refused for the record's sake: fall back to a bare DLQ row
+            if is_outage(exc):
+                raise StoreUnavailable(f"the store failed during intake ({type(exc).__name__})") from exc
+            self._bare_dead_letter(message, invalid.code, now, exc)
+            receipted = False
         log.warning("command_rejected", request_id=invalid.request_id, code=invalid.code, error=invalid.message,
                     source=message.source, receipted=receipted)
         return IntakeResult.REJECTED if receipted else IntakeResult.DEAD_LETTERED
+
+    def _poison(self, message: Message, code: str, exc: Exception, now: datetime) -> IntakeResult:
+        """A record that raised: DLQ only, since what it names was never validated or could not be stored."""
+        log.error("command_poison", code=code, error_type=type(exc).__name__, source=message.source)
+        self._bare_dead_letter(message, code, now, exc)
+        return IntakeResult.DEAD_LETTERED
+
+    def _bare_dead_letter(self, message: Message, code: str, now: datetime, exc: Exception) -> None:
+        """The DLQ row that cannot fail on the data: key and value as bytes, no headers of the sender's,
+        an ASCII message naming only the exception's type, no request id, no audit event."""
+        try:
+            self.store.record_invalid(
+                request_id=None, code=code, message=f"{type(exc).__name__} while taking the command in",
+                raw=message.value, key=message.key, headers=(), source=message.source, now=now,
+            )
+        except Exception as failure:
+            # Nothing of the record's is left in this row to blame: the store is at fault.
+            log.error("dead_letter_failed", code=code, error_type=type(failure).__name__, source=message.source)
+            raise StoreUnavailable(f"the store refused a bare DLQ row ({type(failure).__name__})") from failure

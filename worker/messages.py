@@ -1,7 +1,7 @@
 """Commands in: bytes to a validated, typed ``Command``, or an ``InvalidCommand`` with a stable code.
 
-Validation order matters for what the sender is told: size, then JSON, then the request id (so
-that a rejection can be receipted), then schema version, signature, schema and systems.
+Validation order matters for what the sender is told: size, then JSON, then the signature, then the
+request id (so that a rejection can be receipted), then schema version, text, schema, systems and dates.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,11 +20,12 @@ import jsonschema
 
 import schemas
 from connectors.base import Subject
-from worker import timefmt
+from worker import jsontext, timefmt
 from worker.errors import InvalidCommand
 
 MAX_COMMAND_BYTES = 64 * 1024
 SIGNATURE_HEADER = "x-oubli-signature"
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,17 @@ def body_digest(key: bytes, body: Mapping[str, Any]) -> str:
 
 
 def verify_signature(value: bytes, signature: bytes | str | None, secret: bytes) -> bool:
+    """Compared as bytes: ``compare_digest`` raises ``TypeError`` on a non-ASCII str, and a header is
+    whatever the sender put there."""
     if signature is None:
         return False
-    given = signature.decode("ascii", "replace") if isinstance(signature, bytes) else signature
-    expected = hmac.new(secret, value, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, given.strip().removeprefix("sha256="))
+    given = signature if isinstance(signature, bytes) else signature.encode("utf-8", "replace")
+    expected = hmac.new(secret, value, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, given.strip().removeprefix(b"sha256="))
+
+
+def signed_by_any(value: bytes, signature: bytes | str | None, secrets: Sequence[bytes]) -> bool:
+    return any(verify_signature(value, signature, secret) for secret in secrets)
 
 
 def sign(value: bytes, secret: bytes) -> str:
@@ -138,10 +146,44 @@ def decode(value: bytes | None) -> Any:
     if len(value) > MAX_COMMAND_BYTES:
         raise InvalidCommand("too_large", f"the command is {len(value)} bytes; the limit is {MAX_COMMAND_BYTES}")
     try:
-        return json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        position = getattr(exc, "pos", getattr(exc, "start", 0))
-        raise InvalidCommand("invalid_json", f"the value is not UTF-8 JSON (error at byte {position})") from None
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidCommand("invalid_json", f"the value is not UTF-8 (error at byte {exc.start})") from None
+    try:
+        return jsontext.loads(text)
+    except jsontext.JsonRejected as exc:
+        raise InvalidCommand("invalid_json", f"the value is {exc}") from None
+
+
+def text_problem(document: Any, name: str = "command.v1") -> str | None:
+    """Where a string (a key or a value) holds a NUL or a lone surrogate, as a JSON path, or None.
+
+    Neither survives the way out: PostgreSQL refuses NUL in text, and a lone surrogate (``"\\udc80"``,
+    valid JSON escape, invalid Unicode) cannot be encoded to UTF-8 for hashing, the store or Kafka.
+    ``decode`` bounds the depth, so this walk cannot recurse too deep.
+    """
+    known = _property_names(name)
+
+    def bad(text: str) -> bool:
+        return "\x00" in text or _SURROGATE.search(text) is not None
+
+    def walk(node: Any, path: str) -> str | None:
+        if isinstance(node, str):
+            return path if bad(node) else None
+        children: Any = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in children:
+            if isinstance(key, str):
+                step = f".{key}" if key in known else "[*]"
+                if bad(key):
+                    return path + step
+            else:
+                step = f"[{key}]"
+            found = walk(child, path + step)
+            if found is not None:
+                return found
+        return None
+
+    return walk(document, "$")
 
 
 def parse(
@@ -154,18 +196,23 @@ def parse(
     due_days_default: int | None = None,
     previous_secrets: Sequence[bytes] = (),
 ) -> Command:
-    """Validates a decoded command. Raises ``InvalidCommand`` carrying the readable request id."""
+    """Validates a decoded command. Raises ``InvalidCommand`` carrying the readable request id.
+
+    The signature comes first: a command nobody vouches for gets no request id in its rejection, so
+    it can never create a ``rejected`` request that squats the id it names (only a DLQ record).
+    """
+    if signing_secret is not None and not signed_by_any(value, signature, (signing_secret, *previous_secrets)):
+        raise InvalidCommand("bad_signature", f"the {SIGNATURE_HEADER} header is missing or does not match")
     request_id = peek_request_id(document)
 
     def reject(code: str, message: str) -> InvalidCommand:
         return InvalidCommand(code, message, request_id=request_id)
 
-    if isinstance(document, dict) and "schema_version" in document and document["schema_version"] != 1:
+    if isinstance(document, dict) and _is_number(document.get("schema_version")) and document["schema_version"] != 1:
         raise reject("unsupported_schema_version", "schema_version must be 1")
-    if signing_secret is not None and not any(
-        verify_signature(value, signature, secret) for secret in (signing_secret, *previous_secrets)
-    ):
-        raise reject("bad_signature", f"the {SIGNATURE_HEADER} header is missing or does not match")
+    bad_text = text_problem(document)
+    if bad_text is not None:
+        raise reject("schema_violation", f"{bad_text}: a string holds a NUL character or a lone surrogate")
     problems = schema_errors("command.v1", document)
     if problems:
         raise reject("schema_violation", "the command does not match command.v1: " + "; ".join(problems[:5]))
@@ -174,14 +221,13 @@ def parse(
         unknown = sorted(set(systems) - known_systems)
         if unknown:
             raise reject("unknown_system", f"unknown systems: {', '.join(unknown)}")
+    try:
+        requested_at, due_at = _dates(document, due_days_default)
+    except timefmt.OutOfRange as exc:
+        raise reject("out_of_range", f"requested_at or due_at: {exc}") from None
+    except ValueError:  # passed the format check, yet no datetime (a leap second, say)
+        raise reject("schema_violation", "requested_at or due_at is not a valid date-time") from None
     subject = document["subject"]
-    requested_at = timefmt.parse(document["requested_at"])
-    if document.get("due_at"):
-        due_at = timefmt.parse(document["due_at"])
-    elif due_days_default is not None:
-        due_at = requested_at + timedelta(days=due_days_default)
-    else:
-        due_at = timefmt.add_months(requested_at, 1)
     return Command(
         request_id=document["request_id"],
         kind=document["kind"],
@@ -196,3 +242,22 @@ def parse(
         reason=document.get("reason"),
         body=document,
     )
+
+
+def _is_number(value: Any) -> bool:
+    # true == 1 in Python: a boolean is no version number, the schema refuses it.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _dates(document: Mapping[str, Any], due_days_default: int | None) -> tuple[datetime, datetime]:
+    """Every date a command carries or implies, in range, in one place (``timefmt.OutOfRange`` if not)."""
+    requested_at = timefmt.in_range(timefmt.parse(document["requested_at"]))
+    if document.get("due_at"):
+        due_at = timefmt.parse(document["due_at"])
+    elif due_days_default is not None:
+        if due_days_default > (timefmt.LATEST - requested_at).days:
+            raise timefmt.OutOfRange(f"requested_at plus {due_days_default} days is past {timefmt.LATEST.year}")
+        due_at = requested_at + timedelta(days=due_days_default)
+    else:
+        due_at = timefmt.add_months(requested_at, 1)
+    return requested_at, timefmt.in_range(due_at)

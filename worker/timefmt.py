@@ -5,6 +5,16 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, datetime
 
+# What a command's dates may be, in UTC. datetime ends at 9999-12-31; the year of margin keeps every
+# later sum (a default due_at, leases, deadlines, presigned-URL expiry) from overflowing, and from
+# year 1000 on every date prints as the four-digit year RFC 3339 requires.
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+class OutOfRange(ValueError):
+    """A date outside ``EARLIEST``..``LATEST``, or one whose arithmetic would overflow."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -23,12 +33,26 @@ def aware(moment: datetime) -> datetime:
 
 
 def parse(text: str) -> datetime:
-    return aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    """An RFC 3339 timestamp as aware UTC. ``ValueError`` if it is no timestamp, ``OutOfRange`` if its
+    conversion to UTC overflows (9999-12-31T23:00:00-02:00)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        return aware(moment)
+    except OverflowError:
+        raise OutOfRange("the timestamp is outside the representable range once converted to UTC") from None
+
+
+def in_range(moment: datetime) -> datetime:
+    if not EARLIEST <= moment <= LATEST:
+        raise OutOfRange(f"the date is outside {EARLIEST.year}..{LATEST.year}")
+    return moment
 
 
 def add_months(moment: datetime, months: int) -> datetime:
     """Calendar months, clamped to the month's last day (31 Jan + 1 month = 28/29 Feb)."""
     month_index = moment.month - 1 + months
     year, month = moment.year + month_index // 12, month_index % 12 + 1
+    if not 1 <= year <= 9999:
+        raise OutOfRange(f"adding {months} months leaves the representable years")
     day = min(moment.day, calendar.monthrange(year, month)[1])
     return moment.replace(year=year, month=month, day=day)
