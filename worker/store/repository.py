@@ -114,10 +114,15 @@ class Store(Claims):
                                 error_code=code, detail=f"{message}; {note}" if note else message)
                     self._enqueue_receipt(conn, request_id, now)
                     receipted = True
-            dlq_headers = [*headers, ("x-oubli-error-code", code.encode()),
-                           ("x-oubli-error-message", message.encode()), ("x-oubli-source", source.encode())]
+            # The sender's headers go on as received, but a key the producer could not encode (a lone
+            # surrogate) is escaped: the relay must be able to publish whatever is stored here.
+            dlq_headers = [*((k.encode("utf-8", "backslashreplace").decode(), v or b"") for k, v in headers),
+                           ("x-oubli-error-code", code.encode()),
+                           ("x-oubli-error-message", message[:1000].encode("utf-8", "backslashreplace")),
+                           ("x-oubli-source", source.encode("utf-8", "backslashreplace"))]
             conn.execute(outbox.insert().values(
                 topic=self.topics.dlq, key=key, value=raw, created_at=now,
+                # ensure_ascii (the default) escapes NUL and every non-ASCII character: the text is ASCII.
                 headers_json=json.dumps([(k, v.decode("latin-1")) for k, v in dlq_headers]),
             ))
             return receipted
