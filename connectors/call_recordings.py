@@ -11,6 +11,7 @@ A customer's recordings live under a key prefix built from the configured layout
   not missed. Governance retention is never bypassed.
 * Export writes each version's audio with ``writer.write_stream`` and a ``recordings`` table of
   keys, versions, sizes and metadata. A version whose metadata names another customer is left out.
+  File names are one to one with versions (``FileNames``): two recordings never share a name.
 
 Keys can embed the customer id, so no key appears in an error or a result.
 
@@ -30,6 +31,7 @@ Settings::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ DELETE_BATCH = 1000
 MAX_PASSES = 5
 CATEGORY = "call recordings"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+NAME_CHARS = 80  # leaves room for the hash and version tags within the staging name limit (120)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class CallRecordingsConnector:
         )
         rows: list[dict[str, Any]] = []
         seen: dict[str, int] = {}
+        names = FileNames()
         for version in versions:
             try:
                 got = self._client.get_object(
@@ -182,7 +186,7 @@ class CallRecordingsConnector:
                 continue
             relative = version.key[len(prefix) :]
             seen[relative] = seen.get(relative, 0) + 1
-            name = _file_name(relative, seen[relative])
+            name = names.name(relative, version.version_id, seen[relative])
             with got["Body"] as body:
                 writer.write_stream(name, body, content_type=str(got.get("ContentType") or "application/octet-stream"))
             rows.append(
@@ -287,10 +291,38 @@ class CallRecordingsConnector:
         return None
 
 
-def _file_name(relative: str, nth: int) -> str:
-    """``recordings/<flattened key>``, with ``.v2``, ``.v3``... before the extension for older versions."""
-    flat = _SAFE.sub("_", relative.replace("/", "_")).lstrip("._-")[:100] or "recording"
-    if nth > 1:
-        stem, dot, ext = flat.rpartition(".")
-        flat = f"{stem}.v{nth}.{ext}" if dot and stem else f"{flat}.v{nth}"
-    return f"recordings/{flat}"
+class FileNames:
+    """File names for one export: readable, and never the same for two recording versions.
+
+    A key made only of safe characters (and short) keeps its name. Any other key is flattened
+    (``/`` and unsafe characters become ``_``), which can map several keys to one text, so its
+    name also carries a hash of the full key. Older versions get ``.v2``, ``.v3``... A name that
+    is taken all the same (a key that happens to look like another's hashed or versioned name)
+    gets the hash of the key and version too, so the mapping stays one to one whatever the keys.
+    """
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def name(self, relative: str, version_id: str, nth: int) -> str:
+        flat = _SAFE.sub("_", relative.replace("/", "_")).lstrip("._-")
+        if flat != relative or len(flat) > NAME_CHARS:
+            flat = _tagged(flat[:NAME_CHARS] or "recording", _digest(relative))
+        if nth > 1:
+            flat = _tagged(flat, f"v{nth}")
+        name, salt = flat, 0
+        while name in self._used:
+            salt += 1
+            name = _tagged(flat, _digest(f"{relative}\0{version_id}\0{salt}"))
+        self._used.add(name)
+        return f"recordings/{name}"
+
+
+def _tagged(name: str, tag: str) -> str:
+    """``name`` with ``.tag`` before its extension (or at its end when it has none)."""
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.{tag}.{ext}" if dot and stem and len(ext) <= 8 else f"{name}.{tag}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]

@@ -40,9 +40,10 @@ from connectors.sql_config import (
     Retention,
     SqlConfig,
     TableRule,
+    email_in,
     normalise_email,
-    normalised_email_sql,
     parse,
+    register_sqlite_lower,
 )
 from connectors.sql_errors import db_error
 from worker.errors import NeedsPersonError, PermanentError
@@ -62,7 +63,7 @@ def make_engine(config: SqlConfig) -> sa.Engine:
     """An engine with bounded waits everywhere: connect, pool checkout and each statement."""
     url = sa.make_url(config.url)
     if url.get_backend_name() == "sqlite":
-        engine = sa.create_engine(url, connect_args={"timeout": config.connect_timeout_s})
+        engine = sa.create_engine(url, hide_parameters=True, connect_args={"timeout": config.connect_timeout_s})
     else:
         engine = sa.create_engine(
             url,
@@ -70,6 +71,7 @@ def make_engine(config: SqlConfig) -> sa.Engine:
             pool_size=config.pool_size,
             max_overflow=0,
             pool_timeout=30,
+            hide_parameters=True,
             connect_args={"connect_timeout": config.connect_timeout_s},
         )
 
@@ -158,16 +160,20 @@ class SqlConnector:
     def _conditions(
         self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject
     ) -> dict[str, Condition | None]:
+        dialect = conn.dialect.name
+        if dialect == "sqlite":  # for email_in; per connection, as the pool may hand out a new one
+            register_sqlite_lower(conn.connection.driver_connection)
         keys = self._customer_keys(conn, tables, subject)
-        emails = sorted({normalise_email(e) for e in subject.emails if e.strip()})
+        emails = [e for e in subject.emails if normalise_email(e)]
         phones = sorted({p.strip() for p in subject.phones if p.strip()})
         conditions: dict[str, Condition | None] = {}
         for rule in self.config.tables:  # parents first, so a via finds its parent's condition
-            table, match, parts = tables[rule.table], rule.match, []
+            table, match = tables[rule.table], rule.match
+            parts: list[Condition] = []
             if match.customer_id and keys:
                 parts.append(self._column(table, match.customer_id).in_(keys))
             if match.email and emails:
-                parts.append(normalised_email_sql(self._column(table, match.email)).in_(emails))
+                parts.append(email_in(self._column(table, match.email), emails, dialect))
             if match.phone and phones:
                 parts.append(self._column(table, match.phone).in_(phones))
             parent_condition = conditions.get(match.via.table) if match.via is not None else None
@@ -187,11 +193,10 @@ class SqlConnector:
         key_column = self._column(accounts, rule.key)
         if keys and conn.execute(sa.select(key_column).where(key_column.in_(keys)).limit(1)).first():
             return keys
-        emails = sorted({normalise_email(e) for e in subject.emails})
         found = (
             conn.execute(
                 sa.select(key_column)
-                .where(normalised_email_sql(self._column(accounts, rule.email)).in_(emails))
+                .where(email_in(self._column(accounts, rule.email), subject.emails, conn.dialect.name))
                 .distinct()
                 .limit(2)
             )
