@@ -50,14 +50,17 @@ class Store(Claims):
         """
         try:
             with self.engine.begin() as conn:
+                # The request lock (FOR UPDATE), as every other writer of its receipts takes it: without it a
+                # duplicate could render the request as it was before a concurrent transaction completed it,
+                # and queue that stale receipt after the completed one.
                 existing = conn.execute(
-                    sa.select(requests.c.body_digest).where(requests.c.request_id == command.request_id)
-                ).first()
+                    sa.select(requests).where(requests.c.request_id == command.request_id).with_for_update()
+                ).mappings().first()
                 if existing is not None:
-                    if existing.body_digest != digest:
+                    if existing["body_digest"] != digest:
                         return Recorded.CONFLICT
                     self._audit(conn, command.request_id, None, now, "duplicate_received")
-                    self._enqueue_receipt(conn, command.request_id, now)
+                    self._enqueue_receipt(conn, command.request_id, now, request=existing)
                     return Recorded.DUPLICATE
                 inserted = conn.execute(requests.insert().values(
                     request_id=command.request_id, kind=command.kind, status=RequestStatus.ACCEPTED,
