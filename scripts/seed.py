@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.reset:
         for system, url in urls.items():
-            engine = sa.create_engine(url)
+            engine = sa.create_engine(url, hide_parameters=True)
             SCHEMAS[system].drop_all(engine)
             engine.dispose()
     as_of = datetime.combine(args.as_of or datetime.now(UTC).date(), time(0), tzinfo=UTC)

@@ -2,8 +2,14 @@
 
 ``run_once`` is the whole job: take at most one command, tick the executor, tick the outbox relay,
 commit offsets now and then. SIGTERM only sets a flag; ``run`` then drains in-flight calls and
-leaves the consumer group cleanly. An unexpected error stops the loop and re-raises, so that the
-orchestrator (Kubernetes) restarts the worker.
+leaves the consumer group cleanly.
+
+What stops the loop (it re-raises, ``run`` leaves the group cleanly, Kubernetes restarts the pod):
+a fatal Kafka error, and a stall past ``worker.store_outage_exit_seconds`` (``StalledTooLong``).
+Nothing else does. A store outage holds intake and the store steps, tried again with backoff, and
+readiness drops meanwhile. Any other error in a step is logged by type and place, counted, and the
+step is tried again with backoff: a crash would not help, since the restarted worker (or the one its
+partitions move to) would meet the same row and crash too, and one row would stop the fleet.
 """
 
 from __future__ import annotations
@@ -27,19 +33,20 @@ from connectors import registry
 from connectors.base import Connector, ConnectorContext, IdentityLookup
 from worker import failpoints, kafka, metrics, states
 from worker.config import Settings
-from worker.errors import ConfigError
+from worker.errors import ConfigError, StoreUnavailable
 from worker.executor import Executor, ExportPackager
 from worker.health import HealthServer
 from worker.intake import Intake, Message
 from worker.outbox import Relay
+from worker.stall import Stall, StalledTooLong, error_kind, error_site
 from worker.store import db, reports
+from worker.store.faults import is_outage
 from worker.store.ratelimits import StoreLimits
 from worker.store.repository import ClaimedTask, Finished, Store
 from worker.timefmt import utcnow
 
 log = structlog.get_logger("oubli.worker")
 
-STORE_BACKOFF_SECONDS = 2.0
 GAUGE_SECONDS = 15.0
 
 
@@ -92,8 +99,12 @@ class Worker:
         self.clock = clock
         self.stopping = False
         self.last_loop = time.monotonic()
-        self.store_ok = True
-        self.intake_resume_at = 0.0
+        # One stall for the store (a probe decides when it is back), one for the record intake could not
+        # record (it may fail for its own reason while the store answers), one per other step.
+        self.store_stall = self._stall()
+        self.intake_stall = self._stall()
+        self.step_stalls: dict[str, Stall] = {}
+        self.intake_held = False
         self.last_commit = time.monotonic()
         self.last_gauges = 0.0
         self.offsets_pending = False
@@ -157,13 +168,14 @@ class Worker:
 
     def run_once(self) -> None:
         self.last_loop = time.monotonic()
+        self._check_store(self.last_loop)
         self._consume_one()
-        self._guarded(self.executor.tick)
-        self._guarded(self.relay.tick)
+        self._guarded("executor", self.executor.tick)
+        self._guarded("relay", self.relay.tick)
         metrics.IN_FLIGHT.set(self.executor.busy())
         self._maybe_commit()
         if time.monotonic() - self.last_gauges >= GAUGE_SECONDS:
-            self._guarded(self._refresh_gauges)
+            self._guarded("gauges", self._refresh_gauges)
 
     def _refresh_gauges(self) -> None:
         self.last_gauges = time.monotonic()
@@ -186,16 +198,16 @@ class Worker:
         log.info("worker_draining", in_flight=self.executor.busy())
         deadline = time.monotonic() + self.settings.worker.drain_seconds
         while self.executor.busy() and time.monotonic() < deadline:
-            self._guarded(lambda: self.executor.tick(accept_new=False))
+            self._guarded("executor", lambda: self.executor.tick(accept_new=False))
             time.sleep(0.05)
-        self._guarded(self.relay.tick)
-        self._guarded(lambda: self.relay.drain(10))
-        self._guarded(self.relay.tick)  # what the drained executor wrote last
-        self._guarded(lambda: self.relay.drain(10))
+        self._guarded("relay", self.relay.tick)
+        self._guarded("relay_drain", lambda: self.relay.drain(10))
+        self._guarded("relay", self.relay.tick)  # what the drained executor wrote last
+        self._guarded("relay_drain", lambda: self.relay.drain(10))
         self._commit()
         self.consumer.close()
         self.producer.flush(10)
-        self._guarded(self.relay.release)
+        self._guarded("relay_release", self.relay.release)
         self.executor.shutdown()
         for connector in self.connectors.values():
             connector.close()
@@ -210,9 +222,7 @@ class Worker:
     # --- consuming -------------------------------------------------------------------------
 
     def _consume_one(self) -> None:
-        if self.intake_resume_at and time.monotonic() >= self.intake_resume_at:
-            self.consumer.resume(self.consumer.assignment())
-            self.intake_resume_at = 0.0
+        self._hold_intake(self.store_stall.active or not self.intake_stall.due(time.monotonic()))
         message = self.consumer.poll(self.settings.worker.poll_seconds)
         if message is None:
             return
@@ -233,19 +243,43 @@ class Worker:
         incoming = Message(value=message.value(), key=message.key(), headers=headers, source=source)
         try:
             result = self.intake.handle(incoming, self.clock())
-        except sa.exc.DBAPIError:
-            # Not recorded, so not acknowledged: rewind and pause intake while the store recovers.
-            log.error("store_unavailable", during="intake", source=source)
-            self.store_ok = False
-            self.consumer.seek(TopicPartition(str(message.topic()), message.partition() or 0, message.offset() or 0))
-            self.consumer.pause(self.consumer.assignment())
-            self.intake_resume_at = time.monotonic() + STORE_BACKOFF_SECONDS
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the record must be rewound, not skipped
+            self._intake_failed(message, source, exc)
             return
-        self.store_ok = True
+        self.intake_stall.recovered()
         self.crash.hit(failpoints.AFTER_RECORD)
         self.consumer.store_offsets(message)
         self.offsets_pending = True
         metrics.COMMANDS.labels(result.value).inc()
+
+    def _intake_failed(self, message: KafkaMessage, source: str, exc: Exception) -> None:
+        """Not recorded, so not acknowledged: rewind to the record and hold intake, for a bounded time.
+
+        A store outage is the expected case. Anything else means intake broke its contract (it dead-letters
+        every bad input itself, ``internal_error`` included), so the record met a bug. It is not skipped, since
+        only the DLQ may take a record out of the stream: it is tried again the same bounded way, and past
+        ``store_outage_exit_seconds`` the worker exits (``_check_store``), loudly, with nothing lost.
+        """
+        now = time.monotonic()
+        wait = self.intake_stall.failed(now)
+        kind = error_kind(exc)
+        if isinstance(exc, StoreUnavailable) or is_outage(exc):
+            self.store_stall.failed(now)
+            metrics.STORE_ERRORS.labels("intake", kind).inc()
+            log.error("store_unavailable", during="intake", source=source, error_type=kind, retry_in=round(wait, 1))
+        else:
+            metrics.LOOP_ERRORS.labels("intake", kind).inc()
+            log.error("intake_failed", source=source, error_type=kind, site=error_site(exc), retry_in=round(wait, 1))
+        self.consumer.seek(TopicPartition(str(message.topic()), message.partition() or 0, message.offset() or 0))
+        self._hold_intake(True)
+
+    def _hold_intake(self, hold: bool) -> None:
+        if hold:
+            # Every turn, not once: partitions assigned while intake is held arrive unpaused.
+            self.consumer.pause(self.consumer.assignment())
+        elif self.intake_held:
+            self.consumer.resume(self.consumer.assignment())
+        self.intake_held = hold
 
     def _maybe_commit(self) -> None:
         if self.offsets_pending and time.monotonic() - self.last_commit >= self.settings.kafka.commit_interval_seconds:
@@ -276,20 +310,78 @@ class Worker:
 
     # --- health ----------------------------------------------------------------------------
 
-    def _guarded(self, step: Callable[[], Any]) -> None:
+    def _stall(self) -> Stall:
+        return Stall(cap=self.settings.worker.store_retry_max_seconds)
+
+    def _check_store(self, now: float) -> None:
+        """While the store is out, probes it when due; gives up past ``store_outage_exit_seconds``.
+
+        Readiness alone does not move a Kafka consumer's partitions: a worker that cannot reach its store (a
+        broken pool, a stale DNS answer, a network partition of this node) would keep them paused forever
+        while its healthy peers could take them. So past the limit it exits non-zero: ``run`` leaves the group
+        cleanly, the partitions move at once, and Kubernetes restarts the pod with fresh connections. If the
+        store is down for everyone, the pods restart with growing backoff (CrashLoopBackOff, which alerts) and
+        lose nothing: no offset moved past an unrecorded command.
+        """
+        limit = self.settings.worker.store_outage_exit_seconds
+        metrics.STORE_OUTAGE.set(self.store_stall.lasted(now))
+        metrics.INTAKE_PAUSED.set(1 if self.store_stall.active or self.intake_stall.active else 0)
+        for what, stall in (("store", self.store_stall), ("intake", self.intake_stall)):
+            if stall.lasted(now) > limit:
+                log.error("worker_giving_up", stalled=what, seconds=round(stall.lasted(now)), failures=stall.failures)
+                raise StalledTooLong(f"{what} has kept failing for {stall.lasted(now):.0f} s (limit {limit:.0f} s): "
+                                     "exiting so that the partitions move and the pod restarts")
+        if self.store_stall.active and self.store_stall.due(now):
+            try:
+                with self.engine.connect() as connection:
+                    connection.execute(sa.text("SELECT 1"))
+            except Exception as exc:  # noqa: BLE001 - whatever the probe meets, the store is not back
+                self.store_stall.failed(now)
+                metrics.STORE_ERRORS.labels("probe", error_kind(exc)).inc()
+                return
+            log.info("store_available", after_seconds=round(self.store_stall.lasted(now), 1))
+            self.store_stall.recovered()
+            self.intake_stall.retry_at = now  # the record intake could not write is tried at once
+
+    def _guarded(self, name: str, step: Callable[[], Any]) -> None:
+        """Runs one store-backed step of the loop. No failure of it stops the worker but a fatal Kafka one.
+
+        A store outage holds every store step until the probe in ``_check_store`` passes. Any other error is
+        a bug or a row the step cannot handle: it is logged by type and place (never its message, which may
+        quote personal data), counted in ``oubli_loop_errors_total``, and the step alone is tried again with
+        backoff while readiness is down. The other steps go on.
+        """
+        stall = self.step_stalls.setdefault(name, self._stall())
+        now = time.monotonic()
+        if self.store_stall.active or not stall.due(now):
+            return
         try:
             step()
-            self.store_ok = True
-        except sa.exc.DBAPIError:
-            if self.store_ok:
-                log.error("store_unavailable", during=getattr(step, "__qualname__", "step"))
-            self.store_ok = False
+        except Exception as exc:  # noqa: BLE001 - see the docstring: one bad row must not crash-loop the fleet
+            if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError) \
+                    and exc.args[0].fatal():
+                raise  # the client is unusable: only a new process helps
+            kind = error_kind(exc)
+            if isinstance(exc, StoreUnavailable) or is_outage(exc):
+                if not self.store_stall.active:
+                    log.error("store_unavailable", during=name, error_type=kind)
+                self.store_stall.failed(now)
+                metrics.STORE_ERRORS.labels(name, kind).inc()
+            else:
+                wait = stall.failed(now)
+                metrics.LOOP_ERRORS.labels(name, kind).inc()
+                log.error("loop_step_failed", step=name, error_type=kind, site=error_site(exc), retry_in=round(wait, 1))
+            return
+        stall.recovered()
 
     def _live(self) -> bool:
         return time.monotonic() - self.last_loop < 60
 
     def _ready(self) -> bool:
-        return self._live() and self.store_ok and not self.stopping
+        """Not ready while the store is out, intake is held on a record, or a step keeps failing."""
+        stalled = self.store_stall.active or self.intake_stall.active or any(
+            s.active for s in self.step_stalls.values())
+        return self._live() and not stalled and not self.stopping
 
 
 def _count_outcome(task: ClaimedTask, event: states.Event, seconds: float, finished: Finished | None) -> None:

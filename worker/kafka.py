@@ -9,6 +9,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from worker import logs
 from worker.config import KafkaSettings
 
 COMMAND_PARTITIONS = 6
@@ -18,6 +19,7 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     return {
         **kafka.client,
         "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": logs.librdkafka_logger(),
         "enable.idempotence": True,
         "acks": "all",
         # Java clients hash keys with murmur2; librdkafka's default is CRC32. They must agree.
@@ -30,6 +32,7 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
     return {
         **kafka.client,
         "bootstrap.servers": kafka.bootstrap_servers,
+        "logger": logs.librdkafka_logger(),
         "group.id": kafka.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -41,7 +44,9 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient({**kafka.client, "bootstrap.servers": kafka.bootstrap_servers})
+    config: dict[str, Any] = {**kafka.client, "bootstrap.servers": kafka.bootstrap_servers,
+                              "logger": logs.librdkafka_logger()}
+    return AdminClient(config)
 
 
 def ensure_topics(kafka: KafkaSettings, *, partitions: int = COMMAND_PARTITIONS, replication: int = 1) -> list[str]:

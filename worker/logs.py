@@ -52,6 +52,18 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
 QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "psycopg", "sqlalchemy")
 
 
+LIBRDKAFKA = "oubli.librdkafka"
+
+
+def librdkafka_logger() -> logging.Logger:
+    """Where the Kafka clients' own lines go (their ``logger`` setting): JSON and redacted, like ours.
+
+    Without it librdkafka prints plain text to stderr, past the redaction. A client hands its lines
+    over when it is polled.
+    """
+    return logging.getLogger(LIBRDKAFKA)
+
+
 def configure(level: str = "INFO", stream: Any = None) -> None:
     """JSON lines on stderr (or ``stream``), for oubli's own events and every library's. Called once."""
     shared: list[Any] = [

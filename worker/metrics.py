@@ -28,3 +28,13 @@ OUTBOX_PENDING = Gauge("oubli_outbox_pending", "Records waiting in the outbox to
 OUTBOX_OLDEST = Gauge("oubli_outbox_oldest_seconds", "Age of the oldest record waiting in the outbox (0 when empty)",
                       registry=REGISTRY)
 IN_FLIGHT = Gauge("oubli_calls_in_flight", "Connector calls running now", registry=REGISTRY)
+INTAKE_PAUSED = Gauge("oubli_intake_paused",
+                      "1 while intake is held: the store is unreachable or a command could not be recorded",
+                      registry=REGISTRY)
+STORE_OUTAGE = Gauge("oubli_store_outage_seconds",
+                     "How long the store has been unreachable from this worker (0 when reachable)", registry=REGISTRY)
+STORE_ERRORS = Counter("oubli_store_errors_total", "Store outages seen by the main loop, by step and error type",
+                       ["step", "kind"], registry=REGISTRY)
+LOOP_ERRORS = Counter("oubli_loop_errors_total",
+                      "Unexpected errors in a main-loop step (a bug, or data that breaks it), by step and error type",
+                      ["step", "kind"], registry=REGISTRY)

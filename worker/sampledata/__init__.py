@@ -91,7 +91,7 @@ def seed_systems(
     if unknown:
         raise ValueError(f"no sample schema for {', '.join(unknown)}")
     started = time.perf_counter()
-    engines = {system: sa.create_engine(url) for system, url in urls.items()}
+    engines = {system: sa.create_engine(url, hide_parameters=True) for system, url in urls.items()}
     try:
         create_schemas(engines)
         loaders = {s: TableLoader(e, SCHEMAS[s], batch_rows=batch_rows) for s, e in engines.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,35 @@ from alembic.script import ScriptDirectory
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
+@dataclass(frozen=True)
+class Timeouts:
+    """Every wait on the store is bounded, so a hung database stalls the loop for seconds, not forever.
+
+    Defaults only: a PostgreSQL store URL that sets one of these itself (``?connect_timeout=10``, or
+    ``?options=-c statement_timeout=60s``) keeps its own value.
+    """
+
+    # A loop turn renews its running tasks' leases (30 s, renewed every 10 s): one slow statement must not
+    # let them lapse, so no single wait here comes near 20 s.
+    connect_seconds: int = 5  # libpq counts whole seconds
+    statement_seconds: float = 15.0
+    lock_seconds: float = 5.0
+    pool_seconds: float = 5.0
+    # Releases the row locks of a worker that froze (or lost its node) in the middle of a transaction.
+    idle_in_transaction_seconds: float = 60.0
+
+    def server_settings(self) -> dict[str, str]:
+        ms = {"statement_timeout": self.statement_seconds, "lock_timeout": self.lock_seconds,
+              "idle_in_transaction_session_timeout": self.idle_in_transaction_seconds}
+        return {name: str(int(seconds * 1000)) for name, seconds in ms.items()}
+
+
+def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = None) -> sa.Engine:
+    timeouts = timeouts or Timeouts()
+    # SQL errors must never print bound parameters: they are commands' personal data.
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(url, hide_parameters=True,
+                                  connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -28,8 +56,30 @@ def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
             cursor.close()
 
         return engine
+    parsed = sa.make_url(url)
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": timeouts.connect_seconds}
+    server = {name: value for name, value in timeouts.server_settings().items()
+              if name not in _options_named(parsed)}
     # pool_pre_ping lets a worker ride out a database restart without a poisoned pool.
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                              pool_timeout=timeouts.pool_seconds, hide_parameters=True, connect_args=connect_args)
+
+    @sa.event.listens_for(engine, "connect")
+    def _session_timeouts(dbapi_connection: Any, _record: Any) -> None:
+        # SET per connection rather than the startup ``options``: connection poolers refuse those.
+        with dbapi_connection.cursor() as cursor:
+            for name, value in server.items():
+                cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
+        dbapi_connection.commit()
+
+    return engine
+
+
+def _options_named(url: sa.URL) -> set[str]:
+    """The settings a libpq ``options`` query parameter sets (``-c name=value`` or ``--name=value``)."""
+    options = url.query.get("options", ())
+    text = " ".join([options] if isinstance(options, str) else options)
+    return set(re.findall(r"(?:-c\s*|--)([A-Za-z_][A-Za-z0-9_.]*)\s*=", text))
 
 
 def _alembic_config(connection: sa.Connection) -> Config:
@@ -46,6 +96,9 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Upgrades the schema; safe when several workers start with ``--migrate`` at once."""
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
+            # A migration may rightly build an index for minutes, and the second migrator waits for the first.
+            connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
+            connection.execute(sa.text("SET LOCAL lock_timeout = 0"))
             # Serialises concurrent migrators; the second then finds nothing to do.
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         command.upgrade(_alembic_config(connection), revision)

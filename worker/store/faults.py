@@ -15,6 +15,8 @@ import sqlalchemy as sa
 # statement or lock timeout), 58 system error, and 40 transaction rollback (deadlock, serialization),
 # which succeeds when tried again.
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+# lock_not_available: lock_timeout expired behind another transaction; contention, not the data.
+_OUTAGE_SQLSTATES = frozenset({"55P03"})
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -27,7 +29,7 @@ def is_outage(exc: BaseException) -> bool:
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
-        return sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES
+        return sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES or sqlstate in _OUTAGE_SQLSTATES
     if isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError)):
         return False
     # No SQLSTATE: a driver-level failure to reach the server (psycopg before a connection exists,
