@@ -60,7 +60,7 @@ class Store(Claims):
                     if existing["body_digest"] != digest:
                         return Recorded.CONFLICT
                     self._audit(conn, command.request_id, None, now, "duplicate_received")
-                    self._enqueue_receipt(conn, command.request_id, now, request=existing)
+                    self._enqueue_receipt(conn, command.request_id, now, request=dict(existing))
                     return Recorded.DUPLICATE
                 inserted = conn.execute(requests.insert().values(
                     request_id=command.request_id, kind=command.kind, status=RequestStatus.ACCEPTED,
