@@ -48,7 +48,8 @@ class IdentityLock:
     def release(self) -> None:
         if self._connection is not None:
             try:
-                self._connection.close()  # the session ends: PostgreSQL drops its advisory lock
+                # Closed for good, not returned to the pool: the session ends, and its advisory lock.
+                self._connection.invalidate()
             except sa.exc.DBAPIError:
                 pass  # the store is gone already, and the lock with the session
             self._connection = None

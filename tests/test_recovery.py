@@ -1,0 +1,231 @@
+"""SPEC invariant 11, recovery in seconds, against the real PostgreSQL with a fake clock: expired leases
+come before any backlog, a restarted worker reclaims its own leases at once (never while another live
+process holds its id), a long call keeps its lease, a lost lease is never recorded, and a vendor job
+that never finishes ends in ``vendor_wait_expired``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from connectors.base import CallResult, ExportWriter, Pending, Result, Subject
+from tests.pipeline import record
+from worker import states
+from worker.config import Topics
+from worker.executor import Executor
+from worker.store import db
+from worker.store.identity import IdentityLock
+from worker.store.repository import Store, TaskUpdate
+from worker.store.schema import tasks
+from worker.timefmt import utcnow
+
+LEASE = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Blocking:
+    """A connector whose erase waits until the test lets it go; counts the calls it started."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = 0
+
+    def erase(self, subject: Subject) -> CallResult:
+        self.started += 1
+        self.release.wait(30)
+        return Result("erased")
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
+        raise NotImplementedError
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class NeverDone(Blocking):
+    """An async vendor whose job never finishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = 0
+
+    def erase(self, subject: Subject) -> CallResult:
+        return Pending("job-1", poll_after=86400)
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        self.polls += 1
+        return Pending(vendor_ref, poll_after=86400)
+
+
+def _store(url: str, actor: str, policy: states.RetryPolicy | None = None) -> Store:
+    engine = db.create_engine(url)
+    db.migrate(engine)
+    return Store(engine, topics=Topics(), policy=policy or states.RetryPolicy(), actor=actor)
+
+
+def _executor(store: Store, connector: Any, clock: Clock, system: str = "slow") -> Executor:
+    return Executor(store, {system: connector}, concurrency={system: 4}, max_in_flight=4, lease_seconds=LEASE,
+                    clock=clock)
+
+
+def _until(condition: Callable[[], bool], step: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        step()
+        time.sleep(0.01)
+
+
+def _task(store: Store, request_id: str, system: str = "slow") -> dict[str, Any]:
+    return next(t for t in store.get(request_id)[1] if t["system"] == system)
+
+
+def test_expired_leases_are_claimed_before_a_larger_backlog(pg_url: str) -> None:
+    dead, alive = _store(pg_url, "dead"), _store(pg_url, "alive")
+    now = utcnow()
+    first = record(dead, {"slow": 3}, now=now - timedelta(hours=1), customer_id="C-first")
+    [held] = dead.claim_due(now=now, lease_until=now + timedelta(seconds=LEASE), limits={"slow": 1}, room=1)
+    assert held.request_id == first
+    # Twenty due tasks that were due long before the lease ran out: far more than the query's LIMIT.
+    for i in range(20):
+        record(alive, {"slow": 3}, now=now - timedelta(minutes=30 - i), customer_id=f"C-backlog-{i}")
+    later = now + timedelta(seconds=LEASE + 1)
+    claimed = alive.claim_due(now=later, lease_until=later + timedelta(seconds=LEASE), limits={"slow": 1}, room=1)
+    assert [t.request_id for t in claimed] == [first], "the dead worker's task waited behind the backlog"
+    assert dead.finish(held, states.Confirm("erased"), TaskUpdate(), later) is None, "a lost lease was recorded"
+    actions = [e["action"] for e in alive.get(first)[2] if e["system"] == "slow"]
+    assert actions == ["claimed", "lease_expired", "claimed"]
+
+
+def test_a_restarted_worker_reclaims_its_own_leases_at_once(pg_url: str) -> None:
+    clock = Clock()
+    before = _store(pg_url, "pod-7")
+    request_id = record(before, {"slow": 3}, now=clock(), customer_id="C-restart")
+    stuck = Blocking()
+    first = _executor(before, stuck, clock)
+    _until(lambda: stuck.started == 1, first.tick)
+    old = first.in_flight and next(iter(first.in_flight.values()))[0]
+    assert old
+    first.identity_lock.release()  # what the kernel does for a SIGKILLed process: its session ends
+
+    clock.advance(1)  # one second later, far inside the 30 s lease
+    after = _store(pg_url, "pod-7")
+    resumed = Blocking()
+    resumed.release.set()
+    second = _executor(after, resumed, clock)
+    _until(lambda: _task(after, request_id)["state"] == "confirmed", second.tick)
+    assert resumed.started == 1
+    stuck.release.set()  # the dead incarnation's call, had it been alive, can no longer be recorded
+    assert before.finish(old, states.Confirm("erased"), TaskUpdate(), clock()) is None
+    events = [(e["action"], e["actor"]) for e in after.get(request_id)[2] if e["system"] == "slow"]
+    assert events == [("claimed", "pod-7"), ("lease_expired", "pod-7"), ("claimed", "pod-7"), ("confirm", "pod-7")]
+    second.shutdown()
+    first.shutdown()
+
+
+def test_no_reclaim_while_another_live_process_holds_the_id(pg_url: str) -> None:
+    clock = Clock()
+    store = _store(pg_url, "pod-8")
+    request_id = record(store, {"slow": 3}, now=clock(), customer_id="C-twin")
+    stuck = Blocking()
+    alive = _executor(store, stuck, clock)
+    _until(lambda: stuck.started == 1, alive.tick)
+
+    twin_calls = Blocking()
+    twin = _executor(_store(pg_url, "pod-8"), twin_calls, clock)
+    clock.advance(LEASE / 2)
+    for _ in range(5):
+        twin.tick()
+    assert not twin.identity_lock.acquire()
+    assert twin_calls.started == 0, "a twin took a task its live namesake was running"
+    assert _task(store, request_id)["state"] == "running"
+    stuck.release.set()
+    _until(lambda: _task(store, request_id)["state"] == "confirmed", alive.tick)
+    alive.shutdown()
+    twin.shutdown()
+
+
+def test_a_long_call_keeps_its_lease_and_a_lost_lease_is_never_recorded(pg_url: str) -> None:
+    clock = Clock()
+    store = _store(pg_url, "pod-1")
+    other = _store(pg_url, "pod-2")
+    request_id = record(store, {"slow": 3}, now=clock(), customer_id="C-long")
+    slow = Blocking()
+    executor = _executor(store, slow, clock)
+    _until(lambda: slow.started == 1, executor.tick)
+    for _ in range(12):  # two minutes of fake time, four leases long
+        clock.advance(LEASE / 3 + 0.5)
+        executor.tick()
+        expires = _task(store, request_id)["lease_expires_at"]
+        assert expires.astimezone(clock().tzinfo) > clock() + timedelta(seconds=LEASE / 2)
+        assert other.claim_due(now=clock(), lease_until=clock() + timedelta(seconds=LEASE), limits={"slow": 4},
+                               room=4) == []
+    # Now the worker stalls (no tick renews) past its lease, and another worker takes the task over.
+    clock.advance(LEASE + 1)
+    [taken] = other.claim_due(now=clock(), lease_until=clock() + timedelta(seconds=LEASE), limits={"slow": 4},
+                              room=4)
+    slow.release.set()
+    _until(lambda: not executor.busy(), executor.tick)
+    task = _task(store, request_id)
+    assert (task["state"], task["lease_owner"], task["version"]) == ("running", "pod-2", taken.version)
+    assert other.finish(taken, states.Confirm("erased"), TaskUpdate(), clock()) is not None
+    assert [e["action"] for e in store.get(request_id)[2] if e["system"] == "slow"].count("confirm") == 1
+    executor.shutdown()
+
+
+def test_a_vendor_job_that_never_finishes_ends_in_action_required(pg_url: str) -> None:
+    clock = Clock()
+    policy = states.RetryPolicy(vendor_wait=timedelta(days=14))
+    store = _store(pg_url, "pod-1", policy)
+    request_id = record(store, {"vendor": 3}, now=clock(), customer_id="C-vendor")
+    vendor = NeverDone()
+    executor = _executor(store, vendor, clock, system="vendor")
+    submitted = clock()
+    _until(lambda: _task(store, request_id, "vendor")["state"] == "waiting_vendor", executor.tick)
+    for day in range(1, 20):
+        clock.advance(86400)  # the vendor asked to be polled again a day later
+        _until(lambda: vendor.polls == day and not executor.busy(), executor.tick)  # noqa: B023 - used at once
+        if _task(store, request_id, "vendor")["state"] == "failed":
+            break
+    task = _task(store, request_id, "vendor")
+    assert (task["state"], task["error_code"]) == ("failed", "vendor_wait_expired")
+    assert vendor.polls == 14, "polled daily until the 14th day"
+    with store.engine.connect() as conn:
+        since = conn.execute(sa.select(tasks.c.waiting_since).where(tasks.c.request_id == request_id)).scalar_one()
+    assert since.astimezone(submitted.tzinfo) == submitted
+    receipt = store.receipt(request_id)
+    assert receipt["status"] == "action_required"
+    assert receipt["systems"][0]["error"]["code"] == "vendor_wait_expired"
+    executor.shutdown()
+
+
+def test_the_identity_lock_is_exclusive_per_worker_id_and_freed_with_its_holder(pg_url: str, tmp_path: Any) -> None:
+    for url in (pg_url, f"sqlite:///{tmp_path / 'store.db'}"):
+        engine = db.create_engine(url)
+        first, twin, other = IdentityLock(engine, "pod-1"), IdentityLock(engine, "pod-1"), IdentityLock(engine, "pod-2")
+        assert first.acquire() and first.acquire()
+        assert not twin.acquire()
+        assert other.acquire()
+        first.release()
+        assert twin.acquire()
+        for lock in (twin, other):
+            lock.release()
+        engine.dispose()
