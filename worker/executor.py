@@ -157,6 +157,11 @@ class Executor:
         return outcome
 
     def _dispatch(self, task: ClaimedTask) -> Outcome:
+        if task.system == PACKAGE_TASK and task.kind == "erasure":  # earlier export packages are personal data
+            from worker.export.forget import forget_earlier_exports
+
+            count = forget_earlier_exports(self.store.engine, self.exports, task.request_id)
+            return states.Confirm("erased" if count else "not_found"), TaskUpdate(records=count)
         if task.system == PACKAGE_TASK:
             return self._package(task)
         if task.system == IDENTITY_TASK:

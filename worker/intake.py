@@ -139,6 +139,8 @@ class Intake:
                 raise InvalidCommand("export_not_configured", "this worker has no export storage configured",
                                      request_id=command.request_id)
             targets[PACKAGE_TASK] = max(self.systems.values(), default=8)
+        elif self.export_enabled:  # an erasure's package step deletes the subject's earlier export packages
+            targets[PACKAGE_TASK] = max(self.systems.values(), default=8)
         return targets
 
     def _reject(self, message: Message, invalid: InvalidCommand, now: datetime, *, trusted: bool) -> IntakeResult:

@@ -13,7 +13,9 @@ from worker.timefmt import iso
 
 # Internal steps run as tasks like any other (retries, leases, audit) but are not systems, so
 # receipts leave them out. Their names cannot clash with a system id, which starts with a letter.
-PACKAGE_TASK = "_package"  # export: streams the staged files into one ZIP, after every system
+# After every system: an export's streams the staged files into one ZIP; an erasure's deletes the
+# subject's earlier export packages (worker.export.forget), when exports are configured.
+PACKAGE_TASK = "_package"
 IDENTITY_TASK = "_identity"  # before any system: copies the subject's vendor ids from the identity store
 
 

@@ -14,6 +14,10 @@ MAX_URL_TTL_HOURS = 168  # SigV4 presigned URLs cannot outlive 7 days; the SPEC 
 MIN_PART_SIZE_MB = 5  # S3 refuses smaller parts (except the last)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SSE = {"AES256", "aws:kms", "aws:kms:dsse"}
+_LIFECYCLE = {"apply", "external"}
+# An export request may stay open until its due date (one month), extended by two more months
+# (Art. 12(3)); staged files must outlive that, or a late package would miss them.
+DEFAULT_STAGING_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,10 @@ class ExportSettings:
     kms_key_id: str | None = None
     part_size_mb: int = 8
     readme: ReadmeInfo = field(default=DEFAULT_README)
+    # "apply": the worker sets its lifecycle rules on the bucket (``worker.export.lifecycle``)
+    # before it stages anything; "external": the operator manages equivalent rules.
+    lifecycle: str = "apply"
+    staging_days: int = DEFAULT_STAGING_DAYS
 
     @property
     def part_size(self) -> int:
@@ -40,7 +48,17 @@ class ExportSettings:
 
 def export_settings(raw: Mapping[str, Any]) -> ExportSettings:
     """Validates the raw mapping; raises ``ConfigError`` naming the field, never echoing secrets."""
-    known = {"bucket", "prefix", "url_ttl_hours", "sse", "kms_key_id", "part_size_mb", "readme"}
+    known = {
+        "bucket",
+        "prefix",
+        "url_ttl_hours",
+        "sse",
+        "kms_key_id",
+        "part_size_mb",
+        "readme",
+        "lifecycle",
+        "staging_days",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"export: unknown settings {', '.join(unknown)}")
@@ -64,6 +82,12 @@ def export_settings(raw: Mapping[str, Any]) -> ExportSettings:
     part_size_mb = int(_number(raw, "part_size_mb", 8))
     if not MIN_PART_SIZE_MB <= part_size_mb <= 512:
         raise ConfigError(f"export.part_size_mb must be between {MIN_PART_SIZE_MB} and 512")
+    lifecycle = str(raw.get("lifecycle", "apply"))
+    if lifecycle not in _LIFECYCLE:
+        raise ConfigError("export.lifecycle must be apply or external")
+    staging_days = _number(raw, "staging_days", DEFAULT_STAGING_DAYS)
+    if staging_days != int(staging_days) or not 1 <= staging_days <= 3650:
+        raise ConfigError("export.staging_days must be a whole number of days from 1 to 3650")
     readme_raw = raw.get("readme", {})
     if not isinstance(readme_raw, Mapping):
         raise ConfigError("export.readme must be a mapping")
@@ -75,6 +99,8 @@ def export_settings(raw: Mapping[str, Any]) -> ExportSettings:
         kms_key_id=str(kms_key_id) if kms_key_id else None,
         part_size_mb=part_size_mb,
         readme=readme_from_settings(readme_raw),
+        lifecycle=lifecycle,
+        staging_days=int(staging_days),
     )
 
 

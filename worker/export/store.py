@@ -13,6 +13,14 @@ Contract (called by the orchestrator, from worker threads; every call may block 
   Call it again with the same inputs after ``discard_staging`` and it still returns the package.
 * ``discard_staging(request_id)`` removes the staged copies (every version) once the package is
   recorded.
+* ``forget(request_ids, object_keys)`` deletes, every version, the packages, records and staged
+  files of those export requests: what a later erasure of their subject does
+  (``worker.export.forget``). Returns how many packages it deleted.
+* Before anything is staged, the bucket's lifecycle rules are put in place once per process
+  (``worker.export.lifecycle``; unless ``export.lifecycle: external``), so that packages and
+  abandoned staging files expire even if the worker never comes back to them.
+* A url's ``expires_at`` is never later than the signing credentials' own expiry
+  (``worker.export.signing``).
 * Raises ``RetryableError`` (S3 unreachable, 5xx) or ``PermanentError`` (access denied, bad
   config). Messages carry request ids and S3 error codes only, never file contents or names.
 """
@@ -20,7 +28,8 @@ Contract (called by the orchestrator, from worker threads; every call may block 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,12 +37,17 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from worker.errors import RetryableError
+from worker.export import lifecycle
 from worker.export.package import fingerprint, list_staged, write_package
 from worker.export.s3errors import error_code, s3_error
 from worker.export.settings import ExportSettings, export_settings
+from worker.export.signing import signing_expiry
 from worker.export.staging import StagingWriter, check_request_id
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
+# A url that would die within minutes (the signing session is about to end and could not be
+# renewed) is no use to anyone: try again later instead.
+MIN_URL_LIFETIME = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,8 @@ class ExportStore:
         # botocore presigns S3 urls with SigV2 unless the client's config names a signature version;
         # SigV2 urls carry no enforced lifetime cap. Keep SigV4 query signing for this client.
         s3_client.meta.events.register_first("choose-signer.s3", _keep_sigv4_presign, unique_id="oubli-sigv4-presign")
+        self._lifecycle_lock = threading.Lock()
+        self._lifecycle_done = settings.lifecycle == "external"
 
     @classmethod
     def from_settings(cls, s3_client: Any, settings: Mapping[str, Any]) -> ExportStore:
@@ -59,6 +75,7 @@ class ExportStore:
         return cls(s3_client, export_settings(settings))
 
     def writer(self, request_id: str, system: str, *, fresh: bool = True) -> StagingWriter:
+        self.ensure_lifecycle()
         writer = StagingWriter(self._client, self.settings, request_id, system)
         if fresh:
             self._delete_versions(writer.base)
@@ -68,6 +85,7 @@ class ExportStore:
         return f"{self.settings.prefix}packages/{check_request_id(request_id)}.zip"
 
     def build_package(self, request_id: str, records: Mapping[str, int], now: datetime) -> ExportInfo:
+        self.ensure_lifecycle()
         key = self.package_key(request_id)
         files = list_staged(self._client, self.settings.bucket, self._staging(request_id))
         inputs = fingerprint(files, records)
@@ -96,6 +114,26 @@ class ExportStore:
         self._delete_versions(key)
         self._delete_versions(self._sidecar(key))
 
+    def forget(self, request_ids: Iterable[str], object_keys: Iterable[str] = ()) -> int:
+        """Deletes those requests' packages (and any package at ``object_keys``), records and staging."""
+        ids = tuple(request_ids)
+        packages: set[str] = set()
+        for key in {*(self.package_key(r) for r in ids), *object_keys}:
+            packages |= self._delete_versions(key, exact=True)
+            self._delete_versions(self._sidecar(key), exact=True)
+        for request_id in ids:
+            self._delete_versions(self._staging(request_id))
+        return len(packages)
+
+    def ensure_lifecycle(self) -> None:
+        """Puts the bucket's lifecycle rules in place, once per process (a failure is tried again)."""
+        if self._lifecycle_done:
+            return
+        with self._lifecycle_lock:
+            if not self._lifecycle_done:
+                lifecycle.ensure(self._client, self.settings)
+                self._lifecycle_done = True
+
     # -- helpers ---------------------------------------------------------------------------------
     def _staging(self, request_id: str) -> str:
         return f"{self.settings.prefix}staging/{check_request_id(request_id)}/"
@@ -105,15 +143,24 @@ class ExportStore:
         return key.removesuffix(".zip") + ".done.json"
 
     def _info(self, key: str, done: Mapping[str, Any], now: datetime) -> ExportInfo:
-        ttl = timedelta(hours=self.settings.url_ttl_hours)
+        start = now.astimezone(UTC)
+        expires_at = start + timedelta(hours=self.settings.url_ttl_hours)
+        try:
+            session_end = signing_expiry(self._client)
+        except Exception as exc:
+            raise s3_error(exc, "refreshing the credentials that sign the export url") from None
+        if session_end is not None and session_end < expires_at:
+            if session_end - start < MIN_URL_LIFETIME:
+                raise RetryableError("export: the signing credentials expire within minutes", code="s3_credentials")
+            expires_at = session_end
         params: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": key}
         if done.get("version_id"):
             params["VersionId"] = done["version_id"]  # the url serves exactly the package hashed here
+        lifetime = int((expires_at - start).total_seconds())
         try:
-            url = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(ttl.total_seconds()))
+            url = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=lifetime)
         except Exception as exc:
             raise s3_error(exc, "signing the export url") from None
-        expires_at = now.astimezone(UTC) + ttl
         return ExportInfo(
             url=url,
             expires_at=expires_at,
@@ -169,15 +216,22 @@ class ExportStore:
         except Exception as exc:
             raise s3_error(exc, "aborting a stale export upload") from None
 
-    def _delete_versions(self, prefix: str, keep: str | None = None) -> None:
-        """Deletes every version and delete marker under ``prefix`` (except ``keep``)."""
+    def _delete_versions(self, prefix: str, keep: str | None = None, *, exact: bool = False) -> set[str]:
+        """Deletes every version and delete marker under ``prefix`` (only at it when ``exact``),
+        except ``keep``. Returns the keys that had an object version (not only delete markers)."""
         bucket = self.settings.bucket
+        held: set[str] = set()
         try:
             batch: list[dict[str, str]] = []
             for page in self._client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-                for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                versions = [(item, True) for item in page.get("Versions", [])]
+                for item, is_version in [*versions, *((m, False) for m in page.get("DeleteMarkers", []))]:
                     if item["VersionId"] == keep or not item["Key"].startswith(prefix):
                         continue
+                    if exact and item["Key"] != prefix:
+                        continue
+                    if is_version:
+                        held.add(item["Key"])
                     batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
                     if len(batch) == DELETE_BATCH:
                         self._delete_batch(batch)
@@ -186,6 +240,7 @@ class ExportStore:
                 self._delete_batch(batch)
         except Exception as exc:
             raise s3_error(exc, "deleting export objects") from None
+        return held
 
     def _delete_batch(self, batch: list[dict[str, str]]) -> None:
         response = self._client.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": batch, "Quiet": True})
