@@ -54,8 +54,11 @@ def test_export_then_erasure_across_all_ten_systems(
         export = build_command(kind="export", requested_by="account-service", **common)
         erasure = build_command(kind="erasure", requested_by="account-service", **common)
         publish_command(settings.kafka, export)
-        publish_command(settings.kafka, erasure)
         exported = receipts.wait(export["request_id"], {"completed"}, step=worker.run_once, timeout=120)
+        # Downloaded before the erasure is sent: the erasure deletes the subject's earlier packages.
+        with urllib.request.urlopen(exported["export"]["url"], timeout=10) as response:  # noqa: S310 - presigned
+            package = zipfile.ZipFile(io.BytesIO(response.read()))
+        publish_command(settings.kafka, erasure)
         erased = receipts.wait(erasure["request_id"], {"completed", "action_required"}, step=worker.run_once,
                                timeout=120)
     finally:
@@ -79,8 +82,8 @@ def test_export_then_erasure_across_all_ten_systems(
     assert not any(vendors.holds_subject(emails=[subject.email], phones=[subject.phone],
                                          identifiers=subject.identifiers).values())
 
-    with urllib.request.urlopen(exported["export"]["url"], timeout=10) as response:  # noqa: S310 - presigned
-        package = zipfile.ZipFile(io.BytesIO(response.read()))
+    gone = s3_client.list_object_versions(Bucket=exports_bucket, Prefix=exported["export"]["object_key"])
+    assert not gone.get("Versions") and not gone.get("DeleteMarkers"), "the erasure left the export package"
     manifest = json.loads(package.read("manifest.json"))
     assert set(json.dumps(manifest).split('"')) >= {"orders_db", "loyalty", "call_recordings"}
     assert any(name.endswith(".wav") for name in package.namelist())
