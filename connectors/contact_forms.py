@@ -1,8 +1,9 @@
 """``contact_forms``: contact-form messages (email and message, kept 1 year) and the replies to them.
 
-Messages are matched by email as typed in the form, with case and whitespace normalised on both
-sides (``connectors.sql_config.normalise_email``). Erasure deletes the messages and their replies;
-export returns both. Settings: ``url`` and the optional connection settings.
+Messages are matched by email as typed in the form, with case (non-ASCII capitals too, on SQLite as
+on PostgreSQL) and whitespace normalised on both sides (``connectors.sql_config.email_in``).
+Erasure deletes the messages and their replies; export returns both. Settings: ``url`` and the
+optional connection settings.
 """
 
 from __future__ import annotations
