@@ -59,6 +59,7 @@ class Receipts:
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"watch-{uuid.uuid4()}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "isolation.level": "read_committed",  # the relay publishes in transactions; aborted ones never count
         })
         self.consumer.subscribe([settings.kafka.topics.receipts])
         self.all: list[dict[str, Any]] = []

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -26,7 +27,8 @@ def _free_port() -> int:
 
 
 class PrivateKafka:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, properties: Mapping[str, str] | None = None) -> None:
+        """``properties`` are appended to the rendered template (``message.max.bytes``, for example)."""
         self.java = shutil.which("java") or "java"
         self.port, self.controller_port = _free_port(), _free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -37,6 +39,7 @@ class PrivateKafka:
         for name, value in {"HOST": "127.0.0.1", "PORT": str(self.port),
                             "CONTROLLER_PORT": str(self.controller_port), "DATA": str(data)}.items():
             text = text.replace(f"@{name}@", value)
+        text += "".join(f"{name}={value}\n" for name, value in (properties or {}).items())
         self.props.write_text(text)
         classpath = f"{LIBS}/*"
         cluster = subprocess.run([self.java, "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],  # noqa: S603

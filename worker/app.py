@@ -26,7 +26,7 @@ import boto3
 import sqlalchemy as sa
 import structlog
 from botocore.config import Config as BotoConfig
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from connectors import registry
@@ -37,7 +37,7 @@ from worker.errors import ConfigError, StoreUnavailable
 from worker.executor import Executor, ExportPackager
 from worker.health import HealthServer
 from worker.intake import Intake, Message
-from worker.outbox import Relay
+from worker.outbox import Relay, producer_config
 from worker.stall import Stall, StalledTooLong, error_kind, error_site
 from worker.store import db, reports
 from worker.store.faults import is_outage
@@ -138,8 +138,7 @@ class Worker:
             clock=clock, exports=self.exports, crash=self.crash, on_outcome=_count_outcome,
             identity=identity, identity_kinds=settings.identity_kinds,
         )
-        self.producer = Producer(kafka.producer_config(settings.kafka))
-        self.relay = Relay(self.store, self.producer, clock=clock, crash=self.crash,
+        self.relay = Relay(self.store, producer_config(settings.kafka), clock=clock, crash=self.crash,
                            on_published=lambda topic, n: metrics.PUBLISHED.labels(topic).inc(n))
         self.consumer = Consumer(kafka.consumer_config(settings.kafka))
         self.health = (HealthServer(settings.worker.http_host, settings.worker.http_port,
@@ -206,7 +205,6 @@ class Worker:
         self._guarded("relay_drain", lambda: self.relay.drain(10))
         self._commit()
         self.consumer.close()
-        self.producer.flush(10)
         self._guarded("relay_release", self.relay.release)
         self.executor.shutdown()
         for connector in self.connectors.values():

@@ -1,128 +1,324 @@
 """The outbox relay: publishes receipts and DLQ records that the store committed, in order.
 
-One relay runs at a time across all workers (a store lease), so receipts of one request reach
-the compacted topic in the order they were written. A record is deleted only after the broker
-acknowledged it; a crash in between republishes an identical record, which compaction absorbs.
+One relay leads at a time across all workers (a store lease), so the receipts of one request reach
+the compacted topic in the order they were written. Each batch is one **Kafka transaction**; rows are
+deleted only after it committed. A crash in between republishes identical records, which compaction
+absorbs. Readers of the receipts and DLQ topics must read with ``isolation.level=read_committed``
+(librdkafka's default; Java's is ``read_uncommitted``).
 
-The relay never blocks the main loop on the broker: ``tick`` hands a batch to the producer and
-returns; a later tick collects the delivery reports. During a broker outage the batch simply stays
-in flight (librdkafka retries it) and the outbox rows stay in the store.
+Fencing: why a stalled leader can never publish an old batch after a newer leader published.
+
+Every relay of a fleet uses the same ``transactional.id`` (from the consumer group). A relay that
+takes the lease gets a fresh lease token, then calls ``init_transactions``, then checks in the store
+that its token still holds the lease, and only then reads the outbox. ``init_transactions`` bumps the
+producer epoch: from then on the broker refuses any produce or commit of an older epoch (``_FENCED``)
+and aborts its open transaction, whose records read_committed readers never see. So:
+
+1. Leaders follow each other in lease order, and each one's ``init_transactions`` falls inside its own
+   lease (checked after the call): a newer leader's init comes after every older leader's init.
+2. A batch commits only if no newer init happened before the commit. Hence everything an older leader
+   commits is committed before the newer leader starts, so before it reads the outbox.
+3. Rows are deleted only by the current token, under a lock on the lease row, so an older leader
+   cannot delete rows (its own, already committed) while a newer one is between reading and publishing
+   them: the newer leader sees each committed batch of an older one either whole or gone.
+
+So the newer leader's first batch re-reads, in order, everything whose last receipt is not already
+last in the topic, and no older batch can land after it. A lease alone would not do this: a leader
+that stalls (GC pause, lost network) after reading a batch would publish it after its lease ran out.
+A token alone would not either: the check and the produce are two steps apart. The broker's epoch is
+checked at the commit itself.
+
+Refused records (too large, invalid) do not wedge the relay: see ``worker.refusals``. A record that a
+batch got refused is sent alone next; refused alone, a DLQ record is replaced by a small stand-in and a
+receipt is dropped with a log line.
+
+The relay never blocks the main loop on the broker for long: ``tick`` hands a batch to the producer
+and returns; a later tick commits it once every record was acknowledged (one round trip). Blocking
+calls (``init_transactions``, commit, abort) wait at most ``broker_timeout`` seconds, and a call that
+timed out is made again on the next tick. During a broker outage the batch stays in flight (librdkafka
+retries it) and the outbox rows stay in the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from worker import failpoints
-from worker.store.outbox import OutboxRecord
+from worker import failpoints, kafka, refusals
+from worker.config import KafkaSettings
+from worker.store.outbox import Held, OutboxRecord
 from worker.store.repository import Store
 
 log = structlog.get_logger("oubli.outbox")
 
 LEASE = "outbox-relay"
+BROKER_BACKOFF = 1.0  # seconds between two tries of a blocking call that timed out
+
+
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The worker's producer settings, plus the one ``transactional.id`` every relay of the fleet shares."""
+    return {**kafka.producer_config(settings), "transactional.id": f"{settings.group_id}.outbox-relay"}
 
 
 @dataclass
 class _Batch:
     records: list[OutboxRecord]
     outcomes: dict[int, KafkaError | None] = field(default_factory=dict)
+    ending: Literal["commit", "abort"] | None = None  # set once the transaction is being ended
 
     def settled(self) -> bool:
         return len(self.outcomes) == len(self.records)
 
-    def delivered_prefix(self) -> list[int]:
-        # Only the delivered prefix counts: a failed record is retried before anything after it,
-        # so a later receipt of the same request can never be overtaken by an earlier one.
-        done: list[int] = []
-        for record in self.records:
-            if record.id not in self.outcomes or self.outcomes[record.id] is not None:
-                break
-            done.append(record.id)
-        return done
+    def failures(self) -> list[tuple[OutboxRecord, KafkaError]]:
+        return [(r, e) for r in self.records if (e := self.outcomes.get(r.id)) is not None]
 
 
 class Relay:
-    def __init__(self, store: Store, producer: Producer, *, clock: Callable[[], datetime],
-                 batch: int = 500, lease_seconds: float = 15.0, crash: failpoints.Failpoints | None = None,
-                 on_published: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, store: Store, config: Mapping[str, Any], *, clock: Callable[[], datetime],
+                 batch: int = 500, lease_seconds: float = 15.0, broker_timeout: float = 0.2,
+                 crash: failpoints.Failpoints | None = None,
+                 on_published: Callable[[str, int], None] | None = None,
+                 producer_factory: Callable[[dict[str, Any]], Producer] = Producer) -> None:
         self.store = store
-        self.producer = producer
+        self.config = dict(config)
         self.clock = clock
         self.batch_size = batch
         self.lease = timedelta(seconds=lease_seconds)
+        self.broker_timeout = broker_timeout
         self.crash = crash or failpoints.Failpoints(frozenset())
         self.on_published = on_published
-        self.leader_until: datetime | None = None
+        self.producer_factory = producer_factory
+        self.producer: Producer | None = None
+        self.held: Held | None = None  # the lease, while this relay leads
+        self.leader_until = datetime.min.replace(tzinfo=UTC)
         self.next_attempt = datetime.min.replace(tzinfo=UTC)
+        self.ready = False  # init_transactions done, and the lease checked after it
         self.in_flight: _Batch | None = None
+        self.alone: int | None = None  # a record a batch got refused: sent by itself next
+        self.broker_quiet_until = 0.0  # monotonic: no blocking call before, after one timed out
 
     def tick(self) -> int:
-        """Collects a settled batch, or sends the next one if this worker holds the relay lease.
+        """Ends a settled batch's transaction, or sends the next batch if this worker leads.
 
         Returns the number of records confirmed published by this call.
         """
-        self.producer.poll(0)
+        if self.producer is not None:
+            self.producer.poll(0)
         now = self.clock()
-        renew = self.leader_until is not None and now >= self.leader_until - self.lease / 3
-        # A follower asks again only now and then: the leader renews every lease/3.
-        if renew or (self.leader_until is None and now >= self.next_attempt):
-            held = self.store.outbox.acquire_lease(LEASE, now=now, ttl=self.lease)
-            self.leader_until = now + self.lease if held else None
-            self.next_attempt = now + self.lease / 3
-        if self.in_flight is not None:
-            return self._collect() if self.in_flight.settled() else 0
-        if self.leader_until is None:
+        self._keep_lease(now)
+        if self.held is None or time.monotonic() < self.broker_quiet_until:
             return 0
+        if not self.ready and not self._start(now):
+            return 0
+        if self.in_flight is not None:
+            return self._end() if self.in_flight.settled() else 0
         records = self.store.outbox.batch(self.batch_size)
         if records:
-            self._send(records)
+            self._send(self._plan(records))
         return 0
 
     def pending(self) -> bool:
         return self.in_flight is not None
 
+    # --- leadership ----------------------------------------------------------------------------
+
+    def _keep_lease(self, now: datetime) -> None:
+        if self.held is not None:
+            # The leader renews every lease/3; a follower asks again only as often.
+            if now >= self.leader_until - self.lease / 3:
+                if self.store.outbox.renew_lease(self.held, now=now, ttl=self.lease):
+                    self.leader_until = now + self.lease
+                else:
+                    log.warning("outbox_lease_lost")
+                    self._step_down()
+            return
+        if now < self.next_attempt:
+            return
+        self.next_attempt = now + self.lease / 3
+        held = Held(LEASE, uuid.uuid4().hex)
+        if self.store.outbox.acquire_lease(LEASE, now=now, ttl=self.lease, token=held.token):
+            self.held, self.leader_until, self.ready = held, now + self.lease, False
+
+    def _start(self, now: datetime) -> bool:
+        """Fences every earlier relay (``init_transactions``), then checks the lease is still ours."""
+        assert self.held is not None
+        if self.producer is None:
+            self.producer = self.producer_factory(dict(self.config))
+        try:
+            self.producer.init_transactions(self.broker_timeout)
+        except KafkaException as exc:
+            # A timeout goes on in the background: calling again later picks it up.
+            self._failed_call(exc.args[0], "outbox_relay_not_started")
+            return False
+        if not self.store.outbox.renew_lease(self.held, now=now, ttl=self.lease):
+            log.warning("outbox_lease_lost")
+            self._step_down()
+            return False
+        self.leader_until, self.ready = now + self.lease, True
+        return True
+
+    def _failed_call(self, error: KafkaError, event: str) -> None:
+        """A blocking transactional call failed: call it again later, or start over with a new producer."""
+        if error.retriable():
+            self.broker_quiet_until = time.monotonic() + BROKER_BACKOFF
+            log.debug(event, code=error.name())
+            return
+        # Fatal: fenced (a newer relay started: this producer's open transaction is aborted), or broken.
+        log.warning(event, code=error.name(), fatal=error.fatal())
+        self._drop_producer()
+
+    def _step_down(self) -> None:
+        self.held, self.ready, self.in_flight, self.alone = None, False, None, None
+        self._drop_producer()
+
+    def _drop_producer(self) -> None:
+        # A fenced or abandoned transaction is aborted by the broker (or by the next leader's init).
+        self.ready, self.in_flight = False, None
+        if self.producer is not None:
+            self.producer.purge()
+            self.producer = None
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    def _plan(self, records: list[OutboxRecord]) -> list[OutboxRecord]:
+        """The batch to send: everything, or up to a record a batch got refused, which goes alone."""
+        if self.alone is None:
+            return records
+        position = next((i for i, r in enumerate(records) if r.id == self.alone), None)
+        if position is None:  # published or dropped meanwhile
+            self.alone = None
+            return records
+        return records[:position] if position else records[:1]
+
     def _send(self, records: list[OutboxRecord]) -> None:
-        batch = _Batch(records)
+        assert self.producer is not None
+        batch = _Batch([])
 
         def delivered(record_id: int) -> Callable[[KafkaError | None, Message], None]:
             def callback(error: KafkaError | None, _message: Message) -> None:
                 batch.outcomes[record_id] = error
             return callback
 
+        self.producer.begin_transaction()
         for record in records:
-            self.producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers,
-                                  on_delivery=delivered(record.id))
+            try:
+                self.producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers,
+                                      on_delivery=delivered(record.id))
+            except BufferError:  # librdkafka's queue is full: this batch ends here
+                break
+            except KafkaException as exc:
+                # librdkafka refused the record itself (over its own message.max.bytes, say). The
+                # broker never saw it, so it needs no batch of its own to be known refused.
+                error = exc.args[0]
+                if not batch.records and refusals.is_refusal(error):
+                    self._refused(record, error)
+                else:
+                    log.warning("outbox_produce_failed", code=error.name())
+                break
+            batch.records.append(record)
+        if self.producer is None:  # the lease was lost while dropping a refused record
+            return
         self.in_flight = batch
         self.producer.poll(0)
 
-    def _collect(self) -> int:
-        batch, self.in_flight = self.in_flight, None
-        assert batch is not None
+    def _end(self) -> int:
+        """Commits a settled batch, or aborts it if a record failed. Returns the records published."""
+        batch, producer = self.in_flight, self.producer
+        assert batch is not None and producer is not None
+        failures = batch.failures()
+        if batch.ending is None:
+            batch.ending = "abort" if failures else "commit"
+        try:
+            if batch.ending == "commit":
+                producer.commit_transaction(self.broker_timeout)
+            else:
+                producer.abort_transaction(self.broker_timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort() and not error.fatal():
+                batch.ending = "abort"  # e.g. sequence numbers reset after a refusal: abort, send again
+            else:
+                self._failed_call(error, "outbox_transaction_not_ended")
+            return 0
+        self.in_flight = None
+        if batch.ending == "abort":
+            self._after_abort(batch, failures)
+            return 0
         self.crash.hit(failpoints.AFTER_PUBLISH)
-        done = batch.delivered_prefix()
-        self.store.outbox.delete(done)
-        if len(done) < len(batch.records):
-            error = batch.outcomes.get(batch.records[len(done)].id)
-            log.warning("outbox_publish_incomplete", published=len(done), pending=len(batch.records) - len(done),
-                        error=error.name() if error else "unknown")
+        if not self._delete([r.id for r in batch.records]):
+            return 0
+        if self.alone is not None and any(r.id == self.alone for r in batch.records):
+            self.alone = None
         if self.on_published is not None:
-            for record in batch.records[:len(done)]:
+            for record in batch.records:
                 self.on_published(record.topic, 1)
-        return len(done)
+        return len(batch.records)
+
+    def _after_abort(self, batch: _Batch, failures: list[tuple[OutboxRecord, KafkaError]]) -> None:
+        refused = next(((r, e) for r, e in failures if refusals.is_refusal(e)), None)
+        if refused is None:
+            first = failures[0][1].name() if failures else "aborted"
+            log.warning("outbox_publish_incomplete", pending=len(batch.records), error=first)
+        elif len(batch.records) > 1:
+            # The whole batch of a partition shares one answer: find out whether this record is the cause.
+            self.alone = refused[0].id
+            log.info("outbox_record_isolated", topic=refused[0].topic, code=refused[1].name())
+        else:
+            self._refused(*refused)
+
+    def _refused(self, record: OutboxRecord, error: KafkaError) -> None:
+        self.alone = None
+        size = len(record.value or b"")
+        if record.topic == self.store.topics.dlq and not refusals.is_stand_in(record):
+            value, headers = refusals.stand_in(record, error)
+            self.store.outbox.replace(record.id, key=None, value=value, headers=headers)
+            log.warning("dlq_record_replaced_by_reference", code=error.name(), size=size,
+                        source=_header(record, "x-oubli-source"))
+            return
+        # Never the key of a DLQ record (a customer id); a receipt's key is its request_id.
+        receipt = record.topic == self.store.topics.receipts
+        request_id = (record.key or b"").decode(errors="replace") if receipt else None
+        log.error("outbox_record_dropped", topic=record.topic, code=error.name(), size=size, request_id=request_id,
+                  status=_header(record, "x-oubli-status"), source=_header(record, "x-oubli-source"))
+        self._delete([record.id])
+
+    def _delete(self, ids: list[int]) -> bool:
+        assert self.held is not None
+        if self.store.outbox.delete(ids, held=self.held):
+            return True
+        log.warning("outbox_lease_lost")
+        self._step_down()
+        return False
+
+    # --- shutdown --------------------------------------------------------------------------------
 
     def drain(self, timeout: float) -> None:
-        """On shutdown: waits (bounded) for the batch in flight, so its rows are not sent twice."""
-        if self.in_flight is not None:
+        """On shutdown: waits (bounded) for the batch in flight and commits it, so it is not sent twice."""
+        if self.in_flight is not None and self.producer is not None:
             self.producer.flush(timeout)
-            if self.in_flight.settled():
-                self._collect()
+            if self.in_flight is not None and self.in_flight.settled():
+                self._end()
 
     def release(self) -> None:
-        if self.leader_until is not None:
-            self.store.outbox.release_lease(LEASE)
-            self.leader_until = None
+        """Aborts an unfinished transaction (bounded) and hands the lease back."""
+        if self.producer is not None and self.in_flight is not None:
+            try:
+                self.producer.abort_transaction(self.broker_timeout)
+            except KafkaException as exc:
+                log.info("outbox_abort_on_release_failed", code=exc.args[0].name())
+        self._drop_producer()
+        if self.held is not None:
+            self.store.outbox.release_lease(LEASE, token=self.held.token)
+            self.held = None
+
+
+def _header(record: OutboxRecord, name: str) -> str | None:
+    value = next((v for k, v in record.headers if k == name), None)
+    return value.decode(errors="replace")[:300] if isinstance(value, bytes) else value
