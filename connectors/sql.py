@@ -40,11 +40,10 @@ from connectors.sql_config import (
     Retention,
     SqlConfig,
     TableRule,
-    email_in,
     normalise_email,
     parse,
-    register_sqlite_lower,
 )
+from connectors.sql_email import EmailMatch
 from connectors.sql_errors import db_error
 from worker.errors import NeedsPersonError, PermanentError
 
@@ -113,6 +112,7 @@ class SqlConnector:
         self._context = context
         self._engine = engine if engine is not None else make_engine(config)
         self._tables: dict[str, sa.Table] | None = None
+        self._emails = EmailMatch(system)
         self._lock = threading.Lock()
 
     # -- the contract --------------------------------------------------------------------------
@@ -160,9 +160,7 @@ class SqlConnector:
     def _conditions(
         self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject
     ) -> dict[str, Condition | None]:
-        dialect = conn.dialect.name
-        if dialect == "sqlite":  # for email_in; per connection, as the pool may hand out a new one
-            register_sqlite_lower(conn.connection.driver_connection)
+        self._emails.prepare(conn)
         keys = self._customer_keys(conn, tables, subject)
         emails = [e for e in subject.emails if normalise_email(e)]
         phones = sorted({p.strip() for p in subject.phones if p.strip()})
@@ -173,7 +171,7 @@ class SqlConnector:
             if match.customer_id and keys:
                 parts.append(self._column(table, match.customer_id).in_(keys))
             if match.email and emails:
-                parts.append(email_in(self._column(table, match.email), emails, dialect))
+                parts.append(self._emails.condition(conn, self._column(table, match.email), emails))
             if match.phone and phones:
                 parts.append(self._column(table, match.phone).in_(phones))
             parent_condition = conditions.get(match.via.table) if match.via is not None else None
@@ -196,7 +194,7 @@ class SqlConnector:
         found = (
             conn.execute(
                 sa.select(key_column)
-                .where(email_in(self._column(accounts, rule.email), subject.emails, conn.dialect.name))
+                .where(self._emails.condition(conn, self._column(accounts, rule.email), subject.emails))
                 .distinct()
                 .limit(2)
             )

@@ -29,7 +29,7 @@ column. Example (YAML)::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,11 +42,6 @@ Erase = Literal["delete", "anonymise", "retain", "keep"]
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-# SQLite's own lower() folds only ASCII, so "ÉLODIE@…" would stay apart from "élodie@…". The
-# SQL connectors register this function, Python's str.lower, on their SQLite connections.
-SQLITE_LOWER = "oubli_lower"
-
-
 def strip_whitespace(value: str) -> str:
     for char in WHITESPACE:
         value = value.replace(char, "")
@@ -57,7 +52,7 @@ def normalise_email(value: str) -> str:
     return strip_whitespace(value).lower()
 
 
-def _stripped_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+def stripped_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     # Inline literals, not bound parameters: the query must spell the same expression as the index
     # on it (``connectors.samples``), or PostgreSQL will not use that index.
     expression: sa.ColumnElement[Any] = column
@@ -71,35 +66,9 @@ def _stripped_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
 def normalised_email_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     """The SQL twin of ``normalise_email`` for indexes, portable to SQLite and PostgreSQL.
 
-    Match with ``email_in``, not with this: on SQLite, ``lower`` folds only ASCII letters.
+    Match with ``connectors.sql_email``, not with this: on SQLite, ``lower`` folds only ASCII letters.
     """
-    return sa.func.lower(_stripped_sql(column))
-
-
-def email_in(column: sa.ColumnElement[Any], emails: Iterable[str], dialect: str) -> sa.ColumnElement[bool]:
-    """``column`` holds one of ``emails``, whitespace and case (any letter, not only ASCII) aside.
-
-    Both sides are folded by the same function, so a match never depends on two case mappings
-    agreeing. PostgreSQL folds both with its ``lower`` (the index on ``normalised_email_sql`` is
-    still used: the right-hand side is constant). SQLite's ``lower`` knows only ASCII, so there both
-    sides go through Python's ``str.lower`` (``SQLITE_LOWER``, see ``register_sqlite_lower``); no
-    index can serve that on SQLite, which is the embedded, small-database case.
-    """
-    stripped = sorted({strip_whitespace(e) for e in emails if strip_whitespace(e)})
-    if dialect == "sqlite":
-        folded = sorted({e.lower() for e in stripped})
-        lowered: sa.ColumnElement[Any] = getattr(sa.func, SQLITE_LOWER)(_stripped_sql(column))
-        return lowered.in_(folded)
-    return normalised_email_sql(column).in_([sa.func.lower(sa.literal(e)) for e in stripped])
-
-
-def register_sqlite_lower(dbapi_connection: Any) -> None:
-    """Makes ``SQLITE_LOWER`` available on one SQLite connection (a ``sqlite3.Connection``)."""
-    dbapi_connection.create_function(SQLITE_LOWER, 1, _lower, deterministic=True)
-
-
-def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
+    return sa.func.lower(stripped_sql(column))
 
 
 @dataclass(frozen=True)

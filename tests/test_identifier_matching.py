@@ -23,6 +23,7 @@ from tests.conformance import MemoryExportWriter
 from tests.test_call_recordings import connector_for
 from tests.test_contact_forms import message
 from tests.test_sql_support import context, insert_rows
+from worker.errors import NeedsPersonError
 from worker.export import ExportStore
 from worker.sampledata import SCHEMAS
 
@@ -133,6 +134,25 @@ def test_account_found_by_non_ascii_email_when_the_id_is_unknown(db_url: str) ->
         result = connector.export(subject("C-unknown", "özlem.çelik@example.com"), writer)
         assert result.outcome == "exported"
         assert [r["customer_id"] for r in json.loads(writer.files["customers.json"])] == ["C-8008"]
+    finally:
+        connector.close()
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_column_that_folds_only_ascii_refuses_non_ascii_emails(pg_url: str) -> None:
+    """Under the "C" collation PostgreSQL's lower() leaves É alone: say so, never answer not_found."""
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    SCHEMAS["contact_forms"].create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text('ALTER TABLE contact_messages ALTER COLUMN email TYPE varchar(254) COLLATE "C"'))
+    insert_rows(engine, SCHEMAS["contact_forms"], {"contact_messages": [message(1, NON_ASCII[0], "bonjour")]})
+    connector = contact_forms.create("contact_forms", {"url": pg_url}, context())
+    try:
+        with pytest.raises(NeedsPersonError) as caught:
+            connector.erase(subject("C-none", "élodie.château@example.fr"))
+        assert caught.value.code == "email_case_unsupported" and "élodie" not in str(caught.value)
+        assert connector.erase(subject("C-none", "ascii.only@example.fr")).outcome == "not_found"
     finally:
         connector.close()
     engine.dispose()
