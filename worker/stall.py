@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from worker.errors import OubliError
 
 
@@ -58,8 +60,11 @@ class StalledTooLong(OubliError):
 
 
 def error_kind(exc: BaseException) -> str:
-    """The type of the error that really happened (the cause of a ``StoreUnavailable``), for logs and labels."""
+    """The type of the error that really happened, for logs and labels: the cause of a ``StoreUnavailable``, the
+    driver's own class under SQLAlchemy's wrapper (``QueryCanceled``, ``LockNotAvailable``, ...)."""
     cause = exc.__cause__ if isinstance(exc, OubliError) and exc.__cause__ is not None else exc
+    if isinstance(cause, sa.exc.DBAPIError) and cause.orig is not None:
+        return type(cause.orig).__name__
     return type(cause).__name__
 
 
