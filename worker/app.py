@@ -205,7 +205,7 @@ class Worker:
         self._guarded("relay_drain", lambda: self.relay.drain(10))
         self._commit()
         self.consumer.close()
-        self._guarded("relay_release", self.relay.release)
+        self._guarded("relay_release", self.relay.release, gated=False)  # aborts an open transaction
         self.executor.shutdown()
         for connector in self.connectors.values():
             connector.close()
@@ -341,17 +341,18 @@ class Worker:
             self.store_stall.recovered()
             self.intake_stall.retry_at = now  # the record intake could not write is tried at once
 
-    def _guarded(self, name: str, step: Callable[[], Any]) -> None:
+    def _guarded(self, name: str, step: Callable[[], Any], *, gated: bool = True) -> None:
         """Runs one store-backed step of the loop. No failure of it stops the worker but a fatal Kafka one.
 
         A store outage holds every store step until the probe in ``_check_store`` passes. Any other error is
         a bug or a row the step cannot handle: it is logged by type and place (never its message, which may
         quote personal data), counted in ``oubli_loop_errors_total``, and the step alone is tried again with
-        backoff while readiness is down. The other steps go on.
+        backoff while readiness is down. The other steps go on. ``gated=False`` tries once whatever the
+        backoff says (on shutdown).
         """
         stall = self.step_stalls.setdefault(name, self._stall())
         now = time.monotonic()
-        if self.store_stall.active or not stall.due(now):
+        if gated and (self.store_stall.active or not stall.due(now)):
             return
         try:
             step()
@@ -376,9 +377,10 @@ class Worker:
         return time.monotonic() - self.last_loop < 60
 
     def _ready(self) -> bool:
-        """Not ready while the store is out, intake is held on a record, or a step keeps failing."""
+        """Not ready while the store is out, intake is held on a record, or a step that does the work keeps failing
+        (the gauges, read every 15 s, may miss a turn during a rebalance: that is no reason to drop readiness)."""
         stalled = self.store_stall.active or self.intake_stall.active or any(
-            s.active for s in self.step_stalls.values())
+            stall.active for name, stall in self.step_stalls.items() if name != "gauges")
         return self._live() and not stalled and not self.stopping
 
 
