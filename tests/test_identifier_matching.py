@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from connectors import contact_forms, orders_db
 from connectors.base import Subject
 from connectors.call_recordings import FileNames
+from connectors.sql_email import EmailMatch, spellings
 from tests.conformance import MemoryExportWriter
 from tests.test_call_recordings import connector_for
 from tests.test_contact_forms import message
@@ -155,4 +156,30 @@ def test_a_column_that_folds_only_ascii_refuses_non_ascii_emails(pg_url: str) ->
         assert connector.erase(subject("C-none", "ascii.only@example.fr")).outcome == "not_found"
     finally:
         connector.close()
+    engine.dispose()
+
+
+def test_sqlite_finds_every_spelling_through_the_email_index(tmp_path: Any) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'forms.db'}", poolclass=sa.pool.NullPool)
+    SCHEMAS["contact_forms"].create_all(engine)
+    typed = ["ÉLODIE@X.FR", "élodie@x.fr", " Élodie@x.fr", "\u212aim@x.fr", "KIM@x.fr", "ΣΑΣ@x.gr", "elodie@x.fr"]
+    rows = [message(n + 1, email, "-") for n, email in enumerate(typed)]
+    insert_rows(engine, SCHEMAS["contact_forms"], {"contact_messages": rows})
+    table = SCHEMAS["contact_forms"].tables["contact_messages"]
+    emails = EmailMatch("contact_forms")
+    with engine.connect() as conn:
+        emails.prepare(conn)
+
+        def found(*wanted: str) -> set[str]:
+            condition = emails.condition(conn, table.c.email, wanted)
+            return set(conn.execute(sa.select(table.c.email).where(condition)).scalars())
+
+        assert found("élodie@x.fr") == {"ÉLODIE@X.FR", "élodie@x.fr", " Élodie@x.fr"}
+        assert found("kim@x.fr") == {"\u212aim@x.fr", "KIM@x.fr"}  # the Kelvin sign lowers to k
+        assert found("σας@x.gr") == {"ΣΑΣ@x.gr"}  # a contextual fold: scanned, still found
+        condition = emails.condition(conn, table.c.email, ["ÉLODIE@x.fr"])
+        sql = str(sa.select(table.c.message_id).where(condition).compile(conn, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(str(row) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "ix_contact_messages_email_norm" in plan
+    assert spellings(["σας@x.gr"]) is None and spellings(["k" * 7 + "@x.fr"]) is None
     engine.dispose()
