@@ -10,16 +10,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
-from datetime import timedelta
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from structlog.testing import capture_logs
 
-from tests.pipeline import SUBJECT_KEY
+from tests import services
+from tests.pipeline import SUBJECT_KEY, raw_settings, record, settings_from
+from tests.private_kafka import PrivateKafka
 from worker import messages, states
-from worker.config import Topics
+from worker.config import Settings, Topics
+from worker.outbox import Relay, producer_config
 from worker.store import db
+from worker.store.outbox import Held, OutboxRecord
 from worker.store.repository import Recorded, Store, TaskUpdate
 from worker.store.schema import outbox
 from worker.support import build_command
@@ -70,4 +83,196 @@ def test_a_duplicate_recorded_while_its_request_completes_queues_the_completed_r
     statuses = _statuses(engine, request_id)
     assert statuses[-1] == "completed", statuses
     assert waited
+    engine.dispose()
+
+
+# --- the relay on a real broker ---------------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _store(engine: sa.Engine, settings: Settings, actor: str) -> Store:
+    return Store(engine, topics=settings.kafka.topics, policy=states.RetryPolicy(), actor=actor)
+
+
+def _drain(relay: Relay, store: Store, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while store.outbox.batch(1) or relay.pending():
+        assert time.monotonic() < deadline, "the relay did not drain the outbox"
+        relay.tick()
+        time.sleep(0.01)
+
+
+def _read(settings: Settings, topic: str) -> list[Message]:
+    """Every committed record of a topic (read_committed), partition by partition, in log order."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"read-{uuid.uuid4()}",
+                         "isolation.level": "read_committed", "enable.partition.eof": True,
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        records: list[Message] = []
+        ended: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(ended) < len(partitions):
+            assert time.monotonic() < deadline, f"{topic} was not read to its end"
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
+                ended.add(message.partition() or 0)
+                continue
+            records.append(message)
+        return records
+    finally:
+        consumer.close()
+
+
+def _record(store: Store, now: datetime) -> str:
+    return record(store, {"alpha": 3}, now=now, customer_id=f"C-{uuid.uuid4().hex[:8]}")
+
+
+def _complete(store: Store, request_ids: list[str], now: datetime) -> None:
+    claimed = store.claim_due(now=now, lease_until=now + timedelta(minutes=1), limits={"alpha": 10}, room=10)
+    assert sorted(t.request_id for t in claimed) == sorted(request_ids)
+    for task in claimed:
+        assert store.finish(task, states.Confirm("erased"), TaskUpdate(), now) is not None
+
+
+def test_a_stalled_relay_cannot_publish_its_old_batch_after_a_newer_leader(
+        pg_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from(raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems={}))
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    first, second = _store(engine, settings, "w1"), _store(engine, settings, "w2")
+    clock = Clock()
+    stale, newer = Relay(first, producer_config(settings.kafka), clock=clock), \
+        Relay(second, producer_config(settings.kafka), clock=clock)
+    requests = [_record(first, clock.now) for _ in range(3)]  # the outbox: three `accepted` receipts
+
+    # The first relay leads, reads its batch... and stalls before handing it to the broker (a GC pause).
+    read, resume = threading.Event(), threading.Event()
+    read_batch = first.outbox.batch
+
+    def stalling_batch(limit: int) -> list[OutboxRecord]:
+        records = read_batch(limit)
+        if records and not read.is_set():
+            read.set()
+            resume.wait(60)
+        return records
+
+    monkeypatch.setattr(first.outbox, "batch", stalling_batch)
+
+    def lead() -> None:
+        while not read.is_set():
+            stale.tick()
+        for _ in range(200):  # resumed: it publishes its batch and tries to commit it
+            stale.tick()
+            if stale.held is None or stale.producer is None:
+                return
+            time.sleep(0.01)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert read.wait(30)
+    try:
+        _complete(second, requests, clock.now)  # each request's `completed` receipt follows its `accepted`
+        clock.now += timedelta(seconds=20)  # the stalled leader's lease runs out; the second relay takes over
+        _drain(newer, second)
+    finally:
+        resume.set()
+    leader.join(30)
+    assert not leader.is_alive()
+
+    receipts = _read(settings, settings.kafka.topics.receipts)
+    published = {r: [json.loads(m.value())["status"] for m in receipts if m.key() == r.encode()] for r in requests}
+    # Published once, by the newer leader: the stalled relay's records were never committed.
+    assert published == {r: ["accepted", "in_progress", "completed"] for r in requests}
+    assert stale.held is None or stale.producer is None  # it was fenced
+    assert first.outbox.batch(10) == []
+    newer.release()
+    engine.dispose()
+
+
+def test_only_the_current_lease_token_renews_the_lease_and_deletes_rows(pg_url: str) -> None:
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    store, restarted = (Store(engine, topics=TOPICS, policy=states.RetryPolicy(), actor="w1") for _ in range(2))
+    other = Store(engine, topics=TOPICS, policy=states.RetryPolicy(), actor="w2")
+    now, ttl = utcnow(), timedelta(seconds=15)
+    _record(store, now)
+    ids = [r.id for r in store.outbox.batch(10)]
+    old, new = Held("outbox-relay", "old"), Held("outbox-relay", "new")
+    assert store.outbox.acquire_lease(old.name, now=now, ttl=ttl, token=old.token)
+    assert not other.outbox.acquire_lease(old.name, now=now, ttl=ttl, token="other")
+    # A restarted worker (same name) takes its dead incarnation's lease at once, under a new token...
+    assert restarted.outbox.acquire_lease(new.name, now=now, ttl=ttl, token=new.token)
+    # ...and the old incarnation, if it still runs, can neither renew it nor delete rows.
+    assert not store.outbox.renew_lease(old, now=now, ttl=ttl)
+    assert not store.outbox.delete(ids, held=old)
+    assert [r.id for r in store.outbox.batch(10)] == ids
+    assert restarted.outbox.renew_lease(new, now=now, ttl=ttl)
+    assert restarted.outbox.delete(ids, held=new)
+    assert store.outbox.batch(10) == []
+    engine.dispose()
+
+
+@pytest.fixture
+def small_broker(tmp_path: Path) -> Iterator[PrivateKafka]:
+    """A broker that refuses any record batch over 16 KiB (the default is 1 MiB)."""
+    services.require_kafka()  # the shared broker's jars and Java are what this one runs on
+    broker = PrivateKafka(tmp_path, {"message.max.bytes": str(16 * 1024)})
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_a_dlq_record_too_large_for_the_broker_is_replaced_by_a_reference_and_the_relay_goes_on(
+        small_broker: PrivateKafka, pg_url: str) -> None:
+    settings = settings_from(raw_settings(store_url=pg_url, bootstrap=small_broker.bootstrap, systems={}))
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    store = _store(engine, settings, "w1")
+    now = utcnow()
+    big, small = os.urandom(40 * 1024), b'{"not": "a command"}'  # random bytes: no codec makes them fit
+    for raw in (big, small):  # same key, so both land in one partition's batch and share its answer
+        store.record_invalid(request_id=None, code="too_large", message="over 64 KiB", raw=raw, key=b"C-42",
+                             headers=[("x-sender-note", b"marie@example.fr")], source="commands/3/17", now=now)
+    with store.engine.begin() as conn:  # a receipt the broker refuses too (none is this large in practice)
+        conn.execute(outbox.insert().values(topic=settings.kafka.topics.receipts, key=b"req-oversized",
+                                            value=b"{" + b" " * 20_000 + b"}", created_at=now,
+                                            headers_json=json.dumps([("x-oubli-status", "in_progress")])))
+    request_id = _record(store, now)  # and a real receipt behind them all
+    relay = Relay(store, producer_config(settings.kafka), clock=lambda: now)
+    with capture_logs() as logs:
+        _drain(relay, store)
+    relay.release()
+
+    [receipt] = _read(settings, settings.kafka.topics.receipts)
+    assert receipt.key() == request_id.encode() and json.loads(receipt.value())["status"] == "accepted"
+    dlq = {m.value(): m for m in _read(settings, settings.kafka.topics.dlq)}
+    assert small in dlq and dlq[small].key() == b"C-42"  # refused with its batch, then sent alone: intact
+    [reference] = [m for value, m in dlq.items() if value != small]
+    digest = hashlib.sha256(big).hexdigest()
+    sent_headers = [("x-sender-note", "marie@example.fr"), ("x-oubli-error-code", "too_large"),
+                    ("x-oubli-error-message", "over 64 KiB"), ("x-oubli-source", "commands/3/17")]
+    assert reference.key() is None
+    assert json.loads(reference.value()) == {
+        "oubli_dlq_reference": 1, "refused_by_broker": "MSG_SIZE_TOO_LARGE", "sha256": digest, "size_bytes": len(big),
+        "key_bytes": 4, "header_bytes": sum(len(k) + len(v) for k, v in sent_headers)}
+    assert dict(reference.headers() or []) == {
+        "x-oubli-error-code": b"too_large", "x-oubli-error-message": b"over 64 KiB",
+        "x-oubli-source": b"commands/3/17", "x-oubli-dlq-reference": f"sha256:{digest}".encode()}
+    dropped = [e for e in logs if e["event"] == "outbox_record_dropped"]
+    assert [(e["request_id"], e["status"], e["code"]) for e in dropped] == [
+        ("req-oversized", "in_progress", "MSG_SIZE_TOO_LARGE")]
+    assert "marie" not in repr(logs)
+    assert store.outbox.batch(1) == []
     engine.dispose()

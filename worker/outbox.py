@@ -34,7 +34,7 @@ receipt is dropped with a log line.
 
 The relay never blocks the main loop on the broker for long: ``tick`` hands a batch to the producer
 and returns; a later tick commits it once every record was acknowledged (one round trip). Blocking
-calls (``init_transactions``, commit, abort) wait at most ``broker_timeout`` seconds, and a call that
+calls (``init_transactions``, commit) wait at most ``broker_timeout`` seconds, and a call that
 timed out is made again on the next tick. During a broker outage the batch stays in flight (librdkafka
 retries it) and the outbox rows stay in the store.
 """
@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -71,7 +71,6 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
 class _Batch:
     records: list[OutboxRecord]
     outcomes: dict[int, KafkaError | None] = field(default_factory=dict)
-    ending: Literal["commit", "abort"] | None = None  # set once the transaction is being ended
 
     def settled(self) -> bool:
         return len(self.outcomes) == len(self.records)
@@ -179,7 +178,8 @@ class Relay:
         self._drop_producer()
 
     def _drop_producer(self) -> None:
-        # A fenced or abandoned transaction is aborted by the broker (or by the next leader's init).
+        # Its open transaction is aborted by the next init_transactions of this fleet (this relay's own
+        # next producer, or the next leader's), else by the broker's transaction timeout.
         self.ready, self.in_flight = False, None
         if self.producer is not None:
             self.producer.purge()
@@ -229,28 +229,28 @@ class Relay:
         self.producer.poll(0)
 
     def _end(self) -> int:
-        """Commits a settled batch, or aborts it if a record failed. Returns the records published."""
+        """Commits a settled batch; a batch with a failed record is given up. Returns the records published."""
         batch, producer = self.in_flight, self.producer
         assert batch is not None and producer is not None
         failures = batch.failures()
-        if batch.ending is None:
-            batch.ending = "abort" if failures else "commit"
+        if failures:
+            # Start over with a new producer: its init_transactions aborts this transaction, and resets
+            # the sequence numbers a refused record leaves behind (with them, the same producer's next
+            # records to that partition can hang until they time out).
+            self._drop_producer()
+            self._after_failure(batch, failures)
+            return 0
         try:
-            if batch.ending == "commit":
-                producer.commit_transaction(self.broker_timeout)
-            else:
-                producer.abort_transaction(self.broker_timeout)
+            producer.commit_transaction(self.broker_timeout)
         except KafkaException as exc:
             error = exc.args[0]
-            if error.txn_requires_abort() and not error.fatal():
-                batch.ending = "abort"  # e.g. sequence numbers reset after a refusal: abort, send again
-            else:
-                self._failed_call(error, "outbox_transaction_not_ended")
+            if error.retriable() and not error.txn_requires_abort():
+                self._failed_call(error, "outbox_commit_pending")  # the same call, a little later
+            else:  # fenced (a newer relay started), or the transaction must be aborted: start over
+                log.warning("outbox_commit_failed", code=error.name(), fatal=error.fatal())
+                self._drop_producer()
             return 0
         self.in_flight = None
-        if batch.ending == "abort":
-            self._after_abort(batch, failures)
-            return 0
         self.crash.hit(failpoints.AFTER_PUBLISH)
         if not self._delete([r.id for r in batch.records]):
             return 0
@@ -261,11 +261,10 @@ class Relay:
                 self.on_published(record.topic, 1)
         return len(batch.records)
 
-    def _after_abort(self, batch: _Batch, failures: list[tuple[OutboxRecord, KafkaError]]) -> None:
+    def _after_failure(self, batch: _Batch, failures: list[tuple[OutboxRecord, KafkaError]]) -> None:
         refused = next(((r, e) for r, e in failures if refusals.is_refusal(e)), None)
         if refused is None:
-            first = failures[0][1].name() if failures else "aborted"
-            log.warning("outbox_publish_incomplete", pending=len(batch.records), error=first)
+            log.warning("outbox_publish_incomplete", pending=len(batch.records), error=failures[0][1].name())
         elif len(batch.records) > 1:
             # The whole batch of a partition shares one answer: find out whether this record is the cause.
             self.alone = refused[0].id
