@@ -95,6 +95,7 @@ class Relay:
         self.on_published = on_published
         self.producer_factory = producer_factory
         self.producer: Producer | None = None
+        self.initialized = False  # the producer's init_transactions returned
         self.held: Held | None = None  # the lease, while this relay leads
         self.leader_until = datetime.min.replace(tzinfo=UTC)
         self.next_attempt = datetime.min.replace(tzinfo=UTC)
@@ -149,13 +150,15 @@ class Relay:
         """Fences every earlier relay (``init_transactions``), then checks the lease is still ours."""
         assert self.held is not None
         if self.producer is None:
-            self.producer = self.producer_factory(dict(self.config))
-        try:
-            self.producer.init_transactions(self.broker_timeout)
-        except KafkaException as exc:
-            # A timeout goes on in the background: calling again later picks it up.
-            self._failed_call(exc.args[0], "outbox_relay_not_started")
-            return False
+            self.producer, self.initialized = self.producer_factory(dict(self.config)), False
+        if not self.initialized:
+            try:
+                self.producer.init_transactions(self.broker_timeout)
+            except KafkaException as exc:
+                # A timeout goes on in the background: calling again later picks it up.
+                self._failed_call(exc.args[0], "outbox_relay_not_started")
+                return False
+            self.initialized = True
         if not self.store.outbox.renew_lease(self.held, now=now, ttl=self.lease):
             log.warning("outbox_lease_lost")
             self._step_down()
