@@ -265,7 +265,7 @@ def test_a_dlq_record_too_large_for_the_broker_is_replaced_by_a_reference_and_th
                     ("x-oubli-error-message", "over 64 KiB"), ("x-oubli-source", "commands/3/17")]
     assert reference.key() is None
     assert json.loads(reference.value()) == {
-        "oubli_dlq_reference": 1, "refused_by_broker": "MSG_SIZE_TOO_LARGE", "sha256": digest, "size_bytes": len(big),
+        "oubli_dlq_reference": 1, "kafka_error": "MSG_SIZE_TOO_LARGE", "sha256": digest, "size_bytes": len(big),
         "key_bytes": 4, "header_bytes": sum(len(k) + len(v) for k, v in sent_headers)}
     assert dict(reference.headers() or []) == {
         "x-oubli-error-code": b"too_large", "x-oubli-error-message": b"over 64 KiB",
@@ -275,4 +275,31 @@ def test_a_dlq_record_too_large_for_the_broker_is_replaced_by_a_reference_and_th
         ("req-oversized", "in_progress", "MSG_SIZE_TOO_LARGE")]
     assert "marie" not in repr(logs)
     assert store.outbox.batch(1) == []
+    engine.dispose()
+
+
+def test_a_dlq_record_over_the_clients_own_limit_is_replaced_without_reaching_the_broker(
+        pg_url: str, kafka_bootstrap: str) -> None:
+    # A command that arrived compressed can be larger, raw, than librdkafka's message.max.bytes (1 MB by
+    # default): produce() itself refuses it. Here the client's limit is made small instead.
+    settings = settings_from(raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems={}))
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    store = _store(engine, settings, "w1")
+    now = utcnow()
+    big = os.urandom(20_000)
+    store.record_invalid(request_id=None, code="too_large", message="over 64 KiB", raw=big, key=b"C-7",
+                         headers=[], source="commands/1/5", now=now)
+    request_id = _record(store, now)
+    relay = Relay(store, {**producer_config(settings.kafka), "message.max.bytes": 10_000}, clock=lambda: now)
+    _drain(relay, store)
+    relay.release()
+
+    [receipt] = _read(settings, settings.kafka.topics.receipts)
+    assert receipt.key() == request_id.encode()
+    [reference] = _read(settings, settings.kafka.topics.dlq)
+    body = json.loads(reference.value())
+    assert (body["kafka_error"], body["size_bytes"], body["sha256"]) == (
+        "MSG_SIZE_TOO_LARGE", len(big), hashlib.sha256(big).hexdigest())
+    assert dict(reference.headers() or [])["x-oubli-source"] == b"commands/1/5"
     engine.dispose()

@@ -55,7 +55,7 @@ def stand_in(record: OutboxRecord, error: KafkaError) -> tuple[bytes, Headers]:
     digest = hashlib.sha256(value).hexdigest()
     body = {
         "oubli_dlq_reference": 1,
-        "refused_by_broker": error.name(),
+        "kafka_error": error.name(),
         "sha256": digest,
         "size_bytes": len(value),
         "key_bytes": len(record.key or b""),
