@@ -23,7 +23,8 @@ import sqlalchemy as sa
 
 from connectors.base import ConnectorContext
 from connectors.sql import SqlConnector, make_engine, reflect, suppression_hash
-from connectors.sql_config import SqlConfig, normalise_email, normalised_email_sql, preset
+from connectors.sql_config import SqlConfig, normalise_email, preset
+from connectors.sql_email import EmailMatch
 from connectors.sql_errors import db_error
 from worker.errors import ConfigError
 
@@ -73,6 +74,8 @@ class NewsletterImporter:
         self._professions = tables["subscriber_professions"]
         self._events = tables["consent_events"]
         self._suppressions = tables["suppressions"]
+        # The same fold as the erasure's match: on SQLite a re-import of "ÉLODIE@…" must find "élodie@…".
+        self._emails = EmailMatch("newsletter")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> NewsletterImporter:
@@ -107,9 +110,8 @@ class NewsletterImporter:
         if self.is_suppressed(conn, email):
             return "refused_suppressed"
         s = self._subscribers
-        if conn.execute(
-            sa.select(s.c.subscriber_id).where(normalised_email_sql(s.c.email) == normalise_email(email))
-        ).first():
+        self._emails.prepare(conn)
+        if conn.execute(sa.select(s.c.subscriber_id).where(self._emails.condition(conn, s.c.email, [email]))).first():
             return "already_subscribed"
         subscriber_id = conn.execute(
             sa.insert(s)

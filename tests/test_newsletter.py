@@ -94,3 +94,12 @@ def test_a_suppression_key_is_required() -> None:
     for settings in ({"url": "sqlite://"}, {"url": "sqlite://", "suppression_key": "short"}):
         with pytest.raises(ConfigError):
             newsletter.create("newsletter", settings, context())
+
+
+def test_an_import_finds_a_subscriber_whose_address_differs_in_non_ascii_case(harness: SqlHarness) -> None:
+    # SQLite's own lower() folds only ASCII: without the shared fold this would subscribe twice.
+    importer = newsletter.NewsletterImporter(harness.engine, KEY.encode())
+    first = importer.import_subscribers([{"email": "ÉLODIE.Ÿ@EXAMPLE.FR"}], source="trade_show", now=AS_OF)
+    assert first == newsletter.ImportReport(imported=1)
+    again = importer.import_subscribers([{"email": " élodie.ÿ@example.fr "}], source="partner_form", now=AS_OF)
+    assert again == newsletter.ImportReport(already_subscribed=1)
