@@ -156,8 +156,10 @@ def test_a_lease_lost_while_polling_polls_the_same_job_again() -> None:
         S.WAITING_VENDOR, "job-1", NOW, "lease_expired")
     again = states.transition(after, states.Claim(), NOW, NO_JITTER)
     assert again.attempts == 1, "polling is not an attempt"
-    calling = TaskState(state=S.RUNNING, attempts=1)
-    assert states.transition(calling, states.LeaseExpired(), NOW, NO_JITTER).state is S.RETRYING
+    calling = TaskState(state=S.RUNNING, attempts=8, max_attempts=8)
+    lost = states.transition(calling, states.LeaseExpired(), NOW, NO_JITTER)
+    assert (lost.state, lost.attempts) == (S.RETRYING, 7), "a dead worker does not use up the system's retries"
+    assert states.transition(lost, states.Claim(), NOW, NO_JITTER).attempts == 8
 
 
 @pytest.mark.parametrize("combo", list(itertools.product(SystemState, repeat=2)))

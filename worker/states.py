@@ -144,7 +144,9 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
             return replace(task, state=SystemState.WAITING_VENDOR, next_attempt_at=now,
                            error_code="lease_expired", error_message="the worker polling this task stopped")
         case LeaseExpired() if state is SystemState.RUNNING:
-            return replace(task, state=SystemState.RETRYING, next_attempt_at=now,
+            # The attempt is given back: a dead worker is no failure of the system, and a pod killed
+            # again and again (a node drained, an OOM) must not use up a request's retries.
+            return replace(task, state=SystemState.RETRYING, next_attempt_at=now, attempts=max(task.attempts - 1, 0),
                            error_code="lease_expired", error_message="the worker running this task stopped")
         case OperatorRetry() if state in {SystemState.FAILED, SystemState.RETRYING, SystemState.WAITING_VENDOR}:
             return replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None)
