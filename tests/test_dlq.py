@@ -161,7 +161,8 @@ def test_unknown_system_round_trip(pg_url: str, kafka_bootstrap: str, tmp_path: 
     garbage_key = b"C-garbage-subject"
     for command in unknown:
         publish_command(settings.kafka, command, signing_secret=SECRET.encode())
-    publish_command(settings.kafka, {}, raw=b'{"request_id": "oops", ', key=garbage_key)
+    # Signed, so that it reaches the JSON check: an unsigned one is bad_signature before anything is read.
+    publish_command(settings.kafka, {}, raw=b'{"request_id": "oops", ', key=garbage_key, signing_secret=SECRET.encode())
 
     worker = Worker(settings, migrate=True, serve_http=False)
     worker.start()
