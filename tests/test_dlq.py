@@ -201,7 +201,8 @@ def test_unknown_system_round_trip(pg_url: str, kafka_bootstrap: str, tmp_path: 
     replayed = oubli.json("replay", "--code", "unknown_system", "--by", "ops")
     new_requests = replayed.pop("new_requests")
     assert replayed == {"dry_run": False, "replayed": {"unknown_system": 2}, "earlier": {}, "kept": {},
-                        "skipped": {"invalid_json": 1}, "failed": {}, "cursors_moved": ["unknown_system"]}
+                        "references": {}, "skipped": {"invalid_json": 1}, "failed": {},
+                        "cursors_moved": ["unknown_system"]}
     assert sorted(new_requests, key=str) == sorted(dry["new_requests"], key=str)  # the dry run named them
     new_id = {p["replay_of"]: p["request_id"] for p in new_requests}
 
@@ -514,3 +515,24 @@ def test_a_replay_rejected_again_says_so_in_the_audit_trail(tmp_path: Path) -> N
     assert [e["action"] for e in audit] == ["rejected"]
     assert audit[0]["error_code"] == "unknown_system"
     assert audit[0]["detail"].endswith("; replay of old-request-id from t.dlq/2/41 by ops")
+
+
+def test_a_reference_the_relay_left_for_a_refused_command_is_reported_not_replayed(kafka_bootstrap: str,
+                                                                                    tmp_path: Path) -> None:
+    raw = raw_settings(store_url=f"sqlite:///{tmp_path / 'oubli.db'}", bootstrap=kafka_bootstrap, systems={})
+    settings = settings_from(raw)
+    oubli = write_config(raw, tmp_path / "oubli.yaml")
+    oubli.cli("topics")
+    db.migrate(db.create_engine(settings.store_url))
+    reference = json.dumps({"oubli_dlq_reference": 1, "kafka_error": "MSG_SIZE_TOO_LARGE", "sha256": "ab" * 32,
+                            "size_bytes": 70000}).encode()
+    producer = Producer(kafka.producer_config(settings.kafka))
+    producer.produce(settings.kafka.topics.dlq, value=reference, headers=[
+        ("x-oubli-error-code", b"internal_error"), ("x-oubli-error-message", b"a PII-free message"),
+        ("x-oubli-source", f"{settings.kafka.topics.commands}/0/7".encode()),
+        ("x-oubli-dlq-reference", b"sha256:" + b"ab" * 32)])
+    assert producer.flush(10) == 0
+
+    report = json.loads(oubli("replay", "--code", "internal_error", "--by", "ops", "--json").stdout)
+    assert (report["replayed"], report["references"], report["failed"]) == ({}, {"internal_error": 1}, {})
+    assert topic_size(settings, settings.kafka.topics.commands) == 0

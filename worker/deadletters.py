@@ -42,6 +42,8 @@ from worker.timefmt import iso
 ERROR_CODE = "x-oubli-error-code"
 ERROR_MESSAGE = "x-oubli-error-message"
 SOURCE = "x-oubli-source"
+# Marks a DLQ record that stands in for a command the broker refused (``worker.refusals``).
+REFERENCE = "x-oubli-dlq-reference"
 REPLAYED_FROM = "x-oubli-replayed-from"
 REPLAYED_BY = "x-oubli-replayed-by"
 REPLAY_OF = "x-oubli-replay-of"  # on a replay reissued under a new request_id: the id it replaces (worker/reissue.py)
@@ -71,6 +73,10 @@ class DeadLetter:
     key: bytes | None = field(repr=False)  # the subject's customer_id
     value: bytes | None = field(repr=False)  # the raw command
     headers: tuple[tuple[str, bytes | None], ...] = field(repr=False)
+
+    def is_reference(self) -> bool:
+        """A stand-in the relay wrote because the broker refused the command itself (``worker.refusals``)."""
+        return any(name == REFERENCE for name, _ in self.headers)
 
     def replay_headers(self, topic: str, by: str) -> Headers:
         """The original headers (the signature among them), minus what the DLQ added, plus where from and who."""

@@ -56,13 +56,16 @@ class ReplayReport:
     skipped: Counter[str] = field(default_factory=Counter)  # other codes: not sent, cursors unmoved
     failed: Counter[str] = field(default_factory=Counter)  # not acknowledged by the broker
     kept: Counter[str] = field(default_factory=Counter)  # of replayed: a known request_id sent unchanged
+    # Selected, but the broker refused the command itself, so the DLQ holds only a reference to it.
+    references: Counter[str] = field(default_factory=Counter)
     advanced: list[str] = field(default_factory=list)  # codes whose cursor moved
     reissued: dict[tuple[str, str], None] = field(default_factory=dict)  # (old id, new id), acknowledged, in order
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "replayed": dict(self.replayed), "earlier": dict(self.earlier),
                 "skipped": dict(self.skipped), "failed": dict(self.failed), "kept": dict(self.kept),
-                "cursors_moved": self.advanced, "new_requests": self.new_requests()}
+                "references": dict(self.references), "cursors_moved": self.advanced,
+                "new_requests": self.new_requests()}
 
     def note(self, code: str, out: Outgoing) -> None:
         """What an acknowledged record (dry run: a planned one) was."""
@@ -124,6 +127,11 @@ def replay(settings: KafkaSettings, *, codes: frozenset[str] | None, by: str | N
             seen.add(letter.code)
             if letter.offset < cursors.of(letter.code)[letter.partition]:
                 report.earlier[letter.code] += 1
+                continue
+            if letter.is_reference():
+                # Replaying the reference would only dead-letter it again: the command is in the
+                # commands topic at its x-oubli-source offset, for a person to look at.
+                report.references[letter.code] += 1
                 continue
             batch.append(letter)
             if len(batch) >= BATCH:
@@ -295,6 +303,10 @@ def _format_replay(report: ReplayReport, settings: KafkaSettings) -> str:
                      + ", ".join(f"{code} {n}" for code, n in sorted(report.skipped.items()))
                      + (f" ({', '.join(sorted(NAMED_ONLY & set(report.skipped)))} only with --code)"
                         if NAMED_ONLY & set(report.skipped) else ""))
+    if report.references:
+        lines.append("not replayable, the broker refused the command itself and the DLQ holds only a reference "
+                     "(the original is in the commands topic at its x-oubli-source offset): "
+                     + ", ".join(f"{code} {n}" for code, n in sorted(report.references.items())))
     if report.reissued:
         lines.append(("would send" if report.dry_run else "sent")
                      + " under a new request_id, the one to follow (replay of -> request_id):")

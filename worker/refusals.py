@@ -25,10 +25,8 @@ import json
 
 from confluent_kafka import KafkaError
 
-from worker.deadletters import ERROR_CODE, ERROR_MESSAGE, SOURCE
+from worker.deadletters import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
 from worker.store.outbox import Headers, OutboxRecord
-
-REFERENCE = "x-oubli-dlq-reference"
 
 REFUSALS = frozenset({
     KafkaError.MSG_SIZE_TOO_LARGE,  # over the broker's message.max.bytes or the topic's max.message.bytes,
