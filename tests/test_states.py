@@ -162,6 +162,29 @@ def test_a_lease_lost_while_polling_polls_the_same_job_again() -> None:
     assert states.transition(lost, states.Claim(), NOW, NO_JITTER).attempts == 8
 
 
+@pytest.mark.parametrize("polling", [False, True])
+def test_a_call_that_stops_its_worker_every_time_fails_after_the_limit_not_forever(polling: bool) -> None:
+    policy = states.RetryPolicy(base_seconds=2, max_seconds=60, jitter=lambda ceiling: ceiling, max_lease_losses=3)
+    task = TaskState(attempts=0, max_attempts=8)
+    if polling:
+        task = TaskState(state=S.WAITING_VENDOR, attempts=1, vendor_ref="job-1", waiting_since=SUBMITTED)
+    for losses in (1, 2):
+        task = states.transition(states.transition(task, states.Claim(), NOW, policy), states.LeaseExpired(), NOW,
+                                 policy)
+        assert (task.state in CLAIMABLE_STATES, task.lease_losses) == (True, losses)
+    running = states.transition(task, states.Claim(), NOW, policy)
+    failed = states.transition(running, states.LeaseExpired(), NOW, policy)
+    assert (failed.state, failed.error_code, failed.lease_losses) == (S.FAILED, "worker_lost_repeatedly", 3)
+    assert states.request_status([failed.state], any_attempted=True) is RequestStatus.ACTION_REQUIRED
+    # An operator's retry starts the count again; so does any call that returns.
+    assert states.transition(failed, states.OperatorRetry(), NOW, policy).lease_losses == 0
+    for event in (EVENTS["confirm"], EVENTS["await"], EVENTS["fail_retryable"], EVENTS["throttled"]):
+        assert states.transition(running, event, NOW, policy).lease_losses == 0
+
+
+CLAIMABLE_STATES = states.CLAIMABLE
+
+
 @pytest.mark.parametrize("combo", list(itertools.product(SystemState, repeat=2)))
 def test_request_status_is_derived_from_its_tasks(combo: tuple[SystemState, SystemState]) -> None:
     for attempted in (False, True):

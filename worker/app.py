@@ -117,7 +117,8 @@ class Worker:
             raise ConfigError("the store's schema is behind this version: run `oubli migrate` first")
         self.crash = failpoints.Failpoints(settings.failpoints)
         policy = states.RetryPolicy(settings.retry.base_seconds, settings.retry.max_seconds,
-                                    vendor_wait=timedelta(days=settings.worker.vendor_wait_days))
+                                    vendor_wait=timedelta(days=settings.worker.vendor_wait_days),
+                                    max_lease_losses=settings.worker.max_lease_losses)
         self.store = Store(self.engine, topics=settings.kafka.topics, policy=policy,
                            actor=settings.worker.worker_id)
         identity = build_identity(settings)

@@ -85,6 +85,9 @@ class WorkerSettings(_Frozen):
     # An async vendor job still unfinished this long after it was submitted fails its task
     # (vendor_wait_expired), so that a person looks at it.
     vendor_wait_days: float = Field(default=14.0, gt=0)
+    # A lost lease costs no attempt; this many lost in a row fail the task (worker_lost_repeatedly),
+    # so that a call which kills its worker every time cannot crash-loop the fleet.
+    max_lease_losses: int = Field(default=20, ge=1)
     poll_seconds: float = Field(default=0.2, gt=0)
     drain_seconds: float = Field(default=20.0, ge=0)
     http_host: str = "0.0.0.0"  # noqa: S104 - probes and metrics must be reachable from the kubelet

@@ -59,6 +59,7 @@ class TaskState:
     error_message: str | None = None
     confirmed_at: datetime | None = None
     waiting_since: datetime | None = None  # first handed to an async vendor job; cleared once settled
+    lease_losses: int = 0  # calls in a row whose worker died under them; any call that returns resets it
 
 
 # Events ---------------------------------------------------------------------------------------
@@ -116,6 +117,9 @@ class RetryPolicy:
     jitter: Callable[[float], float] = dataclasses.field(default=lambda ceiling: random.uniform(0, ceiling))  # noqa: S311
     # How long an async vendor job may stay unfinished, from the first time the task waited on it.
     vendor_wait: timedelta = timedelta(days=14)
+    # A lost lease gives its attempt back, so a call that kills its worker every time (a segfault,
+    # an out-of-memory kill) would crash-loop the fleet forever: this many losses in a row fail it.
+    max_lease_losses: int = 20
 
     def delay(self, attempts: int, retry_after: float | None) -> float:
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
@@ -134,22 +138,30 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
         case Confirm(outcome=outcome, vendor_ref=vendor_ref) if state is SystemState.RUNNING:
             return replace(task, state=SystemState.CONFIRMED, outcome=outcome, confirmed_at=now,
                            vendor_ref=vendor_ref or task.vendor_ref, error_code=None, error_message=None,
-                           next_attempt_at=None, waiting_since=None)
+                           next_attempt_at=None, waiting_since=None, lease_losses=0)
         case AwaitVendor(vendor_ref=vendor_ref, poll_after=poll_after) if state is SystemState.RUNNING:
-            return _await_vendor(task, vendor_ref, poll_after, now, policy)
+            return _await_vendor(replace(task, lease_losses=0), vendor_ref, poll_after, now, policy)
         case Fail() if state is SystemState.RUNNING:
-            return _after_failure(task, event, now, policy)
+            return _after_failure(replace(task, lease_losses=0), event, now, policy)
+        case LeaseExpired() if state is SystemState.RUNNING and task.lease_losses + 1 >= policy.max_lease_losses:
+            return replace(task, state=SystemState.FAILED, next_attempt_at=None, lease_losses=task.lease_losses + 1,
+                           error_code="worker_lost_repeatedly",
+                           error_message=f"the worker running this task stopped {task.lease_losses + 1} times in a "
+                                         "row: the call may be what stops it")
         case LeaseExpired() if state is SystemState.RUNNING and task.vendor_ref and task.waiting_since:
             # It died while polling: poll the same vendor job again rather than start a second one.
             return replace(task, state=SystemState.WAITING_VENDOR, next_attempt_at=now,
-                           error_code="lease_expired", error_message="the worker polling this task stopped")
+                           lease_losses=task.lease_losses + 1, error_code="lease_expired",
+                           error_message="the worker polling this task stopped")
         case LeaseExpired() if state is SystemState.RUNNING:
             # The attempt is given back: a dead worker is no failure of the system, and a pod killed
             # again and again (a node drained, an OOM) must not use up a request's retries.
             return replace(task, state=SystemState.RETRYING, next_attempt_at=now, attempts=max(task.attempts - 1, 0),
-                           error_code="lease_expired", error_message="the worker running this task stopped")
+                           lease_losses=task.lease_losses + 1, error_code="lease_expired",
+                           error_message="the worker running this task stopped")
         case OperatorRetry() if state in {SystemState.FAILED, SystemState.RETRYING, SystemState.WAITING_VENDOR}:
-            return replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None)
+            return replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None,
+                           lease_losses=0)
         case OperatorConfirm() if state is not SystemState.CONFIRMED:
             return replace(task, state=SystemState.CONFIRMED, outcome="manually_confirmed", confirmed_at=now,
                            next_attempt_at=None, error_code=None, error_message=None, waiting_since=None)

@@ -75,6 +75,7 @@ def task_state(row: Mapping[str, Any]) -> TaskState:
         error_message=row["error_message"],
         confirmed_at=aware(row["confirmed_at"]) if row["confirmed_at"] else None,
         waiting_since=aware(row["waiting_since"]) if row.get("waiting_since") else None,
+        lease_losses=row.get("lease_losses") or 0,
     )
 
 

@@ -62,6 +62,7 @@ tasks = sa.Table(
     sa.Column("lease_owner", sa.String(128)),
     sa.Column("lease_expires_at", Timestamp),
     sa.Column("version", sa.Integer, nullable=False, default=0),
+    sa.Column("lease_losses", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("waiting_since", Timestamp),  # first handed to an async vendor job (the vendor-wait deadline)
     sa.Index("ix_tasks_due", "state", "next_attempt_at"),
 )
