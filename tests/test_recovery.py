@@ -229,3 +229,23 @@ def test_the_identity_lock_is_exclusive_per_worker_id_and_freed_with_its_holder(
         for lock in (twin, other):
             lock.release()
         engine.dispose()
+
+
+def test_a_call_whose_worker_dies_under_it_again_and_again_ends_in_action_required(pg_url: str) -> None:
+    policy = states.RetryPolicy(max_lease_losses=3)
+    stores = [_store(pg_url, f"pod-{n}", policy) for n in range(4)]
+    now = utcnow()
+    request_id = record(stores[0], {"slow": 8}, now=now, customer_id="C-poison-call")
+    for store in stores:  # each claims after the previous holder's lease ran out, as if it had died
+        claimed = store.claim_due(now=now, lease_until=now + timedelta(seconds=LEASE), limits={"slow": 1}, room=1)
+        now += timedelta(seconds=LEASE + 1)
+        if store is stores[-1]:
+            assert claimed == [], "the third lost call in a row is not handed to a fourth worker"
+        else:
+            assert [t.request_id for t in claimed] == [request_id]
+    task = _task(stores[-1], request_id)
+    assert (task["state"], task["error_code"], task["lease_losses"], task["attempts"]) == (
+        "failed", "worker_lost_repeatedly", 3, 1)
+    assert stores[-1].receipt(request_id)["status"] == "action_required"
+    stores[-1].operator_retry(request_id, None, actor="ops", now=now)
+    assert _task(stores[-1], request_id)["lease_losses"] == 0

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from worker import receipts, states
 from worker.states import SystemState
 from worker.store.base import StoreBase
-from worker.store.records import OPEN_STATUSES, ClaimedTask, subject_of, task_state
+from worker.store.records import OPEN_STATUSES, ClaimedTask, TaskUpdate, subject_of, task_state
 from worker.store.schema import requests, tasks
 
 
@@ -114,9 +114,14 @@ class Claims(StoreBase):
             if current.state is SystemState.RUNNING:  # its worker died mid-call
                 current = states.transition(current, states.LeaseExpired(), now, self.policy)
                 self._audit(conn, request_id, system, now, "lease_expired", from_state=before.state,
-                            to_state=current.state, attempt=current.attempts, error_code="lease_expired")
+                            to_state=current.state, attempt=current.attempts, error_code=current.error_code)
+                if current.state not in states.CLAIMABLE:  # it died under this call too often: a person looks
+                    row.update(self._write_task(conn, request_id, system, version, current, TaskUpdate()))
+                    self._refresh_request(conn, request, now, rows=rows, force_receipt=True)
+                    return None
             after = states.transition(current, states.Claim(), now, self.policy)
             claim = {"state": after.state, "attempts": after.attempts, "next_attempt_at": None,
+                     "lease_losses": after.lease_losses,
                      "lease_owner": self.actor, "lease_expires_at": lease_until, "version": version + 1}
             updated = conn.execute(
                 tasks.update().where(tasks.c.request_id == request_id, tasks.c.system == system,
