@@ -13,6 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests import services
+from tests.netproxy import Proxy
+from worker.store import db
 
 
 @pytest.fixture
@@ -79,3 +81,14 @@ def pg_schema_urls() -> Iterator[Any]:
         for schema in made:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+@pytest.fixture
+def proxied_store(pg_url: str) -> Iterator[tuple[str, Proxy]]:
+    """A migrated PostgreSQL store reached through a TCP proxy the test can cut: (url, proxy)."""
+    url = sa.make_url(pg_url)
+    proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    db.migrate(db.create_engine(proxied))
+    yield proxied, proxy
+    proxy.close()

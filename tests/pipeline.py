@@ -10,13 +10,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from tests import services
 from worker import config, kafka, messages
 from worker.app import Worker
 from worker.config import Settings
@@ -218,3 +220,49 @@ def iter_tables(engine: Any) -> Iterator[tuple[str, list[Any]]]:
     with engine.connect() as conn:
         for table in sa.inspect(engine).get_table_names():
             yield table, [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{table}"'))]  # noqa: S608
+
+
+def read_topic(settings: Settings, topic: str) -> list[Message]:
+    """Every committed record of a topic (read_committed), partition by partition, in log order."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"read-{uuid.uuid4()}",
+                         "isolation.level": "read_committed", "enable.partition.eof": True,
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        records: list[Message] = []
+        ended: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(ended) < len(partitions):
+            assert time.monotonic() < deadline, f"{topic} was not read to its end"
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
+                ended.add(message.partition() or 0)
+                continue
+            records.append(message)
+        return records
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def export_worker(systems: dict[str, Any], *, store_url: str, bootstrap: str,
+                  bucket: str) -> Iterator[tuple[Worker, Receipts, Settings]]:
+    """A started in-process worker with exports to ``bucket`` on the local S3, and a receipt watcher."""
+    raw = raw_settings(
+        store_url=store_url, bootstrap=bootstrap, systems=systems, export={"bucket": bucket},
+        s3={"endpoint_url": services.S3_ENDPOINT, "access_key_id": "testing", "secret_access_key": "testing"},
+    )
+    settings = settings_from(raw)
+    worker = Worker(settings, migrate=True, serve_http=False)
+    worker.start()
+    receipts = Receipts(settings)
+    try:
+        yield worker, receipts, settings
+    finally:
+        receipts.close()
+        worker.close()

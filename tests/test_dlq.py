@@ -30,10 +30,18 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner, Result
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from tests.pipeline import Receipts, personal_strings, raw_settings, run_until, settings_from, subject_command
+from tests.pipeline import (
+    Receipts,
+    personal_strings,
+    raw_settings,
+    read_topic,
+    run_until,
+    settings_from,
+    subject_command,
+)
 from worker import config, kafka, messages, timefmt
 from worker.app import Worker
 from worker.cli import cli
@@ -76,33 +84,6 @@ def write_config(raw: dict[str, Any], path: Path) -> Oubli:
     oubli = Oubli(path)
     oubli.configure(raw)
     return oubli
-
-
-def read_topic(settings: Settings, topic: str) -> list[Message]:
-    """Every record of a topic, up to its current end."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "dlq-test-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        pending = {p for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in pending])
-        found: list[Message] = []
-        deadline = time.monotonic() + 15
-        while pending and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                assert error.code() == KafkaError._PARTITION_EOF, error
-                pending.discard(message.partition() or 0)
-                continue
-            found.append(message)
-        assert not pending, f"could not read {topic} to its end"
-        return found
-    finally:
-        consumer.close()
 
 
 def topic_size(settings: Settings, topic: str) -> int:

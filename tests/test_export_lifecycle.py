@@ -23,7 +23,8 @@ import pytest
 from botocore.credentials import CredentialProvider, RefreshableCredentials
 
 from tests import services
-from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
+from tests.pipeline import Receipts, subject_command
+from tests.pipeline import export_worker as running_export_worker
 from worker.app import Worker
 from worker.errors import ConfigError, RetryableError
 from worker.export import ExportStore, lifecycle
@@ -157,17 +158,8 @@ def test_long_term_keys_have_no_session_expiry(s3_client: Any) -> None:
 @pytest.fixture
 def export_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator[tuple[Worker, Receipts, Any]]:
     systems = {"alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}}}
-    raw = raw_settings(
-        store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems, export={"bucket": s3_bucket},
-        s3={"endpoint_url": services.S3_ENDPOINT, "access_key_id": "testing", "secret_access_key": "testing"},
-    )
-    settings = settings_from(raw)
-    worker = Worker(settings, migrate=True, serve_http=False)
-    worker.start()
-    receipts = Receipts(settings)
-    yield worker, receipts, settings
-    receipts.close()
-    worker.close()
+    with running_export_worker(systems, store_url=pg_url, bootstrap=kafka_bootstrap, bucket=s3_bucket) as running:
+        yield running
 
 
 @pytest.mark.postgres

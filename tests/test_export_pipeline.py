@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests import fakes, services
-from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
+from tests import fakes
+from tests.pipeline import Receipts, subject_command
+from tests.pipeline import export_worker as running_export_worker
 from worker.app import Worker
 from worker.support import publish_command
 
@@ -24,17 +25,8 @@ def export_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator
         "alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}},
         "beta": {"connector": "tests.fakes", "settings": {"url": pg_url, "polls": 3}},
     }
-    raw = raw_settings(
-        store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems, export={"bucket": s3_bucket},
-        s3={"endpoint_url": services.S3_ENDPOINT, "access_key_id": "testing", "secret_access_key": "testing"},
-    )
-    settings = settings_from(raw)
-    worker = Worker(settings, migrate=True, serve_http=False)
-    worker.start()
-    receipts = Receipts(settings)
-    yield worker, receipts, settings
-    receipts.close()
-    worker.close()
+    with running_export_worker(systems, store_url=pg_url, bootstrap=kafka_bootstrap, bucket=s3_bucket) as running:
+        yield running
 
 
 def test_export_completes_with_a_presigned_package_whose_sha256_matches(export_worker: Any) -> None:

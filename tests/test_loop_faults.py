@@ -141,16 +141,6 @@ def test_a_store_pool_timeout_is_an_outage_not_a_crash(pg_url: str, tmp_path: Pa
         worker.close()
 
 
-@pytest.fixture
-def proxied_store(pg_url: str) -> Iterator[tuple[str, Proxy]]:
-    url = sa.make_url(pg_url)
-    proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    db.migrate(db.create_engine(proxied))
-    yield proxied, proxy
-    proxy.close()
-
-
 def test_an_outage_past_the_limit_is_surfaced_then_exits_and_loses_nothing(
     proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str,
 ) -> None:

@@ -4,28 +4,13 @@ worker carries on by itself once the database is back."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
-import sqlalchemy as sa
 
 from tests import fakes
 from tests.netproxy import Proxy
 from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
 from worker.app import Worker
-from worker.store import db
 from worker.support import publish_command
-
-
-@pytest.fixture
-def proxied_store(pg_url: str) -> Iterator[tuple[str, Proxy]]:
-    url = sa.make_url(pg_url)
-    proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    db.migrate(db.create_engine(proxied))
-    yield proxied, proxy
-    proxy.close()
 
 
 def test_a_database_outage_pauses_intake_and_loses_nothing(

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from structlog.testing import capture_logs
 
 from tests import services
-from tests.pipeline import SUBJECT_KEY, raw_settings, record, settings_from
+from tests.pipeline import SUBJECT_KEY, raw_settings, read_topic, record, settings_from
 from tests.private_kafka import PrivateKafka
 from worker import messages, states
 from worker.config import Settings, Topics
@@ -108,33 +107,6 @@ def _drain(relay: Relay, store: Store, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-def _read(settings: Settings, topic: str) -> list[Message]:
-    """Every committed record of a topic (read_committed), partition by partition, in log order."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"read-{uuid.uuid4()}",
-                         "isolation.level": "read_committed", "enable.partition.eof": True,
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        records: list[Message] = []
-        ended: set[int] = set()
-        deadline = time.monotonic() + 30
-        while len(ended) < len(partitions):
-            assert time.monotonic() < deadline, f"{topic} was not read to its end"
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                assert error.code() == KafkaError._PARTITION_EOF, error
-                ended.add(message.partition() or 0)
-                continue
-            records.append(message)
-        return records
-    finally:
-        consumer.close()
-
-
 def _record(store: Store, now: datetime) -> str:
     return record(store, {"alpha": 3}, now=now, customer_id=f"C-{uuid.uuid4().hex[:8]}")
 
@@ -191,7 +163,7 @@ def test_a_stalled_relay_cannot_publish_its_old_batch_after_a_newer_leader(
     leader.join(30)
     assert not leader.is_alive()
 
-    receipts = _read(settings, settings.kafka.topics.receipts)
+    receipts = read_topic(settings, settings.kafka.topics.receipts)
     published = {r: [json.loads(m.value())["status"] for m in receipts if m.key() == r.encode()] for r in requests}
     # Published once, by the newer leader: the stalled relay's records were never committed.
     assert published == {r: ["accepted", "in_progress", "completed"] for r in requests}
@@ -255,9 +227,9 @@ def test_a_dlq_record_too_large_for_the_broker_is_replaced_by_a_reference_and_th
         _drain(relay, store)
     relay.release()
 
-    [receipt] = _read(settings, settings.kafka.topics.receipts)
+    [receipt] = read_topic(settings, settings.kafka.topics.receipts)
     assert receipt.key() == request_id.encode() and json.loads(receipt.value())["status"] == "accepted"
-    dlq = {m.value(): m for m in _read(settings, settings.kafka.topics.dlq)}
+    dlq = {m.value(): m for m in read_topic(settings, settings.kafka.topics.dlq)}
     assert small in dlq and dlq[small].key() == b"C-42"  # refused with its batch, then sent alone: intact
     [reference] = [m for value, m in dlq.items() if value != small]
     digest = hashlib.sha256(big).hexdigest()
@@ -295,9 +267,9 @@ def test_a_dlq_record_over_the_clients_own_limit_is_replaced_without_reaching_th
     _drain(relay, store)
     relay.release()
 
-    [receipt] = _read(settings, settings.kafka.topics.receipts)
+    [receipt] = read_topic(settings, settings.kafka.topics.receipts)
     assert receipt.key() == request_id.encode()
-    [reference] = _read(settings, settings.kafka.topics.dlq)
+    [reference] = read_topic(settings, settings.kafka.topics.dlq)
     body = json.loads(reference.value())
     assert (body["kafka_error"], body["size_bytes"], body["sha256"]) == (
         "MSG_SIZE_TOO_LARGE", len(big), hashlib.sha256(big).hexdigest())
