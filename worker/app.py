@@ -14,6 +14,7 @@ partitions move to) would meet the same row and crash too, and one row would sto
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import time
@@ -297,7 +298,9 @@ class Worker:
         self.last_commit = time.monotonic()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned = list(partitions)
+        # cooperative-sticky: the callback names only the partitions added, often none, never the whole set.
+        held = {(p.topic, p.partition) for p in self.assigned}
+        self.assigned += [p for p in partitions if (p.topic, p.partition) not in held]
         log.info("partitions_assigned", partitions=[p.partition for p in partitions])
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -305,6 +308,10 @@ class Worker:
         self._commit()
         gone = {(p.topic, p.partition) for p in partitions}
         self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in gone]
+        for partition in partitions:
+            # The new owner reports this partition's lag now; a stale copy here would count it twice.
+            with contextlib.suppress(KeyError):  # never measured here
+                metrics.CONSUMER_LAG.remove(str(partition.partition))
         log.info("partitions_revoked", partitions=[p.partition for p in partitions])
 
     # --- health ----------------------------------------------------------------------------

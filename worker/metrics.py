@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# The client library's usual process_* (CPU, memory, file descriptors) and python_* (GC, version) series,
+# on our registry: the default one is not what /metrics serves.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+
+def _version() -> str:
+    try:
+        return version("oubli")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+VERSION = _version()
+BUILD_INFO = Info("oubli_build", "The running oubli version and Python (value 1)", registry=REGISTRY)
+BUILD_INFO.info({"version": VERSION, "python": platform.python_version()})
 
 COMMANDS = Counter("oubli_commands_total", "Commands consumed, by intake result", ["result"], registry=REGISTRY)
 SYSTEM_CALLS = Counter("oubli_system_calls_total", "Connector calls, by system and event", ["system", "event"],
@@ -13,7 +43,9 @@ SYSTEM_OUTCOMES = Counter("oubli_system_outcomes_total", "Confirmations, by syst
                           ["system", "outcome"], registry=REGISTRY)
 RETRIES = Counter("oubli_retries_total", "Retryable failures, by system and code", ["system", "code"],
                   registry=REGISTRY)
-CALL_SECONDS = Histogram("oubli_system_call_seconds", "Connector call wall time", ["system"], registry=REGISTRY)
+# Vendor calls may take minutes (a large export, a slow bulk API): the buckets go to 5 minutes.
+CALL_SECONDS = Histogram("oubli_system_call_seconds", "Connector call wall time", ["system"],
+                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=REGISTRY)
 REQUESTS = Gauge("oubli_requests", "Requests in the store, by status", ["status"], registry=REGISTRY)
 OPEN_BY_AGE = Gauge("oubli_open_requests_by_age", "Open requests by age bucket", ["age"], registry=REGISTRY)
 OVERDUE = Gauge("oubli_overdue_requests", "Open requests past their due_at", registry=REGISTRY)
