@@ -39,7 +39,7 @@ from worker.executor import Executor, ExportPackager
 from worker.health import HealthServer
 from worker.intake import Intake, Message
 from worker.outbox import Relay, producer_config
-from worker.stall import Stall, StalledTooLong, error_kind, error_site
+from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site
 from worker.store import db, reports
 from worker.store.faults import is_outage
 from worker.store.ratelimits import StoreLimits
@@ -49,6 +49,12 @@ from worker.timefmt import utcnow
 log = structlog.get_logger("oubli.worker")
 
 GAUGE_SECONDS = 15.0
+# close() spends at most drain_seconds + this. The chart's grace period adds shutdownMarginSeconds (>= 15)
+# to drain_seconds: keep this below it.
+SHUTDOWN_MARGIN_SECONDS = 10.0
+# Of that margin, kept for committing offsets, leaving the group and aborting an open transaction
+# (broker calls with their own short timeouts) after the relay had its turn.
+LEAVE_RESERVE_SECONDS = 3.0
 
 
 def s3_client(settings: Settings) -> Any:
@@ -195,16 +201,25 @@ class Worker:
             metrics.CONSUMER_LAG.labels(str(partition.partition)).set(max(high - max(position, low), 0))
 
     def close(self) -> None:
-        """Drains in-flight calls (bounded), publishes what is left, commits and leaves the group."""
+        """Drains in-flight calls, publishes what is left, commits and leaves the group: all within one budget.
+
+        ``drain_seconds`` for the calls in flight, and ``SHUTDOWN_MARGIN_SECONDS`` more for everything else,
+        whatever the broker does (every step takes its timeout from the same deadline), so that the chart's
+        termination grace period (drain + a margin above this one) always covers it and no SIGKILL cuts a
+        publish or a commit in half.
+        """
         log.info("worker_draining", in_flight=self.executor.busy())
-        deadline = time.monotonic() + self.settings.worker.drain_seconds
-        while self.executor.busy() and time.monotonic() < deadline:
+        drain = self.settings.worker.drain_seconds
+        budget = Deadline.after(drain + SHUTDOWN_MARGIN_SECONDS)
+        calls = Deadline.after(drain)
+        while self.executor.busy() and calls.left() > 0:
             self._guarded("executor", lambda: self.executor.tick(accept_new=False))
             time.sleep(0.05)
+        # The relay may wait for the broker; what comes after it keeps LEAVE_RESERVE_SECONDS.
         self._guarded("relay", self.relay.tick)
-        self._guarded("relay_drain", lambda: self.relay.drain(10))
+        self._guarded("relay_drain", lambda: self.relay.drain(budget.left(LEAVE_RESERVE_SECONDS)))
         self._guarded("relay", self.relay.tick)  # what the drained executor wrote last
-        self._guarded("relay_drain", lambda: self.relay.drain(10))
+        self._guarded("relay_drain", lambda: self.relay.drain(budget.left(LEAVE_RESERVE_SECONDS)))
         self._commit()
         self.consumer.close()
         self._guarded("relay_release", self.relay.release, gated=False)  # aborts an open transaction
@@ -214,7 +229,7 @@ class Worker:
         if self.health is not None:
             self.health.stop()
         self.engine.dispose()
-        log.info("worker_stopped", left_running=self.executor.busy())
+        log.info("worker_stopped", left_running=self.executor.busy(), budget_left=round(budget.left(), 1))
 
     def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True

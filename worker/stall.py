@@ -10,6 +10,7 @@ past a limit. Times are ``time.monotonic()`` values passed in, so tests need no 
 from __future__ import annotations
 
 import random
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,21 @@ class Stall:
 
     def lasted(self, now: float) -> float:
         return 0.0 if self.since is None else now - self.since
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """One time budget that several steps share: each asks what is left, so together they end on time."""
+
+    at: float  # a time.monotonic() value
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def left(self, reserve: float = 0.0) -> float:
+        """Seconds left, keeping ``reserve`` for the steps that come after; never negative."""
+        return max(0.0, self.at - reserve - time.monotonic())
 
 
 class StalledTooLong(OubliError):
