@@ -1,6 +1,7 @@
 # oubli developer entry points. Every target is safe to run again and on a fresh machine.
 #
-#   make install      .venv (Python 3.11) + pip install -e '.[dev]', only when pyproject.toml changed
+#   make install      .venv (Python 3.11) + requirements-dev.lock (hash-checked) + -e ., when either changed
+#   make lock         re-resolve requirements.lock and requirements-dev.lock (UPGRADE=1: newest allowed)
 #   make lint         ruff check + mypy (strict, packages worker and connectors)
 #   make test         install, local stack up, lint, pytest (extra pytest arguments: PYTEST_ARGS=...)
 #   make demo         install, Kafka + S3 up, scripts/demo.py
@@ -20,13 +21,22 @@ PYTEST_ARGS ?=
 
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: help install lint test demo stack-up stack-down stack-status
+.PHONY: help install lock lint test demo stack-up stack-down stack-status
 
 help:
-	@sed -n '3,11p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 install:
 	@scripts/install
+
+# Both locks are universal (markers for Python 3.11 to 3.13, any platform) and hashed; the image's lock
+# is resolved under the dev one, so the two agree on every shared pin. Without UPGRADE=1, existing
+# pins are kept and only what pyproject.toml now requires changes.
+lock: install
+	UV_CACHE_DIR=$(CURDIR)/.cache/uv $(VENV)/bin/uv pip compile -q pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
+	UV_CACHE_DIR=$(CURDIR)/.cache/uv $(VENV)/bin/uv pip compile -q pyproject.toml -c requirements-dev.lock $(LOCK_FLAGS) -o requirements.lock
+
+LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
 
 lint: install
 	$(VENV)/bin/ruff check .
