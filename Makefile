@@ -35,6 +35,7 @@ install:
 lock: install
 	UV_CACHE_DIR=$(CURDIR)/.cache/uv $(VENV)/bin/uv pip compile -q pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
 	UV_CACHE_DIR=$(CURDIR)/.cache/uv $(VENV)/bin/uv pip compile -q pyproject.toml -c requirements-dev.lock $(LOCK_FLAGS) -o requirements.lock
+	@scripts/install
 
 LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
 
