@@ -39,7 +39,7 @@ from worker.executor import Executor, ExportPackager
 from worker.health import HealthServer
 from worker.intake import Intake, Message
 from worker.outbox import Relay, producer_config
-from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site
+from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site, error_sqlstate
 from worker.store import db, reports
 from worker.store.faults import is_outage
 from worker.store.ratelimits import StoreLimits
@@ -281,7 +281,8 @@ class Worker:
         if isinstance(exc, StoreUnavailable) or is_outage(exc):
             self.store_stall.failed(now)
             metrics.STORE_ERRORS.labels("intake", kind).inc()
-            log.error("store_unavailable", during="intake", source=source, error_type=kind, retry_in=round(wait, 1))
+            log.error("store_unavailable", during="intake", source=source, error_type=kind,
+                      sqlstate=error_sqlstate(exc), retry_in=round(wait, 1))
         else:
             metrics.LOOP_ERRORS.labels("intake", kind).inc()
             log.error("intake_failed", source=source, error_type=kind, site=error_site(exc), retry_in=round(wait, 1))
@@ -386,7 +387,7 @@ class Worker:
             kind = error_kind(exc)
             if isinstance(exc, StoreUnavailable) or is_outage(exc):
                 if not self.store_stall.active:
-                    log.error("store_unavailable", during=name, error_type=kind)
+                    log.error("store_unavailable", during=name, error_type=kind, sqlstate=error_sqlstate(exc))
                 self.store_stall.failed(now)
                 metrics.STORE_ERRORS.labels(name, kind).inc()
             else:

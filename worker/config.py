@@ -190,6 +190,13 @@ class Settings(_Frozen):
     due_days_default: int | None = None  # None: one calendar month (GDPR Art. 12(3))
     failpoints: frozenset[str] = frozenset()  # tests only: crash the process at named points
     retention: RetentionSettings = RetentionSettings()
+    # oubli's own events; third-party libraries stay at WARNING or above whatever this says (logs.py).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("systems")
     @classmethod
@@ -259,6 +266,7 @@ _OVERRIDES = {
     "OUBLI_SUBJECT_KEY": ("subject_key",),
     "OUBLI_SIGNING_SECRET": ("signing_secret",),
     "OUBLI_WORKER_ID": ("worker", "worker_id"),
+    "OUBLI_LOG_LEVEL": ("log_level",),
 }
 
 

@@ -7,9 +7,12 @@ keys that name personal fields, and anything in any string that looks like an em
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -62,6 +65,34 @@ def librdkafka_logger() -> logging.Logger:
     over when it is polled.
     """
     return logging.getLogger(LIBRDKAFKA)
+
+
+LEVEL_VARIABLE = "OUBLI_LOG_LEVEL"
+
+
+def env_level(default: str = "INFO") -> str:
+    """The level before the config is read (``OUBLI_LOG_LEVEL``); the config's ``log_level`` takes over after."""
+    level = os.environ.get(LEVEL_VARIABLE, default).upper()
+    return level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else default
+
+
+def log_uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None,
+                 thread: str | None = None) -> None:
+    """One JSON line, through the redaction, instead of Python's plain traceback on stderr."""
+    structlog.get_logger("oubli").error("uncaught_exception", error_type=kind.__name__, thread=thread,
+                                        exc_info=(kind, error, trace))
+
+
+def _thread_hook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        log_uncaught(args.exc_type, args.exc_value, args.exc_traceback,
+                     thread=args.thread.name if args.thread is not None else None)
+
+
+def install_excepthooks() -> None:
+    """For the process (the CLI's entry point): uncaught errors of the main thread and of every other one."""
+    sys.excepthook = log_uncaught
+    threading.excepthook = _thread_hook
 
 
 def configure(level: str = "INFO", stream: Any = None) -> None:

@@ -84,6 +84,15 @@ def error_kind(exc: BaseException) -> str:
     return type(cause).__name__
 
 
+def error_sqlstate(exc: BaseException) -> str | None:
+    """The database's SQLSTATE code (``57P01``, ``08006``...), when the driver gives one: what failed, without
+    the message, which may quote a statement's parameters."""
+    cause = exc.__cause__ if isinstance(exc, OubliError) and exc.__cause__ is not None else exc
+    orig = cause.orig if isinstance(cause, sa.exc.DBAPIError) else None
+    sqlstate = getattr(orig, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) and sqlstate else None
+
+
 def error_site(exc: BaseException) -> str:
     """``file.py:line`` where the error was raised: enough to find it, and never the message, which may
     quote a command's personal data."""
