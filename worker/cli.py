@@ -1,9 +1,13 @@
-"""``oubli``: the worker, and the commands support and operators use. Human output, or ``--json``."""
+"""``oubli``: the worker, and the commands support and operators use. Human output, or ``--json``.
+
+Conventions (docs/operations.md): ``--json`` on every command; exit codes 0 ok, 1 failed, 2 usage,
+3 not found, 4 unavailable (broker or store), 5 configuration; a failure ends in one ``error: …``
+line on stderr, never a traceback; logs are JSON lines on stderr.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -15,9 +19,11 @@ from worker import kafka, logs
 from worker.compliance import report
 from worker.config import Settings
 from worker.dlq import dlq
-from worker.errors import ConfigError, OubliError
+from worker.errors import ConfigError
+from worker.metrics import VERSION
 from worker.store import db
-from worker.store.repository import NotFound, Store, StoreConflict
+from worker.store.repository import Store
+from worker.support import CONFIG, NOT_FOUND, USAGE, CliError, cli_error
 from worker.timefmt import iso, utcnow
 
 if TYPE_CHECKING:
@@ -40,13 +46,29 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
 
 
-@click.group()
+class _Commands(click.Group):
+    """Turns a command's Kafka, store, not-found and config failures into their exit code and one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            error = cli_error(exc)
+            if error is None:
+                raise  # a bug: logged as one JSON line (logs.install_excepthooks), exit 1
+            raise error from None
+
+
+@click.group(cls=_Commands)
 @click.option("--config", "config_path", envvar="OUBLI_CONFIG", type=click.Path(dir_okay=False),
               help="YAML config file (default: $OUBLI_CONFIG).")
+@click.version_option(VERSION, "--version", prog_name="oubli", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """oubli carries out GDPR erasure and export requests."""
-    logs.configure()
+    logs.configure(logs.env_level())  # the config's log_level takes over once it is read
     ctx.obj = _LazySettings(config_path)
 
 
@@ -61,10 +83,12 @@ class _LazySettings(dict[str, Any]):
         if key != "settings":
             raise KeyError(key)
         try:
-            self[key] = config_module.load(self.config_path)
+            settings = config_module.load(self.config_path)
         except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-        return self[key]
+            raise CliError(exc.message, CONFIG) from None
+        logs.configure(settings.log_level)
+        self[key] = settings
+        return settings
 
 
 @cli.command()
@@ -78,21 +102,25 @@ def worker(ctx: click.Context, migrate: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
+def migrate(ctx: click.Context, as_json: bool) -> None:
     """Upgrade the store's schema to this version (the Helm migration Job runs this)."""
-    db.migrate(db.create_engine(_settings(ctx).store_url))
-    click.echo("store schema is up to date")
+    engine = db.create_engine(_settings(ctx).store_url)
+    behind = db.pending_migrations(engine)
+    db.migrate(engine)
+    _emit({"migrated": behind, "up_to_date": True}, as_json, "store schema is up to date")
 
 
 @cli.command()
 @click.option("--partitions", default=kafka.COMMAND_PARTITIONS, show_default=True)
 @click.option("--replication", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def topics(ctx: click.Context, partitions: int, replication: int) -> None:
+def topics(ctx: click.Context, partitions: int, replication: int, as_json: bool) -> None:
     """Create the commands, receipts (compacted) and DLQ topics if they are missing."""
     created = kafka.ensure_topics(_settings(ctx).kafka, partitions=partitions, replication=replication)
-    click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+    _emit({"created": list(created)}, as_json, f"created: {', '.join(created)}" if created else "all topics exist")
 
 
 @cli.command()
@@ -125,7 +153,7 @@ def submit(ctx: click.Context, kind: str, customer_id: str, emails: tuple[str, .
     )
     problems = messages.schema_errors("command.v1", command)
     if problems:
-        raise click.ClickException("the command would be rejected: " + "; ".join(problems))
+        raise CliError("the command would be rejected: " + "; ".join(problems), USAGE)
     settings = _settings(ctx)
     secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
     support.publish_command(settings.kafka, command, signing_secret=secret)
@@ -143,7 +171,7 @@ def receipt(ctx: click.Context, request_id: str, as_json: bool, timeout: float) 
 
     found = support.read_receipt(_settings(ctx).kafka, request_id, timeout=timeout)
     if found is None:
-        raise click.ClickException(f"no receipt for {request_id}")
+        raise CliError(f"no receipt for {request_id}", NOT_FOUND)
     _emit(found, as_json, format_receipt(found))
 
 
@@ -155,10 +183,7 @@ def receipt(ctx: click.Context, request_id: str, as_json: bool, timeout: float) 
 def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> None:
     """Show a request's per-system state from the store."""
     store = _store(_settings(ctx), "oubli-cli")
-    try:
-        request, tasks, events = store.get(request_id)
-    except NotFound as exc:
-        raise click.ClickException(str(exc)) from None
+    request, tasks, events = store.get(request_id)  # NotFound: exit 3
     current = store.receipt(request_id)
     if as_json:
         _emit({**current, "audit": events if audit else None}, True, "")
@@ -177,15 +202,14 @@ def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> N
 @click.argument("request_id")
 @click.option("--system", help="Only this system (default: every failed system).")
 @click.option("--by", "actor", required=True, help="Your name, for the audit trail.")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def retry(ctx: click.Context, request_id: str, system: str | None, actor: str) -> None:
+def retry(ctx: click.Context, request_id: str, system: str | None, actor: str, as_json: bool) -> None:
     """Retry a request's failed systems now, with a fresh attempt budget."""
     store = _store(_settings(ctx), actor)
-    try:
-        systems = store.operator_retry(request_id, system, actor=actor, now=utcnow())
-    except (NotFound, StoreConflict) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"retrying: {', '.join(systems)}" if systems else "nothing to retry")
+    systems = store.operator_retry(request_id, system, actor=actor, now=utcnow())  # NotFound 3, conflict 1
+    _emit({"request_id": request_id, "retrying": list(systems)}, as_json,
+          f"retrying: {', '.join(systems)}" if systems else "nothing to retry")
 
 
 @cli.command()
@@ -193,15 +217,14 @@ def retry(ctx: click.Context, request_id: str, system: str | None, actor: str) -
 @click.option("--system", required=True)
 @click.option("--by", "actor", required=True, help="Your name, recorded in the audit trail.")
 @click.option("--note", required=True, help="Why this system is confirmed by hand (no personal data).")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: str) -> None:
+def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: str, as_json: bool) -> None:
     """Confirm a system by hand, for example after the vendor confirmed by email."""
     store = _store(_settings(ctx), actor)
-    try:
-        store.operator_confirm(request_id, system, actor=actor, note=note, now=utcnow())
-    except (NotFound, StoreConflict) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"{system} manually confirmed by {actor}")
+    store.operator_confirm(request_id, system, actor=actor, note=note, now=utcnow())  # NotFound 3, conflict 1
+    _emit({"request_id": request_id, "system": system, "confirmed_by": actor}, as_json,
+          f"{system} manually confirmed by {actor}")
 
 
 @cli.command("requests")
@@ -266,7 +289,7 @@ def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | Non
 
     settings = _settings(ctx)
     if not settings.retention.rules:
-        raise click.ClickException("no retention rules are configured (retention.rules)")
+        raise CliError("no retention rules are configured (retention.rules)", CONFIG)
     try:
         moment = parse(as_of) if as_of else utcnow()
     except ValueError:
@@ -331,8 +354,5 @@ cli.add_command(report)
 
 
 def main() -> None:
-    try:
-        cli(standalone_mode=True)
-    except OubliError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(2)
+    logs.install_excepthooks()
+    cli(standalone_mode=True)

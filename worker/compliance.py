@@ -206,9 +206,11 @@ def _moment(value: str, name: str) -> datetime:
 @click.option("--requests", "with_requests", is_flag=True, help="Also one line per request.")
 @click.option("--format", "output", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="csv lists the requests (one row each).")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json (every command takes --json).")
 @click.pass_context
-def report(ctx: click.Context, since: str, until: str, with_requests: bool, output: str) -> None:
+def report(ctx: click.Context, since: str, until: str, with_requests: bool, output: str, as_json: bool) -> None:
     """Requests of a period for the privacy team: on time, late, open, and what each system did."""
+    output = "json" if as_json else output
     start, end = _moment(since, "--since"), _moment(until, "--until")
     if end <= start:
         raise click.BadParameter("must be after --since", param_hint="--until")

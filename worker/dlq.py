@@ -41,6 +41,7 @@ from worker import kafka
 from worker.config import KafkaSettings, Settings
 from worker.deadletters import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
 from worker.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
+from worker.support import FAILED, UNAVAILABLE, CliError
 from worker.timefmt import iso
 
 # -- replay ----------------------------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
     try:
         partitions, codes = summarize(settings, timeout=timeout)
     except (DlqError, KafkaException) as exc:
-        raise click.ClickException(_reason(exc)) from None
+        raise CliError(_reason(exc), UNAVAILABLE if isinstance(exc, KafkaException) else FAILED) from None
     total = sum(c.count for c in codes)
     lines = [f"{settings.topics.dlq}: {total} records in {partitions} partitions",
              f"{'code':<28} {'count':>6} {'unreplayed':>10}  {'first':<24} {'source':<28} {'last':<24} source"]
@@ -276,8 +277,9 @@ def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, ac
         report = replay(settings.kafka, codes=selected, by=actor, dry_run=dry_run, timeout=timeout,
                         reissuer=reissuer)
     except (DlqError, KafkaException) as exc:
-        raise click.ClickException(f"{_reason(exc)}; a code whose cursor did not move is sent again by the next "
-                                   "run (harmless: request_id is the idempotency key)") from None
+        raise CliError(f"{_reason(exc)}; a code whose cursor did not move is sent again by the next run (harmless: "
+                       "request_id is the idempotency key)",
+                       UNAVAILABLE if isinstance(exc, KafkaException) else FAILED) from None
     finally:
         store.close()
     _emit(report.as_dict(), as_json, _format_replay(report, settings.kafka))

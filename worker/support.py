@@ -1,4 +1,5 @@
-"""What support and the CLI do with Kafka: publish a command, read one request's latest receipt."""
+"""What support and the CLI do with Kafka: publish a command, read one request's latest receipt; and what a
+CLI command's failure means for the script that ran it (exit codes, one ``error: …`` line)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import click
+import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from worker import kafka, messages
 from worker.config import KafkaSettings
+from worker.errors import ConfigError, OubliError, StoreUnavailable
+from worker.stall import StalledTooLong, error_kind, error_sqlstate
+from worker.store.faults import is_outage
 from worker.timefmt import iso, utcnow
 
 
@@ -118,3 +124,50 @@ def read_receipt(settings: KafkaSettings, request_id: str, *, timeout: float = 1
         return receipt
     finally:
         consumer.close()
+
+
+# The CLI's exit codes (docs/operations.md, "The CLI's conventions"). 2 is click's own, for usage errors.
+OK, FAILED, USAGE, NOT_FOUND, UNAVAILABLE, CONFIG = 0, 1, 2, 3, 4, 5
+
+
+class CliError(click.ClickException):
+    """A command's failure: one ``error: …`` line on stderr, and the exit code that says which kind."""
+
+    def __init__(self, message: str, exit_code: int = FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class; ours varies
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def cli_error(exc: BaseException) -> CliError | None:
+    """What an exception out of a command means for its caller; None for a bug, which stays uncaught (and is
+    logged as one JSON line). Messages name the error's class and code, never a driver's text, which may
+    quote a statement's parameters or a record."""
+    from worker.store.repository import NotFound, StoreConflict
+
+    if isinstance(exc, NotFound):
+        return CliError(str(exc), NOT_FOUND)
+    if isinstance(exc, StoreConflict):
+        return CliError(str(exc), FAILED)
+    if isinstance(exc, ConfigError):
+        return CliError(exc.message, CONFIG)
+    if isinstance(exc, sa.exc.ArgumentError):  # an unusable store_url (unknown dialect, malformed)
+        return CliError(f"invalid store_url ({type(exc).__name__})", CONFIG)
+    if isinstance(exc, KafkaException):
+        error = exc.args[0] if exc.args else None
+        name = error.name() if isinstance(error, KafkaError) else error
+        return CliError(f"the broker is unavailable or refused: {name}", UNAVAILABLE)
+    if isinstance(exc, StoreUnavailable | StalledTooLong) or is_outage(exc):
+        sqlstate = error_sqlstate(exc)
+        return CliError(f"the store is unavailable ({error_kind(exc)}{f', SQLSTATE {sqlstate}' if sqlstate else ''})",
+                        UNAVAILABLE)
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        sqlstate = error_sqlstate(exc)
+        return CliError(f"the store refused the statement ({error_kind(exc)}"
+                        f"{f', SQLSTATE {sqlstate}' if sqlstate else ''}): is its schema up to date (oubli migrate)?",
+                        FAILED)
+    if isinstance(exc, OubliError):
+        return CliError(exc.message, FAILED)
+    return None

@@ -1,0 +1,166 @@
+"""The CLI's conventions (docs/operations.md): --json everywhere, exit codes by kind, one ``error:`` line,
+and logs that are JSON lines only, even when the broker or the store is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import sqlalchemy as sa
+import yaml
+from click.testing import CliRunner
+
+from tests.pipeline import raw_settings
+from tests.test_shutdown import closed_port
+from worker import config, support
+from worker.cli import cli
+from worker.errors import ConfigError
+from worker.metrics import VERSION
+from worker.stall import error_sqlstate
+
+OUBLI = str(Path(sys.executable).with_name("oubli"))
+
+
+def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    found: dict[str, click.Command] = {}
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found.update(_commands(command, f"{prefix}{name} "))
+        else:
+            found[f"{prefix}{name}"] = command
+    return found
+
+
+def test_every_command_takes_json_and_oubli_has_a_version() -> None:
+    commands = _commands(cli)
+    assert {"retry", "confirm", "migrate", "topics", "report", "dlq summary", "dlq replay"} <= set(commands)
+    # `oubli worker` prints nothing but its logs, which are JSON lines already.
+    missing = [name for name, command in commands.items() if name != "worker"
+               and "--json" not in [opt for param in command.params for opt in param.opts]]
+    assert not missing, missing
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"oubli {VERSION}"
+
+
+def _config(tmp_path: Path, **raw: Any) -> Path:
+    path = tmp_path / f"oubli-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump({"subject_key": "k", **raw}))
+    return path
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([OUBLI, *args], capture_output=True, text=True, timeout=timeout,  # noqa: S603
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def _only_json_and_one_error_line(stderr: str) -> str:
+    """Every stderr line is a JSON log line but the one ``error: …`` line, returned."""
+    assert "Traceback" not in stderr and "%3|" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    for line in stderr.splitlines():
+        if line and line not in errors:
+            json.loads(line)
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def test_exit_codes_not_found_usage_config_and_json_output(tmp_path: Path, kafka_bootstrap: str) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    raw = raw_settings(store_url=store, bootstrap=kafka_bootstrap, systems={})
+    good = _config(tmp_path, **raw)
+    runner = CliRunner()
+
+    def oubli(*args: str) -> Any:
+        return runner.invoke(cli, list(args), catch_exceptions=False)
+
+    migrated = oubli("--config", str(good), "migrate", "--json")
+    assert migrated.exit_code == 0 and json.loads(migrated.stdout) == {"migrated": True, "up_to_date": True}
+    created = oubli("--config", str(good), "topics", "--json")
+    assert created.exit_code == 0 and len(json.loads(created.stdout)["created"]) == 3
+    report = oubli("--config", str(good), "report", "--since", "2026-01-01", "--until", "2026-02-01", "--json")
+    assert report.exit_code == 0 and "kinds" in json.loads(report.stdout)
+
+    for args in (("status", "no-such-request"), ("status", "no-such-request", "--json"),
+                 ("retry", "no-such-request", "--by", "sre", "--json"),
+                 ("confirm", "no-such-request", "--system", "x", "--by", "sre", "--note", "n", "--json")):
+        result = oubli("--config", str(good), *args)
+        assert result.exit_code == support.NOT_FOUND, (args, result.output)
+        assert result.stderr.startswith("error: ") and "no-such-request" in result.stderr and result.stdout == ""
+
+    assert oubli("--config", str(good), "status").exit_code == support.USAGE  # missing argument
+    assert oubli("--config", str(good), "requests", "--limit", "0").exit_code == support.USAGE
+    assert oubli("--config", str(good), "no-such-command").exit_code == support.USAGE
+
+    invalid = _config(tmp_path, store_url=store, worker={"max_in_flight": "s3cr3t"})
+    for config_args in (["--config", str(invalid)], ["--config", str(tmp_path / "missing.yaml")]):
+        result = oubli(*config_args, "status", "r-1")
+        assert result.exit_code == support.CONFIG, result.output
+        assert result.stderr.startswith("error: ") and "s3cr3t" not in result.stderr
+    unusable_url = oubli("--config", str(_config(tmp_path, store_url="nosuchdb://x")), "status", "r-1")
+    assert unusable_url.exit_code == support.CONFIG and "store_url" in unusable_url.stderr
+
+
+def test_unavailable_store_and_broker_exit_4_with_one_clean_line(tmp_path: Path) -> None:
+    port = closed_port()
+    down = _config(tmp_path, store_url=f"postgresql+psycopg://u:p@127.0.0.1:{port}/db",
+                   kafka={"bootstrap_servers": f"127.0.0.1:{port}"})
+    status = _run("--config", str(down), "status", "r-1", "--json")
+    assert status.returncode == support.UNAVAILABLE, status.stderr
+    assert _only_json_and_one_error_line(status.stderr).startswith("error: the store is unavailable (")
+    receipt = _run("--config", str(down), "receipt", "r-1", "--timeout", "2")
+    assert receipt.returncode == support.UNAVAILABLE, receipt.stderr
+    assert _only_json_and_one_error_line(receipt.stderr).startswith("error: the broker is unavailable")
+
+
+def test_the_worker_logs_only_json_lines_when_the_broker_is_down(tmp_path: Path) -> None:
+    path = _config(tmp_path, store_url=f"sqlite:///{tmp_path / 'store.db'}",
+                   kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"},
+                   worker={"http_port": 0, "drain_seconds": 1})
+    worker = subprocess.Popen([OUBLI, "--config", str(path), "worker", "--migrate"],  # noqa: S603
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    worker.send_signal(signal.SIGTERM)
+    stdout, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+    assert stdout == "" and "%3|" not in stderr and "Traceback" not in stderr, stderr
+    events = [json.loads(line) for line in stderr.splitlines()]  # nothing else than JSON lines
+    names = [e["event"] for e in events]
+    assert "worker_started" in names and "worker_stopped" in names
+    assert any(e["logger"] == "oubli.librdkafka" for e in events)  # librdkafka's complaints, as JSON
+
+
+def test_an_uncaught_error_is_one_redacted_json_line() -> None:
+    code = ("import threading; from worker import logs; logs.configure(); logs.install_excepthooks(); "
+            "t = threading.Thread(target=lambda: 1 / 0, name='side'); t.start(); t.join(); "
+            "raise ValueError('no match for marie@example.fr')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: S603
+                            timeout=30, check=False)
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [(line["event"], line["error_type"], line["thread"]) for line in lines] == [
+        ("uncaught_exception", "ZeroDivisionError", "side"), ("uncaught_exception", "ValueError", None)]
+    assert "Traceback" in lines[1]["exception"] and "marie@example.fr" not in result.stderr
+
+
+def test_log_level_is_a_setting_and_store_errors_carry_their_sqlstate() -> None:
+    assert config.build({"subject_key": "k", "log_level": "debug"}, env={}).log_level == "DEBUG"
+    assert config.build({"subject_key": "k"}, env={"OUBLI_LOG_LEVEL": "WARNING"}).log_level == "WARNING"
+    with pytest.raises(ConfigError, match="log_level"):
+        config.build({"subject_key": "k", "log_level": "chatty"}, env={})
+
+    class Dropped(Exception):
+        sqlstate = "57P01"  # admin_shutdown: PostgreSQL restarted
+
+    error = sa.exc.OperationalError("SELECT … WHERE email = %s", ("marie@example.fr",), Dropped("bye"))
+    assert error_sqlstate(error) == "57P01"
+    line = support.cli_error(error)
+    assert line is not None and line.exit_code == support.UNAVAILABLE
+    assert line.message == "the store is unavailable (Dropped, SQLSTATE 57P01)"
