@@ -24,9 +24,10 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY connectors ./connectors
 COPY schemas ./schemas
-# Only oubli's own wheel: its dependencies come from the lock in the final stage.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --disable-pip-version-check --no-deps --wheel-dir /wheels .
+# Only oubli's own wheel: its dependencies come from the lock in the final stage. Its build backend
+# is the setuptools the pinned base image ships (79.0.1, within build-system.requires), so nothing
+# unpinned is fetched for it either.
+RUN pip wheel --disable-pip-version-check --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE

@@ -31,8 +31,10 @@ install:
 
 # Both locks are universal (markers for Python 3.11 to 3.13, any platform) and hashed; the image's lock
 # is resolved under the dev one, so the two agree on every shared pin. Without UPGRADE=1, existing
-# pins are kept and only what pyproject.toml now requires changes.
-lock: install
+# pins are kept and only what pyproject.toml now requires changes. Only uv is needed first (not a
+# complete install, which may be what the old lock no longer allows); the new lock is installed after.
+lock:
+	@[[ -x $(VENV)/bin/uv ]] || scripts/install
 	UV_CACHE_DIR=$(CURDIR)/.cache/uv $(VENV)/bin/uv pip compile -q pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
 	UV_CACHE_DIR=$(CURDIR)/.cache/uv $(VENV)/bin/uv pip compile -q pyproject.toml -c requirements-dev.lock $(LOCK_FLAGS) -o requirements.lock
 	@scripts/install

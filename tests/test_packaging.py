@@ -141,6 +141,10 @@ def test_the_locks_pin_every_dependency_of_pyproject_within_its_range() -> None:
                 assert wanted and wanted <= pins.keys(), f"{lock.name} lacks {req}'s {wanted - pins.keys()}"
         for name, entries in pins.items():
             assert all("--hash=sha256:" in block for _, block in entries), f"{lock.name}: {name} has no hash"
+    # `make install` builds the editable install with the dev lock's build backend (no isolation).
+    for req in map(Requirement, PYPROJECT["build-system"]["requires"]):
+        assert all(req.specifier.contains(v) for v, _ in dev.get(canonicalize_name(req.name), [])) and \
+            canonicalize_name(req.name) in dev, f"{DEV_LOCK.name} lacks the build backend {req}"
     # The image's lock is resolved under the dev lock: tests run exactly the versions that ship.
     for name, entries in prod.items():
         assert {v for v, _ in entries} <= {v for v, _ in dev.get(name, [])}, f"{name} differs between the locks"
@@ -204,6 +208,7 @@ def test_the_dockerfile_pins_its_base_and_installs_only_from_the_lock() -> None:
     assert "--mount=type=bind,from=build,source=/wheels," in install
     assert re.search(r"pip install --require-hashes [^&]*-r \S+requirements\.lock", install)
     assert re.search(r"pip install --no-deps [^&]*oubli-\*\.whl", install)
+    assert "--no-build-isolation" in dockerfile  # the wheel is built with the pinned base's setuptools
     version = PYPROJECT["project"]["version"]
     assert f"ARG VERSION={version}\n" in dockerfile
     assert yaml.safe_load((ROOT / "helm/oubli/Chart.yaml").read_text())["appVersion"] == version
