@@ -70,8 +70,35 @@ def test_the_runbook_names_only_commands_that_exist() -> None:
         assert sub in cli.commands["dlq"].commands, sub  # type: ignore[attr-defined]
 
 
+def test_the_alerts_workers_are_scraped_by_a_service_monitor(helm: str, tmp_path: Path) -> None:  # noqa: F811
+    """The Operator ignores prometheus.io/* annotations: without a ServiceMonitor no alert could fire."""
+    docs = render(helm, tmp_path, files=(ALL_ON,))
+    monitor, service, deployment = one(docs, "ServiceMonitor"), one(docs, "Service"), one(docs, "Deployment")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # picked up like the rule
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["privacy"]}  # the alerts' namespace="privacy"
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "metrics" and port["targetPort"] == "metrics"
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert [p["name"] for p in pod["spec"]["containers"][0]["ports"]] == ["metrics"]
+    # Scraped once: no prometheus.io annotations besides the ServiceMonitor (sum(lag) would double).
+    assert not [a for a in pod["metadata"]["annotations"] if a.startswith("prometheus.io/")]
+
+    values = {"prometheusRule": {"enabled": True, "runbookBaseUrl": "https://x/runbook.md"}}
+    assert one(render(helm, tmp_path, values), "ServiceMonitor")  # on whenever the rule is
+    off = render(helm, tmp_path, {**values, "metrics": {"serviceMonitor": {"enabled": False}}})
+    assert not [d for d in off if d["kind"] == "ServiceMonitor"]
+    assert one(off, "Deployment")["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    error = render_error(helm, tmp_path, {**values, "metrics": {"service": {"enabled": False}}})
+    assert "metrics.serviceMonitor needs metrics.service.enabled" in error
+
+
 def test_alerts_are_off_by_default_and_need_a_runbook_url(helm: str, tmp_path: Path) -> None:  # noqa: F811
-    assert not [d for d in render(helm, tmp_path) if d["kind"] == "PrometheusRule"]
+    assert not [d for d in render(helm, tmp_path) if d["kind"] in ("PrometheusRule", "ServiceMonitor")]
     assert "runbookBaseUrl" in render_error(helm, tmp_path, {"prometheusRule": {"enabled": True}})
 
 

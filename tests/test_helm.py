@@ -109,8 +109,41 @@ def test_helm_check_lints_renders_and_validates(helm: str) -> None:
     assert "lint --strict (default values)" in result.stdout
     assert "lint --strict (all-on values)" in result.stdout
     assert "FAIL" not in result.stderr
-    assert "1 ScaledObject" in result.stdout  # the all-on render has it, checked by hand-written rules
+    # The all-on render has the CRD objects, checked against the CRDs' own schemas, and its rules by promtool.
+    assert "1 PrometheusRule, 1 ScaledObject, 1 Service, 2 ServiceAccount, 1 ServiceMonitor" in result.stdout
+    assert "CRD schemas of prometheus-operator" in result.stdout
+    assert "promtool check rules" in result.stdout and "SUCCESS: 8 rules found" in result.stdout
     assert result.stdout.rstrip().endswith("helm-check: ok")
+
+
+def _helm_check_validator() -> str:
+    """The manifest validator embedded in scripts/helm-check (its first Python heredoc)."""
+    script = (ROOT / "scripts" / "helm-check").read_text(encoding="utf-8")
+    start = script.index("<<'EOF'\n") + len("<<'EOF'\n")
+    return script[start:script.index("\nEOF\n", start)]
+
+
+def test_helm_check_refuses_crd_objects_that_break_the_crds_schemas(helm: str, tmp_path: Path) -> None:
+    """The CRD objects are checked against the CRDs' own schemas, strictly: a misspelt field, a string
+    for an integer and a bad duration each fail (the CRDs are fetched by scripts/helm-check)."""
+    crds = sorted((ROOT / ".cache" / "crds").glob("prometheus-operator-*/ok"))
+    if not crds:
+        _missing("no CRD schemas in .cache/crds: run scripts/helm-check")
+    docs = render(helm, tmp_path, files=(ALL_ON,))
+    one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["intervall"] = "30s"
+    one(docs, "ScaledObject")["spec"]["pollingInterval"] = "15"
+    one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["for"] = "10 minutes"
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-", "1.34.0", str(crds[-1].parent),
+                             str(tmp_path / "rules"), str(tmp_path / "broken.yaml")], input=_helm_check_validator(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "ServiceMonitor/oubli-prod: CRD schema: spec.endpoints.0: Additional properties are not allowed " \
+           "('intervall' was unexpected)" in result.stderr
+    assert "ScaledObject/oubli-prod: CRD schema: spec.pollingInterval: '15' is not of type 'integer'" in result.stderr
+    assert "PrometheusRule/oubli-prod: CRD schema: spec.groups.0.rules.0.for: '10 minutes' does not match" \
+           in result.stderr
+    assert "3 manifest(s) failed validation" in result.stderr
 
 
 @pytest.mark.parametrize("files", [(), (ALL_ON,)], ids=["default", "all-on"])
@@ -137,6 +170,16 @@ def test_deployment_probes_ports_and_command(default_docs: list[dict[str, Any]])
     service = one(default_docs, "Service")
     assert service["spec"]["ports"][0]["name"] == "metrics"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_startup_probe_holds_liveness_off_until_the_worker_serves(default_docs: list[dict[str, Any]]) -> None:
+    container = one(default_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # The HTTP server starts after the store connects: minutes of a store failover, not 30 s of liveness.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] < 60
 
 
 def test_deployment_follows_the_configured_http_port(all_on_docs: list[dict[str, Any]]) -> None:
@@ -196,6 +239,80 @@ def test_explicit_grace_period_shorter_than_the_drain_is_refused(helm: str, tmp_
     assert "terminationGracePeriodSeconds (30) must be at least config.worker.drain_seconds (20) + 15" in error
     docs = render(helm, tmp_path, {"terminationGracePeriodSeconds": 40, "config": {"worker": {"drain_seconds": 20}}})
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 40
+
+
+# --- the config, the secrets and what rolls the pods ------------------------------------------------------
+
+
+def _pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    pods = {}
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            pods[doc["kind"]] = doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "CronJob":
+            pods[doc["kind"]] = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pods
+
+
+CA_VALUES: dict[str, Any] = {
+    "extraVolumes": [{"name": "private-ca", "configMap": {"name": "corp-ca-bundle"}},
+                     {"name": "kafka-client", "secret": {"secretName": "kafka-client-tls"}}],
+    "extraVolumeMounts": [{"name": "private-ca", "mountPath": "/etc/oubli-tls/ca", "readOnly": True},
+                          {"name": "kafka-client", "mountPath": "/etc/oubli-tls/kafka", "readOnly": True}],
+    "config": {"kafka": {"client": {"security.protocol": "SSL", "ssl.ca.location": "/etc/oubli-tls/ca/ca.crt",
+                                    "ssl.certificate.location": "/etc/oubli-tls/kafka/tls.crt",
+                                    "ssl.key.location": "/etc/oubli-tls/kafka/tls.key"}}},
+    "retention": {"enabled": True},
+}
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Values as helm merges them: maps key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if both_maps else value
+    return merged
+
+
+def test_a_private_ca_mounts_through_extra_volumes(helm: str, tmp_path: Path) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate(_merged(yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8")), CA_VALUES), schema)
+    docs = render(helm, tmp_path, CA_VALUES)
+    pods = _pods(docs)
+    assert set(pods) == {"Deployment", "Job", "CronJob"}  # the migration and the sweep reach Kafka/PostgreSQL too
+    for kind, pod in pods.items():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["private-ca"] == {"name": "private-ca", "configMap": {"name": "corp-ca-bundle"}}, kind
+        assert volumes["kafka-client"]["secret"] == {"secretName": "kafka-client-tls"}, kind
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["/etc/oubli-tls/ca"] == {"name": "private-ca", "mountPath": "/etc/oubli-tls/ca", "readOnly": True}
+        assert mounts["/etc/oubli-tls/kafka"]["name"] == "kafka-client"
+        assert {"/etc/oubli", "/tmp"} <= set(mounts), kind
+    text = one(docs, "ConfigMap", "oubli")["data"]["oubli.yaml"]
+    settings = oubli_config.build(yaml.safe_load(text), env={name: "x" for name in ENV_REF.findall(text)})
+    assert settings.kafka.client["ssl.ca.location"] == "/etc/oubli-tls/ca/ca.crt"
+
+
+@pytest.mark.parametrize("path", ["/etc/oubli/ca", "/etc/oubli", "/tmp/"])
+def test_an_extra_mount_over_the_chart_s_own_is_refused(helm: str, tmp_path: Path, path: str) -> None:
+    error = render_error(helm, tmp_path, {"extraVolumes": [{"name": "ca", "secret": {"secretName": "ca"}}],
+                                          "extraVolumeMounts": [{"name": "ca", "mountPath": path}]})
+    assert "is taken by the chart" in error
+
+
+def test_changed_secret_references_roll_the_pods_and_reloader_watches_the_secrets(
+        helm: str, tmp_path: Path, default_docs: list[dict[str, Any]], all_on_docs: list[dict[str, Any]]) -> None:
+    def checksum(docs: list[dict[str, Any]]) -> str:
+        value: str = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/references"]
+        return value
+
+    moved = render(helm, tmp_path, {"secrets": {"envFrom": ["oubli-v2"]}})
+    assert checksum(moved) != checksum(default_docs)
+    assert "annotations" not in one(default_docs, "Deployment")["metadata"]  # Reloader is off by default
+    watched = one(all_on_docs, "Deployment")["metadata"]["annotations"]["secret.reloader.stakater.com/reload"]
+    assert watched.split(",") == sorted({"oubli-core", "kafka-users-oubli", "orders-db-readwrite", "newsletter-db",
+                                         "google-oauth", "nosto", "kafka-client-tls"})
 
 
 # --- the config and the secrets ------------------------------------------------------------------
@@ -276,6 +393,11 @@ def test_keda_scaled_object_renders_only_when_enabled(helm: str, tmp_path: Path,
     assert trigger["metadata"]["bootstrapServers"] == "kafka:9092"
     assert trigger["metadata"]["lagThreshold"] == "25"
     assert "authenticationRef" not in trigger
+    # Scale-down is damped by the HPA's behavior: cooldownPeriod and activation only act at zero replicas.
+    assert "cooldownPeriod" not in scaled["spec"] and "activationLagThreshold" not in trigger["metadata"]
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert behavior["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
     assert "replicas" not in one(docs, "Deployment")["spec"]  # KEDA owns the count
 
     docs = render(helm, tmp_path, {"keda": {"enabled": True, "consumerGroup": "g2", "topic": "t2",
@@ -319,6 +441,53 @@ def test_the_retention_rules_example_in_values_passes_the_schema_and_the_worker(
     assert "values don't meet the specifications of the schema" in error
 
 
+def test_network_policy_is_off_by_default_and_opens_only_the_listed_ports(
+        default_docs: list[dict[str, Any]], all_on_docs: list[dict[str, Any]]) -> None:
+    assert "NetworkPolicy" not in kinds(default_docs)
+    policy = one(all_on_docs, "NetworkPolicy")["spec"]
+    # Every pod of the release: the migration Job and the sweep as well as the workers.
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "oubli",
+                                                    "app.kubernetes.io/instance": "oubli"}
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": 9102, "protocol": "TCP"}]  # config.worker.http_port
+    assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    allowed = {(r["protocol"], r["port"]): sorted(p.get("ipBlock", {}).get("cidr", "dns") for p in rule["to"])
+               for rule in policy["egress"] for r in rule["ports"]}
+    assert allowed == {("UDP", 53): ["dns"], ("TCP", 53): ["dns"], ("TCP", 9093): ["10.20.0.0/16"],
+                       ("TCP", 5432): ["10.30.0.0/16", "10.31.0.0/16"], ("TCP", 443): ["0.0.0.0/0"],
+                       ("TCP", 3306): ["10.40.0.0/16"]}
+
+
+def _notes(helm: str, tmp_path: Path, values: dict[str, Any]) -> str:
+    """NOTES.txt as `helm install` prints it: `helm template` omits it and a dry-run install needs a
+    cluster, so a copy of the chart renders it into a ConfigMap."""
+    chart = tmp_path / f"notes-chart-{len(list(tmp_path.glob('notes-chart-*')))}"
+    shutil.copytree(CHART, chart)
+    templates = chart / "templates"
+    notes = (templates / "NOTES.txt").read_text(encoding="utf-8")
+    (templates / "_notes.tpl").write_text('{{- define "test.notes" }}' + notes + "{{- end }}", encoding="utf-8")
+    (templates / "notes.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+                                          'data:\n  notes: {{ include "test.notes" . | quote }}\n', encoding="utf-8")
+    result = _run(helm, "template", "oubli", str(chart), "--namespace", "privacy",
+                  "--show-only", "templates/notes.yaml", *_values_args(tmp_path, values, ()))
+    assert result.returncode == 0, result.stderr
+    text: str = yaml.safe_load(result.stdout)["data"]["notes"]
+    return text
+
+
+def test_notes_describe_the_sweep_and_the_alerts_scraping(helm: str, tmp_path: Path) -> None:
+    notes = _notes(helm, tmp_path, {"retention": {"enabled": True, "args": ["--dry-run"]},
+                                    "prometheusRule": {"enabled": True, "runbookBaseUrl": "https://x/runbook.md"}})
+    assert "runs `oubli sweep --dry-run`" in notes and "does not have" not in notes
+    assert "Alerts: PrometheusRule oubli, scraped through ServiceMonitor oubli." in notes
+    notes = _notes(helm, tmp_path, {"retention": {"enabled": True},
+                                    "prometheusRule": {"enabled": True, "runbookBaseUrl": "https://x/runbook.md"},
+                                    "metrics": {"serviceMonitor": {"enabled": False}}})
+    assert "It emits real erasure commands" in notes and "oubli sweep --dry-run" in notes
+    assert "No ServiceMonitor is rendered" in notes
+
+
 def test_pod_disruption_budget_selects_only_worker_pods(default_docs: list[dict[str, Any]],
                                                        all_on_docs: list[dict[str, Any]]) -> None:
     pdb = one(default_docs, "PodDisruptionBudget")
@@ -344,6 +513,12 @@ INVALID_VALUES = {
     "bad system id": {"config": {"systems": {"Orders-DB": {"connector": "orders_db"}}}},
     "chart-owned http_host": {"config": {"worker": {"http_host": "127.0.0.1"}}},
     "keda scales to zero": {"keda": {"enabled": True, "minReplicaCount": 0}},
+    "keda cooldown (inert above zero replicas)": {"keda": {"cooldownPeriod": 300}},
+    "bad scale-down policy": {"keda": {"behavior": {"scaleDown": {"policies": [{"type": "Pod", "value": 1,
+                                                                               "periodSeconds": 60}]}}}},
+    "extra mount without a path": {"extraVolumeMounts": [{"name": "ca"}]},
+    "extra volume named like the chart's": {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]},
+    "network policy cidr without a prefix": {"networkPolicy": {"egress": {"kafka": {"cidrs": ["10.0.0.1"]}}}},
     "root user": {"securityContext": {"runAsUser": 0}},
     "no resource limits": {"resources": {"limits": None}},
     "small shutdown margin": {"shutdownMarginSeconds": 5},

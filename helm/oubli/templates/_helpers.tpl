@@ -83,10 +83,12 @@ hook ServiceAccount when the chart creates one; an existing ServiceAccount is us
 {{- end }}
 
 {{/*
-The grace period must outlast the drain: after SIGTERM the worker drains in-flight calls for up to
-config.worker.drain_seconds, then publishes receipts, commits offsets, leaves the group and flushes
-the producer (up to 10 s) before it exits. So the grace period is at least drain + 15 s: computed as
-drain + shutdownMarginSeconds (the schema keeps that >= 15), or checked here when set explicitly.
+The grace period must outlast the whole shutdown. After SIGTERM the worker drains in-flight calls for
+up to config.worker.drain_seconds; everything after that (publishing the last receipts, committing
+offsets, leaving the group, flushing the producer) shares one budget of 10 s, so close() ends within
+drain + 10 s in total. The grace period is drain + shutdownMarginSeconds (the schema keeps the margin
+>= 15: 10 s of close() plus 5 s for the interpreter to exit and the kubelet to see it), or an
+explicit value checked here against the same drain + 15 s.
 */}}
 {{- define "oubli.terminationGracePeriodSeconds" -}}
 {{- $drain := include "oubli.drainSeconds" . | int }}
@@ -95,7 +97,7 @@ drain + shutdownMarginSeconds (the schema keeps that >= 15), or checked here whe
 {{- else }}
 {{- $explicit := .Values.terminationGracePeriodSeconds | int }}
 {{- if lt $explicit (add $drain 15) }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.worker.drain_seconds (%d) + 15 s: the worker commits, leaves the group and flushes its producer after the drain" $explicit $drain) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.worker.drain_seconds (%d) + 15 s: after the drain, the worker has up to 10 s more to publish, commit, leave the group and flush" $explicit $drain) }}
 {{- end }}
 {{- $explicit }}
 {{- end }}
@@ -190,6 +192,15 @@ seccompProfile:
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- range .Values.extraVolumeMounts }}
+{{- /* The config volume is a read-only ConfigMap: the kubelet cannot create a mount point inside it. */}}
+{{- if or (eq (clean .mountPath) "/tmp" "/etc/oubli") (hasPrefix "/etc/oubli/" .mountPath) }}
+{{- fail (printf "extraVolumeMounts: %s is taken by the chart (/etc/oubli holds the config, /tmp the spool); mount elsewhere, e.g. /etc/oubli-tls" .mountPath) }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* $configMap: the ConfigMap's name (the migration hook has its own copy). */}}
@@ -206,6 +217,9 @@ seccompProfile:
     medium: {{ . }}
     {{- end }}
     sizeLimit: {{ .root.Values.tmpVolume.sizeLimit }}
+{{- with .root.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "oubli.podScheduling" -}}
@@ -230,4 +244,27 @@ imagePullSecrets:
   - name: {{ . | quote }}
   {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* The ServiceMonitor follows the PrometheusRule unless metrics.serviceMonitor.enabled says otherwise. */}}
+{{- define "oubli.serviceMonitorEnabled" -}}
+{{- $on := .Values.metrics.serviceMonitor.enabled }}
+{{- if kindIs "invalid" $on }}{{ $on = .Values.prometheusRule.enabled }}{{ end }}
+{{- if $on }}true{{ end }}
+{{- end }}
+
+{{/* prometheus.io/* annotations: by default only when no ServiceMonitor scrapes the pods already. */}}
+{{- define "oubli.scrapeAnnotations" -}}
+{{- $on := .Values.metrics.scrapeAnnotations }}
+{{- if kindIs "invalid" $on }}{{ $on = not (include "oubli.serviceMonitorEnabled" .) }}{{ end }}
+{{- if $on }}true{{ end }}
+{{- end }}
+
+{{/* The existing Secrets the pods read, comma-separated (for Reloader). */}}
+{{- define "oubli.secretNames" -}}
+{{- $names := list }}
+{{- range .Values.secrets.envFrom }}{{ $names = append $names . }}{{ end }}
+{{- range $_, $ref := .Values.secrets.env }}{{ $names = append $names $ref.name }}{{ end }}
+{{- range .Values.extraVolumes }}{{ with .secret }}{{ $names = append $names .secretName }}{{ end }}{{ end }}
+{{- $names | uniq | sortAlpha | join "," }}
 {{- end }}
