@@ -4,6 +4,7 @@
 #   make lock         re-resolve requirements.lock and requirements-dev.lock (UPGRADE=1: newest allowed)
 #   make lint         ruff check + mypy (strict, packages worker and connectors)
 #   make test         install, local stack up, lint, pytest (extra pytest arguments: PYTEST_ARGS=...)
+#   make test-py313   the fast tests on Python 3.13, in .cache/venv-3.13 from the same lock
 #   make demo         install, Kafka + S3 up, scripts/demo.py
 #   make stack-up     Kafka 127.0.0.1:9092, PostgreSQL 127.0.0.1:5432, S3 (moto) http://127.0.0.1:5000
 #   make stack-down   stop them
@@ -21,10 +22,10 @@ PYTEST_ARGS ?=
 
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: help install lock lint test demo stack-up stack-down stack-status
+.PHONY: help install lock lint test test-py313 demo stack-up stack-down stack-status
 
 help:
-	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 install:
 	@scripts/install
@@ -51,6 +52,9 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-py313:
+	scripts/py-newest
 
 demo: install
 	scripts/stack up kafka s3
