@@ -154,6 +154,14 @@ class WorkerProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_logged(self, event: str, timeout: float = 60) -> None:
+        """Until the worker's log names ``event`` (for example ``worker_started``)."""
+        deadline = time.monotonic() + timeout
+        while event not in self.logs():
+            assert self.process is not None and self.process.poll() is None, f"the worker exited before {event}"
+            assert time.monotonic() < deadline, f"the worker did not log {event} in {timeout} s"
+            time.sleep(0.1)
+
 
 def subject_command(kind: str = "erasure", **overrides: Any) -> dict[str, Any]:
     from worker.support import build_command
