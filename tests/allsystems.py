@@ -25,7 +25,7 @@ class DemoSubject:
     identifiers: dict[str, list[str]]
 
 
-# The retention rules of SPEC §6 for the sample schemas: the README shows them, the demo dry-runs them,
+# The retention policy's rules for the sample schemas: docs/retention.md shows them, the demo dry-runs them,
 # tests/test_retention.py sweeps with them.
 RETENTION_RULES: list[dict[str, Any]] = [
     {"name": "inactive-accounts", "source": "orders_db", "table": "customers", "key": {"customer_id": "customer_id"},

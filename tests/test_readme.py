@@ -1,4 +1,6 @@
-"""The README's configuration example is a config the worker accepts."""
+"""The README and the docs say what the code does: their config examples are configs the worker
+accepts, the commands they name exist, every metric is listed, the retention example is the rules
+the suite runs, and every test they cite exists."""
 
 from __future__ import annotations
 
@@ -9,48 +11,60 @@ import yaml
 
 from worker import config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
-def yaml_example(heading: str) -> str:
-    """The first YAML block under ``heading`` in the README."""
-    text = README.read_text()
+def yaml_example(page: Path, heading: str) -> str:
+    """The first YAML block under ``heading`` on ``page``."""
+    text = page.read_text()
     example = re.search(r"```yaml\n(.*?)```", text[text.index(heading):], re.S)
     assert example is not None, heading
     return example.group(1)
 
 
-def test_the_readme_config_example_is_valid() -> None:
-    example = yaml_example("## Configuration")
+def build(example: str) -> config.Settings:
     raw = yaml.safe_load(example.replace("…", "x"))
     names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", example))
-    settings = config.build(raw, env={name: "value" for name in names})
+    return config.build(raw, env={name: "value" for name in names})
+
+
+def test_the_full_config_example_is_valid() -> None:
+    settings = build(yaml_example(DOCS / "configuration.md", "## The full example"))
     assert settings.systems["orders_db"].concurrency == 8
     assert settings.identity_system == "orders_db"
 
 
-def test_every_command_the_readme_names_exists() -> None:
+def test_the_readme_minimal_config_is_valid() -> None:
+    settings = build(yaml_example(README, "## A minimal configuration"))
+    assert list(settings.systems) == ["orders_db"]
+
+
+def test_every_command_the_readme_and_docs_name_exists() -> None:
     from worker.cli import cli
 
+    text = "".join(page.read_text() for page in [README, *sorted(DOCS.glob("*.md"))])
     # In inline code (`oubli receipt …`) and at the start of a line in a code block.
-    named = set(re.findall(r"(?:`|^)oubli (?:--config \S+ )?([a-z][a-z-]+)\b", README.read_text(), re.M))
-    assert {"receipt", "status", "requests", "retry", "confirm", "submit", "worker", "migrate"} <= named
+    named = set(re.findall(r"(?:`|^)oubli (?:--config \S+ )?([a-z][a-z-]+)\b", text, re.M))
+    assert {"receipt", "status", "requests", "retry", "confirm", "submit", "worker", "migrate",
+            "sweep", "dlq", "report", "topics"} <= named
     assert named <= set(cli.commands), sorted(named - set(cli.commands))
 
 
 def test_the_readme_or_the_operations_page_lists_every_metric() -> None:
     from worker import metrics
 
-    text = README.read_text() + (README.parent / "docs" / "operations.md").read_text()
+    text = README.read_text() + (DOCS / "operations.md").read_text()
     for family in metrics.REGISTRY.collect():
         name = f"{family.name}_total" if family.type == "counter" else family.name
         assert f"`{name}" in text, name
 
 
-def test_the_readme_retention_example_is_the_rules_the_suite_and_demo_run() -> None:
+def test_the_retention_example_is_the_rules_the_suite_and_demo_run() -> None:
     from tests.allsystems import RETENTION_RULES
 
-    example = yaml_example("## Retention (`oubli sweep`)")
+    example = yaml_example(DOCS / "retention.md", "# Retention (`oubli sweep`)")
     systems = {name: {"connector": name, "settings": {"url": "sqlite:///x.db"}}
                for name in ("orders_db", "loyalty", "contact_forms")}
 
@@ -63,7 +77,6 @@ def test_the_readme_retention_example_is_the_rules_the_suite_and_demo_run() -> N
 
 
 def test_the_docs_cite_only_tests_that_exist() -> None:
-    root = README.parent
-    for doc in [README, *sorted((root / "docs").glob("*.md"))]:
+    for doc in [README, *sorted(DOCS.glob("*.md"))]:
         for cited in set(re.findall(r"`(tests/test_[\w*]+\.py)`", doc.read_text())):
-            assert list(root.glob(cited)), f"{doc.name} cites {cited}"
+            assert list(ROOT.glob(cited)), f"{doc.name} cites {cited}"

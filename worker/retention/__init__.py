@@ -23,7 +23,7 @@ When a subject expires (``expires_when``):
 
 Billing: an account erased earlier keeps its invoices under the legal-retention exception until
 their date, and nothing else would ever touch them again. The ``expired-invoices`` rule (the
-example in the README) emits an ``orders_db``-only erasure, ``any_row``, for invoices whose period
+example in docs/retention.md) emits an ``orders_db``-only erasure, ``any_row``, for invoices whose period
 has ended and whose account no longer exists (``unless: [{table: customers, key: customer_id}]``);
 ``orders_db`` then anonymises the expired invoices and keeps the rest. Each expiry date gives a new
 request. Invoices of accounts that still exist are not touched: an erasure would delete the account.
