@@ -2,7 +2,7 @@
 #
 #   make install      .venv (Python 3.11) + requirements-dev.lock (hash-checked) + -e ., when either changed
 #   make lock         re-resolve requirements.lock and requirements-dev.lock (UPGRADE=1: newest allowed)
-#   make lint         ruff check + mypy (strict, packages worker and connectors)
+#   make lint         ruff check + mypy (strict, packages worker and connectors) + lint-imports (.importlinter)
 #   make test         install, local stack up, lint, pytest (extra pytest arguments: PYTEST_ARGS=...)
 #   make test-py313   the fast tests on Python 3.13, in .cache/venv-3.13 from the same lock
 #   make demo         install, Kafka + S3 up, scripts/demo.py
@@ -45,12 +45,14 @@ LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --custom-compil
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install
 	scripts/stack up
 	scripts/helm-check --install-only
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-py313:

@@ -36,7 +36,8 @@ from typing import Any
 import sqlalchemy as sa
 from _common import PG_URL, pg_schema
 
-from connectors.ratelimit import Buckets, Limits, Quotas, QuotaSpec, RateSpec, Registry
+from connectors.ratelimit import Registry
+from worker.core.limits import Buckets, Limits, Quotas, QuotaSpec, RateSpec
 from worker.store import db
 from worker.store.ratelimits import StoreLimits
 from worker.store.schema import metadata, rate_buckets, rate_quotas

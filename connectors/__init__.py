@@ -1,1 +1,1 @@
-"""One module per system behind the small ``Connector`` protocol of ``connectors.base``."""
+"""One module per system behind the small ``Connector`` protocol of ``worker.core.connector``."""

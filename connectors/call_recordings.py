@@ -41,9 +41,9 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from connectors.base import CallResult, ConnectorContext, ExportWriter, Result, Retained, Subject
-from worker.errors import ConfigError, PermanentError, RetryableError
-from worker.export.s3errors import is_retryable_code, s3_error
+from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Result, Retained, Subject
+from worker.core.errors import ConfigError, PermanentError, RetryableError
+from worker.core.s3errors import is_retryable_code, s3_error
 
 DELETE_BATCH = 1000
 MAX_PASSES = 5

@@ -26,12 +26,12 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors.base import Connector, ConnectorContext, Result, Subject
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
-from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate, valid_ids
 from connectors.vendor_connector import PerTargetConnector
-from worker.errors import PermanentError, RetryableError
+from worker.core.connector import Connector, ConnectorContext, Result, Subject
+from worker.core.errors import PermanentError, RetryableError
+from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 _ASID = re.compile(r"^\d{1,32}$")

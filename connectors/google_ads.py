@@ -33,13 +33,13 @@ from typing import Any
 
 import httpx
 
-from connectors.base import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate
 from connectors.vendor_connector import VendorConnector
-from worker.errors import NeedsPersonError, PermanentError
+from worker.core.connector import CallResult, Connector, ConnectorContext, Pending, Result, Subject
+from worker.core.errors import NeedsPersonError, PermanentError
+from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://datamanager.googleapis.com/v1"
 _GMAIL = {"gmail.com", "googlemail.com"}

@@ -24,13 +24,13 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from connectors.base import Connector, ConnectorContext, Result, Subject
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
-from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate, resolve_ids
 from connectors.vendor_connector import PerTargetConnector
-from worker.errors import QuotaDeferred, RetryableError
+from worker.core.connector import Connector, ConnectorContext, Result, Subject
+from worker.core.errors import QuotaDeferred, RetryableError
+from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://www.googleapis.com/analytics/v3"
 ID_TYPES = {"ga_client_id": "CLIENT_ID", "ga_user_id": "USER_ID", "ga_app_instance_id": "APP_INSTANCE_ID"}

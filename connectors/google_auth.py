@@ -23,7 +23,7 @@ import httpx
 
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
 from connectors.vendor import Options, Secret
-from worker.errors import PermanentError
+from worker.core.errors import PermanentError
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
 

@@ -33,7 +33,7 @@ import certifi
 import httpx
 
 from connectors.vendor import Options
-from worker.errors import ConnectorError, PermanentError, RetryableError
+from worker.core.errors import ConnectorError, PermanentError, RetryableError
 
 T = TypeVar("T")
 _CODE = re.compile(r"^[A-Za-z0-9_.:/#-]{1,64}$")

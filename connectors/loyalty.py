@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.base import ConnectorContext
 from connectors.sql import SqlConnector
 from connectors.sql_config import preset
+from worker.core.connector import ConnectorContext
 
 RULES: dict[str, Any] = {
     "tables": [

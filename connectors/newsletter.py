@@ -21,12 +21,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from connectors.base import ConnectorContext
 from connectors.sql import SqlConnector, make_engine, reflect, suppression_hash
 from connectors.sql_config import SqlConfig, normalise_email, preset
 from connectors.sql_email import EmailMatch
 from connectors.sql_errors import db_error
-from worker.errors import ConfigError
+from worker.core.connector import ConnectorContext
+from worker.core.errors import ConfigError
 
 _VIA_SUBSCRIBERS = {"via": {"table": "subscribers", "column": "subscriber_id", "parent_column": "subscriber_id"}}
 RULES: dict[str, Any] = {

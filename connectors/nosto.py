@@ -22,11 +22,11 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors.base import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate
 from connectors.vendor_connector import PerTargetConnector, VendorConnector
+from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
+from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://api.nosto.com"
 _METHODS = {"redact": "DELETE", "takeout": "POST"}

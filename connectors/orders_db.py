@@ -29,11 +29,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from connectors.base import ConnectorContext, Subject
 from connectors.sql import SqlConnector, make_engine
 from connectors.sql_config import SqlConfig, preset
 from connectors.sql_errors import db_error
-from worker.errors import ConfigError
+from worker.core.connector import ConnectorContext, Subject
+from worker.core.errors import ConfigError
 
 
 def rules(billing_retention_years: int = 3, match_by_email: bool = False) -> dict[str, Any]:
@@ -124,7 +124,7 @@ def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContex
 
 
 class OrdersIdentityLookup:
-    """``connectors.base.IdentityLookup`` over ``customer_identifiers``. Blocks on one query."""
+    """``worker.core.connector.IdentityLookup`` over ``customer_identifiers``. Blocks on one query."""
 
     def __init__(self, engine: sa.Engine, schema: str | None = None) -> None:
         self._engine = engine

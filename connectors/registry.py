@@ -10,8 +10,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.base import Connector, ConnectorContext
-from worker.errors import ConfigError
+from worker.core.connector import Connector, ConnectorContext
+from worker.core.errors import ConfigError
 
 
 def build(system_id: str, connector_name: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:

@@ -24,12 +24,12 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors.base import CallResult, Connector, ConnectorContext, ExportWriter, Result, Subject
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.ratelimit import RateSpec
 from connectors.vendor import Options, build_gate, valid_ids
 from connectors.vendor_connector import VendorConnector
-from worker.errors import ConnectorError, PermanentError
+from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Result, Subject
+from worker.core.errors import ConnectorError, PermanentError
+from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://core.shopimind.com"
 BULK_LIMIT = 20

@@ -34,7 +34,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from connectors.base import CallResult, ConnectorContext, ExportWriter, Result, Retained, Subject
 from connectors.sql_config import (
     ColumnAction,
     Retention,
@@ -45,7 +44,8 @@ from connectors.sql_config import (
 )
 from connectors.sql_email import EmailMatch
 from connectors.sql_errors import db_error
-from worker.errors import NeedsPersonError, PermanentError
+from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Result, Retained, Subject
+from worker.core.errors import NeedsPersonError, PermanentError
 
 Condition = sa.ColumnElement[bool]
 

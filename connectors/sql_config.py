@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 
 WHITESPACE = (" ", "\t", "\n", "\r", "\u00a0")
 Erase = Literal["delete", "anonymise", "retain", "keep"]

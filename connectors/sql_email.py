@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from connectors.sql_config import normalised_email_sql, strip_whitespace, stripped_sql
-from worker.errors import NeedsPersonError
+from worker.core.errors import NeedsPersonError
 
 SQLITE_LOWER = "oubli_lower"
 _PROBE = ("ÉΣ", "éσ")  # capitals outside ASCII, and their lower case

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy.exc as sa_exc
 
-from worker.errors import ConnectorError, PermanentError, RetryableError
+from worker.core.errors import ConnectorError, PermanentError, RetryableError
 
 # SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization,
 # deadlock), insufficient resources, operator intervention (shutdown, cannot connect now), system error.

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
-from connectors.base import ConnectorContext, Subject
-from connectors.ratelimit import REGISTRY, Gate, QuotaSpec, RateSpec
-from worker.errors import ConfigError, OubliError, PermanentError, RetryableError
+from connectors.ratelimit import REGISTRY, Gate
+from worker.core.connector import ConnectorContext, Subject
+from worker.core.errors import ConfigError, OubliError, PermanentError, RetryableError
+from worker.core.limits import QuotaSpec, RateSpec
 
 _MISSING: Any = object()
 

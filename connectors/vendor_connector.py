@@ -9,11 +9,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 
-from connectors.base import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
 from connectors.http import VendorHttp, parse_retry_after
 from connectors.ratelimit import Gate
 from connectors.vendor import Progress
-from worker.errors import PermanentError, QuotaDeferred, Throttled
+from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
+from worker.core.errors import PermanentError, QuotaDeferred, Throttled
 
 T = TypeVar("T")
 

@@ -23,8 +23,8 @@ from tests import allsystems  # noqa: E402
 from worker import config, kafka, logs, retention  # noqa: E402
 from worker.app import Worker  # noqa: E402
 from worker.cli import format_receipt, format_sweep  # noqa: E402
+from worker.core.timefmt import utcnow  # noqa: E402
 from worker.support import build_command, publish_command, read_receipt  # noqa: E402
-from worker.timefmt import utcnow  # noqa: E402
 
 S3 = {"endpoint_url": "http://127.0.0.1:5000", "access_key_id": "demo", "secret_access_key": "demo"}
 DEMO = ROOT / ".cache" / "demo"

@@ -42,10 +42,10 @@ import sqlalchemy as sa
 
 from tests import allsystems, services, standins
 from tests.pipeline import Receipts, WorkerProcess, raw_settings, settings_from
+from worker.core.timefmt import utcnow
 from worker.sampledata.bundle import DEMO_INDEX
 from worker.store import db
 from worker.support import CommandPublisher, build_command
-from worker.timefmt import utcnow
 
 S3_KEYS = {"endpoint_url": services.S3_ENDPOINT, "access_key_id": "testing", "secret_access_key": "testing"}
 ERASED_GONE = ("loyalty", "newsletter", "contact_forms")

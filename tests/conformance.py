@@ -2,7 +2,7 @@
 
 A connector's test module subclasses ``ConnectorConformance`` and provides one fixture,
 ``harness``, returning an object that satisfies ``Harness``. The suite then checks the contract
-written in ``connectors.base``: confirmations, idempotent repeats, an unknown subject, retryable
+written in ``worker.core.connector``: confirmations, idempotent repeats, an unknown subject, retryable
 versus permanent failures, and that no personal data leaks into errors or results.
 """
 
@@ -17,8 +17,8 @@ from typing import Any, BinaryIO, Protocol
 
 import pytest
 
-from connectors.base import CallResult, Connector, Pending, Result, Subject
-from worker.errors import NeedsPersonError, PermanentError, RetryableError
+from worker.core.connector import CallResult, Connector, Pending, Result, Subject
+from worker.core.errors import NeedsPersonError, PermanentError, RetryableError
 
 CONFIRMING_ERASURE = {"erased", "anonymized", "retained", "requested"}
 CONFIRMING_EXPORT = {"exported", "not_supported", "requested"}

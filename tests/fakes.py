@@ -16,8 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from connectors.base import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
-from worker.errors import PermanentError, RetryableError
+from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
+from worker.core.errors import PermanentError, RetryableError
 
 metadata = sa.MetaData()
 effects = sa.Table(

@@ -15,9 +15,9 @@ from tests.test_helm import ALL_ON, helm, one, render, render_error  # noqa: F40
 from worker import metrics, states
 from worker.cli import cli
 from worker.config import Topics
+from worker.core.timefmt import utcnow
 from worker.store import db, reports
 from worker.store.repository import Store
-from worker.timefmt import utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOK = ROOT / "docs" / "runbook.md"

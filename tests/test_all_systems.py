@@ -16,8 +16,8 @@ from tests import allsystems, services
 from tests.pipeline import Receipts, raw_settings, settings_from
 from worker import logs
 from worker.app import Worker
+from worker.core.timefmt import utcnow
 from worker.support import build_command, publish_command
-from worker.timefmt import utcnow
 
 EXPECTED_ERASURE = {
     "orders_db": "retained", "loyalty": "erased", "newsletter": "erased", "contact_forms": "erased",

@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from connectors import call_recordings
-from connectors.base import Retained, Subject
 from connectors.call_recordings import CallRecordingsConnector, RecordingsSettings, make_client
 from tests import services
 from tests.conformance import ConnectorConformance, MemoryExportWriter, assert_no_personal_data
 from tests.netproxy import Proxy
 from tests.test_sql_support import AS_OF, context
-from worker.errors import ConfigError, PermanentError, RetryableError
+from worker.core.connector import Retained, Subject
+from worker.core.errors import ConfigError, PermanentError, RetryableError
 from worker.sampledata import Recording
 from worker.sampledata.audio import synthetic_wav
 from worker.sampledata.load import recording_key, recording_metadata, upload_recordings

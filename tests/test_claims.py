@@ -9,9 +9,9 @@ from datetime import timedelta
 from tests.pipeline import record
 from worker import states
 from worker.config import Topics
+from worker.core.timefmt import utcnow
 from worker.store import db
 from worker.store.repository import Store, TaskUpdate
-from worker.timefmt import utcnow
 
 
 def _stores(url: str, count: int) -> list[Store]:

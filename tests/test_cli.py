@@ -14,8 +14,8 @@ from tests.pipeline import LocalStore, Receipts, raw_settings, record, run_until
 from worker import states
 from worker.app import Worker
 from worker.cli import cli
+from worker.core.timefmt import utcnow
 from worker.store.repository import TaskUpdate
-from worker.timefmt import utcnow
 
 
 def test_support_commands_with_human_and_json_output(pg_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from tests.pipeline import raw_settings
 from tests.test_shutdown import closed_port
 from worker import config, support
 from worker.cli import cli
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 from worker.metrics import VERSION
 from worker.stall import error_sqlstate
 

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from connectors import contact_forms
-from connectors.base import Subject
 from connectors.sql import SqlConnector
 from connectors.sql_config import normalise_email
 from tests.conformance import ConnectorConformance, MemoryExportWriter
 from tests.test_sql_support import AS_OF, SqlHarness, context, insert_rows, scalar
+from worker.core.connector import Subject
 from worker.sampledata import SCHEMAS
 
 

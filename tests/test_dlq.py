@@ -42,10 +42,11 @@ from tests.pipeline import (
     settings_from,
     subject_command,
 )
-from worker import config, kafka, messages, timefmt
+from worker import config, kafka, messages
 from worker.app import Worker
 from worker.cli import cli
 from worker.config import Settings
+from worker.core import timefmt
 from worker.deadletters import DeadLetter, replay_note
 from worker.reissue import Known, Reissuer, new_request_id
 from worker.store import db

@@ -26,7 +26,7 @@ from tests import services
 from tests.pipeline import Receipts, subject_command
 from tests.pipeline import export_worker as running_export_worker
 from worker.app import Worker
-from worker.errors import ConfigError, RetryableError
+from worker.core.errors import ConfigError, RetryableError
 from worker.export import ExportStore, lifecycle
 from worker.export.signing import signing_expiry
 from worker.receipts import PACKAGE_TASK

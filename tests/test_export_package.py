@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from worker.errors import ConfigError, PermanentError
+from worker.core.errors import ConfigError, PermanentError
 from worker.export import ExportStore
 
 pytestmark = pytest.mark.s3

@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from worker import config, logs
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 
 
 def test_redaction_removes_personal_keys_and_anything_that_looks_like_an_email_or_phone() -> None:

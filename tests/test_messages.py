@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from worker import messages
-from worker.errors import InvalidCommand
+from worker.core.errors import InvalidCommand
 from worker.support import build_command
 
 SYSTEMS = frozenset({"orders_db", "loyalty"})

@@ -12,7 +12,7 @@ from alembic import command
 from tests.pipeline import raw_settings
 from worker import config
 from worker.app import Worker
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 from worker.store import db
 from worker.store.schema import metadata
 

@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from connectors import newsletter
-from connectors.base import Subject
 from connectors.sql import SqlConnector
 from tests.conformance import ConnectorConformance, MemoryExportWriter
 from tests.test_sql_support import AS_OF, SqlHarness, context, scalar
-from worker.errors import ConfigError
+from worker.core.connector import Subject
+from worker.core.errors import ConfigError
 
 KEY = "test-suppression-key-0123456789"
 

@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from connectors import orders_db
-from connectors.base import Retained, Subject
 from connectors.sql import SqlConnector
 from tests.conformance import ConnectorConformance, MemoryExportWriter
 from tests.test_sql_support import AS_OF, SEED, SqlHarness, context, insert_rows, scalar, subject_of
-from worker.errors import ConfigError, NeedsPersonError, PermanentError
+from worker.core.connector import Retained, Subject
+from worker.core.errors import ConfigError, NeedsPersonError, PermanentError
 from worker.sampledata import SCHEMAS, Bundle, bundle
 
 EXPIRED_DUE = date(2021, 6, 30)  # more than 3 years before TODAY

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.ratelimit import REGISTRY, Gate, Limits, QuotaSpec, RateSpec, Registry
+from connectors.ratelimit import REGISTRY, Gate, Registry
 from tests.standins.harness import FakeClock, fresh_limiters  # noqa: F401 - autouse fixture
-from worker.errors import QuotaDeferred, Throttled
+from worker.core.errors import QuotaDeferred, Throttled
+from worker.core.limits import Limits, QuotaSpec, RateSpec
 from worker.store import db
 from worker.store.ratelimits import StoreLimits
 from worker.store.schema import metadata, rate_buckets, rate_quotas

@@ -13,12 +13,12 @@ from datetime import timedelta
 
 import pytest
 
-from connectors.base import Result
 from tests.standins import GA_PROPERTY_ID
 from tests.standins.google import GoogleAnalyticsStandIn
 from tests.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
 from tests.standins.nosto import NostoStandIn
-from worker.errors import QuotaDeferred, Throttled
+from worker.core.connector import Result
+from worker.core.errors import QuotaDeferred, Throttled
 
 pytestmark = pytest.mark.timeout(120)
 ATTEMPTS = 10_000

@@ -19,15 +19,16 @@ import sqlalchemy as sa
 from alembic import command
 
 from connectors import registry
-from connectors.base import ConnectorContext
-from connectors.ratelimit import Gate, QuotaSpec, RateSpec
+from connectors.ratelimit import Gate
 from tests.pipeline import raw_settings
 from tests.standins import settings_for
 from tests.standins.google import GoogleAnalyticsStandIn
 from tests.standins.harness import FakeClock, fresh_limiters, make_subject  # noqa: F401 - autouse fixture
 from worker import config
 from worker.app import Worker
-from worker.errors import QuotaDeferred, RetryableError, Throttled
+from worker.core.connector import ConnectorContext
+from worker.core.errors import QuotaDeferred, RetryableError, Throttled
+from worker.core.limits import QuotaSpec, RateSpec
 from worker.store import db
 from worker.store.ratelimits import StoreLimits
 from worker.store.schema import leases, rate_buckets, rate_quotas

@@ -13,16 +13,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from connectors.base import CallResult, ExportWriter, Pending, Result, Subject
 from tests.pipeline import record
 from worker import states
 from worker.config import Topics
+from worker.core.connector import CallResult, ExportWriter, Pending, Result, Subject
+from worker.core.timefmt import utcnow
 from worker.executor import Executor
 from worker.store import db
 from worker.store.identity import IdentityLock
 from worker.store.repository import Store, TaskUpdate
 from worker.store.schema import tasks
-from worker.timefmt import utcnow
 
 LEASE = 30.0
 

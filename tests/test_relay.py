@@ -29,13 +29,13 @@ from tests.pipeline import SUBJECT_KEY, raw_settings, read_topic, record, settin
 from tests.private_kafka import PrivateKafka
 from worker import messages, states
 from worker.config import Settings, Topics
+from worker.core.timefmt import utcnow
 from worker.outbox import Relay, producer_config
 from worker.store import db
 from worker.store.outbox import Held, OutboxRecord
 from worker.store.repository import Recorded, Store, TaskUpdate
 from worker.store.schema import outbox
 from worker.support import build_command
-from worker.timefmt import utcnow
 
 TOPICS = Topics(commands="relay.commands", receipts="relay.receipts", dlq="relay.dlq")
 

@@ -18,7 +18,6 @@ from click.testing import CliRunner, Result
 from confluent_kafka import Consumer, TopicPartition
 
 from connectors import orders_db
-from connectors.base import ConnectorContext, Subject
 from connectors.samples import contact_forms, loyalty, orders
 from tests.allsystems import RETENTION_RULES as RULES
 from tests.pipeline import Receipts, raw_settings, run_until, settings_from
@@ -26,9 +25,10 @@ from worker import config, messages
 from worker.app import Worker
 from worker.cli import cli
 from worker.config import Settings
-from worker.errors import ConfigError
+from worker.core.connector import ConnectorContext, Subject
+from worker.core.errors import ConfigError
+from worker.core.timefmt import iso
 from worker.retention import commands, sources
-from worker.timefmt import iso
 
 AS_OF = datetime.now(UTC).replace(microsecond=0)  # the worker's connectors use the real clock too
 SIGNING_SECRET = "retention-test-signing-secret"

@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from connectors import call_recordings, contact_forms, loyalty, newsletter, orders_db
-from connectors.base import Subject
 from tests import services
 from tests.conformance import MemoryExportWriter
 from tests.test_sql_support import AS_OF, context
+from worker.core.connector import Subject
 from worker.sampledata import DEMO_INDEX, bundle, generate, seed_systems
 
 ROOT = Path(__file__).resolve().parent.parent

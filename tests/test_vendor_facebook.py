@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.base import Result
 from tests.conformance import MemoryExportWriter, assert_result_is_clean
 from tests.standins.facebook import FacebookStandIn, graph_error
 from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
-from worker.errors import PermanentError, RetryableError, Throttled
+from worker.core.connector import Result
+from worker.core.errors import PermanentError, RetryableError, Throttled
 
 pytestmark = pytest.mark.timeout(30)
 fb = FacebookStandIn.fixture()

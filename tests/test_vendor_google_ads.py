@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.base import Pending, Result, Subject
 from connectors.google_ads import sha256_hex
 from tests.conformance import settle
 from tests.standins import ADS_LIST_ID
 from tests.standins.google import DataManagerStandIn
 from tests.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
-from worker.errors import NeedsPersonError, PermanentError
+from worker.core.connector import Pending, Result, Subject
+from worker.core.errors import NeedsPersonError, PermanentError
 
 pytestmark = pytest.mark.timeout(30)
 EMAIL_HASH = "5c90285452dff6c6cfa9163f35b0078e5b116976f3216ba662e5c66399f43918"  # marie.dupont@example.fr

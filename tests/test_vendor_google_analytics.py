@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Pending, Result
 from tests.standins import GA_PROPERTY_ID, settings_for
 from tests.standins.google import ACCESS_TOKEN, GoogleAnalyticsStandIn, google_error
 from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
-from worker.errors import ConfigError, PermanentError, RetryableError, Throttled
+from worker.core.connector import Pending, Result
+from worker.core.errors import ConfigError, PermanentError, RetryableError, Throttled
 
 pytestmark = pytest.mark.timeout(30)
 ga = GoogleAnalyticsStandIn.fixture()
@@ -79,7 +79,7 @@ def test_a_fixed_access_token_and_a_web_property(ga: GoogleAnalyticsStandIn) -> 
     settings = settings_for("google_analytics", ga, access_token=ACCESS_TOKEN, web_property_id="UA-1-1")
     del settings["oauth"], settings["property_id"]
     from connectors import google_analytics
-    from connectors.base import ConnectorContext
+    from worker.core.connector import ConnectorContext
 
     connector = google_analytics.create("ga", settings, ConnectorContext(now=FakeClock().now))
     result = connector.erase(make_subject(identifiers={"ga_user_id": ["u1"]}))

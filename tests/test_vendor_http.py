@@ -9,7 +9,7 @@ import pytest
 
 from connectors.http import HttpSettings, classify, parse_retry_after, safe_code
 from connectors.vendor import Options, Progress, Secret
-from worker.errors import ConfigError, PermanentError, RetryableError
+from worker.core.errors import ConfigError, PermanentError, RetryableError
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
@@ -98,9 +98,9 @@ def test_progress_markers_round_trip_and_hold_no_identifier() -> None:
 
 
 def test_a_bad_quota_time_zone_is_a_config_error() -> None:
-    from connectors.base import ConnectorContext
-    from connectors.ratelimit import RateSpec
     from connectors.vendor import build_gate
+    from worker.core.connector import ConnectorContext
+    from worker.core.limits import RateSpec
 
     opts = Options("ga", {"quota_timezone": "Mars/Olympus_Mons"})
     with pytest.raises(ConfigError, match="quota_timezone"):

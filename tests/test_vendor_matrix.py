@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.base import Result, Subject
 from tests.conformance import assert_no_personal_data, settle
 from tests.standins.facebook import graph_error
 from tests.standins.google import google_error
@@ -24,7 +23,8 @@ from tests.standins.harness import (  # noqa: F401 - fresh_limiters is an autous
     vendor_harness,
 )
 from tests.standins.shopimind import spm_error
-from worker.errors import PermanentError, RetryableError, Throttled
+from worker.core.connector import Result, Subject
+from worker.core.errors import PermanentError, RetryableError, Throttled
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,12 +7,12 @@ import logging
 import pytest
 
 from connectors import nosto
-from connectors.base import ConnectorContext, Pending, Result
 from tests.conformance import MemoryExportWriter
 from tests.standins import settings_for
 from tests.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
 from tests.standins.nosto import API_TOKEN, NostoStandIn
-from worker.errors import ConfigError
+from worker.core.connector import ConnectorContext, Pending, Result
+from worker.core.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 standin = NostoStandIn.fixture()

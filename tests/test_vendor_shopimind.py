@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from connectors.base import Result
 from tests.conformance import MemoryExportWriter
 from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
 from tests.standins.shopimind import ShopimindStandIn
-from worker.errors import PermanentError
+from worker.core.connector import Result
+from worker.core.errors import PermanentError
 
 pytestmark = pytest.mark.timeout(30)
 spm = ShopimindStandIn.fixture()

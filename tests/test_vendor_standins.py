@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from connectors import registry
-from connectors.base import ConnectorContext
 from tests import standins
 from tests.conformance import settle
 from tests.standins.harness import FakeClock, MemoryIdentity, fresh_limiters, make_subject  # noqa: F401
+from worker.core.connector import ConnectorContext
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -31,10 +31,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from connectors import registry
-from connectors.base import Connector, ConnectorContext, IdentityLookup
 from worker import failpoints, kafka, metrics, states
 from worker.config import Settings
-from worker.errors import ConfigError, StoreUnavailable
+from worker.core.connector import Connector, ConnectorContext, IdentityLookup
+from worker.core.errors import ConfigError, StoreUnavailable
+from worker.core.timefmt import utcnow
 from worker.executor import Executor, ExportPackager
 from worker.health import HealthServer
 from worker.intake import Intake, Message
@@ -44,7 +45,6 @@ from worker.store import db, reports
 from worker.store.faults import is_outage
 from worker.store.ratelimits import StoreLimits
 from worker.store.repository import ClaimedTask, Finished, Store
-from worker.timefmt import utcnow
 
 log = structlog.get_logger("oubli.worker")
 

@@ -18,13 +18,13 @@ from worker import config as config_module
 from worker import kafka, logs
 from worker.compliance import report
 from worker.config import Settings
+from worker.core.errors import ConfigError
+from worker.core.timefmt import iso, utcnow
 from worker.dlq import dlq
-from worker.errors import ConfigError
 from worker.metrics import VERSION
 from worker.store import db
 from worker.store.repository import Store
 from worker.support import CONFIG, NOT_FOUND, USAGE, CliError, cli_error
-from worker.timefmt import iso, utcnow
 
 if TYPE_CHECKING:
     from worker.retention import SweepReport
@@ -285,7 +285,7 @@ def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | Non
     Prints counts per rule, never who. Exits 1 if a rule failed or a command was not acknowledged.
     """
     from worker import retention
-    from worker.timefmt import parse
+    from worker.core.timefmt import parse
 
     settings = _settings(ctx)
     if not settings.retention.rules:

@@ -24,11 +24,11 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from worker.core.timefmt import aware, iso, parse, utcnow
 from worker.receipts import is_internal
 from worker.states import TERMINAL_STATUSES, RequestStatus
 from worker.store import db
 from worker.store.schema import requests, tasks
-from worker.timefmt import aware, iso, parse, utcnow
 
 
 @dataclass(frozen=True)

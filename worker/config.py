@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 _SYSTEM_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

@@ -36,8 +36,8 @@ from confluent_kafka import (
 
 from worker import kafka
 from worker.config import KafkaSettings
-from worker.errors import OubliError
-from worker.timefmt import iso
+from worker.core.errors import OubliError
+from worker.core.timefmt import iso
 
 ERROR_CODE = "x-oubli-error-code"
 ERROR_MESSAGE = "x-oubli-error-message"

@@ -39,10 +39,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from worker import kafka
 from worker.config import KafkaSettings, Settings
+from worker.core.timefmt import iso
 from worker.deadletters import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
 from worker.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
 from worker.support import FAILED, UNAVAILABLE, CliError
-from worker.timefmt import iso
 
 # -- replay ----------------------------------------------------------------------------------------------------------
 

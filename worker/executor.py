@@ -22,13 +22,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from connectors.base import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker import failpoints, states
-from worker.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
+from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
+from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
+from worker.core.timefmt import iso
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, is_internal
 from worker.store.identity import IdentityLock
 from worker.store.repository import ClaimedTask, Finished, Store, TaskUpdate
-from worker.timefmt import iso
 
 log = structlog.get_logger("oubli.executor")
 

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 import structlog
 
 from worker import messages
+from worker.core.errors import InvalidCommand, StoreUnavailable
 from worker.deadletters import replay_note, replay_of
-from worker.errors import InvalidCommand, StoreUnavailable
 from worker.messages import Command
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK
 from worker.store.faults import is_outage

@@ -19,9 +19,10 @@ from typing import Any
 import jsonschema
 
 import schemas
-from connectors.base import Subject
-from worker import jsontext, timefmt
-from worker.errors import InvalidCommand
+from worker import jsontext
+from worker.core import timefmt
+from worker.core.connector import Subject
+from worker.core.errors import InvalidCommand
 
 MAX_COMMAND_BYTES = 64 * 1024
 SIGNATURE_HEADER = "x-oubli-signature"

@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from worker.timefmt import iso
+from worker.core.timefmt import iso
 
 # Internal steps run as tasks like any other (retries, leases, audit) but are not systems, so
 # receipts leave them out. Their names cannot clash with a system id, which starts with a letter.

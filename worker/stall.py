@@ -18,7 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from worker.errors import OubliError
+from worker.core.errors import OubliError
 
 
 @dataclass

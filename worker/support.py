@@ -15,10 +15,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from worker import kafka, messages
 from worker.config import KafkaSettings
-from worker.errors import ConfigError, OubliError, StoreUnavailable
+from worker.core.errors import ConfigError, OubliError, StoreUnavailable
+from worker.core.timefmt import iso, utcnow
 from worker.stall import StalledTooLong, error_kind, error_sqlstate
 from worker.store.faults import is_outage
-from worker.timefmt import iso, utcnow
 
 
 def build_command(

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from connectors import registry
-from connectors.base import CallResult, Connector, ConnectorContext, Result, Subject
 from connectors.ratelimit import REGISTRY
 from tests.standins import ADS_LIST_ID, GA_KINDS, GA_PROPERTY_ID, settings_for
 from tests.standins.base import StandIn
@@ -23,7 +22,8 @@ from tests.standins.facebook import FacebookStandIn
 from tests.standins.google import DataManagerStandIn, GoogleAnalyticsStandIn
 from tests.standins.nosto import NostoStandIn
 from tests.standins.shopimind import ShopimindStandIn
-from worker.errors import Throttled
+from worker.core.connector import CallResult, Connector, ConnectorContext, Result, Subject
+from worker.core.errors import Throttled
 
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 GENEROUS = {"rate_limit": {"per_second": 100_000, "burst": 100_000}}

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import sqlalchemy as sa
 
-from worker.errors import PermanentError
+from worker.core.errors import PermanentError
 from worker.store.schema import requests
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from worker.export.s3errors import error_code, s3_error
+from worker.core.s3errors import error_code, s3_error
 from worker.export.settings import ExportSettings
 
 RULE_ID_PREFIX = "oubli-export-"

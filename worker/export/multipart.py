@@ -13,7 +13,7 @@ import io
 from types import TracebackType
 from typing import Any
 
-from worker.export.s3errors import s3_error
+from worker.core.s3errors import s3_error
 
 
 class MultipartSink(io.RawIOBase):

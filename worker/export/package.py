@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.core.s3errors import s3_error
 from worker.export.multipart import MultipartSink
 from worker.export.readme import PackagedSystem, render
-from worker.export.s3errors import s3_error
 from worker.export.settings import ExportSettings
 
 CHUNK = 1 << 20

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 
 Lang = Literal["en", "fr"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.errors import ConfigError
+from worker.core.errors import ConfigError
 from worker.export.readme import DEFAULT_README, ReadmeInfo, readme_from_settings
 
 MAX_URL_TTL_HOURS = 168  # SigV4 presigned URLs cannot outlive 7 days; the SPEC caps it there too

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import IO, Any, BinaryIO
 from uuid import UUID
 
-from worker.errors import PermanentError
+from worker.core.errors import PermanentError
 from worker.export.multipart import MultipartSink
 from worker.export.settings import ExportSettings
 
@@ -79,7 +79,7 @@ def _csv_cell(value: Any) -> str:
 
 
 class StagingWriter:
-    """``connectors.base.ExportWriter`` for one request and one system."""
+    """``worker.core.connector.ExportWriter`` for one request and one system."""
 
     def __init__(self, client: Any, settings: ExportSettings, request_id: str, system: str) -> None:
         self._client = client

@@ -36,10 +36,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from worker.errors import RetryableError
+from worker.core.errors import RetryableError
+from worker.core.s3errors import error_code, s3_error
 from worker.export import lifecycle
 from worker.export.package import fingerprint, list_staged, write_package
-from worker.export.s3errors import error_code, s3_error
 from worker.export.settings import ExportSettings, export_settings
 from worker.export.signing import signing_expiry
 from worker.export.staging import StagingWriter, check_request_id

@@ -20,7 +20,7 @@ from typing import Any
 
 from worker import messages, support
 from worker.config import RetentionRule
-from worker.timefmt import iso
+from worker.core.timefmt import iso
 
 MAX_VALUES = 20  # command.v1: at most 20 emails, 20 phones
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")

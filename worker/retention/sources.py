@@ -23,7 +23,7 @@ from connectors.sql import make_engine, reflect
 from connectors.sql_config import SqlConfig, normalised_email_sql
 from connectors.sql_errors import db_error
 from worker.config import RetentionCheck, RetentionRule, SystemSettings
-from worker.errors import ConfigError, OubliError
+from worker.core.errors import ConfigError, OubliError
 
 Period = tuple[int, int, int]  # years, months, days
 Moment = TypeVar("Moment", date, datetime)

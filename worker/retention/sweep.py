@@ -16,12 +16,12 @@ import structlog
 from confluent_kafka import KafkaException
 
 from worker.config import RetentionRule, Settings
-from worker.errors import ConfigError, OubliError
+from worker.core.errors import ConfigError, OubliError
+from worker.core.timefmt import iso
 from worker.retention import sources
 from worker.retention.commands import erasure, schema_problems
 from worker.retention.sources import Databases, Expired, Period
 from worker.support import CommandPublisher
-from worker.timefmt import iso
 
 log = structlog.get_logger("oubli.retention")
 BATCH = 500  # subjects per look-up of `unless` checks and contact details

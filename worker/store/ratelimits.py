@@ -1,4 +1,4 @@
-"""Vendor rate limits shared by every worker on one store: ``Limits`` from ``connectors.ratelimit``.
+"""Vendor rate limits shared by every worker on one store: ``Limits`` from ``worker.core.limits``.
 
 One ``admit`` is one short transaction: one conditional upsert per quota and per rate. A limit
 that would be overrun leaves its row as it was and the transaction rolls back, so a refused call
@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from connectors.ratelimit import EPSILON, Buckets, Quotas, Refusal
+from worker.core.limits import EPSILON, Buckets, Quotas, Refusal
 from worker.store.schema import rate_buckets, rate_quotas
 
 log = structlog.get_logger("oubli.ratelimits")

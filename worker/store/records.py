@@ -9,11 +9,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from connectors.base import Subject
 from worker import states
+from worker.core.connector import Subject
+from worker.core.timefmt import aware
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState, TaskState
-from worker.timefmt import aware
 
 OPEN_STATUSES = [s.value for s in RequestStatus if s not in states.TERMINAL_STATUSES]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from worker.core.timefmt import aware
 from worker.states import RequestStatus, SystemState
 from worker.store.records import OPEN_STATUSES
 from worker.store.schema import outbox, requests, tasks
-from worker.timefmt import aware
 
 
 def request_gauges(engine: sa.Engine, now: datetime) -> tuple[dict[str, int], int, dict[str, int]]:

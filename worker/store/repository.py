@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from worker import receipts, states
+from worker.core.timefmt import aware
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
 from worker.store.claims import Claims
@@ -30,7 +31,6 @@ from worker.store.records import (
     task_state,
 )
 from worker.store.schema import audit_events, outbox, requests, tasks
-from worker.timefmt import aware
 
 __all__ = ["OPEN_STATUSES", "ClaimedTask", "Finished", "NotFound", "Recorded", "Store", "StoreConflict", "TaskUpdate"]
 

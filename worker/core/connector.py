@@ -2,7 +2,7 @@
 
 A connector serves one system. It never touches Kafka, offsets or the job store: it receives a
 ``Subject``, does the work against its system, and returns a typed result or raises one of the
-errors of ``worker.errors``.
+errors of ``worker.core.errors``.
 
 Contract, for every method:
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
-from connectors.ratelimit import Limits
+from worker.core.limits import Limits
 
 OutcomeName = Literal[
     "erased", "anonymized", "not_found", "retained", "requested", "exported", "not_supported",
@@ -115,7 +115,7 @@ class IdentityLookup(Protocol):
 class ConnectorContext:
     """What the orchestrator lends every connector. ``now`` is injectable so tests control time.
 
-    ``limits`` is where named rate limits live (see ``connectors.ratelimit``): the worker lends the
+    ``limits`` is where named rate limits live (see ``worker.core.limits``): the worker lends the
     store-backed ones, shared by every worker; ``None`` means this process's registry.
     """
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
-from worker.errors import ConnectorError, PermanentError, RetryableError
+from worker.core.errors import ConnectorError, PermanentError, RetryableError
 
 # Codes S3 documents as "try again"; everything else in 4xx means the request cannot succeed as sent.
 RETRYABLE_CODES = frozenset(
