@@ -9,7 +9,7 @@
 # requirements.lock, hash-checked (`make lock` updates it; docs/operations.md "Building the image").
 # The lock and the oubli wheel are bind-mounted into the install step, so no wheel stays in a layer.
 #
-# tests/test_packaging.py builds the same wheel and runs it in isolation from the checkout, so a
+# tests/unit/test_packaging.py builds the same wheel and runs it in isolation from the checkout, so a
 # file the wheel lacks (schemas, migrations) fails CI even where no container engine exists; it
 # also checks this file's pins, lock use and user against the lock and the chart.
 

@@ -4,6 +4,7 @@
 #   make lock         re-resolve requirements.lock and requirements-dev.lock (UPGRADE=1: newest allowed)
 #   make lint         ruff check + mypy (strict, packages worker and connectors) + lint-imports (.importlinter)
 #   make test         install, local stack up, lint, pytest (extra pytest arguments: PYTEST_ARGS=...)
+#   make test-fast    tests/unit only: no stack, no lint, under a minute (tests/integration, tests/e2e need it)
 #   make test-py313   the fast tests on Python 3.13, in .cache/venv-3.13 from the same lock
 #   make demo         install, Kafka + S3 up, scripts/demo.py
 #   make stack-up     Kafka 127.0.0.1:9092, PostgreSQL 127.0.0.1:5432, S3 (moto) http://127.0.0.1:5000
@@ -22,10 +23,10 @@ PYTEST_ARGS ?=
 
 export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 
-.PHONY: help install lock lint test test-py313 demo stack-up stack-down stack-status
+.PHONY: help install lock lint test test-fast test-py313 demo stack-up stack-down stack-status
 
 help:
-	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 install:
 	@scripts/install
@@ -54,6 +55,10 @@ test: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The unit tier needs no broker, store server or S3 (tests/conftest.py marks the tiers by folder).
+test-fast: install
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 test-py313:
 	scripts/py-newest

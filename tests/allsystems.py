@@ -26,7 +26,7 @@ class DemoSubject:
 
 
 # The retention policy's rules for the sample schemas: docs/retention.md shows them, the demo dry-runs them,
-# tests/test_retention.py sweeps with them.
+# tests/integration/test_retention.py sweeps with them.
 RETENTION_RULES: list[dict[str, Any]] = [
     {"name": "inactive-accounts", "source": "orders_db", "table": "customers", "key": {"customer_id": "customer_id"},
      "timestamp": ["last_login_at", "created_at"], "period": {"years": 2}, "emails": ["email"], "phones": ["phone"],

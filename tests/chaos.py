@@ -1,6 +1,6 @@
-"""The chaos scenario shared by ``tests/test_chaos.py`` and ``bench/chaos.py``: SIGKILLs at random instants.
+"""The chaos scenario shared by ``tests/e2e/test_chaos.py`` and ``bench/chaos.py``: SIGKILLs at random instants.
 
-All ten systems run as in ``tests/test_all_systems.py`` (the sample SQL databases on PostgreSQL, call
+All ten systems run as in ``tests/integration/test_all_systems.py`` (the sample SQL databases on PostgreSQL, call
 recordings in S3, the five vendor stand-ins served by this process). ``oubli worker`` processes run
 in slots. While a stream of erasures and exports (an export always before its subject's erasure)
 goes in, a random slot is SIGKILLed every ``kill_every`` seconds (uniform) and restarted at once,

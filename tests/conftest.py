@@ -1,4 +1,9 @@
-"""Factory fixtures: a fresh PostgreSQL schema, S3 bucket and Kafka topics for each test."""
+"""Factory fixtures: a fresh PostgreSQL schema, S3 bucket and Kafka topics for each test.
+
+Markers come from here, not from hand: every test is marked with its tier (the folder it sits in,
+``unit``, ``integration`` or ``e2e``) and with the services its fixtures reach (``kafka``,
+``postgres``, ``s3``), so ``-m`` selections cannot drift from what a test really needs.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,22 @@ import sqlalchemy as sa
 from tests import services
 from tests.netproxy import Proxy
 from worker.store import db
+
+TIERS = ("unit", "integration", "e2e")
+# A fixture's name -> the service it needs. db_url's PostgreSQL param carries its own mark.
+SERVICE_FIXTURES = {"kafka_bootstrap": "kafka", "pg_url": "postgres", "pg_schema_urls": "postgres",
+                    "proxied_store": "postgres", "s3_client": "s3", "s3_bucket": "s3"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(tests_dir).parts
+        if len(relative) > 1 and relative[0] in TIERS:
+            item.add_marker(relative[0])
+        needs = {SERVICE_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SERVICE_FIXTURES}
+        for service in sorted(needs):
+            item.add_marker(service)
 
 
 @pytest.fixture

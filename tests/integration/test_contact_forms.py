@@ -13,7 +13,7 @@ from connectors import contact_forms
 from connectors.sql import SqlConnector
 from connectors.sql_config import normalise_email
 from tests.conformance import ConnectorConformance, MemoryExportWriter
-from tests.test_sql_support import AS_OF, SqlHarness, context, insert_rows, scalar
+from tests.integration.test_sql_support import AS_OF, SqlHarness, context, insert_rows, scalar
 from worker.core.connector import Subject
 from worker.sampledata import SCHEMAS
 

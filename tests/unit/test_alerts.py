@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_helm import ALL_ON, helm, one, render, render_error  # noqa: F401 - helm is a fixture
+from tests.unit.test_helm import ALL_ON, helm, one, render, render_error  # noqa: F401 - helm is a fixture
 from worker import metrics, states
 from worker.cli import cli
 from worker.config import Topics
@@ -19,7 +19,7 @@ from worker.core.timefmt import utcnow
 from worker.store import db, reports
 from worker.store.repository import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "runbook.md"
 
 

@@ -26,7 +26,7 @@ import yaml
 
 from worker import config as oubli_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "oubli"
 ALL_ON = CHART / "ci" / "all-on-values.yaml"
 CACHED_HELM = ROOT / ".cache" / "bin" / "helm"

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from connectors import newsletter
 from connectors.sql import SqlConnector
 from tests.conformance import ConnectorConformance, MemoryExportWriter
-from tests.test_sql_support import AS_OF, SqlHarness, context, scalar
+from tests.integration.test_sql_support import AS_OF, SqlHarness, context, scalar
 from worker.core.connector import Subject
 from worker.core.errors import ConfigError
 

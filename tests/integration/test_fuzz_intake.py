@@ -56,7 +56,7 @@ CANARY_VENDOR_ID = "GA.CANARY.9911"
 CANARIES = (CANARY_CUSTOMER, CANARY_EMAIL, CANARY_PHONE, CANARY_VENDOR_ID)
 # Poison: with these codes a record was dead-lettered only because something behind validation broke.
 CRASH_CODES = frozenset({"internal_error", "store_rejected"})
-SEEDS = Path(__file__).with_name("fuzz-examples")
+SEEDS = Path(__file__).resolve().parents[1] / "fuzz-examples"
 
 
 def example_database() -> ExampleDatabase:

@@ -20,9 +20,9 @@ from connectors import contact_forms, orders_db
 from connectors.call_recordings import FileNames
 from connectors.sql_email import EmailMatch, spellings
 from tests.conformance import MemoryExportWriter
-from tests.test_call_recordings import connector_for
-from tests.test_contact_forms import message
-from tests.test_sql_support import context, insert_rows
+from tests.integration.test_call_recordings import connector_for
+from tests.integration.test_contact_forms import message
+from tests.integration.test_sql_support import context, insert_rows
 from worker.core.connector import Subject
 from worker.core.errors import NeedsPersonError
 from worker.export import ExportStore

@@ -69,7 +69,7 @@ print(json.dumps({"after_imports_mb": after_imports, "after_staging_mb": after_s
 
 
 def test_a_200mb_package_is_streamed_with_bounded_memory(s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     run = subprocess.run(
         [sys.executable, "-c", CHILD, services.S3_ENDPOINT, s3_bucket, str(RECORDINGS), str(RECORDING_MB)],
         capture_output=True,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from connectors import orders_db
 from connectors.sql import SqlConnector
 from tests.conformance import ConnectorConformance, MemoryExportWriter
-from tests.test_sql_support import AS_OF, SEED, SqlHarness, context, insert_rows, scalar, subject_of
+from tests.integration.test_sql_support import AS_OF, SEED, SqlHarness, context, insert_rows, scalar, subject_of
 from worker.core.connector import Retained, Subject
 from worker.core.errors import ConfigError, NeedsPersonError, PermanentError
 from worker.sampledata import SCHEMAS, Bundle, bundle

@@ -24,7 +24,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # What the Dockerfile's build stage copies; the wheel is built from exactly these.
@@ -249,7 +249,7 @@ def test_the_build_context_holds_the_image_sources_and_nothing_heavy() -> None:
               if p.is_file() and "__pycache__" not in p.parts]
     assert "requirements.lock" in needed and "schemas/command.v1.json" in needed
     assert [p for p in needed if _dockerignored(p, rules)] == []
-    for heavy in (".venv/bin/python", ".cache/pip/http/x", ".git/HEAD", "tests/test_packaging.py",
+    for heavy in (".venv/bin/python", ".cache/pip/http/x", ".git/HEAD", "tests/unit/test_packaging.py",
                   ".pytest_cache/v/x", ".mypy_cache/3.11/x.json", ".hypothesis/examples/x", "helm/oubli/Chart.yaml",
                   "requirements-dev.lock", "worker/__pycache__/app.cpython-311.pyc", "oubli.egg-info/PKG-INFO",
                   "store.db"):

@@ -16,8 +16,8 @@ from connectors import call_recordings
 from connectors.call_recordings import CallRecordingsConnector, RecordingsSettings, make_client
 from tests import services
 from tests.conformance import ConnectorConformance, MemoryExportWriter, assert_no_personal_data
+from tests.integration.test_sql_support import AS_OF, context
 from tests.netproxy import Proxy
-from tests.test_sql_support import AS_OF, context
 from worker.core.connector import Retained, Subject
 from worker.core.errors import ConfigError, PermanentError, RetryableError
 from worker.sampledata import Recording

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from connectors import loyalty
 from connectors.sql import SqlConnector
 from tests.conformance import ConnectorConformance, MemoryExportWriter
-from tests.test_sql_support import SqlHarness, context, scalar
+from tests.integration.test_sql_support import SqlHarness, context, scalar
 from worker.core.connector import Subject
 
 TABLES = ("loyalty_accounts", "loyalty_history", "promo_codes")

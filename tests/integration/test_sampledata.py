@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from connectors import call_recordings, contact_forms, loyalty, newsletter, orders_db
 from tests import services
 from tests.conformance import MemoryExportWriter
-from tests.test_sql_support import AS_OF, context
+from tests.integration.test_sql_support import AS_OF, context
 from worker.core.connector import Subject
 from worker.sampledata import DEMO_INDEX, bundle, generate, seed_systems
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC_SUBJECT = Subject(
     request_id="5f0c9a8e-3c1e-4f4a-9d55-0d2b1f7b8a10",
     subject_ref="hmac-sha256:x",

@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.pipeline import raw_settings
-from tests.test_shutdown import closed_port
+from tests.unit.test_shutdown import closed_port
 from worker import config, support
 from worker.cli import cli
 from worker.core.errors import ConfigError
