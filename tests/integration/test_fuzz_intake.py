@@ -16,9 +16,10 @@ Three families of inputs, with their example counts (11,000 on SQLite, 450 on Po
 
 Example database: ``tests/fuzz-examples`` is committed. Every run first replays what it holds (the
 failing examples found so far, seeded from the crashes of issue 7), then explores at random
-(``derandomize=False``): a fixed seed would only ever try one set of inputs. Under CI (``CI`` set)
-the database is read-only, so a run never dirties the checkout; locally a new failure is saved
-there, to be committed with its fix. A failure prints its reproduction blob either way.
+(``derandomize=False``): a fixed seed would only ever try one set of inputs. The committed
+examples are read-only, so a run never dirties the checkout; locally a new failure is saved under
+``.cache/hypothesis`` (or into the committed ones with ``OUBLI_FUZZ_SAVE=1``, to be committed with
+its fix). A failure prints its reproduction blob either way.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
+from hypothesis.database import (
+    DirectoryBasedExampleDatabase,
+    ExampleDatabase,
+    MultiplexedDatabase,
+    ReadOnlyDatabase,
+)
 from structlog.testing import capture_logs
 
 from tests.intake_harness import KNOWN_CODES, SYSTEMS, Harness, Outcome
@@ -57,11 +63,17 @@ CANARIES = (CANARY_CUSTOMER, CANARY_EMAIL, CANARY_PHONE, CANARY_VENDOR_ID)
 # Poison: with these codes a record was dead-lettered only because something behind validation broke.
 CRASH_CODES = frozenset({"internal_error", "store_rejected"})
 SEEDS = Path(__file__).resolve().parents[1] / "fuzz-examples"
+LOCAL_EXAMPLES = Path(__file__).resolve().parents[2] / ".cache" / "hypothesis"
 
 
 def example_database() -> ExampleDatabase:
     seeds = DirectoryBasedExampleDatabase(SEEDS)
-    return ReadOnlyDatabase(seeds) if os.environ.get("CI") else seeds
+    if os.environ.get("OUBLI_FUZZ_SAVE"):  # to commit a new failure with its fix
+        return seeds
+    if os.environ.get("CI"):
+        return ReadOnlyDatabase(seeds)
+    # Writable, the seeds would lose every example that no longer fails: new ones go to .cache.
+    return MultiplexedDatabase(ReadOnlyDatabase(seeds), DirectoryBasedExampleDatabase(LOCAL_EXAMPLES))
 
 
 def fuzz_settings(examples: int) -> settings:
