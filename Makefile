@@ -56,11 +56,14 @@ test: install
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The unit tier needs no broker, store server or S3 (tests/conftest.py marks the tiers by folder).
+# The unit tier needs no broker, store server or S3 (tests/conftest.py marks the tiers by folder),
+# but the chart's tests need helm and promtool (built once into .cache/bin).
 test-fast: install
+	scripts/helm-check --install-only
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 test-py313:
+	scripts/helm-check --install-only
 	scripts/py-newest
 
 demo: install
