@@ -41,6 +41,18 @@ class IntakeResult(StrEnum):
 
 
 @dataclass(frozen=True)
+class BatchOutcome:
+    """What ``handle_batch`` did: ``results`` for the leading messages that are recorded (committed), in order.
+
+    ``outage`` is set when the store failed: the message at ``len(results)`` and every later one were not
+    recorded, so the caller rewinds to it and acknowledges only the prefix.
+    """
+
+    results: list[IntakeResult]
+    outage: StoreUnavailable | None = None
+
+
+@dataclass(frozen=True)
 class Message:
     value: bytes | None
     key: bytes | None
@@ -79,6 +91,19 @@ class Intake:
                 raise StoreUnavailable(f"the store failed during intake ({type(exc).__name__})") from exc
             # The type only: an exception's message may quote the input.
             return self._poison(message, "internal_error", exc, now)
+
+    def handle_batch(self, batch: Sequence[Message], now: datetime) -> BatchOutcome:
+        """Records or dead-letters each message of ``batch``, in order; never raises for a record.
+
+        Same contract as ``handle`` per message; a store outage ends the batch early (see ``BatchOutcome``).
+        """
+        results: list[IntakeResult] = []
+        for message in batch:
+            try:
+                results.append(self.handle(message, now))
+            except StoreUnavailable as outage:
+                return BatchOutcome(results, outage)
+        return BatchOutcome(results)
 
     def _handle(self, message: Message, now: datetime) -> IntakeResult:
         # Authenticity first: until it is proven, nothing in the command (its request_id, its replay
