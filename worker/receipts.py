@@ -17,6 +17,8 @@ from worker.core.timefmt import iso
 # subject's earlier export packages (worker.export.forget), when exports are configured.
 PACKAGE_TASK = "_package"
 IDENTITY_TASK = "_identity"  # before any system: copies the subject's vendor ids from the identity store
+# Steps that become due only once every other task of their request (every real sibling) confirmed.
+FINAL_TASKS: frozenset[str] = frozenset({PACKAGE_TASK})
 
 
 def is_internal(system: str) -> bool:

@@ -56,7 +56,7 @@ class Claims(StoreBase):
         )
         sibling = tasks.alias("sibling")
         unconfirmed_sibling = sa.select(sa.literal(1)).select_from(sibling).where(
-            sibling.c.request_id == tasks.c.request_id, sibling.c.system != receipts.PACKAGE_TASK,
+            sibling.c.request_id == tasks.c.request_id, sibling.c.system.not_in(list(receipts.FINAL_TASKS)),
             sibling.c.state != SystemState.CONFIRMED,
         )
         unresolved_identity = sa.select(sa.literal(1)).select_from(sibling).where(
@@ -71,7 +71,7 @@ class Claims(StoreBase):
             sa.select(tasks.c.request_id, tasks.c.system, tasks.c.version)
             .join(requests, requests.c.request_id == tasks.c.request_id)
             .where(due, tasks.c.system.in_(list(wanted)), ~sa.exists(earlier_open),
-                   sa.or_(tasks.c.system != receipts.PACKAGE_TASK, ~sa.exists(unconfirmed_sibling)),
+                   sa.or_(tasks.c.system.not_in(list(receipts.FINAL_TASKS)), ~sa.exists(unconfirmed_sibling)),
                    sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity)))
             # A running task has no next_attempt_at (NULL sorts last on PostgreSQL): rank it first.
             .order_by(sa.case((tasks.c.state == SystemState.RUNNING, 0), else_=1), tasks.c.next_attempt_at,
