@@ -43,6 +43,8 @@ class Command:
     systems: tuple[str, ...] | None
     reason: str | None
     body: Mapping[str, Any] = field(repr=False)
+    priority: str = "standard"  # or "background": the sweeper's and bulk work, served after standard
+    last_activity_at: datetime | None = None  # the subject's, when the sender knows it (the sweeper)
 
     def __repr__(self) -> str:  # no personal data in tracebacks
         return f"Command(request_id={self.request_id!r}, kind={self.kind!r})"
@@ -51,6 +53,7 @@ class Command:
         return Subject(
             request_id=self.request_id, subject_ref=subject_ref, customer_id=self.customer_id,
             emails=self.emails, phones=self.phones, identifiers=dict(self.identifiers),
+            priority=self.priority, last_activity_at=self.last_activity_at,
         )
 
 
@@ -222,13 +225,15 @@ def parse(
         unknown = sorted(set(systems) - known_systems)
         if unknown:
             raise reject("unknown_system", f"unknown systems: {', '.join(unknown)}")
+    subject = document["subject"]
     try:
         requested_at, due_at = _dates(document, due_days_default)
+        last_activity_at = timefmt.in_range(timefmt.parse(subject["last_activity_at"])) \
+            if subject.get("last_activity_at") else None
     except timefmt.OutOfRange as exc:
-        raise reject("out_of_range", f"requested_at or due_at: {exc}") from None
+        raise reject("out_of_range", f"requested_at, due_at or last_activity_at: {exc}") from None
     except ValueError:  # passed the format check, yet no datetime (a leap second, say)
-        raise reject("schema_violation", "requested_at or due_at is not a valid date-time") from None
-    subject = document["subject"]
+        raise reject("schema_violation", "requested_at, due_at or last_activity_at is not a valid date-time") from None
     return Command(
         request_id=document["request_id"],
         kind=document["kind"],
@@ -242,6 +247,8 @@ def parse(
         systems=tuple(systems) if systems is not None else None,
         reason=document.get("reason"),
         body=document,
+        priority=document.get("priority", "standard"),
+        last_activity_at=last_activity_at,
     )
 
 

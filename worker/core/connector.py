@@ -49,6 +49,10 @@ class Subject:
     emails: tuple[str, ...] = ()
     phones: tuple[str, ...] = ()
     identifiers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # How the request is scheduled, and what the sender knows of the subject's activity: the gate
+    # spends a background call from the reserve-limited share of a quota (``worker.core.limits``).
+    priority: str = "standard"
+    last_activity_at: datetime | None = None
 
     def ids(self, kind: str) -> tuple[str, ...]:
         return self.identifiers.get(kind, ())

@@ -83,6 +83,9 @@ def subject_json(command: Command, subject_ref: str) -> str:
     return json.dumps({
         "customer_id": command.customer_id, "emails": list(command.emails), "phones": list(command.phones),
         "identifiers": {k: list(v) for k, v in command.identifiers.items()}, "subject_ref": subject_ref,
+        # Travel with the subject to the connector's gate and the retention policy; purged with it.
+        "priority": command.priority,
+        "last_activity_at": command.last_activity_at.isoformat() if command.last_activity_at else None,
     })
 
 
@@ -92,4 +95,7 @@ def subject_of(request_id: str, subject_json: str) -> Subject:
         request_id=request_id, subject_ref=data["subject_ref"], customer_id=data["customer_id"],
         emails=tuple(data["emails"]), phones=tuple(data["phones"]),
         identifiers={k: tuple(v) for k, v in data["identifiers"].items()},
+        priority=data.get("priority", "standard"),  # rows recorded before priorities had none
+        last_activity_at=aware(datetime.fromisoformat(data["last_activity_at"]))
+        if data.get("last_activity_at") else None,
     )

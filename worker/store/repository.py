@@ -66,7 +66,7 @@ class Store(Claims):
                     request_id=command.request_id, kind=command.kind, status=RequestStatus.ACCEPTED,
                     subject_ref=subject_ref, body_digest=digest, subject_json=subject_json(command, subject_ref),
                     reason=command.reason, requested_by=command.requested_by, requested_at=command.requested_at,
-                    due_at=command.due_at, created_at=now, updated_at=now,
+                    due_at=command.due_at, priority=command.priority, created_at=now, updated_at=now,
                 )).inserted_primary_key
                 assert inserted is not None
                 seq = inserted[0]

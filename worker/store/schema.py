@@ -38,6 +38,8 @@ requests = sa.Table(
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.String(1000)),
     sa.Column("export_json", sa.Text),
+    # standard or background: claims serve standard first at every system (worker.store.claims).
+    sa.Column("priority", sa.String(16), nullable=False, default="standard", server_default="standard"),
 )
 
 tasks = sa.Table(
