@@ -118,3 +118,19 @@ rate_quotas = sa.Table(
     sa.Column("day", sa.Date, primary_key=True),  # the calendar day in the quota's time zone
     sa.Column("used", sa.Integer, nullable=False),
 )
+
+# ``oubli web``: one row per confirmation code handed to Meta's data deletion callback (worker/web).
+# No personal data: the code is kept only as its SHA-256 (it is the key to a status page) and sealed
+# with a pad derived from the app-scoped user id, so that only a call from the same user can show it
+# again; the user is named by a keyed hash. ``request_id`` is NULL when the identity system held no data.
+web_confirmations = sa.Table(
+    "web_confirmations", metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("sealed_code", sa.String(64), nullable=False),
+    sa.Column("user_ref", sa.String(80), nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("published_at", Timestamp),
+    sa.UniqueConstraint("user_ref", "generation", name="uq_web_confirmations_user_generation"),
+)
