@@ -1,7 +1,7 @@
 """Shared plumbing for the benchmarks: the local stack, fresh schemas, worker processes, receipts.
 
 The benchmarks run from the repository root as plain scripts (``.venv/bin/python bench/x.py``),
-so this module puts the root on ``sys.path`` to reach ``tests.pipeline`` and ``tests.fakes``.
+so this module puts the root on ``sys.path`` to reach ``devkit.pipeline`` and ``devkit.fakes``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ if str(ROOT) not in sys.path:
 import sqlalchemy as sa  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer  # noqa: E402
 
-from tests import fakes, services  # noqa: E402
-from tests.pipeline import WorkerProcess, raw_settings, settings_from, subject_command  # noqa: E402
+from devkit import fakes, services  # noqa: E402
+from devkit.pipeline import WorkerProcess, raw_settings, settings_from, subject_command  # noqa: E402
 from worker import kafka  # noqa: E402
 from worker.config import Settings  # noqa: E402
 
@@ -78,7 +78,7 @@ def store_url(kind: str, directory: Path) -> Iterator[str]:
 
 
 def fake_system(url: str, *, concurrency: int, **settings: Any) -> dict[str, Any]:
-    return {"connector": "tests.fakes", "concurrency": concurrency, "max_attempts": 4,
+    return {"connector": "devkit.fakes", "concurrency": concurrency, "max_attempts": 4,
             "settings": {"url": url, **settings}}
 
 
@@ -107,7 +107,7 @@ class Publisher:
 class ReceiptWatch:
     """Reads the receipts topic from the start; remembers when each request was first seen completed.
 
-    Deliberately lighter than ``tests.pipeline.Receipts`` (no schema validation per record), so that
+    Deliberately lighter than ``devkit.pipeline.Receipts`` (no schema validation per record), so that
     the benchmark process takes as little CPU as possible from the worker on a small machine.
     """
 

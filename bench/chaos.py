@@ -6,7 +6,7 @@ PostgreSQL, call recordings in S3, the five vendor stand-ins). Each is restarted
 under the same worker_id (it reclaims its leases at start), sometimes under another (the dead one's
 5 s leases must expire). Printed: how many kills, the time from a kill to the next claim of each task
 the killed worker held, and from a kill to the completion of each request it held (median and max).
-Every request must complete and every effect be applied once (``tests/chaos.py``), or it fails.
+Every request must complete and every effect be applied once (``devkit/chaos.py``), or it fails.
 
 Usage: .venv/bin/python bench/chaos.py [--kills 200] [--requests 60] [--seed 7]
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import boto3
 from _common import pg_schema, require_stack
 
-from tests import services
-from tests.chaos import Chaos
+from devkit import services
+from devkit.chaos import Chaos
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """SPEC invariant 6: fan-out is concurrent, and per-system concurrency limits hold.
 
-Ten fake systems (``tests.fakes`` with ``delay_seconds`` 0.05, 0.10 … 0.50 s and ``record_calls``)
+Ten fake systems (``devkit.fakes`` with ``delay_seconds`` 0.05, 0.10 … 0.50 s and ``record_calls``)
 behind ``oubli worker`` processes on a fresh PostgreSQL schema and fresh Kafka topics.
 
 1. sequential: N erasures, one at a time (the next is published once the previous one's

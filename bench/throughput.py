@@ -1,7 +1,7 @@
 """Throughput: commands per second from publish to ``completed`` receipt, for a burst of erasures.
 
 Each run: fresh Kafka topics and consumer group, a fresh store, ``oubli worker`` subprocess(es)
-started and warmed up with one request, then N erasures over three fake systems (``tests.fakes``,
+started and warmed up with one request, then N erasures over three fake systems (``devkit.fakes``,
 no delay, concurrency 8) published at once. The clock runs from the first publish to the moment
 the client reads the last ``completed`` receipt. The fakes log their effects to a fresh PostgreSQL
 schema in every configuration, so that only the store differs between:

@@ -1,4 +1,4 @@
-"""``loyalty``: points balance, promo codes and loyalty history (schema: ``connectors.samples.loyalty``).
+"""``loyalty``: points balance, promo codes and loyalty history (schema: ``devkit.shop_schemas.loyalty``).
 
 Erasure deletes the loyalty account, its history and the promo codes issued to the customer;
 export returns all three. Settings: ``url`` and the optional connection settings of

@@ -1,6 +1,6 @@
 """``orders_db``: customer accounts, orders, deliveries, returns and the billing trail (SPEC §1).
 
-A rule set for the declarative SQL connector over the schema of ``connectors.samples.orders``:
+A rule set for the declarative SQL connector over the schema of ``devkit.shop_schemas.orders``:
 
 * the account, its addresses, consents and vendor identifiers are deleted;
 * orders, order lines, deliveries and returns are anonymised: the personal columns are nulled (the

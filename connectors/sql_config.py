@@ -54,7 +54,7 @@ def normalise_email(value: str) -> str:
 
 def stripped_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     # Inline literals, not bound parameters: the query must spell the same expression as the index
-    # on it (``connectors.samples``), or PostgreSQL will not use that index.
+    # on it (``devkit.shop_schemas``), or PostgreSQL will not use that index.
     expression: sa.ColumnElement[Any] = column
     for char in WHITESPACE:
         expression = sa.func.replace(

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
-from tests import allsystems  # noqa: E402
+from devkit import allsystems  # noqa: E402
 from worker import config, kafka, logs, retention  # noqa: E402
 from worker.app import Worker  # noqa: E402
 from worker.cli import format_receipt, format_sweep  # noqa: E402

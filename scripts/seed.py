@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import boto3  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from worker.sampledata import DEFAULT_KEY_TEMPLATE, SCHEMAS, seed_systems  # noqa: E402
+from devkit.sampledata import DEFAULT_KEY_TEMPLATE, SCHEMAS, seed_systems  # noqa: E402
 
 URL_OPTIONS = {
     "orders_db": "orders_url",

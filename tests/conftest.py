@@ -17,8 +17,8 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from tests import services
-from tests.netproxy import Proxy
+from devkit import services
+from devkit.netproxy import Proxy
 from worker.store import db
 
 TIERS = ("unit", "integration", "e2e")

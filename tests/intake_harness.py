@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests.pipeline import SUBJECT_KEY
+from devkit.pipeline import SUBJECT_KEY
 from worker import states
 from worker.config import Topics
 from worker.intake import Intake, IntakeResult, Message

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import fakes, services
-from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
+from devkit import fakes, services
+from devkit.pipeline import Receipts, raw_settings, settings_from, subject_command
 from tests.private_kafka import LIBS, ROOT, PrivateKafka
 from worker.app import Worker
 from worker.support import publish_command
@@ -28,7 +28,7 @@ def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
 
 
 def test_a_broker_crash_loses_nothing(private_kafka: PrivateKafka, pg_url: str) -> None:
-    systems = {"alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}}}
+    systems = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
     settings = settings_from(raw_settings(store_url=pg_url, bootstrap=private_kafka.bootstrap, systems=systems))
     worker = Worker(settings, migrate=True, serve_http=False)
     worker.start()

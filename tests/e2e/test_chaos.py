@@ -1,6 +1,6 @@
 """SPEC invariant 11 under fire: 200 SIGKILLs at random instants while erasures and exports run across
 all ten systems. Every request completes, with one distinct terminal receipt, and every system's effect
-is applied once (what "once" means per system: ``tests/chaos.py``). ``bench/chaos.py`` runs the same
+is applied once (what "once" means per system: ``devkit/chaos.py``). ``bench/chaos.py`` runs the same
 scenario and prints the kill-to-completion times."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.chaos import Chaos
+from devkit.chaos import Chaos
 
 KILLS = 200
 REQUESTS = 60

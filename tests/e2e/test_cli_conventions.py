@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner
 
-from tests.pipeline import raw_settings
+from devkit.pipeline import raw_settings
 from tests.unit.test_shutdown import closed_port
 from worker import config, support
 from worker.cli import cli

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests import fakes
-from tests.pipeline import (
+from devkit import fakes
+from devkit.pipeline import (
     Receipts,
     WorkerProcess,
     iter_tables,
@@ -29,7 +29,7 @@ from worker.support import publish_command
 def test_sigkill_at_any_point_loses_nothing_and_completes_once(
     failpoint: str, pg_url: str, kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
-    systems = {name: {"connector": "tests.fakes", "settings": {"url": pg_url, **extra}}
+    systems = {name: {"connector": "devkit.fakes", "settings": {"url": pg_url, **extra}}
                for name, extra in {"alpha": {}, "beta": {"polls": 1}}.items()}
     raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems)
     settings = settings_from(raw)

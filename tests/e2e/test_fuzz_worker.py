@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.pipeline import Receipts, WorkerProcess, raw_settings, settings_from
 from tests.intake_harness import KNOWN_CODES
-from tests.pipeline import Receipts, WorkerProcess, raw_settings, settings_from
 from worker import kafka, messages
 from worker.config import Settings
 from worker.support import build_command, publish_command
@@ -248,7 +248,7 @@ def _worker_metrics(port: int) -> dict[str, float]:
 @pytest.fixture
 def worker_process(pg_url: str, kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[WorkerProcess, Settings, int]]:
     port = _free_port()
-    systems = {"alpha": {"connector": "tests.fakes", "concurrency": 4, "settings": {"url": pg_url}}}
+    systems = {"alpha": {"connector": "devkit.fakes", "concurrency": 4, "settings": {"url": pg_url}}}
     raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems, signing_secret=SECRET.decode())
     raw["worker"]["http_port"] = port
     settings = settings_from(raw)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests import fakes
-from tests.pipeline import Receipts, WorkerProcess, raw_settings, settings_from, subject_command
+from devkit import fakes
+from devkit.pipeline import Receipts, WorkerProcess, raw_settings, settings_from, subject_command
 from worker.support import publish_command
 
 REQUESTS = 40
@@ -19,7 +19,7 @@ REQUESTS = 40
 def test_workers_share_the_load_through_rebalances_without_running_anything_twice(
     pg_url: str, kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
-    systems = {name: {"connector": "tests.fakes", "concurrency": 2, "settings": {"url": pg_url}}
+    systems = {name: {"connector": "devkit.fakes", "concurrency": 2, "settings": {"url": pg_url}}
                for name in ("alpha", "beta", "gamma")}
     raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems)
     settings = settings_from(raw)

@@ -12,8 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests import allsystems, services
-from tests.pipeline import Receipts, raw_settings, settings_from
+from devkit import allsystems, services
+from devkit.pipeline import Receipts, raw_settings, settings_from
 from worker import logs
 from worker.app import Worker
 from worker.core.timefmt import utcnow

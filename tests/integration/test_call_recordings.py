@@ -14,15 +14,15 @@ import pytest
 
 from connectors import call_recordings
 from connectors.call_recordings import CallRecordingsConnector, RecordingsSettings, make_client
-from tests import services
+from devkit import services
+from devkit.netproxy import Proxy
+from devkit.sampledata import Recording
+from devkit.sampledata.audio import synthetic_wav
+from devkit.sampledata.load import recording_key, recording_metadata, upload_recordings
 from tests.conformance import ConnectorConformance, MemoryExportWriter, assert_no_personal_data
 from tests.integration.test_sql_support import AS_OF, context
-from tests.netproxy import Proxy
 from worker.core.connector import Retained, Subject
 from worker.core.errors import ConfigError, PermanentError, RetryableError
-from worker.sampledata import Recording
-from worker.sampledata.audio import synthetic_wav
-from worker.sampledata.load import recording_key, recording_metadata, upload_recordings
 
 pytestmark = pytest.mark.s3
 LAYOUT = "recordings/{customer_id}/{yyyy}/{mm}/{call_id}.wav"

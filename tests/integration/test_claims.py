@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from tests.pipeline import record
+from devkit.pipeline import record
 from worker import states
 from worker.config import Topics
 from worker.core.timefmt import utcnow

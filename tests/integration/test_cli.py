@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 
-from tests.pipeline import LocalStore, Receipts, raw_settings, record, run_until, settings_from
+from devkit.pipeline import LocalStore, Receipts, raw_settings, record, run_until, settings_from
 from worker import states
 from worker.app import Worker
 from worker.cli import cli
@@ -20,8 +20,8 @@ from worker.store.repository import TaskUpdate
 
 def test_support_commands_with_human_and_json_output(pg_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     systems: dict[str, Any] = {
-        "alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}},
-        "beta": {"connector": "tests.fakes", "settings": {"url": pg_url, "permanent": True}},
+        "alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}},
+        "beta": {"connector": "devkit.fakes", "settings": {"url": pg_url, "permanent": True}},
     }
     raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems)
     config = tmp_path / "oubli.yaml"

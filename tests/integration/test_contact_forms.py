@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from connectors import contact_forms
 from connectors.sql import SqlConnector
 from connectors.sql_config import normalise_email
+from devkit.sampledata import SCHEMAS
 from tests.conformance import ConnectorConformance, MemoryExportWriter
 from tests.integration.test_sql_support import AS_OF, SqlHarness, context, insert_rows, scalar
 from worker.core.connector import Subject
-from worker.sampledata import SCHEMAS
 
 
 def make_connector(url: str) -> SqlConnector:

@@ -33,7 +33,7 @@ from click.testing import CliRunner, Result
 from confluent_kafka import Message, Producer
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from tests.pipeline import (
+from devkit.pipeline import (
     Receipts,
     personal_strings,
     raw_settings,
@@ -121,7 +121,7 @@ def assert_no_personal_data(outputs: list[str], commands: list[dict[str, Any]]) 
 
 
 def fake_system(pg_url: str) -> dict[str, Any]:
-    return {"connector": "tests.fakes", "settings": {"url": pg_url}}
+    return {"connector": "devkit.fakes", "settings": {"url": pg_url}}
 
 
 def test_unknown_system_round_trip(pg_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:

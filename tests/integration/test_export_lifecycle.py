@@ -22,9 +22,9 @@ import botocore.session
 import pytest
 from botocore.credentials import CredentialProvider, RefreshableCredentials
 
-from tests import services
-from tests.pipeline import Receipts, subject_command
-from tests.pipeline import export_worker as running_export_worker
+from devkit import services
+from devkit.pipeline import Receipts, subject_command
+from devkit.pipeline import export_worker as running_export_worker
 from worker.app import Worker
 from worker.core.errors import ConfigError, RetryableError
 from worker.export import ExportStore, lifecycle
@@ -157,7 +157,7 @@ def test_long_term_keys_have_no_session_expiry(s3_client: Any) -> None:
 
 @pytest.fixture
 def export_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator[tuple[Worker, Receipts, Any]]:
-    systems = {"alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}}}
+    systems = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
     with running_export_worker(systems, store_url=pg_url, bootstrap=kafka_bootstrap, bucket=s3_bucket) as running:
         yield running
 

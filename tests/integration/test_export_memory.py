@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import services
+from devkit import services
 
 pytestmark = pytest.mark.s3
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests import fakes
-from tests.pipeline import Receipts, subject_command
-from tests.pipeline import export_worker as running_export_worker
+from devkit import fakes
+from devkit.pipeline import Receipts, subject_command
+from devkit.pipeline import export_worker as running_export_worker
 from worker.app import Worker
 from worker.support import publish_command
 
@@ -22,8 +22,8 @@ from worker.support import publish_command
 @pytest.fixture
 def export_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator[tuple[Worker, Receipts, Any]]:
     systems = {
-        "alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}},
-        "beta": {"connector": "tests.fakes", "settings": {"url": pg_url, "polls": 3}},
+        "alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}},
+        "beta": {"connector": "devkit.fakes", "settings": {"url": pg_url, "polls": 3}},
     }
     with running_export_worker(systems, store_url=pg_url, bootstrap=kafka_bootstrap, bucket=s3_bucket) as running:
         yield running

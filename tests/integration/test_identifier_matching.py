@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from connectors import contact_forms, orders_db
 from connectors.call_recordings import FileNames
 from connectors.sql_email import EmailMatch, spellings
+from devkit.sampledata import SCHEMAS
 from tests.conformance import MemoryExportWriter
 from tests.integration.test_call_recordings import connector_for
 from tests.integration.test_contact_forms import message
@@ -26,7 +27,6 @@ from tests.integration.test_sql_support import context, insert_rows
 from worker.core.connector import Subject
 from worker.core.errors import NeedsPersonError
 from worker.export import ExportStore
-from worker.sampledata import SCHEMAS
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 

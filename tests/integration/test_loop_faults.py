@@ -21,9 +21,9 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from structlog.testing import capture_logs
 
-from tests import fakes
-from tests.netproxy import Proxy
-from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
+from devkit import fakes
+from devkit.netproxy import Proxy
+from devkit.pipeline import Receipts, raw_settings, settings_from, subject_command
 from worker import config, kafka, logs, metrics
 from worker.app import Worker
 from worker.config import KafkaSettings
@@ -145,7 +145,7 @@ def test_an_outage_past_the_limit_is_surfaced_then_exits_and_loses_nothing(
     proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str,
 ) -> None:
     store_url, proxy = proxied_store
-    systems: dict[str, Any] = {"alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}}}
+    systems: dict[str, Any] = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
     raw = raw_settings(store_url=store_url, bootstrap=kafka_bootstrap, systems=systems)
     raw["worker"].update(FAST, store_outage_exit_seconds=3)
     settings = settings_from(raw)
@@ -184,7 +184,7 @@ def test_an_outage_past_the_limit_is_surfaced_then_exits_and_loses_nothing(
 
 
 def test_an_intake_that_raises_is_rewound_and_retried_never_skipped(pg_url: str, kafka_bootstrap: str) -> None:
-    systems: dict[str, Any] = {"alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}}}
+    systems: dict[str, Any] = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
     raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems=systems)
     raw["worker"].update(FAST)
     settings = settings_from(raw)

@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.pipeline import raw_settings, settings_from
+from devkit.pipeline import raw_settings, settings_from
 from worker import metrics
 from worker.app import Worker
 

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from tests.pipeline import raw_settings
+from devkit.pipeline import raw_settings
 from worker import config
 from worker.app import Worker
 from worker.core.errors import ConfigError

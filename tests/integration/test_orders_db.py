@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 from connectors import orders_db
 from connectors.sql import SqlConnector
+from devkit.sampledata import SCHEMAS, Bundle, bundle
 from tests.conformance import ConnectorConformance, MemoryExportWriter
 from tests.integration.test_sql_support import AS_OF, SEED, SqlHarness, context, insert_rows, scalar, subject_of
 from worker.core.connector import Retained, Subject
 from worker.core.errors import ConfigError, NeedsPersonError, PermanentError
-from worker.sampledata import SCHEMAS, Bundle, bundle
 
 EXPIRED_DUE = date(2021, 6, 30)  # more than 3 years before TODAY
 RECENT_DUES = (date(2025, 1, 31), date(2025, 9, 30))  # retained until 2028-01-31 and 2028-09-30

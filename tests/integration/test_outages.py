@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests import fakes
-from tests.netproxy import Proxy
-from tests.pipeline import Receipts, raw_settings, settings_from, subject_command
+from devkit import fakes
+from devkit.netproxy import Proxy
+from devkit.pipeline import Receipts, raw_settings, settings_from, subject_command
 from worker.app import Worker
 from worker.support import publish_command
 
@@ -17,7 +17,7 @@ def test_a_database_outage_pauses_intake_and_loses_nothing(
     proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str,
 ) -> None:
     store_url, proxy = proxied_store
-    systems: dict[str, Any] = {"alpha": {"connector": "tests.fakes", "settings": {"url": pg_url}}}
+    systems: dict[str, Any] = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
     settings = settings_from(raw_settings(store_url=store_url, bootstrap=kafka_bootstrap, systems=systems))
     worker = Worker(settings, serve_http=False)
     worker.start()

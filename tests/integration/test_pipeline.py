@@ -12,15 +12,15 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
-from tests import fakes
-from tests.pipeline import Receipts, raw_settings, run_until, settings_from, subject_command
+from devkit import fakes
+from devkit.pipeline import Receipts, raw_settings, run_until, settings_from, subject_command
 from worker.app import Worker
 from worker.config import Settings
 from worker.support import publish_command
 
 
 def fake(url: str, **settings: Any) -> dict[str, Any]:
-    return {"connector": "tests.fakes", "concurrency": 2, "max_attempts": 4, "settings": {"url": url, **settings}}
+    return {"connector": "devkit.fakes", "concurrency": 2, "max_attempts": 4, "settings": {"url": url, **settings}}
 
 
 @pytest.fixture

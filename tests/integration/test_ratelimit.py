@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from connectors.ratelimit import REGISTRY, Gate, Registry
-from tests.standins.harness import FakeClock, fresh_limiters  # noqa: F401 - autouse fixture
+from devkit.standins.harness import FakeClock, fresh_limiters  # noqa: F401 - autouse fixture
 from worker.core.errors import QuotaDeferred, Throttled
 from worker.core.limits import Limits, QuotaSpec, RateSpec
 from worker.store import db

@@ -20,10 +20,10 @@ from alembic import command
 
 from connectors import registry
 from connectors.ratelimit import Gate
-from tests.pipeline import raw_settings
-from tests.standins import settings_for
-from tests.standins.google import GoogleAnalyticsStandIn
-from tests.standins.harness import FakeClock, fresh_limiters, make_subject  # noqa: F401 - autouse fixture
+from devkit.pipeline import raw_settings
+from devkit.standins import settings_for
+from devkit.standins.google import GoogleAnalyticsStandIn
+from devkit.standins.harness import FakeClock, fresh_limiters, make_subject  # noqa: F401 - autouse fixture
 from worker import config
 from worker.app import Worker
 from worker.core.connector import ConnectorContext

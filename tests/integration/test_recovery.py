@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests.pipeline import record
+from devkit.pipeline import record
 from worker import states
 from worker.config import Topics
 from worker.core.connector import CallResult, ExportWriter, Pending, Result, Subject

@@ -24,8 +24,8 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from tests import services
-from tests.pipeline import SUBJECT_KEY, raw_settings, read_topic, record, settings_from
+from devkit import services
+from devkit.pipeline import SUBJECT_KEY, raw_settings, read_topic, record, settings_from
 from tests.private_kafka import PrivateKafka
 from worker import messages, states
 from worker.config import Settings, Topics

@@ -18,9 +18,9 @@ from click.testing import CliRunner, Result
 from confluent_kafka import Consumer, TopicPartition
 
 from connectors import orders_db
-from connectors.samples import contact_forms, loyalty, orders
-from tests.allsystems import RETENTION_RULES as RULES
-from tests.pipeline import Receipts, raw_settings, run_until, settings_from
+from devkit.allsystems import RETENTION_RULES as RULES
+from devkit.pipeline import Receipts, raw_settings, run_until, settings_from
+from devkit.shop_schemas import contact_forms, loyalty, orders
 from worker import config, messages
 from worker.app import Worker
 from worker.cli import cli

@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from connectors import call_recordings, contact_forms, loyalty, newsletter, orders_db
-from tests import services
+from devkit import services
+from devkit.sampledata import DEMO_INDEX, bundle, generate, seed_systems
 from tests.conformance import MemoryExportWriter
 from tests.integration.test_sql_support import AS_OF, context
 from worker.core.connector import Subject
-from worker.sampledata import DEMO_INDEX, bundle, generate, seed_systems
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_SUBJECT = Subject(

@@ -20,10 +20,10 @@ import sqlalchemy as sa
 
 from connectors.sql_config import normalise_email, parse
 from connectors.sql_errors import db_error
-from tests.netproxy import Proxy
+from devkit.netproxy import Proxy
+from devkit.sampledata import SCHEMAS, Bundle, bundle
 from worker.core.connector import Connector, ConnectorContext, Subject
 from worker.core.errors import ConfigError, PermanentError, RetryableError
-from worker.sampledata import SCHEMAS, Bundle, bundle
 
 AS_OF = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SEED = 7

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.pipeline import LocalStore, record
+from devkit.pipeline import LocalStore, record
 from worker import states
 from worker.store.repository import Store, TaskUpdate
 

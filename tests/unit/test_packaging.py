@@ -88,6 +88,18 @@ def test_the_wheel_alone_migrates_a_store_and_validates_messages(wheel: Path, tm
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
+def test_the_wheel_ships_no_dev_kit(wheel: Path) -> None:
+    """The fakes, vendor stand-ins and sample data live in devkit/, outside the product: the wheel holds
+    only worker, connectors and schemas (and the Dockerfile copies only those, test below)."""
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {n.split("/")[0] for n in names if not n.startswith("oubli-")}
+    assert packages == {"worker", "connectors", "schemas"}, packages
+    dev_kit = re.compile(r"(^|/)(devkit|sampledata|samples|shop_schemas|standins|fakes\.py)(/|$)")
+    leaked = [n for n in names if dev_kit.search(n)]
+    assert leaked == []
+    assert "devkit" not in IMAGE_SOURCES and (ROOT / "devkit/__init__.py").is_file()
+
+
 def test_the_dockerfile_matches_the_chart() -> None:
     """The image runs `oubli` as the chart's non-root user; the chart's command and user agree."""
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -105,7 +117,7 @@ def test_the_dockerfile_matches_the_chart() -> None:
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROD_LOCK, DEV_LOCK = ROOT / "requirements.lock", ROOT / "requirements-dev.lock"
 # Modules of this repository, not of a distribution.
-LOCAL_MODULES = {"worker", "connectors", "schemas", "tests"}
+LOCAL_MODULES = {"worker", "connectors", "schemas", "tests", "devkit"}
 
 
 def _requirements(group: str) -> list[Requirement]:
@@ -184,7 +196,7 @@ def _imports(folder: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("folder", "groups"), [("worker", ("prod",)), ("connectors", ("prod",)),
-                                                ("tests", ("prod", "dev"))])
+                                                ("tests", ("prod", "dev")), ("devkit", ("prod", "dev"))])
 def test_every_third_party_import_is_a_declared_dependency(folder: str, groups: tuple[str, ...]) -> None:
     """An import that works only because another package pulls its distribution in (botocore through
     boto3) breaks when that package changes its own dependencies: declare it."""

@@ -13,10 +13,10 @@ from datetime import timedelta
 
 import pytest
 
-from tests.standins import GA_PROPERTY_ID
-from tests.standins.google import GoogleAnalyticsStandIn
-from tests.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
-from tests.standins.nosto import NostoStandIn
+from devkit.standins import GA_PROPERTY_ID
+from devkit.standins.google import GoogleAnalyticsStandIn
+from devkit.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
+from devkit.standins.nosto import NostoStandIn
 from worker.core.connector import Result
 from worker.core.errors import QuotaDeferred, Throttled
 

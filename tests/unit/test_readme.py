@@ -62,7 +62,7 @@ def test_the_readme_or_the_operations_page_lists_every_metric() -> None:
 
 
 def test_the_retention_example_is_the_rules_the_suite_and_demo_run() -> None:
-    from tests.allsystems import RETENTION_RULES
+    from devkit.allsystems import RETENTION_RULES
 
     example = yaml_example(DOCS / "retention.md", "# Retention (`oubli sweep`)")
     systems = {name: {"connector": name, "settings": {"url": "sqlite:///x.db"}}

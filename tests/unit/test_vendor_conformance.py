@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit.standins.harness import HARNESSES, fresh_limiters, vendor_harness  # noqa: F401 - an autouse fixture
 from tests.conformance import ConnectorConformance, Harness
-from tests.standins.harness import HARNESSES, fresh_limiters, vendor_harness  # noqa: F401 - an autouse fixture
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.standins.facebook import FacebookStandIn, graph_error
+from devkit.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
 from tests.conformance import MemoryExportWriter, assert_result_is_clean
-from tests.standins.facebook import FacebookStandIn, graph_error
-from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
 from worker.core.connector import Result
 from worker.core.errors import PermanentError, RetryableError, Throttled
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from connectors.google_ads import sha256_hex
+from devkit.standins import ADS_LIST_ID
+from devkit.standins.google import DataManagerStandIn
+from devkit.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
 from tests.conformance import settle
-from tests.standins import ADS_LIST_ID
-from tests.standins.google import DataManagerStandIn
-from tests.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
 from worker.core.connector import Pending, Result, Subject
 from worker.core.errors import NeedsPersonError, PermanentError
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.standins import GA_PROPERTY_ID, settings_for
-from tests.standins.google import ACCESS_TOKEN, GoogleAnalyticsStandIn, google_error
-from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
+from devkit.standins import GA_PROPERTY_ID, settings_for
+from devkit.standins.google import ACCESS_TOKEN, GoogleAnalyticsStandIn, google_error
+from devkit.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
 from worker.core.connector import Pending, Result
 from worker.core.errors import ConfigError, PermanentError, RetryableError, Throttled
 

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance import assert_no_personal_data, settle
-from tests.standins.facebook import graph_error
-from tests.standins.google import google_error
-from tests.standins.harness import (  # noqa: F401 - fresh_limiters is an autouse fixture
+from devkit.standins.facebook import graph_error
+from devkit.standins.google import google_error
+from devkit.standins.harness import (  # noqa: F401 - fresh_limiters is an autouse fixture
     HARNESSES,
     VendorHarness,
     drive,
@@ -22,7 +21,8 @@ from tests.standins.harness import (  # noqa: F401 - fresh_limiters is an autous
     make_subject,
     vendor_harness,
 )
-from tests.standins.shopimind import spm_error
+from devkit.standins.shopimind import spm_error
+from tests.conformance import assert_no_personal_data, settle
 from worker.core.connector import Result, Subject
 from worker.core.errors import PermanentError, RetryableError, Throttled
 

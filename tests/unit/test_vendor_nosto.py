@@ -7,10 +7,10 @@ import logging
 import pytest
 
 from connectors import nosto
+from devkit.standins import settings_for
+from devkit.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
+from devkit.standins.nosto import API_TOKEN, NostoStandIn
 from tests.conformance import MemoryExportWriter
-from tests.standins import settings_for
-from tests.standins.harness import FakeClock, build, fresh_limiters, make_subject  # noqa: F401
-from tests.standins.nosto import API_TOKEN, NostoStandIn
 from worker.core.connector import ConnectorContext, Pending, Result
 from worker.core.errors import ConfigError
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from devkit.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
+from devkit.standins.shopimind import ShopimindStandIn
 from tests.conformance import MemoryExportWriter
-from tests.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
-from tests.standins.shopimind import ShopimindStandIn
 from worker.core.connector import Result
 from worker.core.errors import PermanentError
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from connectors import registry
-from tests import standins
+from devkit import standins
+from devkit.standins.harness import FakeClock, MemoryIdentity, fresh_limiters, make_subject  # noqa: F401
 from tests.conformance import settle
-from tests.standins.harness import FakeClock, MemoryIdentity, fresh_limiters, make_subject  # noqa: F401
 from worker.core.connector import ConnectorContext
 
 pytestmark = pytest.mark.timeout(30)

@@ -23,9 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from connectors.samples import contact_forms, loyalty, newsletter, orders
-from worker.sampledata.bundle import DEMO_INDEX, Bundle, Recording, bundle, customer_id
-from worker.sampledata.load import DEFAULT_KEY_TEMPLATE, TableLoader, recording_key, upload_recordings
+from devkit.sampledata.bundle import DEMO_INDEX, Bundle, Recording, bundle, customer_id
+from devkit.sampledata.load import DEFAULT_KEY_TEMPLATE, TableLoader, recording_key, upload_recordings
+from devkit.shop_schemas import contact_forms, loyalty, newsletter, orders
 
 SCHEMAS: dict[str, sa.MetaData] = {
     "orders_db": orders.metadata,

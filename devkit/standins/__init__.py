@@ -2,7 +2,7 @@
 
 For a demo or an end-to-end test::
 
-    from tests import standins
+    from devkit import standins
 
     vendors = standins.start()                       # or: urls = standins.start_all()
     systems = vendors.settings()                     # {system_id: settings block for the connector}
@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tests.standins.base import Reply, Request, StandIn
-from tests.standins.facebook import APP_ACCESS_TOKEN, FacebookStandIn
-from tests.standins.google import (
+from devkit.standins.base import Reply, Request, StandIn
+from devkit.standins.facebook import APP_ACCESS_TOKEN, FacebookStandIn
+from devkit.standins.google import (
     ACCESS_TOKEN,
     ADS_LIST_ID,
     CLIENT_ID,
@@ -34,10 +34,10 @@ from tests.standins.google import (
     DataManagerStandIn,
     GoogleAnalyticsStandIn,
 )
-from tests.standins.nosto import API_TOKEN as NOSTO_TOKEN
-from tests.standins.nosto import NostoStandIn
-from tests.standins.shopimind import API_KEY as SHOPIMIND_KEY
-from tests.standins.shopimind import ShopimindStandIn
+from devkit.standins.nosto import API_TOKEN as NOSTO_TOKEN
+from devkit.standins.nosto import NostoStandIn
+from devkit.standins.shopimind import API_KEY as SHOPIMIND_KEY
+from devkit.standins.shopimind import ShopimindStandIn
 
 __all__ = [
     "ADS_LIST_ID", "GA_KINDS", "GA_PROPERTY_ID", "DataManagerStandIn", "FacebookStandIn",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from tests.standins.base import Reply, Request, StandIn
+from devkit.standins.base import Reply, Request, StandIn
 
 ACCESS_TOKEN = "ya29.standin-access-token"  # noqa: S105 - a test credential
 CLIENT_ID = "standin-client.apps.googleusercontent.com"

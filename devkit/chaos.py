@@ -40,10 +40,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests import allsystems, services, standins
-from tests.pipeline import Receipts, WorkerProcess, raw_settings, settings_from
+from devkit import allsystems, services, standins
+from devkit.pipeline import Receipts, WorkerProcess, raw_settings, settings_from
+from devkit.sampledata.bundle import DEMO_INDEX
 from worker.core.timefmt import utcnow
-from worker.sampledata.bundle import DEMO_INDEX
 from worker.store import db
 from worker.support import CommandPublisher, build_command
 
@@ -96,7 +96,7 @@ class Chaos:
     def __init__(self, *, store_url: str, new_schema: Callable[[], str], kafka: str, s3: Any, bucket: str,
                  workdir: Path, seed: int = 7, customers: int = 120, slots: int = 3, ids: int = 5,
                  lease_seconds: float = 5.0) -> None:
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
         self.store_url = store_url
         self.s3 = s3
         self.bucket = bucket
@@ -280,7 +280,7 @@ class Chaos:
                      if SUBJECT_COLUMNS & {c["name"] for c in inspector.get_columns(t)}]
             with engine.connect() as conn:
                 tables[system] = {
-                    table: sorted(repr(tuple(row)) for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')))
+                    table: sorted(repr(tuple(row)) for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')))  # noqa: S608
                     for table in named
                 }
             engine.dispose()

@@ -8,8 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from worker.sampledata.audio import synthetic_wav
-from worker.sampledata.bundle import Recording
+from devkit.sampledata.audio import synthetic_wav
+from devkit.sampledata.bundle import Recording
 
 DEFAULT_KEY_TEMPLATE = "recordings/{customer_id}/{yyyy}/{mm}/{call_id}.wav"
 

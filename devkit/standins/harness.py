@@ -16,12 +16,12 @@ import pytest
 
 from connectors import registry
 from connectors.ratelimit import REGISTRY
-from tests.standins import ADS_LIST_ID, GA_KINDS, GA_PROPERTY_ID, settings_for
-from tests.standins.base import StandIn
-from tests.standins.facebook import FacebookStandIn
-from tests.standins.google import DataManagerStandIn, GoogleAnalyticsStandIn
-from tests.standins.nosto import NostoStandIn
-from tests.standins.shopimind import ShopimindStandIn
+from devkit.standins import ADS_LIST_ID, GA_KINDS, GA_PROPERTY_ID, settings_for
+from devkit.standins.base import StandIn
+from devkit.standins.facebook import FacebookStandIn
+from devkit.standins.google import DataManagerStandIn, GoogleAnalyticsStandIn
+from devkit.standins.nosto import NostoStandIn
+from devkit.standins.shopimind import ShopimindStandIn
 from worker.core.connector import CallResult, Connector, ConnectorContext, Result, Subject
 from worker.core.errors import Throttled
 

@@ -12,7 +12,7 @@ import json
 import uuid
 from typing import Any
 
-from tests.standins.base import Reply, Request, StandIn
+from devkit.standins.base import Reply, Request, StandIn
 
 APP_ACCESS_TOKEN = "1234567890|standin-app-secret"  # noqa: S105 - a test credential
 

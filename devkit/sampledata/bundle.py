@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from worker.sampledata.people import PROFESSIONS, Person, person
+from devkit.sampledata.people import PROFESSIONS, Person, person
 
 Rows = dict[str, list[dict[str, Any]]]
 CATALOGUE = (

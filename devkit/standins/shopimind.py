@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.standins.base import Reply, Request, StandIn
+from devkit.standins.base import Reply, Request, StandIn
 
 API_KEY = "standin-spm-key-0123456789abcdef"  # noqa: S105 - a test credential
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

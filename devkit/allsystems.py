@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tests import standins
-from worker import sampledata
-from worker.sampledata.bundle import DEMO_IDENTIFIERS, DEMO_INDEX, bundle
+from devkit import sampledata, standins
+from devkit.sampledata.bundle import DEMO_IDENTIFIERS, DEMO_INDEX, bundle
 
 INTERNAL_SQL = ("orders_db", "loyalty", "newsletter", "contact_forms")
 SEED = 42

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from tests.standins.base import Reply, Request, StandIn
+from devkit.standins.base import Reply, Request, StandIn
 
 API_TOKEN = "standin-nosto-email-token-WI0j2oN7TgG42tlblX3yz"  # noqa: S105 - a test credential
 

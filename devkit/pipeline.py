@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from tests import services
+from devkit import services
 from worker import config, kafka, messages
 from worker.app import Worker
 from worker.config import Settings
@@ -203,7 +203,7 @@ class LocalStore:
         self.store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
         self.config = directory / "oubli.yaml"
         self.config.write_text(yaml.safe_dump(raw_settings(store_url=url, bootstrap="127.0.0.1:1", systems={
-            system: {"connector": "tests.fakes", "settings": {"url": url}} for system in systems})))
+            system: {"connector": "devkit.fakes", "settings": {"url": url}} for system in systems})))
 
     def oubli(self, *args: str) -> Any:
         """``oubli --config <this> ARGS`` through click's runner; returns the click Result."""
