@@ -102,6 +102,17 @@ def worker(ctx: click.Context, migrate: bool) -> None:
 
 
 @cli.command()
+@click.option("--host", help="Listen on this address (default: web.host).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Listen on this port (default: web.port).")
+@click.pass_context
+def web(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve Meta's data deletion callback, the status pages and the support lookup until SIGTERM."""
+    from worker.web.server import serve
+
+    serve(_settings(ctx), host=host, port=port)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def migrate(ctx: click.Context, as_json: bool) -> None:

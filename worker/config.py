@@ -170,6 +170,51 @@ class RetentionSettings(_Frozen):
     rules: tuple[RetentionRule, ...] = ()
 
 
+class WebContact(_Frozen):
+    """How the status page tells a person to reach the data protection service (no personal data of theirs)."""
+
+    name: str = "VET SECURITE – Service protection des données"
+    postal: str = "34 rue de Sistrière, 15000 Aurillac, France"
+    email: str | None = None
+    url: str | None = None
+
+
+class WebCategory(_Frozen):
+    """What a system holds, as the status page names it in each language; ``vendor``: a subprocessor."""
+
+    en: str
+    fr: str
+    vendor: bool = False
+
+
+class WebSettings(_Frozen):
+    """``oubli web`` (worker/web, docs/web.md): Meta's data deletion callback, status pages, support lookup."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - reached through its Service / Ingress
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_base_url: str = "http://127.0.0.1:8000"  # the status links Meta shows the person start with it
+    facebook_app_secret: SecretStr | None = None  # None: the callback answers 404
+    signed_request_max_age_seconds: int = Field(default=3600, ge=10)
+    clock_skew_seconds: int = Field(default=300, ge=0)
+    max_body_bytes: int = Field(default=8192, ge=512, le=1_048_576)
+    support_tokens: tuple[SecretStr, ...] = ()  # bearer tokens for /support
+    support_proxy_header: str | None = None  # e.g. X-Auth-Request-Email, set by a trusted OIDC proxy only
+    trusted_proxies: str = "127.0.0.1"  # whose X-Forwarded-For gives the client IP (uvicorn's forwarded_allow_ips)
+    rate_per_minute: float = Field(default=30.0, gt=0)  # per client IP, on the public endpoints
+    rate_burst: int = Field(default=10, ge=1)
+    erasure_systems: tuple[str, ...] | None = Field(default=None, min_length=1)  # None: every configured system
+    requested_by: str = "facebook-data-deletion"
+    contact: WebContact = WebContact()
+    categories: dict[str, WebCategory] = Field(default_factory=dict)  # overrides worker/web/categories.py
+
+    @field_validator("support_tokens")
+    @classmethod
+    def _no_empty_token(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(token.get_secret_value()) < 16 for token in value):
+            raise ValueError("a support token must be at least 16 characters")
+        return value
+
+
 class Settings(_Frozen):
     store_url: str = "sqlite:///oubli.db"
     subject_key: SecretStr = Field(description="HMAC key for subject_ref and body digests")
@@ -190,6 +235,7 @@ class Settings(_Frozen):
     due_days_default: int | None = None  # None: one calendar month (GDPR Art. 12(3))
     failpoints: frozenset[str] = frozenset()  # tests only: crash the process at named points
     retention: RetentionSettings = RetentionSettings()
+    web: WebSettings = WebSettings()
     # oubli's own events; third-party libraries stay at WARNING or above whatever this says (logs.py).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -239,6 +285,13 @@ class Settings(_Frozen):
                 rule.period.resolve(self.systems[rule.source].settings)
             except ValueError as exc:
                 raise ValueError(f"retention rule {rule.name}: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _web_scope_names_configured_systems(self) -> Settings:
+        unknown = sorted(set(self.web.erasure_systems or ()) - set(self.systems))
+        if unknown:
+            raise ValueError(f"web.erasure_systems: unknown systems {', '.join(unknown)}")
         return self
 
 

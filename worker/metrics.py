@@ -70,3 +70,10 @@ STORE_ERRORS = Counter("oubli_store_errors_total", "Store outages seen by the ma
 LOOP_ERRORS = Counter("oubli_loop_errors_total",
                       "Unexpected errors in a main-loop step (a bug, or data that breaks it), by step and error type",
                       ["step", "kind"], registry=REGISTRY)
+
+# oubli web (worker/web): a separate process, so these are on its /metrics, not the worker's.
+WEB_REQUESTS = Counter("oubli_web_requests_total", "HTTP requests answered by oubli web, by route and status code",
+                       ["route", "status"], registry=REGISTRY)
+WEB_CALLBACKS = Counter("oubli_web_deletion_callbacks_total",
+                        "Meta data deletion callbacks, by result (started, repeated, no_data, refused_*, failed)",
+                        ["result"], registry=REGISTRY)

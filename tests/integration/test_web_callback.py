@@ -1,0 +1,149 @@
+"""Meta's data deletion callback against a real store, broker and orders database (docs/web.md).
+
+Each refusal is a 400 (413 for a body over the limit) with the same body and no command on the topic;
+a verified call publishes one signed erasure command and answers {url, confirmation_code}.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+from structlog.testing import capture_logs
+
+from tests import web_env
+from worker import messages
+from worker.store.schema import web_confirmations
+from worker.web.app import create_app
+from worker.web.security import CSP
+
+URL = "/facebook/data-deletion"
+REFUSED = {"error": "invalid_request"}
+
+
+@pytest.fixture
+def env(pg_url: str, pg_schema_urls: Callable[[], str], kafka_bootstrap: str) -> Iterator[tuple[Any, Any, TestClient]]:
+    settings, services = web_env.build(pg_url, pg_schema_urls(), kafka_bootstrap)
+    with TestClient(create_app(services)) as client:
+        yield settings, services, client
+    services.engine.dispose()
+
+
+def post(client: TestClient, value: str) -> Any:
+    return client.post(URL, data={"signed_request": value})
+
+
+def test_a_verified_callback_publishes_one_signed_erasure_and_answers_url_and_code(env: Any) -> None:
+    settings, services, client = env
+    value = web_env.signed_request(web_env.MARIE_FB)
+    with capture_logs() as logs:
+        answer = post(client, value)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    code = body["confirmation_code"]
+    assert body["url"] == f"https://privacy.example.test/status/{code}" and len(code) == 32
+    assert answer.headers["cache-control"] == "no-store" and answer.headers["content-security-policy"] == CSP
+
+    [(command, headers)] = web_env.commands(settings)
+    assert command["requested_by"] == "facebook-data-deletion" and command["kind"] == "erasure"
+    assert command["subject"]["customer_id"] == "C-100234"
+    assert command["subject"]["identifiers"] == {"facebook_user_id": [web_env.MARIE_FB]}
+    assert command["subject"]["emails"] == ["marie.dupont@example.fr"] and command["systems"] is None
+    assert "priority" not in command or command["priority"] == "standard"
+    assert not messages.schema_errors("command.v1", command)
+    raw = [m.value() for m in web_env.read_topic(settings, settings.kafka.topics.commands)][0]
+    assert messages.verify_signature(raw, headers[messages.SIGNATURE_HEADER], web_env.SIGNING_SECRET.encode())
+
+    # The code maps to the request, is not its id, and is kept only hashed.
+    assert code != command["request_id"] and code not in command["request_id"]
+    with services.engine.connect() as conn:
+        rows = conn.execute(sa.select(web_confirmations)).mappings().all()
+    assert [r["request_id"] for r in rows] == [command["request_id"]] and rows[0]["published_at"] is not None
+    assert code not in str([dict(r) for r in rows])
+    # Never in the logs: the code, the signed_request, the user id.
+    assert logs and not any(secret in str(logs) for secret in (code, value, value.split(".")[1], web_env.MARIE_FB))
+
+
+def test_a_replay_or_a_second_call_of_the_same_user_gets_the_same_request_and_code(env: Any) -> None:
+    settings, _services, client = env
+    value = web_env.signed_request(web_env.MARIE_FB)
+    first = post(client, value).json()
+    assert post(client, value).json() == first  # the very same signed_request again
+    again = post(client, web_env.signed_request(web_env.MARIE_FB, issued_at=time.time() - 5)).json()
+    assert again == first  # a new signed_request of the same user while the request is open
+    assert len(web_env.commands(settings)) == 1
+
+
+@pytest.mark.parametrize("case", ["bad_signature", "other_secret", "wrong_algorithm", "expired", "future",
+                                  "malformed", "not_a_form", "no_field", "non_numeric_user"])
+def test_bad_stale_or_malformed_requests_are_refused_without_detail_and_publish_nothing(env: Any, case: str) -> None:
+    settings, _services, client = env
+    good = web_env.signed_request(web_env.MARIE_FB)
+    if case == "bad_signature":
+        answer = post(client, ("A" if good[0] != "A" else "B") + good[1:])
+    elif case == "other_secret":
+        answer = post(client, web_env.signed_request(web_env.MARIE_FB, secret="another-app-secret"))
+    elif case == "wrong_algorithm":
+        answer = post(client, web_env.signed_request(web_env.MARIE_FB, algorithm="HMAC-SHA1"))
+    elif case == "expired":
+        answer = post(client, web_env.signed_request(web_env.MARIE_FB, issued_at=time.time() - 7200))
+    elif case == "future":
+        answer = post(client, web_env.signed_request(web_env.MARIE_FB, issued_at=time.time() + 3600))
+    elif case == "malformed":
+        answer = post(client, "no-dot-here")
+    elif case == "not_a_form":
+        answer = client.post(URL, json={"signed_request": good})
+    elif case == "no_field":
+        answer = client.post(URL, data={"something": "else"})
+    else:
+        answer = post(client, web_env.signed_request("me@example.fr"))
+    assert answer.status_code == 400 and answer.json() == REFUSED
+    assert web_env.commands(settings) == []
+
+
+def test_a_body_over_the_limit_is_413_and_publishes_nothing(env: Any) -> None:
+    settings, _services, client = env
+    answer = client.post(URL, data={"signed_request": web_env.signed_request(web_env.MARIE_FB), "pad": "x" * 9000})
+    assert answer.status_code == 413
+    assert web_env.commands(settings) == []
+
+
+def test_an_unknown_user_gets_a_code_whose_page_says_no_data_was_held(env: Any) -> None:
+    settings, _services, client = env
+    answer = post(client, web_env.signed_request(web_env.UNKNOWN_FB))
+    assert answer.status_code == 200
+    code = answer.json()["confirmation_code"]
+    assert web_env.commands(settings) == []
+    page = client.get(f"/status/{code}?lang=en")
+    assert page.status_code == 200 and "we held no data linked to your Facebook account" in page.text
+    assert post(client, web_env.signed_request(web_env.UNKNOWN_FB)).json()["confirmation_code"] == code
+
+
+def test_the_status_page_of_a_fresh_request_says_received_with_the_deadline(env: Any) -> None:
+    _settings, _services, client = env
+    code = post(client, web_env.signed_request(web_env.MARIE_FB)).json()["confirmation_code"]
+    page = client.get(f"/status/{code}", headers={"accept-language": "fr-FR,fr;q=0.9,en;q=0.8"})
+    assert page.status_code == 200 and '<html lang="fr">' in page.text
+    assert "Nous avons reçu votre demande." in page.text and "Délai légal de réponse" in page.text
+    assert page.headers["cache-control"] == "private, max-age=60" and page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    english = client.get(f"/status/{code}", headers={"accept-language": "en-GB,en;q=0.9"})
+    assert '<html lang="en">' in english.text and "We have received your request." in english.text
+    assert not [who for who in web_env.IDENTITIES if who in page.text + english.text]
+    assert client.get("/status/" + "A" * 32).status_code == 404
+    assert client.get("/status/short").status_code == 404
+
+
+def test_public_endpoints_are_rate_limited_per_client(pg_url: str, pg_schema_urls: Callable[[], str],
+                                                      kafka_bootstrap: str) -> None:
+    _settings, services = web_env.build(pg_url, pg_schema_urls(), kafka_bootstrap, rate_per_minute=60, rate_burst=3)
+    with TestClient(create_app(services)) as client:
+        answers = [client.get("/status/" + "A" * 32).status_code for _ in range(5)]
+        assert answers[:3] == [404, 404, 404] and answers[3:] == [429, 429]
+        assert client.get("/healthz").status_code == 200  # probes are not limited
+    services.engine.dispose()
