@@ -47,10 +47,12 @@ def seed_orders(url: str) -> None:
     engine.dispose()
 
 
-def web_raw(store_url: str, orders_url: str, bootstrap: str, **web: Any) -> dict[str, Any]:
+def web_raw(store_url: str, orders_url: str, bootstrap: str, extra_systems: dict[str, Any] | None = None,
+            **web: Any) -> dict[str, Any]:
     systems: dict[str, Any] = {
         "orders_db": {"connector": "orders_db", "settings": {"url": orders_url, "billing_retention_years": 3}},
         "shopimind": {"connector": "devkit.fakes", "settings": {"url": store_url, "outcome": "requested"}},
+        **(extra_systems or {}),
     }
     return raw_settings(store_url=store_url, bootstrap=bootstrap, systems=systems, identity_system="orders_db",
                         signing_secret=SIGNING_SECRET,
@@ -59,9 +61,10 @@ def web_raw(store_url: str, orders_url: str, bootstrap: str, **web: Any) -> dict
                              "rate_burst": 1000, "contact": {"email": "dpo@vet-securite.example"}, **web})
 
 
-def build(store_url: str, orders_url: str, bootstrap: str, **web: Any) -> tuple[Settings, Services]:
+def build(store_url: str, orders_url: str, bootstrap: str, extra_systems: dict[str, Any] | None = None,
+          **web: Any) -> tuple[Settings, Services]:
     seed_orders(orders_url)
-    settings = settings_from(web_raw(store_url, orders_url, bootstrap, **web))
+    settings = settings_from(web_raw(store_url, orders_url, bootstrap, extra_systems, **web))
     db.migrate(db.create_engine(settings.store_url))
     return settings, build_services(settings)
 
