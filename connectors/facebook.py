@@ -27,8 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
-from connectors.vendor import Options, build_gate, valid_ids
-from connectors.vendor_connector import PerTargetConnector
+from connectors.vendor import Options, PerTargetConnector, build_gate, valid_ids
 from worker.core.connector import Connector, ConnectorContext, Result, Subject
 from worker.core.errors import PermanentError, RetryableError
 from worker.core.limits import RateSpec

@@ -35,8 +35,7 @@ import httpx
 
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.vendor import Options, build_gate
-from connectors.vendor_connector import VendorConnector
+from connectors.vendor import Options, VendorConnector, build_gate
 from worker.core.connector import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from worker.core.errors import NeedsPersonError, PermanentError
 from worker.core.limits import RateSpec

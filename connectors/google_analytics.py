@@ -26,8 +26,7 @@ from typing import Any
 
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
-from connectors.vendor import Options, build_gate, resolve_ids
-from connectors.vendor_connector import PerTargetConnector
+from connectors.vendor import Options, PerTargetConnector, build_gate, resolve_ids
 from worker.core.connector import Connector, ConnectorContext, Result, Subject
 from worker.core.errors import QuotaDeferred, RetryableError
 from worker.core.limits import RateSpec

@@ -26,14 +26,16 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
 import httpx
 
-from connectors.vendor import Options
 from worker.core.errors import ConnectorError, PermanentError, RetryableError
+
+if TYPE_CHECKING:  # connectors.vendor builds on this module
+    from connectors.vendor import Options
 
 T = TypeVar("T")
 _CODE = re.compile(r"^[A-Za-z0-9_.:/#-]{1,64}$")

@@ -23,8 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.vendor import Options, build_gate
-from connectors.vendor_connector import PerTargetConnector, VendorConnector
+from connectors.vendor import Options, PerTargetConnector, VendorConnector, build_gate
 from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
 from worker.core.limits import RateSpec
 

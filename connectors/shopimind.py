@@ -25,8 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.vendor import Options, build_gate, valid_ids
-from connectors.vendor_connector import VendorConnector
+from connectors.vendor import Options, VendorConnector, build_gate, valid_ids
 from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Result, Subject
 from worker.core.errors import ConnectorError, PermanentError
 from worker.core.limits import RateSpec

@@ -20,7 +20,7 @@ from worker.compliance import report
 from worker.config import Settings
 from worker.core.errors import ConfigError
 from worker.core.timefmt import iso, utcnow
-from worker.dlq import dlq
+from worker.deadletter.replay import dlq
 from worker.metrics import VERSION
 from worker.store import db
 from worker.store.repository import Store

@@ -24,7 +24,7 @@ import structlog
 
 from worker import messages
 from worker.core.errors import InvalidCommand, StoreUnavailable
-from worker.deadletters import replay_note, replay_of
+from worker.deadletter.topic import replay_note, replay_of
 from worker.messages import Command
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK
 from worker.store.faults import is_outage

@@ -25,7 +25,7 @@ import json
 
 from confluent_kafka import KafkaError
 
-from worker.deadletters import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
+from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
 from worker.store.outbox import Headers, OutboxRecord
 
 REFUSALS = frozenset({

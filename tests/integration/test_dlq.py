@@ -47,8 +47,8 @@ from worker.app import Worker
 from worker.cli import cli
 from worker.config import Settings
 from worker.core import timefmt
-from worker.deadletters import DeadLetter, replay_note
-from worker.reissue import Known, Reissuer, new_request_id
+from worker.deadletter.reissue import Known, Reissuer, new_request_id
+from worker.deadletter.topic import DeadLetter, replay_note
 from worker.store import db
 from worker.store.repository import NotFound
 from worker.store.schema import requests
@@ -384,7 +384,7 @@ def letter(command: dict[str, Any] | None, code: str, *, offset: int = 7, signat
 
 
 def test_the_reissue_rule_record_by_record() -> None:
-    """Which dead letters a replay carries out under a new request_id (worker/reissue.py), without I/O."""
+    """Which dead letters a replay carries out under a new request_id (worker/deadletter/reissue.py), without I/O."""
     key = b"k" * 32
     rejected, executed, same, stranger = (subject_command() for _ in range(4))
     stored = {rejected["request_id"]: Known("rejected", None),
@@ -480,7 +480,7 @@ def test_a_replay_rejected_again_says_so_in_the_audit_trail(tmp_path: Path) -> N
     """The chain old id -> new id stays provable when the new one is rejected too."""
     from worker import states
     from worker.config import Topics
-    from worker.deadletters import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
+    from worker.deadletter.topic import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
     from worker.intake import Intake, IntakeResult
     from worker.intake import Message as Incoming
     from worker.store.repository import Store

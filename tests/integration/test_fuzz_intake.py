@@ -50,7 +50,7 @@ from structlog.testing import capture_logs
 
 from tests.intake_harness import KNOWN_CODES, SYSTEMS, Harness, Outcome
 from worker import messages
-from worker.deadletters import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
+from worker.deadletter.topic import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
 from worker.intake import IntakeResult
 from worker.support import build_command
 

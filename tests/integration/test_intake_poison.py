@@ -22,7 +22,7 @@ import schemas
 from tests.intake_harness import KNOWN_CODES, Harness
 from worker import messages
 from worker.core.errors import StoreUnavailable
-from worker.deadletters import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
+from worker.deadletter.topic import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
 from worker.intake import IntakeResult
 from worker.support import build_command
 

@@ -98,6 +98,7 @@ def test_the_wheel_ships_no_dev_kit(wheel: Path) -> None:
     leaked = [n for n in names if dev_kit.search(n)]
     assert leaked == []
     assert "devkit" not in IMAGE_SOURCES and (ROOT / "devkit/__init__.py").is_file()
+    assert {"worker/py.typed", "connectors/py.typed"} <= set(names)  # PEP 561: a custom connector type-checks
 
 
 def test_the_dockerfile_matches_the_chart() -> None:

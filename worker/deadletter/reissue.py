@@ -1,4 +1,4 @@
-"""Reissuing a dead-lettered command under a new request_id, for ``oubli dlq replay`` (worker/dlq.py).
+"""Reissuing a dead-lettered command under a new request_id, for ``oubli dlq replay`` (worker/deadletter/replay.py).
 
 Why: a command rejected for a fault of the worker's configuration (``unknown_system``, ``bad_signature``
 after a key rotation, ``export_not_configured``, ``no_systems``) had a readable, unknown request_id, so
@@ -37,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from worker import messages
-from worker.deadletters import REPLAY_OF, DeadLetter, DlqError, Headers
+from worker.deadletter.topic import REPLAY_OF, DeadLetter, DlqError, Headers
 from worker.store import db
 from worker.store.schema import requests
 

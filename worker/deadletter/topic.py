@@ -1,4 +1,4 @@
-"""Reading the dead-letter topic (SPEC §2) for ``oubli dlq`` (worker/dlq.py): records, replay cursors, summary.
+"""Reading the dead-letter topic for ``oubli dlq`` (``worker.deadletter.replay``): records, replay cursors, summary.
 
 A DLQ record is what intake could not accept: key and value exactly as received, the original
 headers, then ``x-oubli-error-code``, ``x-oubli-error-message`` and ``x-oubli-source`` (the command's
@@ -46,7 +46,7 @@ SOURCE = "x-oubli-source"
 REFERENCE = "x-oubli-dlq-reference"
 REPLAYED_FROM = "x-oubli-replayed-from"
 REPLAYED_BY = "x-oubli-replayed-by"
-REPLAY_OF = "x-oubli-replay-of"  # on a replay reissued under a new request_id: the id it replaces (worker/reissue.py)
+REPLAY_OF = "x-oubli-replay-of"  # on a reissued replay: the request_id it replaces (reissue.py)
 # What the DLQ added (or an earlier replay did): never sent back to the commands topic.
 _DROPPED = {ERROR_CODE, ERROR_MESSAGE, SOURCE, REPLAYED_FROM, REPLAYED_BY, REPLAY_OF}
 CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

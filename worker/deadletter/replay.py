@@ -18,11 +18,11 @@ the new ids below.
 
 A request the store *rejected* cannot be reopened (``rejected`` is terminal, SPEC §2 and invariant 3),
 so a record naming one is carried out under a new, deterministic request_id, linked to the old one by
-``x-oubli-replay-of`` and by the new request's audit trail. worker/reissue.py holds that rule, with
+``x-oubli-replay-of`` and by the new request's audit trail. worker/deadletter/reissue.py holds that rule, with
 the one for ``conflicting_duplicate`` (a different body under a known id: reissued only when named by
 ``--code``). Output is counts per code plus, per reissued record, the old and the new request id (ids
 are not personal data): never keys (customer ids), values or error messages (which may quote the
-input). See ``worker/deadletters.py`` for how the topic is read.
+input). See ``worker/deadletter/topic.py`` for how the topic is read.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from worker import kafka
 from worker.config import KafkaSettings, Settings
 from worker.core.timefmt import iso
-from worker.deadletters import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
-from worker.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
+from worker.deadletter.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
+from worker.deadletter.topic import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
 from worker.support import FAILED, UNAVAILABLE, CliError
 
 # -- replay ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""Every log event name oubli emits, declared once with its meaning (as ``metrics.py`` does for metrics).
+
+A log call names its event with a string literal from this table (``log.warning("outbox_lease_lost")``);
+``tests/unit/test_logevents.py`` fails on a name that is used but not declared here, or declared but
+never used. Events carry ids, codes, counts and error types only, never personal data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+EVENTS: Final[Mapping[str, str]] = {
+    # The worker's life (worker.loop)
+    "worker_started": "the worker is up: store migrated, connectors built, consuming next",
+    "worker_draining": "a stop was asked: intake stops, running calls get the drain budget",
+    "worker_stopped": "the worker stopped; what was still running and the budget left",
+    "worker_giving_up": "the store or a loop step stalled past its limit: the process exits to be restarted",
+    "partitions_assigned": "the group gave this worker command partitions",
+    "partitions_revoked": "the group took partitions back; their offsets were committed first",
+    "consumer_error": "the Kafka consumer reported an error (usually transient: the client retries)",
+    "offset_commit_failed": "committing consumed offsets failed; the commands are redelivered and deduplicated",
+    "loop_step_failed": "a loop step (claim, relay, reclaim...) failed on a bug; retried after a pause",
+    "intake_failed": "intake failed on something other than the store; the message is retried after a pause",
+    "store_unavailable": "the store is unreachable: intake is paused and rewound, steps wait",
+    "store_available": "the store answers again after an outage; intake resumes",
+    # Intake (worker.intake)
+    "command_recorded": "a command was recorded (new, duplicate or replay) with its targets",
+    "command_rejected": "a command failed validation: rejected receipt and/or DLQ",
+    "command_poison": "a message could not be handled at all and goes to the DLQ",
+    "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",
+    "intake_batch_refused": "the store refused a batch for one record: the batch is recorded one by one",
+    # Executor (worker.executor)
+    "system_call_finished": "one connector call ended (confirmed, pending, retry, failure...)",
+    "connector_bug": "a connector raised an unexpected exception; treated as retryable",
+    "leases_reclaimed": "tasks whose worker's lease expired were taken back",
+    "worker_id_in_use": "another live worker holds this worker id's leases",
+    # Outbox relay (worker.outbox, worker.refusals)
+    "outbox_lease_lost": "another worker took the relay lease; this one stops publishing",
+    "outbox_produce_failed": "producing an outbox batch failed; it is sent again",
+    "outbox_commit_failed": "committing the relay's transaction failed; the batch is sent again",
+    "outbox_publish_incomplete": "some records of a batch were not acknowledged; the batch is sent again",
+    "outbox_record_isolated": "the broker refused a batch: its first refused record is sent alone",
+    "outbox_record_dropped": "a receipt the broker refuses for itself was dropped (the store keeps the truth)",
+    "dlq_record_replaced_by_reference": "a DLQ record the broker refuses was replaced by a small stand-in",
+    "outbox_abort_on_release_failed": "aborting the relay's open transaction on release failed (harmless)",
+    # Rate limits (worker.store.ratelimits)
+    "rate_limits_unavailable": "the store's shared rate limits are unreachable; the local limits apply",
+    # Retention sweep (worker.retention)
+    "retention_rule_swept": "one retention rule was swept (counts only)",
+    # Web callbacks (worker.web)
+    "web_callback_refused": "a vendor callback was refused (bad signature, too old...)",
+    "web_callback_failed": "a vendor callback could not be handled now; the vendor retries",
+    "web_callback_answered": "a vendor callback was handled",
+}
