@@ -29,7 +29,6 @@ EVENTS: Final[Mapping[str, str]] = {
     "command_rejected": "a command failed validation: rejected receipt and/or DLQ",
     "command_poison": "a message could not be handled at all and goes to the DLQ",
     "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",
-    "intake_batch_refused": "the store refused a batch for one record: the batch is recorded one by one",
     # Executor (worker.executor)
     "system_call_finished": "one connector call ended (confirmed, pending, retry, failure...)",
     "connector_bug": "a connector raised an unexpected exception; treated as retryable",
