@@ -13,6 +13,10 @@ A customer's recordings live under a key prefix built from the configured layout
   keys, versions, sizes and metadata. A version whose metadata names another customer is left out.
   File names are one to one with versions (``FileNames``): two recordings never share a name.
 
+* Verification (``verify``) lists the prefix again: any version or delete marker left, other than
+  a version under Object Lock or a legal hold, is residue. ``sightings`` lists the customer
+  prefixes (with every version, so a restored recording shows) for the resurrection scan.
+
 Keys can embed the customer id, so no key appears in an error or a result.
 
 Settings::
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -41,7 +45,16 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Result, Retained, Subject
+from worker.core.connector import (
+    CallResult,
+    ConnectorContext,
+    ExportWriter,
+    Residue,
+    Result,
+    Retained,
+    Sighting,
+    Subject,
+)
 from worker.core.errors import ConfigError, PermanentError, RetryableError
 from worker.core.s3errors import is_retryable_code, s3_error
 
@@ -208,6 +221,27 @@ class CallRecordingsConnector:
 
     def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
         raise PermanentError(f"{self.system}: no async jobs to poll", code="no_async")
+
+    def verify(self, subject: Subject) -> Sequence[Residue]:
+        versions = list(self._versions(self.settings.prefix(subject.customer_id)))
+        unlocked = [v for v in versions if not v.is_marker and self._lock(v) is None]
+        return [Residue("versions", len(unlocked)), Residue("delete_markers", sum(v.is_marker for v in versions))]
+
+    def sightings(self) -> Iterator[Sighting]:
+        root, _, after = self.settings.key_prefix.partition("{customer_id}")
+        if not after.startswith("/"):
+            return  # the customer id is not a whole path segment: its prefixes cannot be listed apart
+        try:
+            pages = self._client.get_paginator("list_object_versions").paginate(
+                Bucket=self.settings.bucket, Prefix=root, Delimiter="/"
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    customer_id = str(common["Prefix"])[len(root) :].rstrip("/")
+                    if customer_id:
+                        yield Sighting("recordings", (("customer_id", customer_id),))
+        except Exception as exc:
+            raise s3_error(exc, f"{self.system}: listing recording prefixes") from None
 
     def close(self) -> None:
         close = getattr(self._client, "close", None)

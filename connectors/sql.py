@@ -17,6 +17,11 @@ stay consistent within one erasure (aggregates still group) but cannot be linked
 
 Export reads every matching row of every exported table in one snapshot and writes it with
 ``writer.write_rows(table, rows)``.
+
+Verification (``verify``) follows from the same rules, so a new system needs no code for it: it
+re-runs the match and counts, per table, the rows that still name the subject (``retain`` tables:
+rows past their date, and kept rows whose nulled columns are set again). ``sightings`` streams the
+match columns of every ``delete``/``anonymise`` table for the resurrection scan.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import hmac
 import secrets
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -44,10 +49,21 @@ from connectors.sql_config import (
 )
 from connectors.sql_email import EmailMatch
 from connectors.sql_errors import db_error
-from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Result, Retained, Subject
+from worker.core.connector import (
+    CallResult,
+    ConnectorContext,
+    ExportWriter,
+    Residue,
+    Result,
+    Retained,
+    Sighting,
+    Subject,
+)
 from worker.core.errors import NeedsPersonError, PermanentError
+from worker.core.identifiers import keyed_hash
 
 Condition = sa.ColumnElement[bool]
+SCAN_BATCH = 2000  # rows fetched at a time by the resurrection scan (a server-side cursor on PostgreSQL)
 
 # SQLite cannot reflect expression indexes, and none is needed here. A process-wide filter, because
 # catch_warnings() is not thread-safe and connectors reflect from several worker threads at once.
@@ -155,6 +171,52 @@ class SqlConnector:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    # -- verification and the resurrection scan (optional protocols of worker.core.connector) -------
+    def verify(self, subject: Subject) -> Sequence[Residue]:
+        today = self._context.now().date()
+        found: list[Residue] = []
+        with self._guard("verification"), self._engine.connect() as conn:
+            tables = self._reflect(conn)
+            conditions = self._conditions(conn, tables, subject)
+            for rule in self.config.tables:
+                condition = conditions.get(rule.table)
+                if rule.erase == "keep":
+                    continue
+                left = 0 if condition is None else self._left(conn, tables[rule.table], rule, condition, today)
+                found.append(Residue(rule.table, left))
+        return found
+
+    def _left(self, conn: sa.Connection, table: sa.Table, rule: TableRule, condition: Condition, today: date) -> int:
+        """Rows an erasure should have removed or unlinked: ``delete`` and ``anonymise`` leave none that
+        match (anonymised rows lose their match columns); ``retain`` keeps rows within their date only,
+        with the columns it nulls still null."""
+        if rule.retention is None:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one())
+        on = self._column(table, rule.retention.date_column)
+        cutoff = shift(today, rule.retention, -1)
+        left = sa.and_(condition, on <= cutoff)
+        nulled = [self._column(table, name) for name, action in rule.columns.items() if action.kind == "null"]
+        if nulled:
+            kept = sa.and_(condition, sa.or_(on > cutoff, on.is_(None)))
+            left = sa.or_(left, sa.and_(kept, sa.or_(*(c.is_not(None) for c in nulled))))
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(left)).scalar_one())
+
+    def sightings(self) -> Iterator[Sighting]:
+        with self._guard("resurrection scan"), self._engine.connect() as conn:
+            tables = self._reflect(conn)
+            for rule in self.config.tables:
+                if rule.erase not in ("delete", "anonymise"):
+                    continue  # kept rows hold nothing personal; retained ones are kept on purpose
+                kinds = [(k, c) for k, c in (("customer_id", rule.match.customer_id), ("email", rule.match.email),
+                                             ("phone", rule.match.phone)) if c is not None]
+                if not kinds:
+                    continue  # reached only through a parent: its parent's row is what comes back
+                columns = [self._column(tables[rule.table], c) for _, c in kinds]
+                query = sa.select(*columns).where(sa.or_(*(c.is_not(None) for c in columns)))
+                for row in conn.execution_options(yield_per=SCAN_BATCH).execute(query):
+                    pairs = tuple((kind, str(v)) for (kind, _), v in zip(kinds, row, strict=True) if v is not None)
+                    yield Sighting(rule.table, pairs)
 
     # -- matching ----------------------------------------------------------------------------
     def _conditions(
@@ -340,8 +402,8 @@ def reflect(bind: sa.Connection | sa.Engine, names: list[str], schema: str | Non
 
 
 def suppression_hash(key: bytes, email: str) -> str:
-    digest = hmac.new(key, normalise_email(email).encode("utf-8"), hashlib.sha256).hexdigest()
-    return f"hmac-sha256:{digest}"
+    """The suppression list's entry for an email: the same keyed hash as a tombstone's (worker.core.identifiers)."""
+    return keyed_hash(key, "email", email)
 
 
 def pseudonym(salt: bytes, value: Any, column: sa.Column[Any]) -> str | None:

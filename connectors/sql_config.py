@@ -37,19 +37,13 @@ import sqlalchemy as sa
 
 from worker.core.errors import ConfigError
 
-WHITESPACE = (" ", "\t", "\n", "\r", "\u00a0")
+# One normalisation for matching, the suppression list and the tombstones; still importable from here.
+from worker.core.identifiers import WHITESPACE as WHITESPACE
+from worker.core.identifiers import normalise_email as normalise_email
+from worker.core.identifiers import strip_whitespace as strip_whitespace
+
 Erase = Literal["delete", "anonymise", "retain", "keep"]
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-def strip_whitespace(value: str) -> str:
-    for char in WHITESPACE:
-        value = value.replace(char, "")
-    return value
-
-
-def normalise_email(value: str) -> str:
-    return strip_whitespace(value).lower()
 
 
 def stripped_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:

@@ -98,6 +98,27 @@ class WorkerSettings(_Frozen):
     store_outage_exit_seconds: float = Field(default=300.0, gt=0)
 
 
+class VerificationSettings(_Frozen):
+    """Verification after erasure and tombstones (worker/verification, docs/operations.md)."""
+
+    # Every erasure gets a `_verify` step once its systems confirmed: each internal system checks that the
+    # subject is gone before `completed` is published.
+    enabled: bool = False
+    # The dedicated HMAC key of the tombstones (>= 16 characters; keep it stable, or every tombstone is
+    # useless). None: no tombstones are laid and `oubli verify` has nothing to look for.
+    tombstone_key: SecretStr | None = None
+    tombstone_days: int = Field(default=1095, ge=1, le=3660)  # how long a tombstone is held (docs/compliance.md)
+    requested_by: str = Field(default="resurrection-scan", min_length=1, max_length=128)
+    scan_batch: int = Field(default=5000, ge=1, le=100_000)  # identifiers looked up per round trip
+
+    @field_validator("tombstone_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("verification.tombstone_key must be at least 16 characters")
+        return value
+
+
 # -- retention rules (SPEC §6), carried out by ``oubli sweep`` (worker/retention) --------------------------------
 SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
 CommandId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
@@ -231,6 +252,7 @@ class Settings(_Frozen):
     retry: RetrySettings = RetrySettings()
     s3: S3Settings = S3Settings()
     export: dict[str, Any] = Field(default_factory=dict)
+    verification: VerificationSettings = VerificationSettings()
     worker: WorkerSettings = WorkerSettings()
     due_days_default: int | None = None  # None: one calendar month (GDPR Art. 12(3))
     failpoints: frozenset[str] = frozenset()  # tests only: crash the process at named points
@@ -267,6 +289,13 @@ class Settings(_Frozen):
         if self.signing_secret is None:
             return ()
         return tuple(s.get_secret_value().encode() for s in (self.signing_secret, *self.previous_signing_secrets))
+
+    @model_validator(mode="after")
+    def _tombstone_key_is_dedicated(self) -> Settings:
+        key = self.verification.tombstone_key
+        if key is not None and key.get_secret_value() == self.subject_key.get_secret_value():
+            raise ValueError("verification.tombstone_key must differ from subject_key: give it its own secret")
+        return self
 
     @model_validator(mode="after")
     def _retention_names_configured_systems(self) -> Settings:

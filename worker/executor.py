@@ -26,7 +26,7 @@ from worker import failpoints, states
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
 from worker.core.timefmt import iso
-from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, is_internal
+from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, VERIFY_TASK, is_internal
 from worker.store.identity import IdentityLock
 from worker.store.repository import ClaimedTask, Finished, Store, TaskUpdate
 
@@ -43,6 +43,12 @@ class ExportPackager(Protocol):
 
 Outcome = tuple[states.Event, TaskUpdate]
 
+
+class TaskVerifier(Protocol):
+    """Runs an erasure's ``_verify`` step (``worker.verification.VerificationStep``); blocks, may raise."""
+
+    def run(self, task: ClaimedTask) -> Outcome: ...
+
 # Results recorded per store transaction: enough to amortise the commit, small enough that row
 # locks are held for a few milliseconds.
 HARVEST_BATCH = 32
@@ -51,7 +57,7 @@ HARVEST_BATCH = 32
 class Executor:
     def __init__(
         self, store: Store, connectors: Mapping[str, Connector], *, concurrency: Mapping[str, int],
-        max_in_flight: int, lease_seconds: float, clock: Callable[[], datetime],
+        max_in_flight: int, lease_seconds: float, clock: Callable[[], datetime], verifier: TaskVerifier | None = None,
         exports: ExportPackager | None = None, crash: failpoints.Failpoints | None = None,
         on_outcome: Callable[[ClaimedTask, states.Event, float, Finished | None], None] | None = None,
         identity: IdentityLookup | None = None, identity_kinds: Sequence[str] = (),
@@ -59,7 +65,8 @@ class Executor:
         self.store = store
         self.connectors = dict(connectors)
         internal = max(2, max_in_flight // 8)
-        self.limits = {**concurrency, PACKAGE_TASK: internal, IDENTITY_TASK: internal}
+        self.limits = {**concurrency, PACKAGE_TASK: internal, IDENTITY_TASK: internal, VERIFY_TASK: internal}
+        self.verifier = verifier
         self.identity = identity
         self.identity_kinds = tuple(identity_kinds)
         self.max_in_flight = max_in_flight
@@ -166,6 +173,10 @@ class Executor:
             return self._package(task)
         if task.system == IDENTITY_TASK:
             return self._resolve_identity(task)
+        if task.system == VERIFY_TASK:
+            if self.verifier is None:
+                raise PermanentError("verification is not configured on this worker", code="not_configured")
+            return self.verifier.run(task)
         connector = self.connectors.get(task.system)
         if connector is None:
             raise PermanentError(f"system {task.system} is not configured on this worker", code="not_configured")

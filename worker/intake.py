@@ -26,7 +26,7 @@ from worker import messages
 from worker.core.errors import InvalidCommand, StoreUnavailable
 from worker.deadletter.topic import replay_note, replay_of
 from worker.messages import Command
-from worker.receipts import IDENTITY_TASK, PACKAGE_TASK
+from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, VERIFY_TASK
 from worker.store.faults import is_outage
 from worker.store.repository import Recorded, Store
 
@@ -64,7 +64,7 @@ class Intake:
     def __init__(
         self, store: Store, *, subject_key: bytes, signing_secret: bytes | None,
         systems: Mapping[str, int], due_days_default: int | None = None, export_enabled: bool = False,
-        identity_enabled: bool = False, previous_secrets: Sequence[bytes] = (),
+        identity_enabled: bool = False, previous_secrets: Sequence[bytes] = (), verify_enabled: bool = False,
     ) -> None:
         self.store = store
         self.subject_key = subject_key
@@ -74,6 +74,7 @@ class Intake:
         self.due_days_default = due_days_default
         self.export_enabled = export_enabled
         self.identity_enabled = identity_enabled
+        self.verify_enabled = verify_enabled  # an erasure's _verify step checks every internal system at the end
 
     def handle(self, message: Message, now: datetime) -> IntakeResult:
         """Records the message or dead-letters it; raises only ``StoreUnavailable``.
@@ -166,6 +167,8 @@ class Intake:
             targets[PACKAGE_TASK] = max(self.systems.values(), default=8)
         elif self.export_enabled:  # an erasure's package step deletes the subject's earlier export packages
             targets[PACKAGE_TASK] = max(self.systems.values(), default=8)
+        if command.kind == "erasure" and self.verify_enabled:
+            targets[VERIFY_TASK] = max(self.systems.values(), default=8)
         return targets
 
     def _reject(self, message: Message, invalid: InvalidCommand, now: datetime, *, trusted: bool) -> IntakeResult:

@@ -67,6 +67,18 @@ STORE_OUTAGE = Gauge("oubli_store_outage_seconds",
                      "How long the store has been unreachable from this worker (0 when reachable)", registry=REGISTRY)
 STORE_ERRORS = Counter("oubli_store_errors_total", "Store outages seen by the main loop, by step and error type",
                        ["step", "kind"], registry=REGISTRY)
+
+# The resurrection scan (`oubli verify`, a CronJob): its own process sets these at the end of a run, and every
+# worker sets them from the store's record of the last run, so /metrics shows them between runs.
+RESURRECTION_SCANNED = Gauge("oubli_resurrection_scan_scanned",
+                             "Rows and objects the last resurrection scan read from the internal systems",
+                             registry=REGISTRY)
+RESURRECTIONS = Gauge("oubli_resurrection_scan_subjects",
+                      "Erased subjects the last resurrection scan found again (each gets a new erasure)",
+                      registry=REGISTRY)
+RESURRECTION_SCAN_TIME = Gauge("oubli_resurrection_scan_last_timestamp_seconds",
+                               "When the last resurrection scan finished (Unix time; 0 before the first)",
+                               registry=REGISTRY)
 LOOP_ERRORS = Counter("oubli_loop_errors_total",
                       "Unexpected errors in a main-loop step (a bug, or data that breaks it), by step and error type",
                       ["step", "kind"], registry=REGISTRY)

@@ -17,8 +17,9 @@ from worker.core.timefmt import iso
 # subject's earlier export packages (worker.export.forget), when exports are configured.
 PACKAGE_TASK = "_package"
 IDENTITY_TASK = "_identity"  # before any system: copies the subject's vendor ids from the identity store
+VERIFY_TASK = "_verify"  # after every system of an erasure: checks that it is gone (worker.verification)
 # Steps that become due only once every other task of their request (every real sibling) confirmed.
-FINAL_TASKS: frozenset[str] = frozenset({PACKAGE_TASK})
+FINAL_TASKS: frozenset[str] = frozenset({PACKAGE_TASK, VERIFY_TASK})
 
 
 def is_internal(system: str) -> bool:

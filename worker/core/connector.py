@@ -27,7 +27,7 @@ section of the config; ``close`` releases its pools.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
@@ -143,3 +143,48 @@ class Connector(Protocol):
 
 class ConnectorFactory(Protocol):
     def __call__(self, system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector: ...
+
+
+@dataclass(frozen=True)
+class Residue:
+    """What a verification found in one table (or object store location): ``count`` rows or objects
+    that still hold the subject's personal data (0 when clean). Never a value."""
+
+    table: str
+    count: int
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Optional: a connector that can check its own erasure, once every system of the request confirmed.
+
+    ``verify`` re-runs the system's match for the subject and returns one ``Residue`` per table it
+    checked. Data kept under a declared legal exception (``retained``) is not residue. Same rules as
+    ``erase``: may block, times out by itself, raises only the errors of ``worker.core.errors``.
+    """
+
+    def verify(self, subject: Subject) -> Sequence[Residue]: ...
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One row (or object) of a system, for the resurrection scan: its table and the identifiers it
+    holds, as ``(kind, value)`` pairs (``customer_id``, ``email``, ``phone``). Personal data: never log it."""
+
+    table: str
+    identifiers: tuple[tuple[str, str], ...]
+
+    def __repr__(self) -> str:
+        return f"Sighting(table={self.table!r}, kinds={[kind for kind, _ in self.identifiers]!r})"
+
+
+@runtime_checkable
+class IdentifierSource(Protocol):
+    """Optional: a connector whose system the resurrection scan can read, a row at a time.
+
+    ``sightings`` streams every row that could name a subject (tables whose erasure deletes or
+    anonymises; never rows kept under a retention rule), so memory stays flat whatever the size.
+    It may block; it raises only the errors of ``worker.core.errors``.
+    """
+
+    def sightings(self) -> Iterator[Sighting]: ...

@@ -134,3 +134,28 @@ web_confirmations = sa.Table(
     sa.Column("published_at", Timestamp),
     sa.UniqueConstraint("user_ref", "generation", name="uq_web_confirmations_user_generation"),
 )
+
+# Tombstones of erased subjects (``worker.store.verification``): keyed hashes of their identifiers, never
+# a value, kept until ``expires_at`` so the resurrection scan can find data that comes back.
+tombstones = sa.Table(
+    "tombstones", metadata,
+    sa.Column("kind", sa.String(40), primary_key=True),  # customer_id, email, phone or a vendor id kind
+    sa.Column("digest", sa.String(80), primary_key=True),  # worker.core.identifiers.keyed_hash
+    sa.Column("request_id", sa.String(128), nullable=False),  # the latest erasure of this identifier
+    sa.Column("subject_ref", sa.String(80)),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("expires_at", Timestamp, nullable=False, index=True),
+)
+
+# One row per resurrection scan (``oubli verify``): counts only; the worker's gauges read the latest.
+verification_scans = sa.Table(
+    "verification_scans", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp, nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("scanned", sa.Integer, nullable=False),  # rows and objects read
+    sa.Column("found", sa.Integer, nullable=False),  # of them, naming an erased subject
+    sa.Column("subjects", sa.Integer, nullable=False),  # erased subjects found again
+    sa.Column("emitted", sa.Integer, nullable=False),  # erasure commands acknowledged by the broker
+)
