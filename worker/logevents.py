@@ -47,6 +47,10 @@ EVENTS: Final[Mapping[str, str]] = {
     "rate_limits_unavailable": "the store's shared rate limits are unreachable; the local limits apply",
     # Retention sweep (worker.retention)
     "retention_rule_swept": "one retention rule was swept (counts only)",
+    # Verification and the resurrection scan (worker.verification)
+    "verified": "an erasure's verification found nothing left in any checked system; tombstones laid (counts)",
+    "verification_failed": "an erasure's verification found data left: those systems reopened as failed",
+    "resurrection_scan_finished": "oubli verify ended: rows scanned, rows and subjects found again, erasures sent",
     # Web callbacks (worker.web)
     "web_callback_refused": "a vendor callback was refused (bad signature, too old...)",
     "web_callback_failed": "a vendor callback could not be handled now; the vendor retries",
