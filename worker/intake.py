@@ -28,7 +28,7 @@ from worker.deadletter.topic import replay_note, replay_of
 from worker.messages import Command
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, VERIFY_TASK
 from worker.store.faults import is_outage
-from worker.store.repository import Recorded, Store
+from worker.store.repository import NewCommand, Recorded, Store
 
 log = structlog.get_logger("oubli.intake")
 
@@ -96,15 +96,70 @@ class Intake:
     def handle_batch(self, batch: Sequence[Message], now: datetime) -> BatchOutcome:
         """Records or dead-letters each message of ``batch``, in order; never raises for a record.
 
-        Same contract as ``handle`` per message; a store outage ends the batch early (see ``BatchOutcome``).
+        Consecutive valid commands are recorded together, in one store transaction (``record_commands``).
+        Should that transaction fail for its data rather than an outage, its commands are recorded one at
+        a time instead, so that one bad record ends in the DLQ alone. A message that does not validate is
+        handled alone, where it stands. Same contract as ``handle`` per message; a store outage ends the
+        batch early (see ``BatchOutcome``).
         """
         results: list[IntakeResult] = []
-        for message in batch:
-            try:
-                results.append(self.handle(message, now))
-            except StoreUnavailable as outage:
-                return BatchOutcome(results, outage)
+        chunk: list[tuple[Message, NewCommand]] = []
+        try:
+            for message in batch:
+                prepared = self._prepare(message)
+                if prepared is None or any(p.command.request_id == prepared.command.request_id for _, p in chunk):
+                    self._record_chunk(chunk, now, results)
+                    chunk = []
+                if prepared is None:
+                    results.append(self.handle(message, now))
+                else:
+                    chunk.append((message, prepared))
+            self._record_chunk(chunk, now, results)
+        except StoreUnavailable as outage:
+            return BatchOutcome(results, outage)
         return BatchOutcome(results)
+
+    def _prepare(self, message: Message) -> NewCommand | None:
+        """The command to record, or None when the message needs ``handle``'s care (rejection, DLQ)."""
+        try:
+            if not self._authentic(message):
+                return None
+            command = self._parse(message)
+            targets = self._targets(command)
+            return NewCommand(
+                command=command, subject_ref=messages.subject_ref(self.subject_key, command.customer_id),
+                digest=messages.body_digest(self.subject_key, command.body), targets=targets,
+                note=replay_note(message.headers), replaces=replay_of(message.headers),
+            )
+        except Exception:  # noqa: BLE001 - handle() meets the same error again and deals with it
+            return None
+
+    def _record_chunk(self, chunk: Sequence[tuple[Message, NewCommand]], now: datetime,
+                      results: list[IntakeResult]) -> None:
+        """Records ``chunk`` in one transaction, appending each message's result as it is settled."""
+        if not chunk:
+            return
+        try:
+            recorded = self.store.record_commands([prepared for _, prepared in chunk], now)
+        except Exception as exc:  # noqa: BLE001 - sorted below: an outage, or a record the store refused
+            if is_outage(exc):
+                raise StoreUnavailable(f"the store failed during intake ({type(exc).__name__})") from exc
+            log.warning("intake_batch_refused", error_type=type(exc).__name__, size=len(chunk))
+            for message, _ in chunk:  # one at a time: the record at fault ends in the DLQ alone
+                results.append(self.handle(message, now))
+            return
+        for (message, prepared), outcome in zip(chunk, recorded, strict=True):
+            results.append(self._settle(message, prepared, outcome, now))
+
+    def _settle(self, message: Message, prepared: NewCommand, recorded: Recorded, now: datetime) -> IntakeResult:
+        command = prepared.command
+        if recorded is Recorded.CONFLICT:
+            return self._reject(message, InvalidCommand(
+                "conflicting_duplicate", "a request with this request_id and a different body was already recorded",
+                request_id=command.request_id), now, trusted=True)
+        log.info("command_recorded", request_id=command.request_id, kind=command.kind, outcome=recorded.value,
+                 systems=len(prepared.targets), source=message.source)
+        return IntakeResult.ACCEPTED if recorded is Recorded.NEW else IntakeResult.DUPLICATE
 
     def _handle(self, message: Message, now: datetime) -> IntakeResult:
         # Authenticity first: until it is proven, nothing in the command (its request_id, its replay
@@ -129,13 +184,8 @@ class Intake:
             if is_outage(exc):
                 raise StoreUnavailable(f"the store failed during intake ({type(exc).__name__})") from exc
             return self._poison(message, "store_rejected", exc, now)
-        if recorded is Recorded.CONFLICT:
-            return self._reject(message, InvalidCommand(
-                "conflicting_duplicate", "a request with this request_id and a different body was already recorded",
-                request_id=command.request_id), now, trusted=True)
-        log.info("command_recorded", request_id=command.request_id, kind=command.kind, outcome=recorded.value,
-                 systems=len(targets), source=message.source)
-        return IntakeResult.ACCEPTED if recorded is Recorded.NEW else IntakeResult.DUPLICATE
+        return self._settle(message, NewCommand(command=command, subject_ref=subject_ref, digest=digest,
+                                                targets=targets), recorded, now)
 
     def _authentic(self, message: Message) -> bool:
         if self.signing_secret is None:

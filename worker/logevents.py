@@ -26,6 +26,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "store_available": "the store answers again after an outage; intake resumes",
     # Intake (worker.intake)
     "command_recorded": "a command was recorded (new, duplicate or replay) with its targets",
+    "intake_batch_refused": "the store refused a batch for its data: its commands are recorded one at a time",
     "command_rejected": "a command failed validation: rejected receipt and/or DLQ",
     "command_poison": "a message could not be handled at all and goes to the DLQ",
     "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",

@@ -3,15 +3,19 @@ when they claim at the same instant, and a claimed task is never handed out twic
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from devkit.pipeline import record
-from worker import states
+import pytest
+
+from devkit.pipeline import SUBJECT_KEY, record
+from worker import messages, states
 from worker.config import Topics
 from worker.core.timefmt import utcnow
 from worker.store import db
-from worker.store.repository import Store, TaskUpdate
+from worker.store.repository import NewCommand, Recorded, Store, TaskUpdate
+from worker.support import build_command
 
 
 def _stores(url: str, count: int) -> list[Store]:
@@ -73,3 +77,63 @@ def test_the_relay_lease_has_one_holder_until_it_expires(pg_url: str) -> None:
     assert not second.outbox.acquire_lease("outbox-relay", now=now + timedelta(seconds=20), ttl=ttl)
     assert second.outbox.acquire_lease("outbox-relay", now=now + timedelta(seconds=26), ttl=ttl)  # the holder vanished
     assert not first.outbox.acquire_lease("outbox-relay", now=now + timedelta(seconds=27), ttl=ttl)
+
+
+def _new(store: Store, customer: str, now: datetime, *, priority: str = "standard",
+         due_at: datetime | None = None) -> NewCommand:
+    body = {**build_command(kind="erasure", customer_id=customer, requested_by="test-suite", requested_at=now,
+                            due_at=due_at), "priority": priority}
+    command = messages.parse(body, value=b"", signature=None, signing_secret=None, known_systems=frozenset({"slow"}))
+    return NewCommand(command=command, subject_ref=messages.subject_ref(SUBJECT_KEY.encode(), customer),
+                      digest=messages.body_digest(SUBJECT_KEY.encode(), body), targets={"slow": 3})
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "pg"], indirect=True)
+def test_claim_order_expired_leases_then_standard_then_earliest_deadline_then_intake(db_url: str) -> None:
+    [store] = _stores(db_url, 1)
+    now = utcnow()
+    day = timedelta(days=1)
+    dying = _new(store, "C-dying", now, due_at=now + 30 * day)
+    assert store.record_commands([dying], now) == [Recorded.NEW]
+    # Its worker dies mid-call: the lease expires.
+    [task] = store.claim_due(now=now, lease_until=now + timedelta(seconds=1), limits={"slow": 1}, room=1)
+    assert task.request_id == dying.command.request_id
+    assert store.claim_due(now=now, lease_until=now, limits={"slow": 1}, room=1) == []  # the limit holds
+    batch = [_new(store, "C-bg-early", now, priority="background", due_at=now + day),
+             _new(store, "C-late", now, due_at=now + 9 * day),
+             _new(store, "C-first-seq", now, due_at=now + 5 * day),
+             _new(store, "C-second-seq", now, due_at=now + 5 * day),
+             _new(store, "C-soonest", now, due_at=now + 2 * day)]
+    assert store.record_commands(batch, now) == [Recorded.NEW] * len(batch)
+    name = {item.command.request_id: item.command.customer_id for item in [dying, *batch]}
+    later = now + timedelta(seconds=5)
+    order = []
+    for _ in range(len(batch) + 1):  # the limit is 1: one claim at a time, each finished before the next
+        [task] = store.claim_due(now=later, lease_until=later + timedelta(minutes=5), limits={"slow": 1}, room=5)
+        order.append(name[task.request_id])
+        assert store.finish(task, states.Confirm("erased"), TaskUpdate(), later) is not None
+    assert order == ["C-dying", "C-soonest", "C-first-seq", "C-second-seq", "C-late", "C-bg-early"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "pg"], indirect=True)
+def test_a_batch_records_new_duplicate_and_conflicting_commands_in_one_transaction(db_url: str) -> None:
+    [store] = _stores(db_url, 1)
+    now = utcnow()
+    first = _new(store, "C-one", now)
+    assert store.record_commands([first], now) == [Recorded.NEW]
+    changed = _new(store, "C-two", now)
+    conflicting = NewCommand(command=dataclasses.replace(changed.command, request_id=first.command.request_id),
+                             subject_ref=changed.subject_ref, digest=changed.digest, targets=changed.targets)
+    fresh = [_new(store, f"C-new-{i}", now) for i in range(3)]
+    assert store.record_commands([fresh[0], first, fresh[1], fresh[2]], now) == \
+        [Recorded.NEW, Recorded.DUPLICATE, Recorded.NEW, Recorded.NEW]
+    assert store.record_commands([conflicting], now) == [Recorded.CONFLICT]
+    seqs = [store.get(item.command.request_id)[0]["seq"] for item in fresh]
+    assert seqs == sorted(seqs)  # intake order: it orders a subject's requests
+    for item in [first, *fresh]:
+        request, task_rows, events = store.get(item.command.request_id)
+        assert request["status"] == "accepted" and [t["system"] for t in task_rows] == ["slow"]
+        assert events[0]["action"] == "accepted"
+    assert [e["action"] for e in store.get(first.command.request_id)[2]] == ["accepted", "duplicate_received"]
+    receipts = [r for r in store.outbox.batch(100)]
+    assert len(receipts) == 5  # four accepted receipts and the duplicate's: never one for the conflict

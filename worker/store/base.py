@@ -8,8 +8,9 @@ consistent view of its tasks and its receipts enter the outbox in the order they
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -104,6 +105,65 @@ class StoreBase:
             headers_json=json.dumps([("x-oubli-status", receipt["status"])]),
         ))
 
+    # --- set-based writes: one statement for many rows ------------------------------------------
+
+    def _audit_row(self, request_id: str, system: str | None, now: datetime, action: str, *,
+                   actor: str | None = None, from_state: str | None = None, to_state: str | None = None,
+                   attempt: int | None = None, error_code: str | None = None,
+                   detail: str | None = None) -> dict[str, Any]:
+        return {"request_id": request_id, "system": system, "at": now, "actor": actor or self.actor,
+                "action": action, "from_state": from_state, "to_state": to_state, "attempt": attempt,
+                "error_code": error_code, "detail": detail[:1000] if detail else None}
+
+    @staticmethod
+    def _insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One multi-row INSERT (SQLAlchemy's insertmanyvalues) instead of a statement per row."""
+        if rows:
+            conn.execute(table.insert(), list(rows))
+
+    def _receipt_row(self, request: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
+                     now: datetime) -> dict[str, Any]:
+        receipt = receipts.render(request, rows)
+        return {"topic": self.topics.receipts, "key": request["request_id"].encode(),
+                "value": receipts.encode(receipt), "created_at": now,
+                "headers_json": json.dumps([("x-oubli-status", receipt["status"])])}
+
+    @staticmethod
+    def _update_many(conn: sa.Connection, table: sa.Table, keys: Sequence[str], columns: Sequence[str],
+                     rows: Sequence[Mapping[str, Any]], *, guard: str | None = None) -> int:
+        """Writes ``columns`` of many rows, matched on ``keys``, in one statement on PostgreSQL.
+
+        ``guard`` names a column whose current value must equal the row's ``"_" + guard`` (a version
+        compare-and-set). Returns the number of rows written.
+        """
+        if not rows:
+            return 0
+        if conn.dialect.name != "postgresql":
+            where = [table.c[k] == sa.bindparam(f"k_{k}") for k in keys]
+            if guard is not None:
+                where.append(table.c[guard] == sa.bindparam(f"g_{guard}"))
+            statement = table.update().where(*where).values({c: sa.bindparam(f"v_{c}") for c in columns})
+            params = [{**{f"k_{k}": r[k] for k in keys}, **{f"v_{c}": _plain(r[c]) for c in columns},
+                       **({f"g_{guard}": r["_" + guard]} if guard is not None else {})} for r in rows]
+            written = 0
+            for param in params:  # SQLite: no round trips to save, and rowcount per row stays exact
+                written += conn.execute(statement, param).rowcount
+            return written
+        # PostgreSQL: UPDATE ... FROM unnest(arrays): one statement, one plan, whatever the row count.
+        names = [*keys, *columns, *([f"_{guard}"] if guard is not None else [])]
+        sources = [*keys, *columns, *([guard] if guard is not None else [])]
+        casts = ", ".join(f"CAST(:a{i} AS {_pg_array_type(table.c[src].type)})" for i, src in enumerate(sources))
+        alias = ", ".join(f'"{n}"' for n in names)
+        assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
+        conditions = [f't."{k}" = v."{k}"' for k in keys]
+        if guard is not None:
+            conditions.append(f't."{guard}" = v."_{guard}"')
+        # Identifiers only (the table's own column names); every value is a bound array.
+        statement_text = (f'UPDATE "{table.name}" AS t SET {assignments} FROM unnest({casts}) AS v({alias}) '  # noqa: S608
+                          f"WHERE {' AND '.join(conditions)}")
+        arrays = {f"a{i}": [_plain(r[n]) for r in rows] for i, n in enumerate(names)}
+        return conn.execute(sa.text(statement_text), arrays).rowcount
+
     def _audit(self, conn: sa.Connection, request_id: str, system: str | None, now: datetime, action: str, *,
                actor: str | None = None, from_state: str | None = None, to_state: str | None = None,
                attempt: int | None = None, error_code: str | None = None, detail: str | None = None) -> None:
@@ -112,3 +172,18 @@ class StoreBase:
             from_state=from_state, to_state=to_state, attempt=attempt, error_code=error_code,
             detail=detail[:1000] if detail else None,
         ))
+
+
+def _pg_array_type(column_type: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(column_type, sa.DateTime):
+        return "timestamptz[]"
+    if isinstance(column_type, sa.Integer):
+        return "bigint[]"
+    if isinstance(column_type, sa.Boolean):
+        return "boolean[]"
+    return "text[]"
+
+
+def _plain(value: Any) -> Any:
+    """A state enum as its value: an array of them must bind as text."""
+    return value.value if isinstance(value, enum.Enum) else value

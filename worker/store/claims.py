@@ -16,14 +16,27 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
 from worker import receipts, states
-from worker.states import SystemState
+from worker.states import RequestStatus, SystemState
 from worker.store.base import StoreBase
-from worker.store.records import OPEN_STATUSES, ClaimedTask, TaskUpdate, subject_of, task_state
-from worker.store.schema import requests, tasks
+from worker.store.records import OPEN_STATUSES, ClaimedTask, StoreConflict, TaskUpdate, subject_of, task_state
+from worker.store.schema import CLAIMABLE_PREDICATE, audit_events, requests, tasks
+
+CLAIMABLE_VALUES = sorted(s.value for s in states.CLAIMABLE)  # also the predicate of ix_tasks_claim
+CLAIM_COLUMNS = ("state", "attempts", "next_attempt_at", "lease_losses", "lease_owner", "lease_expires_at", "version")
+
+
+def claim_order() -> list[sa.ColumnElement[Any]]:
+    """Waiting tasks of one system: standard before background, earliest deadline, then intake order.
+
+    ``tasks.background`` and ``tasks.due_at`` copy the request's priority and deadline at intake, so
+    that ``ix_tasks_claim`` (system, background, due_at, request_seq) serves this order directly.
+    """
+    return [tasks.c.background, tasks.c.due_at.asc().nulls_last(), tasks.c.request_seq]
 
 
 def _lock_key(name: str) -> int:
@@ -34,25 +47,55 @@ def _lock_key(name: str) -> int:
 class Claims(StoreBase):
     def claim_due(self, *, now: datetime, lease_until: datetime, limits: Mapping[str, int],
                   room: int, held: Collection[tuple[str, str]] = ()) -> list[ClaimedTask]:
-        """Claims up to ``room`` due tasks, keeping each system's running tasks, across every worker,
-        within ``limits[system]``.
+        """Claims up to ``room`` due tasks in one transaction, keeping each system's running tasks,
+        across every worker, within ``limits[system]``.
 
-        Expired leases come first (their work was due before anything still waiting), then the rest,
-        oldest due first. ``held`` are (request_id, system) pairs whose calls this worker still has in
+        The order (``claim_order``): expired leases first (their work was due before anything still
+        waiting), then standard before background work, then the earliest deadline (``due_at``), then
+        intake order. ``held`` are (request_id, system) pairs whose calls this worker still has in
         flight: never claimed again here, even if their lease ran out while the store was unreachable.
         """
-        with self.engine.connect() as conn:
+        if room <= 0 or not limits:
+            return []
+        with self.engine.begin() as conn:
+            postgres = conn.dialect.name == "postgresql"
+            if postgres:
+                # Every system's claim lock, in one order, in one statement: the running counts below stay
+                # exact across workers until this transaction ends, and two workers cannot deadlock.
+                keys = sorted({_lock_key(f"claim:{system}") for system in limits})
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) "
+                                     "AS k ORDER BY 1) AS ordered"), {"keys": keys})
             rows = conn.execute(sa.select(tasks.c.system, sa.func.count().label("n"))
                                 .where(*self._live_running(now)).group_by(tasks.c.system))
             running = {row.system: row.n for row in rows}
-        wanted = {s: min(room, limit - running.get(s, 0)) for s, limit in limits.items()}
-        wanted = {s: n for s, n in wanted.items() if n > 0}
-        if not wanted or room <= 0:
-            return []
-        earlier_open = sa.select(sa.literal(1)).select_from(requests.alias("earlier")).where(
-            sa.literal_column("earlier.subject_ref") == requests.c.subject_ref,
-            sa.literal_column("earlier.seq") < requests.c.seq,
-            sa.literal_column("earlier.status").in_(OPEN_STATUSES),
+            wanted = {s: min(room, limit - running.get(s, 0)) for s, limit in limits.items()}
+            wanted = {s: n for s, n in wanted.items() if n > 0}
+            if not wanted:
+                return []
+            candidates = self._candidates(conn, now, wanted, extra=len(held))
+            if not candidates:
+                return []
+            return self._claim_rows(conn, candidates, now, lease_until, wanted, room, held)
+
+    @staticmethod
+    def _live_running(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+        return (tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at >= now)
+
+    @staticmethod
+    def _due(now: datetime) -> sa.ColumnElement[bool]:
+        return sa.or_(
+            sa.and_(tasks.c.state.in_(CLAIMABLE_VALUES), tasks.c.next_attempt_at <= now),
+            sa.and_(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now),
+        )
+
+    @staticmethod
+    def _gates() -> list[sa.ColumnElement[bool]]:
+        """A task waits for an earlier open request of its subject, for ``_identity``, and (a final step)
+        for every real sibling."""
+        earlier = requests.alias("earlier")
+        earlier_open = sa.select(sa.literal(1)).select_from(earlier).where(
+            earlier.c.subject_ref == requests.c.subject_ref, earlier.c.seq < requests.c.seq,
+            earlier.c.status.in_(OPEN_STATUSES),
         )
         sibling = tasks.alias("sibling")
         unconfirmed_sibling = sa.select(sa.literal(1)).select_from(sibling).where(
@@ -63,82 +106,134 @@ class Claims(StoreBase):
             sibling.c.request_id == tasks.c.request_id, sibling.c.system == receipts.IDENTITY_TASK,
             sibling.c.state != SystemState.CONFIRMED,
         )
-        due = sa.or_(
-            sa.and_(tasks.c.state.in_([s.value for s in states.CLAIMABLE]), tasks.c.next_attempt_at <= now),
-            sa.and_(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now),
-        )
-        query = (
-            sa.select(tasks.c.request_id, tasks.c.system, tasks.c.version)
+        return [~sa.exists(earlier_open),
+                sa.or_(tasks.c.system.not_in(list(receipts.FINAL_TASKS)), ~sa.exists(unconfirmed_sibling)),
+                sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity))]
+
+    def _candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int],
+                    extra: int) -> list[tuple[str, str]]:
+        """The (request_id, system) pairs to try, in claim order, at most ``wanted[system] + extra`` each.
+
+        Expired leases come from a scan of the running tasks (few: at most the fleet's calls in flight).
+        Waiting tasks come, per system, from an index in claim order (``ix_tasks_claim``), so a backlog of
+        any size costs a short index range per system, not a sort of every due task.
+        """
+        expired = conn.execute(
+            sa.select(tasks.c.request_id, tasks.c.system)
             .join(requests, requests.c.request_id == tasks.c.request_id)
-            .where(due, tasks.c.system.in_(list(wanted)), ~sa.exists(earlier_open),
-                   sa.or_(tasks.c.system.not_in(list(receipts.FINAL_TASKS)), ~sa.exists(unconfirmed_sibling)),
-                   sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity)))
-            # A running task has no next_attempt_at (NULL sorts last on PostgreSQL): rank it first.
-            .order_by(sa.case((tasks.c.state == SystemState.RUNNING, 0), else_=1), tasks.c.next_attempt_at,
-                      tasks.c.request_seq)
-            .limit(sum(wanted.values()) * 4)
-        )
-        with self.engine.connect() as conn:
-            candidates = conn.execute(query).all()
-        claimed: list[ClaimedTask] = []
-        for row in candidates:
-            if wanted.get(row.system, 0) <= 0 or len(claimed) >= room or (row.request_id, row.system) in held:
-                continue
-            task = self._claim(row.request_id, row.system, row.version, now, lease_until, limits[row.system])
-            if task is not None:
-                claimed.append(task)
-                wanted[row.system] -= 1
-        return claimed
+            .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now,
+                   tasks.c.system.in_(list(wanted)), *self._gates())
+            .order_by(tasks.c.lease_expires_at, tasks.c.request_seq)
+        ).all() if self._any_expired(conn, now) else []
+        waiting: list[sa.Select[Any]] = []
+        for system, count in sorted(wanted.items()):
+            waiting.append(
+                sa.select(tasks.c.request_id, tasks.c.system, tasks.c.background, tasks.c.due_at, tasks.c.request_seq)
+                .join(requests, requests.c.request_id == tasks.c.request_id)
+                .where(tasks.c.system == system, sa.text(f"tasks.{CLAIMABLE_PREDICATE}"),
+                       tasks.c.next_attempt_at <= now, *self._gates())
+                .order_by(*claim_order()).limit(count + extra)
+            )
+        pairs = [(r.request_id, r.system) for r in expired]
+        if len(waiting) == 1:
+            rows = conn.execute(waiting[0]).all()
+        else:
+            union = sa.union_all(*(w.subquery().select() for w in waiting)).subquery()
+            rows = conn.execute(sa.select(union.c.request_id, union.c.system)
+                                .order_by(union.c.background, union.c.due_at.asc().nulls_last(),
+                                          union.c.request_seq)).all()
+        seen = set(pairs)
+        pairs += [(r.request_id, r.system) for r in rows if (r.request_id, r.system) not in seen]
+        return pairs
 
     @staticmethod
-    def _live_running(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
-        return (tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at >= now)
+    def _any_expired(conn: sa.Connection, now: datetime) -> bool:
+        return conn.execute(sa.select(sa.literal(1)).where(sa.exists(
+            sa.select(sa.literal(1)).select_from(tasks)
+            .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now)))).first() is not None
 
-    def _claim(self, request_id: str, system: str, version: int, now: datetime,
-               lease_until: datetime, limit: int) -> ClaimedTask | None:
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Claims of one system queue up across workers, so the count below is exact.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(f"claim:{system}")})
-                busy = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(
-                    *self._live_running(now), tasks.c.system == system)).scalar_one()
-                if busy >= limit:
-                    return None
-            request = self._lock_request(conn, request_id)
-            rows = self._task_rows(conn, request_id)
-            row = next(r for r in rows if r["system"] == system)
-            if row["version"] != version or request["subject_json"] is None:
-                return None
+    def _claim_rows(self, conn: sa.Connection, candidates: list[tuple[str, str]], now: datetime,
+                    lease_until: datetime, wanted: dict[str, int], room: int,
+                    held: Collection[tuple[str, str]]) -> list[ClaimedTask]:
+        """Locks the candidates (skipping rows another transaction holds), applies the state machine to
+        each in Python, and writes every claim, audit event and request status in a few statements."""
+        pairs = [p for p in candidates if p not in held]
+        if not pairs:
+            return []
+        order = {pair: i for i, pair in enumerate(pairs)}
+        # FOR UPDATE ... SKIP LOCKED of the task and its request: a request a result is being recorded for is
+        # left for the next tick instead of waited for, so claims never wait on a row and never deadlock.
+        # The due condition is checked again on the locked rows: a candidate may have moved on meanwhile.
+        locked = conn.execute(
+            sa.select(tasks, requests.c.kind, requests.c.subject_json, requests.c.status.label("request_status"))
+            .join(requests, requests.c.request_id == tasks.c.request_id)
+            .where(sa.tuple_(tasks.c.request_id, tasks.c.system).in_(pairs), self._due(now))
+            .with_for_update(of=[tasks, requests], skip_locked=True)
+        ).mappings().all()
+        rows = sorted((dict(r) for r in locked), key=lambda r: order[(r["request_id"], r["system"])])
+        claimed: list[ClaimedTask] = []
+        writes: list[dict[str, Any]] = []
+        audits: list[dict[str, Any]] = []
+        stuck: list[dict[str, Any]] = []
+        for row in rows:
+            if len(claimed) >= room or wanted.get(row["system"], 0) <= 0 or row["subject_json"] is None:
+                continue
+            request_id, system = row["request_id"], row["system"]
             before = task_state(row)
             current = before
             if current.state is SystemState.RUNNING:  # its worker died mid-call
                 current = states.transition(current, states.LeaseExpired(), now, self.policy)
-                self._audit(conn, request_id, system, now, "lease_expired", from_state=before.state,
-                            to_state=current.state, attempt=current.attempts, error_code=current.error_code)
+                audits.append(self._audit_row(request_id, system, now, "lease_expired", from_state=before.state,
+                                              to_state=current.state, attempt=current.attempts,
+                                              error_code=current.error_code))
                 if current.state not in states.CLAIMABLE:  # it died under this call too often: a person looks
-                    row.update(self._write_task(conn, request_id, system, version, current, TaskUpdate()))
-                    self._refresh_request(conn, request, now, rows=rows, force_receipt=True)
-                    return None
+                    stuck.append({**row, "after": current})
+                    continue
             after = states.transition(current, states.Claim(), now, self.policy)
-            claim = {"state": after.state, "attempts": after.attempts, "next_attempt_at": None,
-                     "lease_losses": after.lease_losses,
-                     "lease_owner": self.actor, "lease_expires_at": lease_until, "version": version + 1}
-            updated = conn.execute(
-                tasks.update().where(tasks.c.request_id == request_id, tasks.c.system == system,
-                                     tasks.c.version == version).values(**claim)
-            ).rowcount
-            if updated != 1:
-                return None
-            row.update(claim)
-            self._audit(conn, request_id, system, now, "claimed", from_state=current.state, to_state=after.state,
-                        attempt=after.attempts)
-            self._refresh_request(conn, request, now, rows=rows)
-            return ClaimedTask(
-                request_id=request_id, system=system, kind=request["kind"],
-                subject=subject_of(request_id, request["subject_json"]),
+            writes.append({"request_id": request_id, "system": system, "_version": row["version"],
+                           "state": after.state.value, "attempts": after.attempts, "next_attempt_at": None,
+                           "lease_losses": after.lease_losses, "lease_owner": self.actor,
+                           "lease_expires_at": lease_until, "version": row["version"] + 1})
+            audits.append(self._audit_row(request_id, system, now, "claimed", from_state=current.state,
+                                          to_state=after.state, attempt=after.attempts))
+            wanted[system] -= 1
+            claimed.append(ClaimedTask(
+                request_id=request_id, system=system, kind=row["kind"],
+                subject=subject_of(request_id, row["subject_json"]),
                 polling=current.state is SystemState.WAITING_VENDOR, vendor_ref=row["vendor_ref"],
-                attempt=after.attempts, version=version + 1,
-            )
+                attempt=after.attempts, version=row["version"] + 1,
+            ))
+        written = self._update_many(conn, tasks, ("request_id", "system"), CLAIM_COLUMNS, writes, guard="version")
+        if written != len(writes):  # cannot happen under the row locks; never hand out a task twice
+            raise StoreConflict("a claimed task changed under its lock")
+        # The request status, derived: a claim makes an accepted request in progress, and only that.
+        # Its receipt is coalesced into the next one (a result's): ``accepted`` and the end always go out.
+        opened = sorted({t.request_id for t in claimed if self._was_accepted(rows, t.request_id)})
+        if opened:
+            conn.execute(requests.update().where(requests.c.request_id.in_(opened),
+                                                 requests.c.status == RequestStatus.ACCEPTED)
+                         .values(status=RequestStatus.IN_PROGRESS, updated_at=now))
+            audits += [self._audit_row(r, None, now, "status_changed", from_state=RequestStatus.ACCEPTED,
+                                       to_state=RequestStatus.IN_PROGRESS) for r in opened]
+        self._insert_many(conn, audit_events, audits)
+        for row in stuck:
+            self._give_up(conn, row, now)
+        return claimed
+
+    @staticmethod
+    def _was_accepted(rows: list[dict[str, Any]], request_id: str) -> bool:
+        return any(r["request_id"] == request_id and r["request_status"] == RequestStatus.ACCEPTED for r in rows)
+
+    def _give_up(self, conn: sa.Connection, row: Mapping[str, Any], now: datetime) -> None:
+        """A task whose worker died under it too often fails (rare): written the long way, with its receipt."""
+        request = self._lock_request(conn, row["request_id"])
+        rows = self._task_rows(conn, row["request_id"])
+        task = next(r for r in rows if r["system"] == row["system"])
+        if task["version"] != row["version"]:
+            return
+        task.update(self._write_task(conn, row["request_id"], row["system"], row["version"], row["after"],
+                                     TaskUpdate()))
+        self._refresh_request(conn, request, now, rows=rows, force_receipt=True)
 
     def renew_leases(self, claimed: Iterable[ClaimedTask], lease_until: datetime) -> int:
         """Extends the leases this worker still holds; returns how many. A lost lease (the version

@@ -50,6 +50,18 @@ class TaskUpdate:
 
 
 @dataclass(frozen=True)
+class NewCommand:
+    """A valid command for ``Store.record_commands``: what ``record_command`` takes, as one value."""
+
+    command: Command
+    subject_ref: str
+    digest: str
+    targets: Mapping[str, int]
+    note: str | None = None  # PII-free, joins the accepted audit event (a replay's provenance)
+    replaces: str | None = None  # the rejected request a DLQ replay carries out under this new id
+
+
+@dataclass(frozen=True)
 class Finished:
     """What recording a result did to its request; ``closed`` when it made the request terminal."""
 

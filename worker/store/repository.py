@@ -7,6 +7,7 @@ actions and reads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -23,6 +24,7 @@ from worker.store.records import (
     OPEN_STATUSES,
     ClaimedTask,
     Finished,
+    NewCommand,
     NotFound,
     Recorded,
     StoreConflict,
@@ -32,7 +34,19 @@ from worker.store.records import (
 )
 from worker.store.schema import audit_events, outbox, requests, tasks
 
-__all__ = ["OPEN_STATUSES", "ClaimedTask", "Finished", "NotFound", "Recorded", "Store", "StoreConflict", "TaskUpdate"]
+# The columns a result may change, written in bulk (``StoreBase._update_many``).
+FINISH_COLUMNS = ("state", "attempts", "next_attempt_at", "outcome", "vendor_ref", "error_code", "error_message",
+                  "confirmed_at", "waiting_since", "lease_losses", "lease_owner", "lease_expires_at", "version",
+                  "retained_json", "expected_by", "detail", "records", "confirmed_by")
+# What a receipt reads that intake leaves empty: a new request renders without reading itself back.
+_RECEIPT_BLANKS = {"completed_at": None, "export_json": None, "error_code": None, "error_message": None}
+_TASK_BLANKS = {"outcome": None, "vendor_ref": None, "expected_by": None, "detail": None, "retained_json": None,
+                "error_code": None, "error_message": None, "confirmed_at": None, "confirmed_by": None,
+                "lease_owner": None, "lease_expires_at": None, "lease_losses": 0, "waiting_since": None}
+REQUEST_COLUMNS = ("status", "updated_at", "completed_at", "subject_json", "reason", "purged_at", "export_json")
+
+__all__ = ["OPEN_STATUSES", "ClaimedTask", "Finished", "NewCommand", "NotFound", "Recorded", "Store", "StoreConflict",
+           "TaskUpdate"]
 
 
 class Store(Claims):
@@ -73,7 +87,8 @@ class Store(Claims):
                 conn.execute(tasks.insert(), [
                     {"request_id": command.request_id, "system": system, "request_seq": seq,
                      "state": SystemState.PENDING, "attempts": 0, "max_attempts": max_attempts,
-                     "next_attempt_at": now, "records": 0, "version": 0}
+                     "next_attempt_at": now, "records": 0, "version": 0,
+                     "background": command.priority == "background", "due_at": command.due_at}
                     for system, max_attempts in targets.items()
                 ])
                 self._audit(conn, command.request_id, None, now, "accepted", to_state=RequestStatus.ACCEPTED,
@@ -90,6 +105,99 @@ class Store(Claims):
             # Another worker recorded the same request_id between our read and insert.
             return self.record_command(command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
                                        note=note, replaces=replaces)
+
+    def record_commands(self, items: Sequence[NewCommand], now: datetime) -> list[Recorded]:
+        """Records a batch of commands in one transaction of a few statements, in order; each as
+        ``record_command`` would (new, duplicate or conflicting). Request ids must be distinct.
+
+        Any store error aborts the whole batch (nothing is recorded): the caller then records the
+        commands one at a time, so that one bad record ends in the DLQ alone.
+        """
+        if not items:
+            return []
+        ids = [item.command.request_id for item in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a batch names a request_id twice")
+        with self.engine.begin() as conn:
+            # The request lock (FOR UPDATE) on the ones that exist, as every writer of receipts takes it.
+            existing = {r["request_id"]: dict(r) for r in conn.execute(
+                sa.select(requests).where(requests.c.request_id.in_(sorted(ids)))
+                .order_by(requests.c.request_id).with_for_update()).mappings()}
+            results: list[Recorded] = []
+            fresh: list[NewCommand] = []
+            repeated: list[str] = []
+            for item in items:
+                known = existing.get(item.command.request_id)
+                if known is None:
+                    fresh.append(item)
+                    results.append(Recorded.NEW)
+                elif known["body_digest"] != item.digest:
+                    results.append(Recorded.CONFLICT)
+                else:
+                    repeated.append(item.command.request_id)
+                    results.append(Recorded.DUPLICATE)
+            audits: list[dict[str, Any]] = []
+            outbox_rows: list[dict[str, Any]] = []
+            if repeated:
+                rows_of: dict[str, list[dict[str, Any]]] = {}
+                for row in conn.execute(sa.select(tasks).where(tasks.c.request_id.in_(repeated))).mappings():
+                    rows_of.setdefault(row["request_id"], []).append(dict(row))
+                for request_id in repeated:
+                    audits.append(self._audit_row(request_id, None, now, "duplicate_received"))
+                    outbox_rows.append(self._receipt_row(existing[request_id], rows_of.get(request_id, []), now))
+            if fresh:
+                request_rows = [self._request_row(item, now) for item in fresh]
+                # Sequence numbers in batch order: they order a subject's requests (SPEC invariant 7).
+                inserted = conn.execute(
+                    requests.insert().returning(requests.c.request_id, requests.c.seq, sort_by_parameter_order=True),
+                    request_rows).all()
+                seqs: dict[str, int] = {row.request_id: row.seq for row in inserted}
+                task_rows: list[dict[str, Any]] = []
+                for item, request_row in zip(fresh, request_rows, strict=True):
+                    rows = self._new_task_rows(item, seqs[item.command.request_id], now)
+                    task_rows += rows
+                    audits.append(self._accepted_audit(item, now))
+                    outbox_rows.append(self._receipt_row({**_RECEIPT_BLANKS, **request_row}, rows, now))
+                self._insert_many(conn, tasks, task_rows)
+                for item in fresh:
+                    replaced = item.replaces
+                    if replaced is not None and replaced != item.command.request_id and conn.execute(
+                            sa.select(requests.c.seq).where(requests.c.request_id == replaced)).first() is not None:
+                        audits.append(self._replayed_audit(item, now))
+            self._insert_many(conn, audit_events, audits)
+            self._insert_many(conn, outbox, outbox_rows)
+            return results
+
+    @staticmethod
+    def _request_row(item: NewCommand, now: datetime) -> dict[str, Any]:
+        command = item.command
+        return {"request_id": command.request_id, "kind": command.kind, "status": RequestStatus.ACCEPTED.value,
+                "subject_ref": item.subject_ref, "body_digest": item.digest,
+                "subject_json": subject_json(command, item.subject_ref), "reason": command.reason,
+                "requested_by": command.requested_by, "requested_at": command.requested_at,
+                "due_at": command.due_at, "priority": command.priority, "created_at": now, "updated_at": now}
+
+    @staticmethod
+    def _new_task_rows(item: NewCommand, seq: int, now: datetime) -> list[dict[str, Any]]:
+        # The request's priority and deadline go with each task: claims walk ix_tasks_claim in that order.
+        return [{**_TASK_BLANKS, "request_id": item.command.request_id, "system": system, "request_seq": seq,
+                 "state": SystemState.PENDING.value, "attempts": 0, "max_attempts": max_attempts,
+                 "next_attempt_at": now, "records": 0, "version": 0,
+                 "background": item.command.priority == "background", "due_at": item.command.due_at}
+                for system, max_attempts in sorted(item.targets.items())]
+
+    def _accepted_audit(self, item: NewCommand, now: datetime) -> dict[str, Any]:
+        command = item.command
+        return self._audit_row(command.request_id, None, now, "accepted", to_state=RequestStatus.ACCEPTED,
+                               detail=f"{command.kind} for {len(item.targets)} systems, requested by "
+                               f"{command.requested_by}" + (f"; {item.note}" if item.note else ""))
+
+    def _replayed_audit(self, item: NewCommand, now: datetime) -> dict[str, Any]:
+        # Append-only, and no receipt: the old request stays rejected, as SPEC requires.
+        assert item.replaces is not None
+        return self._audit_row(item.replaces, None, now, "replayed_as",
+                               detail=f"carried out as {item.command.request_id}"
+                               + (f"; {item.note}" if item.note else ""))
 
     def record_invalid(
         self, *, request_id: str | None, code: str, message: str, raw: bytes | None, key: bytes | None,
@@ -136,42 +244,111 @@ class Store(Claims):
 
     def finish_many(self, results: Sequence[tuple[ClaimedTask, states.Event, TaskUpdate]],
                     now: datetime) -> list[Finished | None]:
-        """Records several calls' results in one transaction, in the order of ``results``.
+        """Records several calls' results in one transaction of a few statements, whatever their number.
 
         Request rows are locked in request_id order, so two workers harvesting overlapping batches
-        wait for each other instead of deadlocking. If the store fails, nothing is recorded and the
-        caller keeps every result for its next try.
+        wait for each other instead of deadlocking. Each task's transition comes from the state machine,
+        in the order of ``results``; the tasks, their audit events, the requests' derived statuses and
+        one receipt per request (its state after the whole batch: intermediate receipts are coalesced)
+        are then written in bulk. If the store fails, nothing is recorded and the caller keeps every
+        result for its next try.
         """
-        finished: list[Finished | None] = [None] * len(results)
+        if not results:
+            return []
         with self.engine.begin() as conn:
-            for index in sorted(range(len(results)), key=lambda i: results[i][0].request_id):
-                finished[index] = self._finish(conn, *results[index], now)
-        return finished
+            return self._finish_batch(conn, results, now)
 
     def _finish(self, conn: sa.Connection, claimed: ClaimedTask, event: states.Event, update: TaskUpdate,
                 now: datetime) -> Finished | None:
-        request = self._lock_request(conn, claimed.request_id)
-        rows = self._task_rows(conn, claimed.request_id)
-        row = next(r for r in rows if r["system"] == claimed.system)
-        if row["version"] != claimed.version or row["lease_owner"] != self.actor:
-            return None
-        before = task_state(row)
-        after = states.transition(before, event, now, self.policy)
-        row.update(self._write_task(conn, claimed.request_id, claimed.system, row["version"], after, update))
-        error_code = after.error_code if after.state in (SystemState.RETRYING, SystemState.FAILED) else None
-        self._audit(conn, claimed.request_id, claimed.system, now, type(event).__name__.lower(),
-                    from_state=before.state, to_state=after.state, attempt=after.attempts,
-                    error_code=error_code, detail=after.error_message if error_code else after.outcome)
-        changes: dict[str, Any] = {}
-        if update.identifiers is not None and request["subject_json"] is not None:
-            subject = json.loads(request["subject_json"])
-            subject["identifiers"] = {k: list(v) for k, v in update.identifiers.items()}
-            changes["subject_json"] = json.dumps(subject)
-        if update.export is not None:
-            changes["export_json"] = json.dumps(update.export)
-        status = self._refresh_request(conn, request, now, rows=rows, changes=changes, force_receipt=True)
-        return Finished(status, status != request["status"] and status in states.TERMINAL_STATUSES,
-                        request["kind"], aware(request["requested_at"]) if request["requested_at"] else None)
+        """One result, inside the caller's transaction."""
+        return self._finish_batch(conn, [(claimed, event, update)], now)[0]
+
+    def _finish_batch(self, conn: sa.Connection, results: Sequence[tuple[ClaimedTask, states.Event, TaskUpdate]],
+                      now: datetime) -> list[Finished | None]:
+        finished: list[Finished | None] = [None] * len(results)
+        ids = sorted({claimed.request_id for claimed, _, _ in results})
+        locked = conn.execute(sa.select(requests).where(requests.c.request_id.in_(ids))
+                              .order_by(requests.c.request_id).with_for_update()).mappings().all()
+        originals = {r["request_id"]: dict(r) for r in locked}
+        rows_of: dict[str, list[dict[str, Any]]] = {}
+        for task_row in conn.execute(sa.select(tasks).where(tasks.c.request_id.in_(ids))
+                                     .order_by(tasks.c.request_id, tasks.c.system)).mappings():
+            rows_of.setdefault(task_row["request_id"], []).append(dict(task_row))
+        changes: dict[str, dict[str, Any]] = {}
+        written: dict[tuple[str, str], dict[str, Any]] = {}
+        audits: list[dict[str, Any]] = []
+        last_of: dict[str, int] = {}
+        for index, (claimed, event, update) in enumerate(results):
+            request = originals.get(claimed.request_id)
+            row = next((r for r in rows_of.get(claimed.request_id, ()) if r["system"] == claimed.system), None)
+            if request is None or row is None or row["version"] != claimed.version \
+                    or row["lease_owner"] != self.actor:
+                continue  # the lease was lost: another worker owns the task now
+            before = task_state(row)
+            after = states.transition(before, event, now, self.policy)
+            version = row["version"]
+            row.update(self._task_values(version, after, update))
+            written[(claimed.request_id, claimed.system)] = {**row, "_version": version}
+            error_code = after.error_code if after.state in (SystemState.RETRYING, SystemState.FAILED) else None
+            audits.append(self._audit_row(claimed.request_id, claimed.system, now, type(event).__name__.lower(),
+                                          from_state=before.state, to_state=after.state, attempt=after.attempts,
+                                          error_code=error_code,
+                                          detail=after.error_message if error_code else after.outcome))
+            change = changes.setdefault(claimed.request_id, {})
+            subject = change.get("subject_json", request["subject_json"])
+            if update.identifiers is not None and subject is not None:
+                document = json.loads(subject)
+                document["identifiers"] = {k: list(v) for k, v in update.identifiers.items()}
+                change["subject_json"] = json.dumps(document)
+            if update.export is not None:
+                change["export_json"] = json.dumps(update.export)
+            last_of[claimed.request_id] = index
+        updated: list[dict[str, Any]] = []
+        outbox_rows: list[dict[str, Any]] = []
+        status_of: dict[str, RequestStatus] = {}
+        for request_id in sorted(changes):
+            request, rows = originals[request_id], rows_of[request_id]
+            status = states.request_status((SystemState(r["state"]) for r in rows),
+                                           any_attempted=any(r["attempts"] > 0 for r in rows))
+            values = {**request, **changes[request_id], "updated_at": now, "status": status}
+            if status in states.TERMINAL_STATUSES:
+                # SPEC invariant 8: the orchestrator forgets too.
+                values.update(completed_at=now, subject_json=None, reason=None, purged_at=now)
+            if status != request["status"]:
+                audits.append(self._audit_row(request_id, None, now, "status_changed",
+                                              from_state=request["status"], to_state=status))
+            updated.append(values)
+            outbox_rows.append(self._receipt_row(values, rows, now))
+            status_of[request_id] = status
+        count = self._update_many(conn, tasks, ("request_id", "system"), FINISH_COLUMNS, list(written.values()),
+                                  guard="version")
+        if count != len(written):  # cannot happen under the request locks
+            raise StoreConflict("a task changed while its request was locked")
+        self._update_many(conn, requests, ("request_id",), REQUEST_COLUMNS, updated)
+        self._insert_many(conn, audit_events, audits)
+        self._insert_many(conn, outbox, outbox_rows)
+        for i, (claimed, _, _) in enumerate(results):
+            if (claimed.request_id, claimed.system) not in written:
+                continue
+            request, status = originals[claimed.request_id], status_of[claimed.request_id]
+            # ``closed`` once per request, on its last result here: end-to-end metrics count each request once.
+            closed = last_of[claimed.request_id] == i and status != request["status"] \
+                and status in states.TERMINAL_STATUSES
+            finished[i] = Finished(status, closed, request["kind"],
+                                   aware(request["requested_at"]) if request["requested_at"] else None)
+        return finished
+
+    @staticmethod
+    def _task_values(version: int, after: states.TaskState, update: TaskUpdate) -> dict[str, Any]:
+        """A task's columns after a result: what ``_write_task`` writes, for a bulk write."""
+        values: dict[str, Any] = {k: v for k, v in dataclasses.asdict(after).items() if k != "max_attempts"}
+        values.update(lease_owner=None, lease_expires_at=None, version=version + 1)
+        if update.retained:
+            values["retained_json"] = json.dumps(list(update.retained))
+        for name in ("expected_by", "detail", "records", "confirmed_by"):
+            if getattr(update, name) is not None:
+                values[name] = getattr(update, name)
+        return values
 
     # --- operators -------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ metadata = sa.MetaData(naming_convention={
 })
 
 Timestamp = sa.DateTime(timezone=True)
+# The states a task can be claimed from (worker.states.CLAIMABLE), as SQL: the predicate of ix_tasks_claim.
+CLAIMABLE_PREDICATE = "state IN ('pending', 'retrying', 'waiting_vendor')"
 
 requests = sa.Table(
     "requests", metadata,
@@ -66,7 +68,12 @@ tasks = sa.Table(
     sa.Column("version", sa.Integer, nullable=False, default=0),
     sa.Column("lease_losses", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("waiting_since", Timestamp),  # first handed to an async vendor job (the vendor-wait deadline)
+    # The request's priority and deadline, copied at intake: claims walk ix_tasks_claim in claim order.
+    sa.Column("background", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("due_at", Timestamp),
     sa.Index("ix_tasks_due", "state", "next_attempt_at"),
+    sa.Index("ix_tasks_claim", "system", "background", "due_at", "request_seq",
+             postgresql_where=sa.text(CLAIMABLE_PREDICATE), sqlite_where=sa.text(CLAIMABLE_PREDICATE)),
 )
 
 audit_events = sa.Table(

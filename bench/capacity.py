@@ -1,0 +1,488 @@
+"""Capacity: erasures per second through one worker, end to end, against the floor the parts allow.
+
+A run publishes a burst of erasures, each for ``--systems`` no-op systems (``bench.noop``), to fresh
+topics, and times it from the first publish until this client has read every ``completed`` receipt.
+The store is PostgreSQL with ``fsync`` on (``--pg-url``, see bench/README.md for the durable cluster),
+a fresh schema per run. It reports requests/s, task transitions/s (audit rows of a system),
+SQL statements (pg_stat_statements, without BEGIN/COMMIT) and commits (pg_stat_database) per request,
+the worker's CPU ms per request, and p50/p99 publish → completed latency.
+
+The floor, in the same run: a bare loop (``--floor-worker``, a child process) that consumes the same
+burst in batches, writes one request row and one row per system per command with COPY in one
+durable transaction per batch, and produces one receipt per command. No orchestration.
+
+``--lone N``: N requests one at a time (publish → completed receipt), after the burst.
+``--soak N``: N requests in bursts of ``--requests``; prints the worker's RSS after each burst.
+``--tree DIR``: run the worker from another checkout (a git worktree), for before/after tables.
+
+Usage: .venv/bin/python bench/capacity.py [--requests 20000] [--systems 10] [--workers 1] [--lone 20]
+       [--no-floor] [--soak 1000000] [--tree /tmp/oubli-before] [--pg-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy as sa
+import yaml
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from worker import config, kafka  # noqa: E402
+from worker.support import build_command  # noqa: E402
+
+KAFKA = os.environ.get("OUBLI_TEST_KAFKA", "127.0.0.1:9092")
+PG_URL = os.environ.get("OUBLI_BENCH_PG_URL", "postgresql+psycopg://oubli:oubli@127.0.0.1:5433/oubli_bench")
+TERMINAL = {b"completed", b"completed_with_exceptions", b"failed", b"rejected", b"cancelled"}
+
+
+# --- plumbing -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def pg_schema(base: str, prefix: str) -> Iterator[str]:
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+class DbCounters:
+    """Statements and commits of the benchmark database, from PostgreSQL's own statistics."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with self.engine.connect() as conn:
+            self.statements_ok = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'")).scalar_one() > 0
+
+    def reset(self) -> None:
+        with self.engine.begin() as conn:
+            if self.statements_ok:
+                conn.execute(sa.text("SELECT pg_stat_statements_reset()"))
+
+    def read(self) -> tuple[float, float]:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+            commits = conn.execute(sa.text(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")).scalar_one()
+            statements = float("nan")
+            if self.statements_ok:
+                statements = conn.execute(sa.text(
+                    "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                    "WHERE d.datname = current_database() AND s.query !~* '^\\s*(begin|commit|rollback)' "
+                    "AND s.query !~* 'pg_stat'")).scalar_one()
+        return float(statements), float(commits)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class Watch:
+    """Reads receipts by key and the ``x-oubli-status`` header only: no JSON, so it costs little CPU."""
+
+    def __init__(self, topic: str) -> None:
+        self.consumer = Consumer({
+            "bootstrap.servers": KAFKA, "group.id": f"capacity-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+        })
+        self.consumer.subscribe([topic])
+        self.completed: dict[bytes, float] = {}
+        self.accepted: set[bytes] = set()
+        self.terminal: dict[bytes, set[bytes]] = {}
+        self.receipts = 0
+
+    def drain(self, timeout: float) -> None:
+        for message in self.consumer.consume(5000, timeout):
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+                continue
+            self.receipts += 1
+            key = message.key() or b""
+            status = next((v for k, v in (message.headers() or []) if k == "x-oubli-status"), b"")
+            if status == b"accepted":
+                self.accepted.add(key)
+            elif status in TERMINAL:
+                self.terminal.setdefault(key, set()).add(message.value() or b"")
+                if status == b"completed":
+                    self.completed.setdefault(key, time.monotonic())
+
+    def wait(self, keys: Sequence[bytes], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        wanted = set(keys)
+        while time.monotonic() < deadline:
+            self.drain(0.01)
+            if wanted <= self.completed.keys():
+                return True
+        return False
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Publisher:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 5, "enable.idempotence": True,
+                                  "partitioner": "murmur2_random", "log_level": 4})
+        self.producer.list_topics(topic, timeout=10)
+
+    def publish(self, commands: Sequence[dict[str, Any]]) -> dict[bytes, float]:
+        sent: dict[bytes, float] = {}
+        payloads = [(c["subject"]["customer_id"].encode(), json.dumps(c).encode(), c["request_id"].encode())
+                    for c in commands]
+        for key, value, request_id in payloads:
+            while True:
+                try:
+                    self.producer.produce(self.topic, key=key, value=value)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+            sent[request_id] = time.monotonic()
+            self.producer.poll(0)
+        if self.producer.flush(60):
+            raise KafkaException("commands not acknowledged within 60 s")
+        return sent
+
+
+def commands(n: int, systems: int) -> list[dict[str, Any]]:
+    names = [f"s{i:02d}" for i in range(systems)]
+    return [build_command(kind="erasure", customer_id=f"C-{uuid.uuid4().hex[:12]}", emails=["a@example.org"],
+                          requested_by="bench", systems=names) for _ in range(n)]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def new_topics(prefix: str) -> tuple[dict[str, Any], Any]:
+    raw = {"bootstrap_servers": KAFKA, "group_id": f"{prefix}-workers", "session_timeout_ms": 6000,
+           "commit_interval_seconds": 0.2,
+           "topics": {"commands": f"{prefix}.commands", "receipts": f"{prefix}.receipts", "dlq": f"{prefix}.dlq"}}
+    settings = config.build({"store_url": "sqlite://", "subject_key": "k" * 32, "kafka": raw, "systems": {}},
+                            env={})
+    kafka.ensure_topics(settings.kafka)
+    return raw, settings.kafka.topics
+
+
+# --- the worker under test ---------------------------------------------------------------------------
+
+
+def start_worker(raw: dict[str, Any], directory: Path, name: str,
+                 tree: Path | None) -> tuple[subprocess.Popen[bytes], Path]:
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    log_path = directory / f"{name}.log"
+    code = "import sys; from worker.cli import main; sys.exit(main())"
+    pythonpath = os.pathsep.join([str(tree), str(ROOT)] if tree else [str(ROOT)])
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", code, "--config", str(path), "worker", "--migrate"],
+        stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
+    return process, log_path
+
+
+def wait_started(process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                if '"partitions_assigned"' in line and json.loads(line).get("partitions"):
+                    return
+        if process.poll() is not None:
+            sys.exit(f"the worker exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+    sys.exit(f"the worker did not get partitions within {timeout} s")
+
+
+def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    prefix = f"cap{uuid.uuid4().hex[:8]}"
+    kafka_raw, topics = new_topics(prefix)
+    with pg_schema(args.pg_url, "cap_store") as url:
+        systems = {f"s{i:02d}": {"connector": "bench.noop", "concurrency": args.concurrency, "max_attempts": 4}
+                   for i in range(args.systems)}
+        raw = {"store_url": url, "subject_key": "bench-subject-key-" + "0" * 32, "kafka": kafka_raw,
+               "systems": systems, "retry": {"base_seconds": 0.05, "max_seconds": 0.5},
+               "worker": {"poll_seconds": args.poll_seconds, "lease_seconds": 30, "drain_seconds": 5,
+                          "http_port": 0, "http_host": "127.0.0.1", "max_in_flight": args.max_in_flight}}
+        watch = Watch(topics.receipts)
+        publisher = Publisher(topics.commands)
+        counters = DbCounters(args.pg_url)
+        workers = [start_worker({**raw, "worker": {**raw["worker"], "worker_id": f"{prefix}-w{i}"}}, directory,
+                                f"{prefix}-w{i}", args.tree) for i in range(args.workers)]
+        try:
+            for process, log_path in workers:
+                wait_started(process, log_path)
+            warm = commands(20, args.systems)
+            sent = publisher.publish(warm)
+            if not watch.wait(list(sent), 120):
+                sys.exit("the warm-up did not complete within 120 s")
+            result: dict[str, Any] = {"config": "worker", "workers": args.workers}
+            rounds = max(1, args.soak // args.requests) if args.soak else 1
+            rss: list[float] = []
+            for round_ in range(rounds):
+                burst = commands(args.requests, args.systems)
+                counters.reset()
+                statements0, commits0 = counters.read()
+                cpu0 = sum(cpu_seconds(p.pid) for p, _ in workers)
+                started = time.monotonic()
+                sent = publisher.publish(burst)
+                complete = watch.wait(list(sent), args.timeout)
+                done = [watch.completed[k] for k in sent if k in watch.completed]
+                elapsed = (max(done) if complete else time.monotonic()) - started
+                cpu = sum(cpu_seconds(p.pid) for p, _ in workers) - cpu0
+                statements1, commits1 = counters.read()
+                latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
+                rss.append(sum(rss_mb(p.pid) for p, _ in workers))
+                if args.soak:
+                    print(f"  soak round {round_ + 1}/{rounds}: {len(done) / elapsed:.0f} req/s, worker RSS "
+                          f"{rss[-1]:.1f} MB", flush=True)
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            with engine.connect() as conn:
+                transitions = conn.execute(sa.text(
+                    "SELECT count(*) FROM audit_events a JOIN requests r USING (request_id) "
+                    "WHERE a.system IS NOT NULL AND r.request_id = ANY(:ids)"),
+                    {"ids": [k.decode() for k in sent]}).scalar_one()
+                pending = conn.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one()
+            engine.dispose()
+            n = len(done)
+            result.update(
+                requests=args.requests, completed=n, elapsed=elapsed, rate=n / elapsed,
+                transitions=transitions / elapsed, statements=(statements1 - statements0) / max(n, 1),
+                commits=(commits1 - commits0) / max(n, 1), cpu_ms=cpu * 1000 / max(n, 1),
+                p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), rss=rss,
+                no_accepted=sum(1 for k in sent if k not in watch.accepted),
+                two_ends=sum(1 for k in sent if len(watch.terminal.get(k, ())) > 1), outbox_left=pending,
+            )
+            if args.lone:
+                lone: list[float] = []
+                for _ in range(args.lone):
+                    sent = publisher.publish(commands(1, args.systems))
+                    if not watch.wait(list(sent), 30):
+                        sys.exit("a lone request did not complete within 30 s")
+                    key = next(iter(sent))
+                    lone.append(watch.completed[key] - sent[key])
+                result["lone"] = statistics.median(lone)
+                result["lone_max"] = max(lone)
+        finally:
+            for process, _ in workers:
+                if process.poll() is None:
+                    process.terminate()
+            for process, _ in workers:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            watch.close()
+            counters.dispose()
+    return result
+
+
+# --- the floor ---------------------------------------------------------------------------------------
+
+
+def floor_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    prefix = f"floor{uuid.uuid4().hex[:8]}"
+    kafka_raw, topics = new_topics(prefix)
+    with pg_schema(args.pg_url, "cap_floor") as url:
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE floor_requests (seq bigserial PRIMARY KEY, request_id text UNIQUE, "
+                                 "status text, subject_json text)"))
+            conn.execute(sa.text("CREATE TABLE floor_tasks (request_id text, system text, state text, "
+                                 "PRIMARY KEY (request_id, system))"))
+        engine.dispose()
+        spec = {"url": url.replace("postgresql+psycopg://", "postgresql://"), "commands": topics.commands,
+                "receipts": topics.receipts, "group": kafka_raw["group_id"], "systems": args.systems}
+        log_path = directory / f"{prefix}.log"
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+            [sys.executable, __file__, "--floor-worker", json.dumps(spec)],
+            stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+        watch = Watch(topics.receipts)
+        publisher = Publisher(topics.commands)
+        counters = DbCounters(args.pg_url)
+        try:
+            warm = publisher.publish(commands(20, args.systems))
+            if not watch.wait(list(warm), 60):
+                sys.exit(f"the floor did not answer:\n{log_path.read_text(errors='replace')[-2000:]}")
+            counters.reset()
+            statements0, commits0 = counters.read()
+            cpu0 = cpu_seconds(process.pid)
+            started = time.monotonic()
+            sent = publisher.publish(commands(args.requests, args.systems))
+            complete = watch.wait(list(sent), args.timeout)
+            done = [watch.completed[k] for k in sent if k in watch.completed]
+            elapsed = (max(done) if complete else time.monotonic()) - started
+            cpu = cpu_seconds(process.pid) - cpu0
+            statements1, commits1 = counters.read()
+            latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
+        finally:
+            process.terminate()
+            process.wait(30)
+            watch.close()
+            counters.dispose()
+    n = len(done)
+    return {"config": "floor", "requests": args.requests, "completed": n, "elapsed": elapsed, "rate": n / elapsed,
+            "transitions": float("nan"), "statements": (statements1 - statements0) / max(n, 1),
+            "commits": (commits1 - commits0) / max(n, 1), "cpu_ms": cpu * 1000 / max(n, 1),
+            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+def floor_worker(spec: dict[str, Any]) -> None:
+    """The bare loop: consume a batch, COPY its rows in one durable transaction, produce, store offsets."""
+    import signal
+
+    import psycopg
+
+    stop = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": spec["group"], "enable.auto.commit": False,
+                         "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([spec["commands"]])
+    producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 2, "enable.idempotence": True})
+    systems = [f"s{i:02d}" for i in range(spec["systems"])]
+    last_commit = time.monotonic()
+    with psycopg.connect(spec["url"]) as conn:
+        while not stop:
+            batch = [m for m in consumer.consume(1000, 0.02) if m.error() is None]
+            if batch:
+                docs = [json.loads(m.value()) for m in batch]
+                with conn.transaction(), conn.cursor() as cur:
+                    with cur.copy("COPY floor_requests (request_id, status, subject_json) FROM STDIN") as copy:
+                        for doc in docs:
+                            copy.write_row((doc["request_id"], "completed", json.dumps(doc["subject"])))
+                    with cur.copy("COPY floor_tasks (request_id, system, state) FROM STDIN") as copy:
+                        for doc in docs:
+                            for system in systems:
+                                copy.write_row((doc["request_id"], system, "confirmed"))
+                for doc in docs:
+                    receipt = {"request_id": doc["request_id"], "status": "completed"}
+                    while True:
+                        try:
+                            producer.produce(spec["receipts"], key=doc["request_id"].encode(),
+                                             value=json.dumps(receipt).encode(),
+                                             headers=[("x-oubli-status", b"completed")])
+                            break
+                        except BufferError:
+                            producer.poll(0.01)
+                for message in batch:
+                    consumer.store_offsets(message)
+            producer.poll(0)
+            if time.monotonic() - last_commit > 0.2:
+                with contextlib.suppress(KafkaException):
+                    consumer.commit(asynchronous=True)
+                last_commit = time.monotonic()
+    producer.flush(10)
+    consumer.close()
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+
+def show(result: dict[str, Any]) -> None:
+    flag = "" if result["completed"] == result["requests"] else "  INCOMPLETE"
+    line = (f"  {result['config']:7} {result['rate']:8.1f} req/s  {result['transitions']:8.0f} transitions/s  "
+            f"{result['statements']:6.2f} stmts/req  {result['commits']:6.3f} commits/req  "
+            f"{result['cpu_ms']:6.2f} CPU ms/req  p50 {result['p50']:.3f}s  p99 {result['p99']:.3f}s  "
+            f"({result['completed']} in {result['elapsed']:.1f}s){flag}")
+    print(line, flush=True)
+    if "lone" in result:
+        print(f"          lone request: median {result['lone'] * 1000:.0f} ms, max {result['lone_max'] * 1000:.0f} ms")
+    if "no_accepted" in result:
+        print(f"          checks: without an accepted receipt {result['no_accepted']}, with two different "
+              f"terminal receipts {result['two_ends']}, outbox rows left {result['outbox_left']}")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--floor-worker":
+        floor_worker(json.loads(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--systems", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=16, help="each system's concurrency limit")
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--poll-seconds", type=float, default=0.05)
+    parser.add_argument("--lone", type=int, default=20, help="lone requests after the burst (0: none)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--no-worker", action="store_true")
+    parser.add_argument("--soak", type=int, default=0, help="requests in all, in bursts of --requests")
+    parser.add_argument("--tree", type=Path, help="run the worker from this checkout")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--pg-url", default=PG_URL)
+    args = parser.parse_args()
+    print(f"oubli capacity, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.requests} erasures x {args.systems} no-op "
+          f"systems, {args.workers} worker(s){f', tree {args.tree}' if args.tree else ''}")
+    with sa.create_engine(args.pg_url, poolclass=sa.pool.NullPool).connect() as conn:
+        print(f"  store: fsync={conn.execute(sa.text('SHOW fsync')).scalar_one()}, "
+              f"synchronous_commit={conn.execute(sa.text('SHOW synchronous_commit')).scalar_one()}")
+    with tempfile.TemporaryDirectory(prefix="oubli-capacity-") as tmp:
+        for _ in range(args.repeats):
+            worker = None if args.no_worker else worker_run(args, Path(tmp))
+            if worker is not None:
+                show(worker)
+                if args.soak:
+                    rss = worker["rss"]
+                    print(f"  RSS: first {rss[0]:.1f} MB, last {rss[-1]:.1f} MB, max {max(rss):.1f} MB "
+                          f"({(rss[-1] / rss[0] - 1) * 100:+.1f} %)")
+            if not args.no_floor and not args.soak:
+                floor = floor_run(args, Path(tmp))
+                show(floor)
+                if worker is not None:
+                    print(f"  capacity / floor = {worker['rate'] / floor['rate']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
