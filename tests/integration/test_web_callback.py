@@ -80,7 +80,7 @@ def test_a_replay_or_a_second_call_of_the_same_user_gets_the_same_request_and_co
 
 
 REFUSALS = ("bad_signature", "other_secret", "wrong_algorithm", "expired", "future", "malformed", "not_a_form",
-            "no_field", "non_numeric_user")
+            "no_field", "too_many_fields", "non_numeric_user")
 
 
 def test_bad_stale_or_malformed_requests_are_refused_without_detail_and_publish_nothing(env: Any) -> None:
@@ -95,6 +95,7 @@ def test_bad_stale_or_malformed_requests_are_refused_without_detail_and_publish_
         "malformed": post(client, "no-dot-here"),
         "not_a_form": client.post(URL, json={"signed_request": good}),
         "no_field": client.post(URL, data={"something": "else"}),
+        "too_many_fields": client.post(URL, data={"signed_request": good, **{f"f{i}": "x" for i in range(9)}}),
         "non_numeric_user": post(client, web_env.signed_request("me@example.fr")),
     }
     assert set(answers) == set(REFUSALS)

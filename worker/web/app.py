@@ -17,6 +17,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -84,6 +86,7 @@ class _AccessMetrics:
 def create_app(services: Services) -> Starlette:
     settings, web = services.settings, services.settings.web
     templates = _templates()
+    templates.globals.update(retailer=web.retailer, contact=web.contact)
     store = Store(services.engine, topics=settings.kafka.topics, policy=RetryPolicy(), actor="oubli-web")
     subject_key = settings.subject_key.get_secret_value().encode()
     app_secret = web.facebook_app_secret.get_secret_value().encode() if web.facebook_app_secret else None
@@ -103,7 +106,11 @@ def create_app(services: Services) -> Starlette:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
             WEB_CALLBACKS.labels(result="refused_malformed").inc()
             return refused
-        form = await request.form(max_files=0, max_fields=5)
+        try:
+            form = await request.form(max_files=0, max_fields=5)
+        except HTTPException:  # too many fields: the same answer as any other malformed call
+            WEB_CALLBACKS.labels(result="refused_malformed").inc()
+            return refused
         value = form.get("signed_request")
         if not isinstance(value, str):
             WEB_CALLBACKS.labels(result="refused_malformed").inc()
@@ -133,7 +140,7 @@ def create_app(services: Services) -> Starlette:
         if codes.looks_like_code(code):
             found = await run_in_threadpool(services.confirmations.by_code_hash, codes.code_hash(code))
         if found is None:
-            return page("not_found.html", 404, cache=STATUS_CACHE, lang=lang, contact=web.contact)
+            return page("not_found.html", 404, cache=STATUS_CACHE, lang=lang)
         receipt = None
         if found.request_id is not None:
             try:
@@ -141,8 +148,7 @@ def create_app(services: Services) -> Starlette:
             except NotFound:  # published, not recorded by a worker yet: received
                 receipt = None
         view = status.build(settings, found, receipt, lang)
-        return page("status.html", cache=STATUS_CACHE, lang=lang, view=view, contact=web.contact,
-                    retailer=web.contact.name.split(" –")[0], other="en" if lang == "fr" else "fr")
+        return page("status.html", cache=STATUS_CACHE, lang=lang, view=view, other="en" if lang == "fr" else "fr")
 
     def support_user(request: Request) -> str | None:
         return supportauth.actor(request, web)
@@ -159,7 +165,10 @@ def create_app(services: Services) -> Starlette:
     async def support_search(request: Request) -> Response:
         if support_user(request) is None:
             return unauthorised()
-        form = await request.form(max_files=0, max_fields=5)
+        try:
+            form = await request.form(max_files=0, max_fields=5)
+        except HTTPException:
+            form = FormData()
         customer_id = form.get("customer_id")
         if not isinstance(customer_id, str) or not customer_id.strip() or len(customer_id) > 128:
             return page("support_search.html", 400, lang="en", results=None, total=0, invalid=True)
