@@ -225,6 +225,7 @@ class WebSettings(_Frozen):
     rate_burst: int = Field(default=10, ge=1)
     erasure_systems: tuple[str, ...] | None = Field(default=None, min_length=1)  # None: every configured system
     requested_by: str = "facebook-data-deletion"
+    retailer: str = "VET SECURITE"  # as the pages name the controller
     contact: WebContact = WebContact()
     categories: dict[str, WebCategory] = Field(default_factory=dict)  # overrides worker/web/categories.py
 
