@@ -147,3 +147,12 @@ def test_public_endpoints_are_rate_limited_per_client(pg_url: str, pg_schema_url
         assert answers[:3] == [404, 404, 404] and answers[3:] == [429, 429]
         assert client.get("/healthz").status_code == 200  # probes are not limited
     services.engine.dispose()
+
+
+def test_the_erasure_scope_is_config(pg_url: str, pg_schema_urls: Callable[[], str], kafka_bootstrap: str) -> None:
+    settings, services = web_env.build(pg_url, pg_schema_urls(), kafka_bootstrap, erasure_systems=["orders_db"])
+    with TestClient(create_app(services)) as client:
+        assert post(client, web_env.signed_request(web_env.SECOND_FB)).status_code == 200
+    [(command, _headers)] = web_env.commands(settings)
+    assert command["systems"] == ["orders_db"] and command["subject"]["customer_id"] == "C-WEB-2"
+    services.engine.dispose()
