@@ -25,6 +25,7 @@ from worker.metrics import VERSION
 from worker.store import db
 from worker.store.repository import Store
 from worker.support import CONFIG, NOT_FOUND, USAGE, CliError, cli_error
+from worker.verification.cli import status_lines, verification_events, verify
 
 if TYPE_CHECKING:
     from worker.retention import SweepReport
@@ -197,11 +198,12 @@ def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> N
     request, tasks, events = store.get(request_id)  # NotFound: exit 3
     current = store.receipt(request_id)
     if as_json:
-        _emit({**current, "audit": events if audit else None}, True, "")
+        _emit({**current, "audit": events if audit else None, "verification": verification_events(events)}, True, "")
         return
     lines = [format_receipt(current)]
     # A rejected request a DLQ replay carried out under a new id (support holds only the old one).
     lines += [f"replayed  {e['detail']}" for e in events if e["action"] == "replayed_as"]
+    lines += status_lines(events)  # verified systems with their counts, residue, tombstones, resurrection links
     if audit:
         lines.append("audit:")
         lines += [f"  {iso(e['at'])}  {e['actor']:<24} {e['action']:<16} {e['system'] or '-':<18} "
@@ -362,6 +364,7 @@ def format_receipt(receipt: Mapping[str, Any]) -> str:
 
 cli.add_command(dlq)
 cli.add_command(report)
+cli.add_command(verify)
 
 
 def main() -> None:
