@@ -109,9 +109,9 @@ def _drive(worker: Worker, condition: Callable[[], bool], timeout: float = 60) -
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     _browser_or_skip()
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch a browser or a driver
+    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager fetch a browser or a driver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

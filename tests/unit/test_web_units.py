@@ -45,6 +45,7 @@ def test_a_signed_request_as_meta_builds_it_verifies() -> None:
     (make({"algorithm": "HMAC-SHA256", "issued_at": True, "user_id": "1"}), "malformed"),
     (make({"algorithm": "HMAC-SHA256", "issued_at": int(NOW), "user_id": "a@b.c"}), "malformed"),
     (make({"algorithm": "HMAC-SHA256", "issued_at": int(NOW)}), "malformed"),
+    (make({"algorithm": "HMAC-SHA256", "issued_at": int(NOW), "user_id": "١٢٣"}), "malformed"),
     ("abc", "malformed"), ("a.b.c", "malformed"), ("!!.??", "malformed"), ("x" * 5000 + ".y", "malformed"),
 ])
 def test_bad_signed_requests_are_refused_with_a_reason_for_metrics(value: str, reason: str) -> None:

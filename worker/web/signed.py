@@ -75,7 +75,8 @@ def verify(signed_request: str, secret: bytes, *, now: float, max_age: float, sk
     user_id, issued_at = payload.get("user_id"), payload.get("issued_at")
     if isinstance(user_id, int) and not isinstance(user_id, bool):
         user_id = str(user_id)
-    if not isinstance(user_id, str) or not user_id.isdigit() or len(user_id) > 64:
+    # isdigit() alone takes any script's digits ("١٢"); app-scoped ids are ASCII digits.
+    if not isinstance(user_id, str) or not (user_id.isascii() and user_id.isdigit()) or len(user_id) > 64:
         raise BadSignedRequest("malformed")
     if not isinstance(issued_at, int) or isinstance(issued_at, bool):
         raise BadSignedRequest("malformed")
