@@ -111,8 +111,9 @@ class Scan:
         if subjects:
             self._erase_again(subjects, report, publisher)
         report.finished_at = self.clock()
-        self.store.record_scan(ScanCounts(report.started_at, report.finished_at, report.dry_run, report.scanned,
-                                          sum(report.found.values()), report.subjects, report.emitted))
+        if publisher is not None:  # a dry run changes nothing, not even the gauges' record
+            self.store.record_scan(ScanCounts(report.started_at, report.finished_at, report.dry_run, report.scanned,
+                                              sum(report.found.values()), report.subjects, report.emitted))
         log.info("resurrection_scan_finished", **{k: v for k, v in report.as_dict().items() if k != "found"},
                  found_rows=sum(report.found.values()))
         return report
