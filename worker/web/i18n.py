@@ -119,8 +119,10 @@ TEXT: dict[str, dict[str, str]] = {
     },
     "contact": {"fr": "Une question ?", "en": "A question?"},
     "contact_intro": {
-        "fr": "Écrivez à notre service de protection des données, en indiquant votre code de confirmation :",
-        "en": "Write to our data protection service, quoting your confirmation code:",
+        "fr": "Écrivez à notre service de protection des données en indiquant l'adresse de cette page (elle "
+              "contient votre code de confirmation) :",
+        "en": "Write to our data protection service, quoting this page's address (it holds your confirmation "
+              "code):",
     },
     "contact_email": {"fr": "Adresse électronique", "en": "Email"},
     "contact_url": {"fr": "Formulaire en ligne", "en": "Online form"},
