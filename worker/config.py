@@ -89,6 +89,8 @@ class WorkerSettings(_Frozen):
     # so that a call which kills its worker every time cannot crash-loop the fleet.
     max_lease_losses: int = Field(default=20, ge=1)
     poll_seconds: float = Field(default=0.2, gt=0)
+    # Commands consumed and recorded per loop turn (one store transaction for a run of valid commands).
+    batch_size: int = Field(default=500, ge=1, le=10_000)
     drain_seconds: float = Field(default=20.0, ge=0)
     http_host: str = "0.0.0.0"  # noqa: S104 - probes and metrics must be reachable from the kubelet
     http_port: int = 8080

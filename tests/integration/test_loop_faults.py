@@ -189,7 +189,7 @@ def test_an_intake_that_raises_is_rewound_and_retried_never_skipped(pg_url: str,
     raw["worker"].update(FAST)
     settings = settings_from(raw)
     worker = Worker(settings, migrate=True, serve_http=False)
-    handle, failures = worker.intake.handle, []
+    handle, failures = worker.intake.handle_batch, []
 
     def breaks_twice(*args: Any) -> Any:
         if len(failures) < 2:  # intake breaking its contract (it should dead-letter, never raise)
@@ -197,7 +197,7 @@ def test_an_intake_that_raises_is_rewound_and_retried_never_skipped(pg_url: str,
             raise RuntimeError("unexpected")
         return handle(*args)
 
-    worker.intake.handle = breaks_twice  # type: ignore[method-assign]
+    worker.intake.handle_batch = breaks_twice  # type: ignore[method-assign]
     before = _sample("oubli_loop_errors_total", step="intake", kind="RuntimeError")
     worker.start()
     receipts = Receipts(settings)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import app, config
+from worker import config, loop
 from worker.app import Worker
 
 
@@ -20,10 +20,10 @@ def closed_port() -> int:
 
 def test_close_ends_within_drain_plus_margin_when_the_broker_is_unreachable(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    assert app.SHUTDOWN_MARGIN_SECONDS < 15  # the chart's grace period is drain + shutdownMarginSeconds (>= 15)
+    assert loop.SHUTDOWN_MARGIN_SECONDS < 15  # the chart's grace period is drain + shutdownMarginSeconds (>= 15)
     margin = 4.0  # a smaller margin than production's, for a quick test: the budget logic is the same
-    monkeypatch.setattr(app, "SHUTDOWN_MARGIN_SECONDS", margin)
-    monkeypatch.setattr(app, "LEAVE_RESERVE_SECONDS", 1.0)
+    monkeypatch.setattr(loop, "SHUTDOWN_MARGIN_SECONDS", margin)
+    monkeypatch.setattr(loop, "LEAVE_RESERVE_SECONDS", 1.0)
     settings = config.build({
         "subject_key": "k", "store_url": f"sqlite:///{tmp_path / 'store.db'}",
         "kafka": {"bootstrap_servers": f"127.0.0.1:{closed_port()}"},

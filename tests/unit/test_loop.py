@@ -1,0 +1,172 @@
+"""The loop on SQLite and the in-memory broker (devkit.membroker), in milliseconds: dedupe, the DLQ, a store
+outage (pause, rewind to the first unrecorded command, resume), commit on revoke, and drain on close."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from devkit import fakes
+from devkit.membroker import MemBroker
+from devkit.pipeline import raw_settings, subject_command
+from worker import compose, config
+from worker.core.errors import StoreUnavailable
+from worker.intake import BatchOutcome
+from worker.loop import Loop
+from worker.store.schema import requests
+
+
+class World:
+    def __init__(self, tmp_path: Path, *, partitions: int = 6, **system: Any) -> None:
+        self.effects_url = f"sqlite:///{tmp_path / 'alpha.db'}"
+        raw = raw_settings(store_url=f"sqlite:///{tmp_path / 'store.db'}", bootstrap="127.0.0.1:1",
+                           systems={"alpha": {"connector": "devkit.fakes",
+                                              "settings": {"url": self.effects_url, **system}}})
+        raw["kafka"]["commit_interval_seconds"] = 3600  # commits only when a test makes one happen
+        raw["worker"].update(store_retry_max_seconds=0.001, batch_size=50)
+        self.settings = config.build(raw, env={})
+        self.topics = self.settings.kafka.topics
+        self.broker = MemBroker(partitions)
+        parts = compose.build(self.settings, migrate=True, producer_factory=self.broker.producer)
+        self.loop = Loop(parts, self.broker.consumer({"group.id": self.settings.kafka.group_id}))
+        self.group = self.settings.kafka.group_id
+
+    def send(self, command: dict[str, Any] | bytes, *, partition: int | None = None) -> None:
+        value = command if isinstance(command, bytes) else json.dumps(command).encode()
+        key = None if isinstance(command, bytes) else command["subject"]["customer_id"]
+        self.broker.append(self.topics.commands, key=key, value=value, partition=partition)
+
+    def turn(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.loop.run_once()
+
+    def until(self, done: Callable[[], bool], limit: float = 10.0) -> None:
+        deadline = time.monotonic() + limit
+        while not done():
+            assert time.monotonic() < deadline, "the loop did not get there"
+            self.loop.run_once()
+
+    def requests(self) -> int:
+        with self.loop.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar_one())
+
+    def committed(self, partition: int) -> int | None:
+        return self.broker.committed.get((self.group, self.topics.commands, partition))
+
+    def receipts(self) -> list[dict[str, Any]]:
+        return [json.loads(r.value() or b"{}") for r in self.broker.records(self.topics.receipts)]
+
+    def stored(self) -> dict[int, int]:
+        consumer = self.loop.consumer
+        return {p: o for (_, p), o in consumer.stored.items()}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    w.loop.start()
+    yield w
+    if not w.loop.consumer.closed:  # type: ignore[attr-defined]
+        w.loop.close()
+
+
+def test_a_command_sent_twice_is_recorded_once_and_both_offsets_commit(world: World) -> None:
+    command = subject_command(systems=["alpha"])
+    world.send(command, partition=0)
+    world.send(command, partition=0)
+    world.turn()
+    assert world.requests() == 1 and world.stored() == {0: 2}
+    world.until(lambda: any(r["status"] == "completed" for r in world.receipts()))
+    assert fakes.effect_count(world.effects_url, command["request_id"], "erase") == 1
+    world.loop._commit()
+    assert world.committed(0) == 2
+
+
+def test_a_bad_command_goes_to_the_dlq_and_is_acknowledged(world: World) -> None:
+    world.send(b"{not json", partition=3)
+    world.until(lambda: len(world.broker.records(world.topics.dlq)) == 1)
+    (dead,) = world.broker.records(world.topics.dlq)
+    headers = dict(dead.headers() or [])
+    assert headers["x-oubli-source"] == f"{world.topics.commands}/3/0".encode() and "x-oubli-error-code" in headers
+    assert dead.value() == b"{not json" and world.requests() == 0 and world.stored() == {3: 1}
+
+
+def test_a_store_outage_mid_batch_acknowledges_the_prefix_rewinds_and_holds_intake(world: World) -> None:
+    commands = [subject_command(systems=["alpha"]) for _ in range(3)]
+    for command in commands:
+        world.send(command, partition=2)
+    real = world.loop.intake.handle_batch
+    down = {"on": True}
+
+    def first_then_outage(batch: Any, now: Any) -> BatchOutcome:
+        if not down["on"]:
+            return real(batch, now)
+        return BatchOutcome(real(batch[:1], now).results, StoreUnavailable("the store went away"))
+
+    world.loop.intake.handle_batch = first_then_outage  # type: ignore[method-assign]
+    world.turn()
+    assert world.requests() == 1 and world.stored() == {2: 1}  # the recorded prefix only
+    consumer = world.loop.consumer
+    assert consumer.position(consumer.assignment())[2].offset == 1  # rewound to the first unrecorded
+    assert world.loop.store_stall.active and not world.loop._ready()
+    assert {p.partition for p in consumer.assignment()} <= {p for _, p in consumer.paused}  # type: ignore[attr-defined]
+
+    down["on"] = False  # the store is back: the probe passes and intake resumes where it stopped
+    time.sleep(0.01)
+    world.until(lambda: world.requests() == 3)
+    assert world.stored() == {2: 3} and not world.loop.intake_held and world.loop._ready()
+
+
+def test_a_store_that_fails_every_write_loses_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real store failing (an OperationalError, as a lost connection raises): nothing is acknowledged."""
+    store = world.loop.store
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    for name in ("record_command", "record_commands"):
+        if hasattr(store, name):
+            monkeypatch.setattr(store, name, broken)
+    commands = [subject_command(systems=["alpha"]) for _ in range(2)]
+    for command in commands:
+        world.send(command, partition=1)
+    world.turn(3)
+    assert world.requests() == 0 and world.stored() == {} and world.loop.intake_held
+    monkeypatch.undo()
+    time.sleep(0.01)
+    world.until(lambda: world.requests() == 2)
+    assert world.stored() == {1: 2}
+
+
+def test_offsets_are_committed_when_partitions_are_revoked(tmp_path: Path) -> None:
+    world = World(tmp_path, partitions=2)
+    world.loop.start()
+    for _ in range(3):
+        world.send(subject_command(systems=["alpha"]), partition=1)
+    world.turn()
+    assert world.stored() == {1: 3} and world.committed(1) is None  # the commit interval is an hour
+    peer = world.broker.consumer({"group.id": world.group})
+    peer.subscribe([world.topics.commands])  # partition 1 moves to the peer
+    world.turn()
+    assert world.committed(1) == 3 and [p.partition for p in world.loop.assigned] == [0]
+    assert peer.consume(10, 0) == []  # the peer starts after what the worker recorded
+    world.loop.close()
+
+
+def test_close_drains_the_call_in_flight_publishes_its_receipt_and_commits(tmp_path: Path) -> None:
+    world = World(tmp_path, delay_seconds=0.3)
+    world.loop.start()
+    command = subject_command(systems=["alpha"])
+    world.send(command, partition=4)
+    world.until(lambda: world.loop.executor.busy() > 0)
+    world.loop.close()
+    assert fakes.effect_count(world.effects_url, command["request_id"], "erase") == 1
+    final = [r for r in world.receipts() if r["request_id"] == command["request_id"]]
+    assert final and final[-1]["status"] == "completed"
+    assert world.committed(4) == 1 and world.loop.consumer.closed  # type: ignore[attr-defined]

@@ -1,0 +1,144 @@
+"""The composition root: ``build(settings, clock)`` assembles a worker's parts, without any Kafka client.
+
+``Parts`` holds the store (migrated, or checked to be current), the connectors, the export packager, intake,
+the executor and the outbox relay. The relay creates its producer only when it first leads, through
+``producer_factory`` (``confluent_kafka.Producer`` unless a test passes ``devkit.membroker``'s). The loop
+(``worker.loop``) drives these parts from a consumer; ``Parts.close`` releases what they hold.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import boto3
+import sqlalchemy as sa
+from botocore.config import Config as BotoConfig
+
+from connectors import registry
+from worker import failpoints, metrics, states
+from worker.broker import ProducerFactory
+from worker.config import Settings
+from worker.core.connector import Connector, ConnectorContext, IdentityLookup
+from worker.core.errors import ConfigError
+from worker.core.timefmt import utcnow
+from worker.executor import Executor, ExportPackager
+from worker.intake import Intake
+from worker.outbox import Relay, producer_config
+from worker.store import db
+from worker.store.ratelimits import StoreLimits
+from worker.store.repository import ClaimedTask, Finished, Store
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    clock: Callable[[], datetime]
+    engine: sa.Engine
+    crash: failpoints.Failpoints
+    store: Store
+    connectors: dict[str, Connector]
+    exports: ExportPackager | None
+    intake: Intake
+    executor: Executor
+    relay: Relay
+
+    def close(self) -> None:
+        """Stops the executor's pools, closes the connectors and the store's connections (after the relay)."""
+        self.executor.shutdown()
+        for connector in self.connectors.values():
+            connector.close()
+        self.engine.dispose()
+
+
+def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate: bool = False,
+          producer_factory: ProducerFactory | None = None) -> Parts:
+    engine = db.create_engine(settings.store_url)
+    if migrate:
+        db.migrate(engine)
+    elif db.pending_migrations(engine):
+        raise ConfigError("the store's schema is behind this version: run `oubli migrate` first")
+    crash = failpoints.Failpoints(settings.failpoints)
+    policy = states.RetryPolicy(settings.retry.base_seconds, settings.retry.max_seconds,
+                                vendor_wait=timedelta(days=settings.worker.vendor_wait_days),
+                                max_lease_losses=settings.worker.max_lease_losses)
+    store = Store(engine, topics=settings.kafka.topics, policy=policy, actor=settings.worker.worker_id)
+    identity = build_identity(settings)
+    # Vendor rate limits live in the store, so every worker of the group shares one budget.
+    context = ConnectorContext(now=clock, identity=identity, limits=StoreLimits(engine))
+    connectors = build_connectors(settings, context)
+    exports = build_exports(settings)
+    intake = Intake(
+        store, subject_key=settings.subject_key.get_secret_value().encode(),
+        signing_secret=settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None,
+        systems={sid: s.max_attempts for sid, s in settings.systems.items()},
+        due_days_default=settings.due_days_default, export_enabled=exports is not None,
+        identity_enabled=identity is not None, previous_secrets=settings.verification_secrets()[1:],
+    )
+    executor = Executor(
+        store, connectors, concurrency={sid: s.concurrency for sid, s in settings.systems.items()},
+        max_in_flight=settings.worker.max_in_flight, lease_seconds=settings.worker.lease_seconds,
+        clock=clock, exports=exports, crash=crash, on_outcome=count_outcome,
+        identity=identity, identity_kinds=settings.identity_kinds,
+    )
+    extra: dict[str, Any] = {} if producer_factory is None else {"producer_factory": producer_factory}
+    relay = Relay(store, producer_config(settings.kafka), clock=clock, crash=crash,
+                  on_published=lambda topic, n: metrics.PUBLISHED.labels(topic).inc(n), **extra)
+    return Parts(settings=settings, clock=clock, engine=engine, crash=crash, store=store, connectors=connectors,
+                 exports=exports, intake=intake, executor=executor, relay=relay)
+
+
+def s3_client(settings: Settings) -> Any:
+    s3 = settings.s3
+    return boto3.client(
+        "s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
+        aws_access_key_id=s3.access_key_id.get_secret_value() if s3.access_key_id else None,
+        aws_secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
+        config=BotoConfig(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 3},
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"),
+    )
+
+
+def build_exports(settings: Settings) -> ExportPackager | None:
+    if not settings.export:
+        return None
+    from worker.export import ExportStore
+
+    packager: ExportPackager = ExportStore.from_settings(s3_client(settings), settings.export)
+    return packager
+
+
+def build_identity(settings: Settings) -> IdentityLookup | None:
+    if settings.identity_system is None:
+        return None
+    system = settings.systems.get(settings.identity_system)
+    if system is None:
+        raise ConfigError(f"identity_system {settings.identity_system} is not a configured system")
+    module = importlib.import_module(system.connector if "." in system.connector else f"connectors.{system.connector}")
+    factory = getattr(module, "create_identity_lookup", None)
+    if factory is None:
+        raise ConfigError(f"connector {system.connector} cannot look identifiers up")
+    lookup: IdentityLookup = factory(system.settings)
+    return lookup
+
+
+def build_connectors(settings: Settings, context: ConnectorContext) -> dict[str, Connector]:
+    return {
+        system_id: registry.build(system_id, system.connector, system.settings, context)
+        for system_id, system in settings.systems.items()
+    }
+
+
+def count_outcome(task: ClaimedTask, event: states.Event, seconds: float, finished: Finished | None) -> None:
+    metrics.SYSTEM_CALLS.labels(task.system, type(event).__name__).inc()
+    metrics.CALL_SECONDS.labels(task.system).observe(seconds)
+    if isinstance(event, states.Confirm):
+        metrics.SYSTEM_OUTCOMES.labels(task.system, event.outcome).inc()
+    elif isinstance(event, states.Fail) and event.retryable:
+        metrics.RETRIES.labels(task.system, event.code).inc()
+    if finished is not None and finished.closed and finished.requested_at is not None:
+        metrics.END_TO_END.labels(finished.kind).observe((utcnow() - finished.requested_at).total_seconds())
