@@ -19,7 +19,7 @@ from devkit.sampledata.bundle import DEMO_INDEX
 from worker.config import Settings
 from worker.store import db
 from worker.web import signed
-from worker.web.app import Services, create_app
+from worker.web.app import Services
 from worker.web.server import build_services
 
 APP_SECRET = "test-app-secret-0123456789abcdef"
@@ -79,5 +79,3 @@ def commands(settings: Settings) -> list[tuple[dict[str, Any], dict[str, bytes]]
     return [(json.loads(m.value() or b"{}"), dict(m.headers() or []))
             for m in read_topic(settings, settings.kafka.topics.commands)]
 
-
-__all__ = ["create_app"]
