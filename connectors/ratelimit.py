@@ -20,7 +20,19 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from worker.core.errors import QuotaDeferred, Throttled
-from worker.core.limits import MAX_KEY, Buckets, Limits, Quotas, Refusal
+from worker.core.limits import (
+    BACKGROUND,
+    MAX_KEY,
+    RESERVE_SPENT,
+    RESERVE_SUFFIX,
+    Buckets,
+    Capacity,
+    Limits,
+    Quotas,
+    Refusal,
+    background_quotas,
+    call_priority,
+)
 
 
 class Registry:
@@ -80,23 +92,39 @@ REGISTRY = Registry()
 
 @dataclass(frozen=True)
 class Gate:
-    """The limits one vendor call must pass. ``admit`` raises rather than waits."""
+    """The limits one vendor call must pass. ``admit`` raises rather than waits.
+
+    A call made for ``background`` work (``worker.core.limits.call_priority``) also spends each
+    quota's reserve-limited share (``background_share`` of it), so the rest stays for standard work.
+    """
 
     system: str
     buckets: Buckets
     quotas: Quotas
     now: Callable[[], datetime]
     limits: Limits = REGISTRY
+    background_share: float = 1.0
 
     def __post_init__(self) -> None:
-        if any(len(key) > MAX_KEY for key, _ in (*self.buckets, *self.quotas)):
-            raise ValueError(f"{self.system}: a rate-limit name is longer than {MAX_KEY} characters")
+        longest = max((len(key) for key, _ in (*self.buckets, *self.quotas)), default=0)
+        if longest + len(RESERVE_SUFFIX) > MAX_KEY:
+            raise ValueError(f"{self.system}: a rate-limit name is longer than {MAX_KEY - len(RESERVE_SUFFIX)} "
+                             "characters")
+        if not 0 < self.background_share <= 1:
+            raise ValueError(f"{self.system}: background_share must be in (0, 1]")
 
     def admit(self) -> None:
-        refusal = self.limits.admit(self.buckets, self.quotas, self.now())
+        quotas = self.quotas
+        if self.quotas and self.background_share < 1 and call_priority() == BACKGROUND:
+            quotas = (*self.quotas, *background_quotas(self.quotas, self.background_share))
+        refusal = self.limits.admit(self.buckets, quotas, self.now())
         if refusal is None:
             return
         key, wait = refusal.key, refusal.wait
+        if refusal.kind == "quota" and key.endswith(RESERVE_SUFFIX):
+            raise QuotaDeferred(f"{self.system}: background work spent its share of daily quota "
+                                f"{key.removesuffix(RESERVE_SUFFIX)}; the rest is kept for standard requests; "
+                                f"next window in {wait:.0f}s", retry_after=wait, code=RESERVE_SPENT)
         if refusal.kind == "quota":
             raise QuotaDeferred(f"{self.system}: daily quota {key} is spent; next window in {wait:.0f}s",
                                 retry_after=wait)
@@ -107,6 +135,16 @@ class Gate:
 
     def hold(self, seconds: float) -> None:
         self.limits.hold(self.buckets, self.now(), seconds)
+
+    def capacity(self) -> Capacity:
+        """The binding quota and rate, for planning: a call spends every quota and every rate."""
+        return Capacity(
+            daily_quota=min((quota.limit for _, quota in self.quotas), default=None),
+            per_second=min((rate.per_second for _, rate in self.buckets), default=None),
+            background_share=self.background_share if self.quotas else 1.0,
+            tz=self.quotas[0][1].tz if self.quotas else "UTC",
+            quota_keys=tuple(key for key, _ in self.quotas),
+        )
 
     def exhaust_quotas(self) -> float:
         """Marks every daily quota spent; returns seconds until the earliest next window."""

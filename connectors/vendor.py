@@ -22,7 +22,7 @@ from connectors.http import VendorHttp, parse_retry_after
 from connectors.ratelimit import REGISTRY, Gate
 from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
 from worker.core.errors import ConfigError, OubliError, PermanentError, QuotaDeferred, RetryableError, Throttled
-from worker.core.limits import QuotaSpec, RateSpec
+from worker.core.limits import Capacity, QuotaSpec, RateSpec
 
 _MISSING: Any = object()
 
@@ -118,12 +118,16 @@ class Options:
         return Options(self.system, value, f"{self._prefix}{key}.")
 
 
+DEFAULT_BACKGROUND_SHARE = 0.6
+
+
 def build_gate(opts: Options, context: ConnectorContext, *, buckets: Mapping[str, RateSpec],
                quotas: Mapping[str, int] | None = None, quota_tz: str = "UTC") -> Gate:
     """Limits named by ``buckets``/``quotas`` keys; ``rate_limit``/``daily_quota`` override.
 
     ``rate_limit: {per_second, burst}`` replaces the rate of every bucket; ``daily_quota: N`` the
-    limit of every quota. A vendor's documented limits are the defaults. The limits live in
+    limit of every quota; ``background_share`` (default 0.6) the share of each daily quota that
+    background work may spend. A vendor's documented limits are the defaults. The limits live in
     ``context.limits`` (shared by every worker on the store), else in this process's registry.
     """
     override = opts.section("rate_limit", {}) if opts.has("rate_limit") else None
@@ -143,8 +147,12 @@ def build_gate(opts: Options, context: ConnectorContext, *, buckets: Mapping[str
         quota_list = tuple((key, QuotaSpec(limit, tz)) for key, limit in limits.items())
     except (ValueError, ZoneInfoNotFoundError):
         raise opts.error("quota_timezone", "must be an IANA time zone such as Europe/Paris") from None
+    # The share of each daily quota background work (the retention sweep, backfills) may spend.
+    share = opts.number("background_share", DEFAULT_BACKGROUND_SHARE, minimum=0.01) if quota_list else 1.0
+    if share > 1:
+        raise opts.error("background_share", "must be at most 1 (a share of the daily quota)")
     return Gate(system=opts.system, buckets=tuple(specs.items()), quotas=quota_list, now=context.now,
-                limits=context.limits if context.limits is not None else REGISTRY)
+                limits=context.limits if context.limits is not None else REGISTRY, background_share=share)
 
 
 def resolve_ids(system: str, subject: Subject, kind: str, context: ConnectorContext) -> tuple[str, ...]:
@@ -243,6 +251,10 @@ class VendorConnector(abc.ABC):
     def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
         raise PermanentError(f"{self.system}: no async job of this connector matches the reference",
                              code="unknown_vendor_ref")
+
+    def capacity(self) -> Capacity:
+        """The vendor's limits, for planning (``worker.foresight``)."""
+        return self.gate.capacity()
 
     def close(self) -> None:
         self.http.close()

@@ -58,6 +58,9 @@ class SystemSettings(_Frozen):
     concurrency: int = Field(default=4, ge=1, le=256)
     max_attempts: int = Field(default=8, ge=1, le=100)
     settings: dict[str, Any] = Field(default_factory=dict)
+    # How long the system itself keeps a subject's data (e.g. GA event data retention): a background
+    # erasure of a subject inactive for longer is confirmed not_found without a call (worker/retention/vendorkeep.py).
+    keeps_data_days: int | None = Field(default=None, ge=1)
 
     def __repr__(self) -> str:  # settings may hold credentials
         return f"SystemSettings(connector={self.connector!r}, concurrency={self.concurrency})"

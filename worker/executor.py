@@ -25,6 +25,7 @@ import structlog
 from worker import failpoints, states
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
+from worker.core.limits import set_call_priority
 from worker.core.timefmt import iso
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, VERIFY_TASK, is_internal
 from worker.store.identity import IdentityLock
@@ -61,8 +62,10 @@ class Executor:
         exports: ExportPackager | None = None, crash: failpoints.Failpoints | None = None,
         on_outcome: Callable[[ClaimedTask, states.Event, float, Finished | None], None] | None = None,
         identity: IdentityLookup | None = None, identity_kinds: Sequence[str] = (),
+        skip: Callable[[ClaimedTask, datetime], Result | None] | None = None,
     ) -> None:
         self.store = store
+        self.skip = skip  # confirms a task without a call, e.g. worker.retention.vendorkeep
         self.connectors = dict(connectors)
         internal = max(2, max_in_flight // 8)
         self.limits = {**concurrency, PACKAGE_TASK: internal, IDENTITY_TASK: internal, VERIFY_TASK: internal}
@@ -144,6 +147,7 @@ class Executor:
     def _call(self, task: ClaimedTask) -> Outcome:
         """Runs in a pool thread. Never raises: every failure becomes a ``Fail`` event."""
         self.crash.hit(failpoints.AFTER_CLAIM)
+        set_call_priority(task.subject.priority)  # background calls spend the reserve-limited quota share
         try:
             outcome = self._dispatch(task)
         except (Throttled, QuotaDeferred) as exc:
@@ -180,6 +184,9 @@ class Executor:
         connector = self.connectors.get(task.system)
         if connector is None:
             raise PermanentError(f"system {task.system} is not configured on this worker", code="not_configured")
+        skipped = self.skip(task, self.clock()) if self.skip is not None and not task.polling else None
+        if skipped is not None:
+            return _confirmation(skipped)
         if task.polling and task.vendor_ref:
             result = connector.poll(task.subject, task.vendor_ref)
         elif task.kind == "erasure":

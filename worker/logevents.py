@@ -35,6 +35,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "connector_bug": "a connector raised an unexpected exception; treated as retryable",
     "leases_reclaimed": "tasks whose worker's lease expired were taken back",
     "worker_id_in_use": "another live worker holds this worker id's leases",
+    "background_deferred": "background work spent its share of a system's daily quota: its other waiting tasks "
+                           "there move to the next window (worker.store.deferrals)",
     # Outbox relay (worker.outbox, worker.refusals)
     "outbox_lease_lost": "another worker took the relay lease; this one stops publishing",
     "outbox_produce_failed": "producing an outbox batch failed; it is sent again",

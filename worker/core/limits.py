@@ -14,10 +14,13 @@ sleep.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 EPSILON = 1e-6  # float dust in sums of 1/rate must not refuse a whole slot
@@ -81,6 +84,74 @@ class QuotaSpec:
         return max(1.0, midnight.timestamp() - now.timestamp())
 
 
+STANDARD, BACKGROUND = "standard", "background"
+RESERVE_SUFFIX = ":background"  # the name of a quota's background share: ``<quota>:background``
+RESERVE_SPENT = "background_reserve_spent"  # the error code of a background call the reserve refused
+
+# The priority of the call this thread is making. The executor sets it from the request before each
+# connector call, so that every gate of the call spends a background call from the reserve-limited
+# share without each connector passing the request down to its HTTP calls.
+_PRIORITY: ContextVar[str] = ContextVar("oubli_call_priority", default=STANDARD)
+
+
+def call_priority() -> str:
+    return _PRIORITY.get()
+
+
+def set_call_priority(priority: str) -> None:
+    """For the executor's pool threads: every call sets it, so a previous call's never lingers."""
+    _PRIORITY.set(BACKGROUND if priority == BACKGROUND else STANDARD)
+
+
+@contextmanager
+def prioritized(priority: str) -> Iterator[None]:
+    token = _PRIORITY.set(BACKGROUND if priority == BACKGROUND else STANDARD)
+    try:
+        yield
+    finally:
+        _PRIORITY.reset(token)
+
+
+def background_quotas(quotas: Sequence[tuple[str, QuotaSpec]], share: float) -> list[tuple[str, QuotaSpec]]:
+    """The reserve: a background call also spends ``<quota>:background``, whose limit is ``share`` of
+    the quota's, so background work never takes the rest of a day's quota from standard work."""
+    return [(key + RESERVE_SUFFIX, QuotaSpec(reserved(quota.limit, share), quota.tz)) for key, quota in quotas]
+
+
+def reserved(limit: int, share: float) -> int:
+    """Calls a day background work may spend of a ``limit``: at least one, so a sweep always moves."""
+    return max(1, math.floor(limit * share + EPSILON))
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a limited system can do, for planning (``worker.foresight``): its binding daily quota, the
+    share of it background work may spend, and its sustained rate. ``quota_keys`` name the quotas a
+    call spends, so today's use can be read from the ``Limits`` backend."""
+
+    daily_quota: int | None
+    per_second: float | None
+    background_share: float = 1.0
+    tz: str = "UTC"
+    quota_keys: tuple[str, ...] = ()
+
+    @property
+    def per_day(self) -> int | None:
+        """Calls a day, all priorities: the quota, or what the rate allows in 24 hours."""
+        by_rate = math.floor(self.per_second * 86400) if self.per_second else None
+        found = [n for n in (self.daily_quota, by_rate) if n is not None]
+        return min(found) if found else None
+
+    @property
+    def background_per_day(self) -> int | None:
+        per_day = self.per_day
+        if per_day is None:
+            return None
+        if self.daily_quota is None:
+            return per_day
+        return min(per_day, reserved(self.daily_quota, self.background_share))
+
+
 Buckets = Sequence[tuple[str, RateSpec]]
 Quotas = Sequence[tuple[str, QuotaSpec]]
 
@@ -109,3 +180,10 @@ class Limits(Protocol):
     def hold(self, buckets: Buckets, now: datetime, seconds: float) -> None: ...
 
     def exhaust(self, quotas: Quotas, now: datetime) -> None: ...
+
+
+@runtime_checkable
+class Limited(Protocol):
+    """A connector whose system has rate or quota limits says what they are, for planning."""
+
+    def capacity(self) -> Capacity: ...
