@@ -31,6 +31,7 @@ from worker.outbox import Relay, producer_config
 from worker.store import db
 from worker.store.ratelimits import StoreLimits
 from worker.store.repository import ClaimedTask, Finished, Store
+from worker.verification import wiring as verification
 
 
 @dataclass
@@ -71,18 +72,20 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
     context = ConnectorContext(now=clock, identity=identity, limits=StoreLimits(engine))
     connectors = build_connectors(settings, context)
     exports = build_exports(settings)
+    verifier = verification.step(settings, engine, connectors, clock)  # None unless verification.enabled
     intake = Intake(
         store, subject_key=settings.subject_key.get_secret_value().encode(),
         signing_secret=settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None,
         systems={sid: s.max_attempts for sid, s in settings.systems.items()},
         due_days_default=settings.due_days_default, export_enabled=exports is not None,
         identity_enabled=identity is not None, previous_secrets=settings.verification_secrets()[1:],
+        verify_enabled=verifier is not None,
     )
     executor = Executor(
         store, connectors, concurrency={sid: s.concurrency for sid, s in settings.systems.items()},
         max_in_flight=settings.worker.max_in_flight, lease_seconds=settings.worker.lease_seconds,
         clock=clock, exports=exports, crash=crash, on_outcome=count_outcome,
-        identity=identity, identity_kinds=settings.identity_kinds,
+        identity=identity, identity_kinds=settings.identity_kinds, verifier=verifier,
     )
     extra: dict[str, Any] = {} if producer_factory is None else {"producer_factory": producer_factory}
     relay = Relay(store, producer_config(settings.kafka), clock=clock, crash=crash,

@@ -29,6 +29,7 @@ from worker.intake import Message
 from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site, error_sqlstate
 from worker.store import reports
 from worker.store.faults import is_outage
+from worker.verification import wiring as verification
 
 log = structlog.get_logger("oubli.worker")
 
@@ -109,6 +110,7 @@ class Loop:
         pending, oldest = reports.outbox_backlog(self.engine, self.clock())
         metrics.OUTBOX_PENDING.set(pending)
         metrics.OUTBOX_OLDEST.set(oldest)
+        verification.refresh_gauges(self.engine, self.settings)  # the last resurrection scan's figures
         for partition in self.assigned:
             low, high = self.consumer.get_watermark_offsets(partition, cached=True) or (0, 0)
             position = self.consumer.position([partition])[0].offset
