@@ -17,8 +17,11 @@ from structlog.testing import capture_logs
 
 from tests import web_env
 from worker import messages
+from worker.core.timefmt import utcnow
 from worker.store.schema import web_confirmations
 from worker.web.app import create_app
+from worker.web.deletion import DeletionCallback, Publisher, PublishFailed
+from worker.web.identity import FacebookIdentity
 from worker.web.security import CSP
 
 URL = "/facebook/data-deletion"
@@ -156,3 +159,29 @@ def test_the_erasure_scope_is_config(pg_url: str, pg_schema_urls: Callable[[], s
     [(command, _headers)] = web_env.commands(settings)
     assert command["systems"] == ["orders_db"] and command["subject"]["customer_id"] == "C-WEB-2"
     services.engine.dispose()
+
+
+def test_a_broker_outage_answers_503_and_the_next_call_publishes_the_same_request(env: Any) -> None:
+    settings, services, _client = env
+    publisher = Publisher(settings)
+    calls: list[str] = []
+
+    def flaky(command: dict[str, Any]) -> None:
+        calls.append(command["request_id"])
+        if len(calls) == 1:
+            raise PublishFailed("the command was not acknowledged")
+        publisher.publish(command)
+
+    services.callback = DeletionCallback(settings, services.confirmations, FacebookIdentity.from_settings(settings),
+                                         flaky, utcnow)
+    with TestClient(create_app(services)) as client:
+        down = post(client, web_env.signed_request(web_env.MARIE_FB))
+        assert down.status_code == 503 and down.json() == {"error": "unavailable"}
+        assert web_env.commands(settings) == []
+        answer = post(client, web_env.signed_request(web_env.MARIE_FB))
+        assert answer.status_code == 200
+        [(command, _headers)] = web_env.commands(settings)
+        assert calls == [command["request_id"]] * 2  # the same request, published once it could be
+        # A third call finds the row published: the same answer, nothing more on the topic.
+        assert post(client, web_env.signed_request(web_env.MARIE_FB)).json() == answer.json()
+        assert len(web_env.commands(settings)) == 1 and len(calls) == 2

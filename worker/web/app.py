@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from confluent_kafka import KafkaException
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -124,7 +125,7 @@ def create_app(services: Services) -> Starlette:
             return refused
         try:
             outcome = await run_in_threadpool(services.callback.handle, verified)
-        except (IdentityUnavailable, PublishFailed, sa.exc.SQLAlchemyError) as exc:
+        except (IdentityUnavailable, PublishFailed, KafkaException, BufferError, sa.exc.SQLAlchemyError) as exc:
             WEB_CALLBACKS.labels(result="failed").inc()
             log.warning("web_callback_failed", error_type=type(exc).__name__)
             return JSONResponse({"error": "unavailable"}, status_code=503, headers={"retry-after": "60"})
