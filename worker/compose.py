@@ -28,7 +28,9 @@ from worker.core.timefmt import utcnow
 from worker.executor import Executor, ExportPackager
 from worker.intake import Intake
 from worker.outbox import Relay, producer_config
+from worker.retention.vendorkeep import VendorRetention
 from worker.store import db
+from worker.store.deferrals import ReserveDeferral
 from worker.store.ratelimits import StoreLimits
 from worker.store.repository import ClaimedTask, Finished, Store
 from worker.verification import wiring as verification
@@ -81,11 +83,18 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
         identity_enabled=identity is not None, previous_secrets=settings.verification_secrets()[1:],
         verify_enabled=verifier is not None,
     )
+    deferral = ReserveDeferral(engine, clock)
+
+    def on_outcome(task: ClaimedTask, event: states.Event, seconds: float, finished: Finished | None) -> None:
+        count_outcome(task, event, seconds, finished)
+        deferral(task, event, seconds, finished)  # background work waits for the next quota window
+
     executor = Executor(
         store, connectors, concurrency={sid: s.concurrency for sid, s in settings.systems.items()},
         max_in_flight=settings.worker.max_in_flight, lease_seconds=settings.worker.lease_seconds,
-        clock=clock, exports=exports, crash=crash, on_outcome=count_outcome,
+        clock=clock, exports=exports, crash=crash, on_outcome=on_outcome,
         identity=identity, identity_kinds=settings.identity_kinds, verifier=verifier,
+        skip=VendorRetention({sid: s.keeps_data_days for sid, s in settings.systems.items()}),
     )
     extra: dict[str, Any] = {} if producer_factory is None else {"producer_factory": producer_factory}
     relay = Relay(store, producer_config(settings.kafka), clock=clock, crash=crash,
