@@ -6,6 +6,11 @@ address) in ``suppressions``. ``NewsletterImporter`` refuses any address on that
 list import cannot bring an erased subscriber back. Export returns the subscription, professions
 and consent history.
 
+The suppression list is this system's own tombstone list: the same normalisation and keyed hash
+(``worker.core.identifiers.keyed_hash``) as oubli's tombstones, under its own key. It stops a
+re-import at the door; the tombstones let ``oubli verify`` find an address that came back some
+other way (a restored backup, a sync that bypasses the importer) and erase it again.
+
 Settings::
 
     url: postgresql+psycopg://newsletter@db/newsletter

@@ -116,7 +116,8 @@ def _store(tmp_path: Path) -> tuple[Store, VerificationStore]:
     return Store(engine, **args), VerificationStore(engine, **args)
 
 
-def _run_verify(tmp_path: Path, connector: SqlConnector) -> tuple[Store, VerificationStore, str]:
+def _run_verify(tmp_path: Path, connector: SqlConnector,
+                others: dict[str, Any] | None = None) -> tuple[Store, VerificationStore, str]:
     from devkit.pipeline import record
 
     store, vstore = _store(tmp_path)
@@ -129,7 +130,8 @@ def _run_verify(tmp_path: Path, connector: SqlConnector) -> tuple[Store, Verific
     store.finish(task, states.Confirm(connector.erase(task.subject).outcome), _update(), NOW)
     claimed = store.claim_due(now=NOW, lease_until=NOW + timedelta(seconds=30), limits={VERIFY_TASK: 1}, room=4)
     assert [t.system for t in claimed] == [VERIFY_TASK]
-    step = VerificationStep(vstore, {"loyalty": connector}, clock=lambda: NOW, tombstone_key=KEY, tombstone_days=30)
+    step = VerificationStep(vstore, {"loyalty": connector, **(others or {})}, clock=lambda: NOW, tombstone_key=KEY,
+                            tombstone_days=30)
     event, update = step.run(claimed[0])
     store.finish(claimed[0], event, update, NOW)
     return store, vstore, request_id
@@ -213,3 +215,14 @@ def test_the_scan_finds_a_restored_subject_once_and_links_the_new_erasure(tmp_pa
     assert "C-1" not in repr(report.as_dict())
     connector.close()
     engine.dispose()
+
+
+def test_an_erasure_of_fewer_than_every_system_is_verified_but_lays_no_tombstones(tmp_path: Path) -> None:
+    connector = loyalty.create("loyalty", {"url": loyalty_db(tmp_path)}, context())
+    # contact_forms is configured, but this request (the sweeper's, say) did not target it.
+    store, vstore, request_id = _run_verify(tmp_path, connector, others={"contact_forms": connector})
+    request, _, events = store.get(request_id)
+    assert request["status"] == "completed"
+    assert [e["system"] for e in events if e["action"] == "verified"] == ["loyalty"]
+    assert vstore.tombstone_count(NOW) == 0
+    connector.close()
