@@ -24,6 +24,8 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY connectors ./connectors
 COPY schemas ./schemas
+# Not devkit/ (the fakes, vendor stand-ins and sample data of the tests and the demo): the product never
+# imports it, and tests/unit/test_packaging.py checks that the wheel holds none of it.
 # Only oubli's own wheel: its dependencies come from the lock in the final stage. Its build backend
 # is the setuptools the pinned base image ships (79.0.1, within build-system.requires), so nothing
 # unpinned is fetched for it either.
