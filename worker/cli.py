@@ -248,15 +248,20 @@ def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: 
 @click.option("--system", help="Only requests this system has not confirmed yet.")
 @click.option("--customer-id", help="Only this customer's requests, finished ones too, newest first. "
               "It is matched by its keyed hash (subject_ref) and never printed.")
+@click.option("--at-risk", "at_risk", is_flag=True,
+              help="Project when each open request is served at the rate- or quota-limited systems; "
+              "show those that will miss their due date first, and why.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, system: str | None,
-                  customer_id: str | None, limit: int, as_json: bool) -> None:
+                  customer_id: str | None, at_risk: bool, limit: int, as_json: bool) -> None:
     """List open requests, earliest due first, with the systems holding each one up."""
     from worker import messages
     from worker.store.reports import open_requests
 
+    if at_risk:
+        return _at_risk(_settings(ctx), system, limit, as_json)
     settings = _settings(ctx)
     now = utcnow()
     subject_ref = (messages.subject_ref(settings.subject_key.get_secret_value().encode(), customer_id)
@@ -280,6 +285,31 @@ def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, 
              + (f"\n    behind:     {r.waits_for} (an earlier open request of the same subject)" if r.waits_for else "")
              for r in found]
     lines.append(f"{len(found)} of {total} {'requests' if customer_id else 'open requests'} shown")
+    click.echo("\n".join(lines))
+
+
+def _at_risk(settings: Settings, system: str | None, limit: int, as_json: bool) -> None:
+    """``oubli requests --at-risk``: the projection of ``worker.foresight`` over the store's backlog."""
+    from worker import planning
+
+    engine = db.create_engine(settings.store_url)
+    now = utcnow()
+    capacities = planning.capacities(settings, engine, utcnow)
+    if system is not None:
+        capacities = {s: c for s, c in capacities.items() if s == system}
+    forecasts = planning.forecast(engine, capacities, now)
+    late = [f for f in forecasts if f.late]
+    if as_json:
+        _emit({"as_of": iso(now), "limited_systems": sorted(capacities), "open": len(forecasts), "at_risk": len(late),
+               "requests": [{"request_id": f.request_id, "priority": f.priority, "due_at": iso(f.due_at),
+                             "served_by": iso(f.served_by), "late": f.late, "systems": list(f.systems),
+                             "reason": f.reason} for f in forecasts[:limit]]}, True, "")
+        return
+    lines = [f"{f.request_id}  {f.priority:<10} due {iso(f.due_at)}  served by about {iso(f.served_by)}"
+             f"{'  AT RISK' if f.late else ''}\n    {f.reason}" for f in forecasts[:limit]]
+    where = ", ".join(sorted(capacities)) or "no limited system"
+    lines.append(f"{len(late)} of {len(forecasts)} open requests at {where} will miss their due date at today's "
+                 "quotas (requests still to come are not counted)")
     click.echo("\n".join(lines))
 
 

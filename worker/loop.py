@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from worker import failpoints, metrics, states
+from worker import failpoints, metrics, planning, states
 from worker.broker import Consumer, Record
 from worker.compose import Parts
 from worker.core.errors import StoreUnavailable
@@ -49,6 +49,7 @@ class Loop:
         self.clock = parts.clock
         self.engine, self.store, self.crash = parts.engine, parts.store, parts.crash
         self.connectors, self.exports = parts.connectors, parts.exports
+        self.foresight = planning.Gauges(parts.connectors)
         self.intake, self.executor, self.relay = parts.intake, parts.executor, parts.relay
         self.consumer = consumer
         self.stopping = False
@@ -111,6 +112,7 @@ class Loop:
         metrics.OUTBOX_PENDING.set(pending)
         metrics.OUTBOX_OLDEST.set(oldest)
         verification.refresh_gauges(self.engine, self.settings)  # the last resurrection scan's figures
+        self.foresight.refresh(self.engine, self.clock())  # deadlines at risk at limited systems (every 5 min)
         for partition in self.assigned:
             low, high = self.consumer.get_watermark_offsets(partition, cached=True) or (0, 0)
             position = self.consumer.position([partition])[0].offset

@@ -49,6 +49,13 @@ CALL_SECONDS = Histogram("oubli_system_call_seconds", "Connector call wall time"
 REQUESTS = Gauge("oubli_requests", "Requests in the store, by status", ["status"], registry=REGISTRY)
 OPEN_BY_AGE = Gauge("oubli_open_requests_by_age", "Open requests by age bucket", ["age"], registry=REGISTRY)
 OVERDUE = Gauge("oubli_overdue_requests", "Open requests past their due_at", registry=REGISTRY)
+# Foresight (worker/planning.py): what the backlog at rate- and quota-limited systems will do to deadlines.
+AT_RISK = Gauge("oubli_requests_at_risk",
+                "Open requests projected to be served after their due_at at a rate- or quota-limited system",
+                ["system"], registry=REGISTRY)
+BACKLOG_DAYS = Gauge("oubli_limited_backlog_days",
+                     "Days the waiting tasks of a limited system take at its quota (background: at its share)",
+                     ["system", "priority"], registry=REGISTRY)
 END_TO_END = Histogram("oubli_request_seconds", "Time from requested_at to a terminal status", ["kind"],
                        buckets=(1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400), registry=REGISTRY)
 PUBLISHED = Counter("oubli_outbox_published_total", "Records published from the outbox", ["topic"],
