@@ -112,7 +112,8 @@ def test_helm_check_lints_renders_and_validates(helm: str) -> None:
     # The all-on render has the CRD objects, checked against the CRDs' own schemas, and its rules by promtool.
     assert "1 PrometheusRule, 1 ScaledObject, 1 Service, 2 ServiceAccount, 1 ServiceMonitor" in result.stdout
     assert "CRD schemas of prometheus-operator" in result.stdout
-    assert "promtool check rules" in result.stdout and "SUCCESS: 8 rules found" in result.stdout
+    assert "promtool check rules" in result.stdout and "SUCCESS: 10 rules found" in result.stdout
+    assert "promtool test rules" in result.stdout  # helm/oubli/tests/*.test.yaml
     assert result.stdout.rstrip().endswith("helm-check: ok")
 
 
