@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from worker import receipts, states
 from worker.config import Topics
@@ -116,10 +117,52 @@ class StoreBase:
                 "error_code": error_code, "detail": detail[:1000] if detail else None}
 
     @staticmethod
-    def _insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        """One multi-row INSERT (SQLAlchemy's insertmanyvalues) instead of a statement per row."""
-        if rows:
-            conn.execute(table.insert(), list(rows))
+    def _among(conn: sa.Connection, column: sa.ColumnElement[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
+        """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter, however many values, where
+        an IN list makes a statement of thousands of placeholders to build, send and parse."""
+        if conn.dialect.name == "postgresql":
+            return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.Text)))
+        return column.in_(list(values))
+
+    @staticmethod
+    def _pairs_among(conn: sa.Connection, first: sa.ColumnElement[Any], second: sa.ColumnElement[Any],
+                     pairs: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+        """``(first, second) IN pairs``, as two arrays on PostgreSQL (see ``_among``)."""
+        if conn.dialect.name == "postgresql":
+            array = postgresql.ARRAY(sa.Text)
+            zipped = sa.select(sa.func.unnest(sa.bindparam(None, [a for a, _ in pairs], type_=array)),
+                               sa.func.unnest(sa.bindparam(None, [b for _, b in pairs], type_=array)))
+            return sa.tuple_(first, second).in_(zipped)
+        return sa.tuple_(first, second).in_(list(pairs))
+
+    @classmethod
+    def _insert_many(cls, conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]],
+                     returning: Sequence[str] = ()) -> list[sa.Row[Any]]:
+        """Inserts many rows in one statement; returns ``returning`` columns of each row, in order.
+
+        PostgreSQL: ``INSERT ... SELECT FROM unnest(arrays) WITH ORDINALITY ORDER BY``, one parameter per
+        column, so the statement text is short and the same for any number of rows (a multi-row VALUES
+        list has thousands of placeholders for the driver to parse, each time). Defaults such as a serial
+        key are drawn in the rows' order. SQLite: executemany, which costs no round trips there.
+        """
+        if not rows:
+            return []
+        names = list(dict.fromkeys(name for row in rows for name in row))
+        if conn.dialect.name != "postgresql":
+            if not returning:
+                conn.execute(table.insert(), [{n: row.get(n) for n in names} for row in rows])
+                return []
+            statement = table.insert().returning(*(table.c[n] for n in returning), sort_by_parameter_order=True)
+            return list(conn.execute(statement, [{n: row.get(n) for n in names} for row in rows]).all())
+        casts = ", ".join(f"CAST(:a{i} AS {_pg_array_type(table.c[n].type)})" for i, n in enumerate(names))
+        columns = ", ".join(f'"{n}"' for n in names)
+        text = (f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM unnest({casts}) '  # noqa: S608
+                f"WITH ORDINALITY AS v({columns}, ord) ORDER BY ord")
+        if returning:
+            text += " RETURNING " + ", ".join(f'"{n}"' for n in returning)
+        arrays = {f"a{i}": [_plain(row.get(n)) for row in rows] for i, n in enumerate(names)}
+        result = conn.execute(sa.text(text), arrays)
+        return list(result.all()) if returning else []
 
     def _receipt_row(self, request: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
                      now: datetime) -> dict[str, Any]:
@@ -175,6 +218,8 @@ class StoreBase:
 
 
 def _pg_array_type(column_type: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(column_type, sa.LargeBinary):
+        return "bytea[]"
     if isinstance(column_type, sa.DateTime):
         return "timestamptz[]"
     if isinstance(column_type, sa.Integer):

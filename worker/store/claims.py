@@ -89,9 +89,10 @@ class Claims(StoreBase):
         )
 
     @staticmethod
-    def _gates() -> list[sa.ColumnElement[bool]]:
+    def _gates(system: str | None = None) -> list[sa.ColumnElement[bool]]:
         """A task waits for an earlier open request of its subject, for ``_identity``, and (a final step)
-        for every real sibling."""
+        for every real sibling. With ``system`` known, the gates are written for it alone: plain anti-joins
+        that probe the primary key, where the general form makes PostgreSQL scan every task."""
         earlier = requests.alias("earlier")
         earlier_open = sa.select(sa.literal(1)).select_from(earlier).where(
             earlier.c.subject_ref == requests.c.subject_ref, earlier.c.seq < requests.c.seq,
@@ -106,9 +107,16 @@ class Claims(StoreBase):
             sibling.c.request_id == tasks.c.request_id, sibling.c.system == receipts.IDENTITY_TASK,
             sibling.c.state != SystemState.CONFIRMED,
         )
-        return [~sa.exists(earlier_open),
-                sa.or_(tasks.c.system.not_in(list(receipts.FINAL_TASKS)), ~sa.exists(unconfirmed_sibling)),
-                sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity))]
+        if system is None:
+            return [~sa.exists(earlier_open),
+                    sa.or_(tasks.c.system.not_in(list(receipts.FINAL_TASKS)), ~sa.exists(unconfirmed_sibling)),
+                    sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity))]
+        gates = [~sa.exists(earlier_open)]
+        if system in receipts.FINAL_TASKS:
+            gates.append(~sa.exists(unconfirmed_sibling))
+        if system != receipts.IDENTITY_TASK:
+            gates.append(~sa.exists(unresolved_identity))
+        return gates
 
     def _candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int],
                     extra: int) -> list[tuple[str, str]]:
@@ -131,7 +139,7 @@ class Claims(StoreBase):
                 sa.select(tasks.c.request_id, tasks.c.system, tasks.c.background, tasks.c.due_at, tasks.c.request_seq)
                 .join(requests, requests.c.request_id == tasks.c.request_id)
                 .where(tasks.c.system == system, sa.text(f"tasks.{CLAIMABLE_PREDICATE}"),
-                       tasks.c.next_attempt_at <= now, *self._gates())
+                       tasks.c.next_attempt_at <= now, *self._gates(system))
                 .order_by(*claim_order()).limit(count + extra)
             )
         pairs = [(r.request_id, r.system) for r in expired]
@@ -167,7 +175,7 @@ class Claims(StoreBase):
         locked = conn.execute(
             sa.select(tasks, requests.c.kind, requests.c.subject_json, requests.c.status.label("request_status"))
             .join(requests, requests.c.request_id == tasks.c.request_id)
-            .where(sa.tuple_(tasks.c.request_id, tasks.c.system).in_(pairs), self._due(now))
+            .where(self._pairs_among(conn, tasks.c.request_id, tasks.c.system, pairs), self._due(now))
             .with_for_update(of=[tasks, requests], skip_locked=True)
         ).mappings().all()
         rows = sorted((dict(r) for r in locked), key=lambda r: order[(r["request_id"], r["system"])])
@@ -208,9 +216,10 @@ class Claims(StoreBase):
             raise StoreConflict("a claimed task changed under its lock")
         # The request status, derived: a claim makes an accepted request in progress, and only that.
         # Its receipt is coalesced into the next one (a result's): ``accepted`` and the end always go out.
-        opened = sorted({t.request_id for t in claimed if self._was_accepted(rows, t.request_id)})
+        accepted = {r["request_id"] for r in rows if r["request_status"] == RequestStatus.ACCEPTED}
+        opened = sorted({t.request_id for t in claimed} & accepted)
         if opened:
-            conn.execute(requests.update().where(requests.c.request_id.in_(opened),
+            conn.execute(requests.update().where(self._among(conn, requests.c.request_id, opened),
                                                  requests.c.status == RequestStatus.ACCEPTED)
                          .values(status=RequestStatus.IN_PROGRESS, updated_at=now))
             audits += [self._audit_row(r, None, now, "status_changed", from_state=RequestStatus.ACCEPTED,
@@ -219,10 +228,6 @@ class Claims(StoreBase):
         for row in stuck:
             self._give_up(conn, row, now)
         return claimed
-
-    @staticmethod
-    def _was_accepted(rows: list[dict[str, Any]], request_id: str) -> bool:
-        return any(r["request_id"] == request_id and r["request_status"] == RequestStatus.ACCEPTED for r in rows)
 
     def _give_up(self, conn: sa.Connection, row: Mapping[str, Any], now: datetime) -> None:
         """A task whose worker died under it too often fails (rare): written the long way, with its receipt."""

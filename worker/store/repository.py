@@ -38,6 +38,7 @@ from worker.store.schema import audit_events, outbox, requests, tasks
 FINISH_COLUMNS = ("state", "attempts", "next_attempt_at", "outcome", "vendor_ref", "error_code", "error_message",
                   "confirmed_at", "waiting_since", "lease_losses", "lease_owner", "lease_expires_at", "version",
                   "retained_json", "expected_by", "detail", "records", "confirmed_by")
+_TASK_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(states.TaskState) if f.name != "max_attempts")
 # What a receipt reads that intake leaves empty: a new request renders without reading itself back.
 _RECEIPT_BLANKS = {"completed_at": None, "export_json": None, "error_code": None, "error_message": None}
 _TASK_BLANKS = {"outcome": None, "vendor_ref": None, "expected_by": None, "detail": None, "retained_json": None,
@@ -121,7 +122,7 @@ class Store(Claims):
         with self.engine.begin() as conn:
             # The request lock (FOR UPDATE) on the ones that exist, as every writer of receipts takes it.
             existing = {r["request_id"]: dict(r) for r in conn.execute(
-                sa.select(requests).where(requests.c.request_id.in_(sorted(ids)))
+                sa.select(requests).where(self._among(conn, requests.c.request_id, sorted(ids)))
                 .order_by(requests.c.request_id).with_for_update()).mappings()}
             results: list[Recorded] = []
             fresh: list[NewCommand] = []
@@ -140,7 +141,8 @@ class Store(Claims):
             outbox_rows: list[dict[str, Any]] = []
             if repeated:
                 rows_of: dict[str, list[dict[str, Any]]] = {}
-                for row in conn.execute(sa.select(tasks).where(tasks.c.request_id.in_(repeated))).mappings():
+                repeated_tasks = sa.select(tasks).where(self._among(conn, tasks.c.request_id, repeated))
+                for row in conn.execute(repeated_tasks).mappings():
                     rows_of.setdefault(row["request_id"], []).append(dict(row))
                 for request_id in repeated:
                     audits.append(self._audit_row(request_id, None, now, "duplicate_received"))
@@ -148,9 +150,7 @@ class Store(Claims):
             if fresh:
                 request_rows = [self._request_row(item, now) for item in fresh]
                 # Sequence numbers in batch order: they order a subject's requests (SPEC invariant 7).
-                inserted = conn.execute(
-                    requests.insert().returning(requests.c.request_id, requests.c.seq, sort_by_parameter_order=True),
-                    request_rows).all()
+                inserted = self._insert_many(conn, requests, request_rows, returning=("request_id", "seq"))
                 seqs: dict[str, int] = {row.request_id: row.seq for row in inserted}
                 task_rows: list[dict[str, Any]] = []
                 for item, request_row in zip(fresh, request_rows, strict=True):
@@ -267,11 +267,11 @@ class Store(Claims):
                       now: datetime) -> list[Finished | None]:
         finished: list[Finished | None] = [None] * len(results)
         ids = sorted({claimed.request_id for claimed, _, _ in results})
-        locked = conn.execute(sa.select(requests).where(requests.c.request_id.in_(ids))
+        locked = conn.execute(sa.select(requests).where(self._among(conn, requests.c.request_id, ids))
                               .order_by(requests.c.request_id).with_for_update()).mappings().all()
         originals = {r["request_id"]: dict(r) for r in locked}
         rows_of: dict[str, list[dict[str, Any]]] = {}
-        for task_row in conn.execute(sa.select(tasks).where(tasks.c.request_id.in_(ids))
+        for task_row in conn.execute(sa.select(tasks).where(self._among(conn, tasks.c.request_id, ids))
                                      .order_by(tasks.c.request_id, tasks.c.system)).mappings():
             rows_of.setdefault(task_row["request_id"], []).append(dict(task_row))
         changes: dict[str, dict[str, Any]] = {}
@@ -341,7 +341,8 @@ class Store(Claims):
     @staticmethod
     def _task_values(version: int, after: states.TaskState, update: TaskUpdate) -> dict[str, Any]:
         """A task's columns after a result: what ``_write_task`` writes, for a bulk write."""
-        values: dict[str, Any] = {k: v for k, v in dataclasses.asdict(after).items() if k != "max_attempts"}
+        # Field by field, not dataclasses.asdict: its deep copies cost more than the rest of a result's write.
+        values: dict[str, Any] = {name: getattr(after, name) for name in _TASK_STATE_FIELDS}
         values.update(lease_owner=None, lease_expires_at=None, version=version + 1)
         if update.retained:
             values["retained_json"] = json.dumps(list(update.retained))
