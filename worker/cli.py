@@ -318,11 +318,14 @@ def _at_risk(settings: Settings, system: str | None, limit: int, as_json: bool) 
 @click.option("--as-of", "as_of", metavar="DATE|DATETIME",
               help="Sweep as of this moment (ISO 8601; UTC unless an offset is given). Default: now.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N commands per rule in this run.")
+@click.option("--max-per-run", "max_per_run", type=click.IntRange(min=1),
+              help="At most N commands in this run, all rules together: spreads a first sweep over days "
+              "(size it to what the limited systems' reserved quota serves between two runs).")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker's acknowledgements.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | None, timeout: float,
-          as_json: bool) -> None:
+def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | None, max_per_run: int | None,
+          timeout: float, as_json: bool) -> None:
     """Emit erasure commands for data past its retention period (config: retention.rules).
 
     Prints counts per rule, never who. Exits 1 if a rule failed or a command was not acknowledged.
@@ -339,7 +342,11 @@ def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | Non
         raise click.BadParameter("use an ISO 8601 date or date-time", param_hint="--as-of") from None
     if moment > utcnow() + timedelta(minutes=5) and not dry_run:  # would erase data that has not expired yet
         raise click.BadParameter("a future date is allowed only with --dry-run", param_hint="--as-of")
-    report = retention.sweep(settings, as_of=moment, dry_run=dry_run, limit=limit, timeout=timeout)
+    from worker import planning
+
+    capacities = planning.capacities(settings, None, utcnow)  # what each limited system can take a day
+    report = retention.sweep(settings, as_of=moment, dry_run=dry_run, limit=limit, timeout=timeout,
+                             max_per_run=max_per_run, capacities=capacities)
     _emit(report.as_dict(), as_json, format_sweep(report))
     if not report.ok:
         click.echo("error: a rule failed or a command was not acknowledged; the next sweep emits it again", err=True)
@@ -360,6 +367,10 @@ def format_sweep(report: SweepReport) -> str:
             notes.append(f"error: {rule.error}")
         lines.append(f"{rule.rule:<28} {rule.expired:>8} {rule.kept:>8} {rule.invalid:>8} {rule.emitted:>10} "
                      f"{rule.failed:>8}" + (f"  {'; '.join(notes)}" if notes else ""))
+    if report.costs:  # what the emission costs the rate- and quota-limited systems
+        lines.append(f"cost at the limited systems ({'would be ' if report.dry_run else ''}background work, "
+                     "after standard requests):")
+        lines.extend(f"  {cost.describe()}" for cost in report.costs)
     return "\n".join(lines)
 
 

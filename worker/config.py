@@ -185,6 +185,7 @@ class RetentionRule(_Frozen):
     systems: tuple[str, ...] | None = Field(default=None, min_length=1)  # None: every configured system
     requested_by: CommandId = "retention-sweeper"
     reason: str | None = Field(default=None, max_length=1000)
+    grace_days: int | None = Field(default=None, ge=0, le=3650)  # None: retention.grace_days
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -194,6 +195,9 @@ class RetentionRule(_Frozen):
 
 class RetentionSettings(_Frozen):
     rules: tuple[RetentionRule, ...] = ()
+    # A sweep's erasure is due this many days after the data expired (its rule's date), not one month
+    # after the sweep: the deadline the scheduler plans by (worker/retention/commands.py).
+    grace_days: int = Field(default=30, ge=0, le=3650)
 
 
 class WebContact(_Frozen):

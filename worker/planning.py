@@ -29,8 +29,9 @@ def limited(connectors: Mapping[str, Connector]) -> dict[str, Capacity]:
     return {system: c.capacity() for system, c in connectors.items() if isinstance(c, Limited)}
 
 
-def capacities(settings: Settings, engine: sa.Engine, clock: Callable[[], datetime]) -> dict[str, Capacity]:
-    context = ConnectorContext(now=clock, limits=StoreLimits(engine))
+def capacities(settings: Settings, engine: sa.Engine | None, clock: Callable[[], datetime]) -> dict[str, Capacity]:
+    """``engine``: the store whose shared limits the connectors would use (None: this process's)."""
+    context = ConnectorContext(now=clock, limits=StoreLimits(engine) if engine is not None else None)
     built: dict[str, Connector] = {}
     try:
         for system_id, system in settings.systems.items():

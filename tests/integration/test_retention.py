@@ -230,24 +230,31 @@ def test_sweep_emits_exactly_the_expired_subjects_and_a_second_run_the_same_comm
     assert len(published) == len(by_customer) == 5
 
     accounts = {cid: by_customer.pop(cid) for cid in ("C-OLD-1", "C-OLD-2", "C-BADPHONE")}
+    # The subject's newest row (the last login) is its last activity as far as the rule knows.
+    assert accounts["C-OLD-1"]["subject"].pop("last_activity_at") == iso(ago(1100))
     assert accounts["C-OLD-1"]["subject"] == {"customer_id": "C-OLD-1", "emails": ["old.one@example.fr"],
                                               "phones": ["+33611111111"]}
+    assert accounts["C-OLD-2"]["subject"].pop("last_activity_at") == iso(ago(800))
     assert accounts["C-OLD-2"]["subject"] == {"customer_id": "C-OLD-2", "emails": ["old.two@example.fr"]}
     assert "phones" not in accounts["C-BADPHONE"]["subject"]
     for command in accounts.values():
-        assert command["systems"] is None and command["kind"] == "erasure"
-        assert command["requested_by"] == "retention-sweeper" and command["due_at"] is None
+        assert command["systems"] is None and command["kind"] == "erasure" and command["priority"] == "background"
+        assert command["requested_by"] == "retention-sweeper"
+        # Due from the rule (expiry + retention.grace_days), not one month after the sweep.
+        assert command["due_at"] == iso(datetime.fromisoformat(command["requested_at"]) + timedelta(days=30))
     # requested_at is when the data expired: the last login (or the creation, never logged in) plus 2 years.
     assert accounts["C-OLD-1"]["requested_at"] == iso(sources.shift(ago(1100), (2, 0, 0), 1))
     assert accounts["C-OLD-2"]["requested_at"] == iso(sources.shift(ago(800), (2, 0, 0), 1))
 
     invoices = by_customer.pop("C-GONE")
     assert invoices["systems"] == ["orders_db"] and "emails" not in invoices["subject"]
+    assert "last_activity_at" not in invoices["subject"]  # any_row: the oldest invoice is no activity
     assert invoices["requested_at"] == iso(datetime.combine(sources.shift(due(1300), (3, 0, 0), 1),
                                                             datetime.min.time(), UTC))
 
     ((pseudonym, contact),) = by_customer.items()  # the contact-form subject, known only by email
     assert pseudonym.startswith("anon-") and "contact" not in pseudonym
+    assert contact["subject"].pop("last_activity_at") == iso(ago(400))
     assert contact["subject"] == {"customer_id": pseudonym, "emails": ["old.contact@example.fr"]}
     assert contact["systems"] == ["contact_forms"]
     assert contact["requested_at"] == iso(sources.shift(ago(400), (1, 0, 0), 1))  # its newest message + 1 year
@@ -445,3 +452,24 @@ def test_sweep_without_rules_fails_loudly(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"subject_key": "k"}))
     result = CliRunner().invoke(cli, ["--config", str(path), "sweep", "--dry-run"])
     assert result.exit_code != 0 and "no retention rules" in result.output
+
+
+def test_max_per_run_spreads_a_sweep_and_the_report_prices_it_per_limited_system(sqlite_world: World) -> None:
+    from worker import retention
+    from worker.cli import format_sweep
+    from worker.core.limits import Capacity
+
+    ga_like = Capacity(daily_quota=10, per_second=None, background_share=0.5)
+    report = retention.sweep(sqlite_world.settings, as_of=AS_OF, dry_run=True, max_per_run=2,
+                             capacities={"orders_db": ga_like})
+    assert [(r.rule, r.emitted, r.limited) for r in report.rules] == [
+        ("inactive-accounts", 2, True), ("contact-messages", 0, True), ("expired-invoices", 0, True)]
+    (cost,) = report.costs  # orders_db is the only limited system here; every account erasure targets it
+    assert (cost.system, cost.tasks, cost.per_day, cost.days) == ("orders_db", 2, 5, 0.4)
+    assert report.as_dict()["costs"] == [{"system": "orders_db", "tasks": 2, "per_day": 5, "days": 0.4}]
+    text = format_sweep(report)
+    assert "2 orders_db erasures, about 0.4 days at the reserved quota (5/day)" in text
+    full = retention.sweep(sqlite_world.settings, as_of=AS_OF, dry_run=True, capacities={"orders_db": ga_like})
+    assert full.costs[0].tasks == 4  # 3 accounts and 1 invoice holder; the contact-form rule targets contact_forms
+    result = sqlite_world.sweep("--dry-run", "--max-per-run", "4", "--json")
+    assert sum(r["emitted"] for r in json.loads(result.stdout)["rules"]) == 4

@@ -15,7 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from worker import messages, support
@@ -45,8 +45,14 @@ def usable(values: Sequence[str], pattern: re.Pattern[str], max_length: int = 25
 
 
 def erasure(rule: RetentionRule, *, subject_key: bytes, key: str, expired_at: datetime, requested_at: datetime,
-            emails: Sequence[str], phones: Sequence[str]) -> tuple[dict[str, Any] | None, int]:
-    """The command for one subject, or None when command.v1 would reject it; and the identifiers dropped."""
+            emails: Sequence[str], phones: Sequence[str], grace_days: int = 30) -> tuple[dict[str, Any] | None, int]:
+    """The command for one subject, or None when command.v1 would reject it; and the identifiers dropped.
+
+    A ``background`` erasure, due ``grace_days`` after the data expired (``requested_at``). For an
+    ``all_rows`` rule the subject's newest row is its last activity as far as the rule knows: it goes
+    along as ``subject.last_activity_at``, so that a system that keeps data for less time than has
+    passed since is confirmed without a call (``worker.retention.vendorkeep``).
+    """
     kept_emails, dropped_emails = usable(emails, _EMAIL)
     kept_phones, dropped_phones = usable(phones, _PHONE)
     if rule.key.email and key not in kept_emails:  # the email is the subject: without it, nothing to name
@@ -55,7 +61,11 @@ def erasure(rule: RetentionRule, *, subject_key: bytes, key: str, expired_at: da
     command = support.build_command(
         kind="erasure", customer_id=customer_id, emails=kept_emails, phones=kept_phones, systems=rule.systems,
         requested_by=rule.requested_by, reason=rule.reason, request_id="-", requested_at=requested_at,
+        due_at=requested_at + timedelta(days=grace_days),
     )
+    command["priority"] = "background"
+    if rule.expires_when == "all_rows":
+        command["subject"]["last_activity_at"] = iso(expired_at)
     name = json.dumps({"rule": rule.name, "subject": key, "expired_at": iso(expired_at),
                        "command": {k: v for k, v in command.items() if k != "request_id"}},
                       sort_keys=True, separators=(",", ":"))

@@ -7,8 +7,8 @@ logs or returns personal data: only counts per rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,9 @@ from confluent_kafka import KafkaException
 
 from worker.config import RetentionRule, Settings
 from worker.core.errors import ConfigError, OubliError
+from worker.core.limits import Capacity
 from worker.core.timefmt import iso
+from worker.planning import SystemCost, sweep_cost
 from worker.retention import sources
 from worker.retention.commands import erasure, schema_problems
 from worker.retention.sources import Databases, Expired, Period
@@ -47,6 +49,7 @@ class SweepReport:
     as_of: datetime
     dry_run: bool
     rules: list[RuleReport]
+    costs: list[SystemCost] = field(default_factory=list)  # per rate- or quota-limited system
 
     @property
     def ok(self) -> bool:
@@ -54,21 +57,28 @@ class SweepReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"as_of": iso(self.as_of), "dry_run": self.dry_run, "ok": self.ok,
-                "rules": [asdict(r) for r in self.rules]}
+                "rules": [asdict(r) for r in self.rules], "costs": [asdict(c) for c in self.costs]}
 
 
 def sweep(settings: Settings, *, as_of: datetime, dry_run: bool = False, limit: int | None = None,
-          timeout: float = 120.0) -> SweepReport:
-    """Emits one erasure per expired subject and rule (at most ``limit`` per rule); ``dry_run`` only counts."""
+          timeout: float = 120.0, max_per_run: int | None = None,
+          capacities: Mapping[str, Capacity] | None = None) -> SweepReport:
+    """Emits one erasure per expired subject and rule (at most ``limit`` per rule, ``max_per_run`` in
+    all); ``dry_run`` only counts. ``capacities`` (the limited systems') price the emission."""
     secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
     publisher = None if dry_run else CommandPublisher(settings.kafka, signing_secret=secret, timeout=timeout)
     databases = Databases(settings.systems)
     reports = []
+    left = max_per_run
     try:
         for rule in settings.retention.rules:
             report = RuleReport(rule.name)
             reports.append(report)
-            run = _RuleRun(rule, settings, databases, publisher, report, as_of, limit)
+            if left is not None and left <= 0:  # the run's budget is spent: the next run starts here
+                report.limited = True
+                continue
+            cap = left if limit is None else limit if left is None else min(limit, left)
+            run = _RuleRun(rule, settings, databases, publisher, report, as_of, cap)
             try:
                 run.scan()
             except OubliError as exc:  # database and config errors name the system and step, never a value
@@ -78,12 +88,23 @@ def sweep(settings: Settings, *, as_of: datetime, dry_run: bool = False, limit: 
             if publisher is not None:
                 publisher.flush()
                 report.failed = run.sent - report.emitted
+            if left is not None:
+                left -= run.sent
             log.info("retention_rule_swept", dry_run=dry_run, **asdict(report))
     finally:
         if publisher is not None:
             publisher.flush()
         databases.close()
-    return SweepReport(as_of, dry_run, reports)
+    return SweepReport(as_of, dry_run, reports, sweep_cost(_tasks(settings, reports), capacities or {}))
+
+
+def _tasks(settings: Settings, reports: list[RuleReport]) -> dict[str, int]:
+    """The system tasks the emitted commands create: one per command and system it targets."""
+    tasks: dict[str, int] = {}
+    for rule, report in zip(settings.retention.rules, reports, strict=True):
+        for system in rule.systems or tuple(settings.systems):
+            tasks[system] = tasks.get(system, 0) + report.emitted
+    return tasks
 
 
 class _RuleRun:
@@ -92,6 +113,7 @@ class _RuleRun:
         self.rule, self.databases, self.publisher, self.report = rule, databases, publisher, report
         self.as_of, self.limit, self.sent, self.checked = as_of, limit, 0, False
         self.subject_key = settings.subject_key.get_secret_value().encode()
+        self.grace_days = rule.grace_days if rule.grace_days is not None else settings.retention.grace_days
         self.period: Period = rule.period.resolve(settings.systems[rule.source].settings)
 
     def scan(self) -> None:
@@ -120,7 +142,7 @@ class _RuleRun:
             emails, phones = contacts[expired.key]
             command, dropped = erasure(self.rule, subject_key=self.subject_key, key=expired.key, expired_at=expired.at,
                                        requested_at=sources.expires_at(expired, self.period), emails=emails,
-                                       phones=phones)
+                                       phones=phones, grace_days=self.grace_days)
             self.report.dropped_identifiers += dropped
             if command is None:
                 self.report.invalid += 1
