@@ -52,14 +52,16 @@ class Call:
     request_id: str
     priority: str
     at: datetime
+    worker: int = 0
 
 
 class QuotaVendor:
     """A deletion API with a daily quota: every call passes a real gate first, then is recorded."""
 
     def __init__(self, system: str, engine: sa.Engine, clock: Callable[[], datetime], *, daily_quota: int,
-                 share: float, calls: list[Call], lock: threading.Lock, tz: str = "UTC") -> None:
+                 share: float, calls: list[Call], lock: threading.Lock, tz: str = "UTC", worker: int = 0) -> None:
         self.system = system
+        self.worker = worker
         self.clock = clock
         self.gate = Gate(system, buckets=(), quotas=((f"{system}:property:1", QuotaSpec(daily_quota, tz)),),
                          now=clock, limits=StoreLimits(engine), background_share=share)
@@ -68,7 +70,7 @@ class QuotaVendor:
     def erase(self, subject: Subject) -> CallResult:
         self.gate.admit()
         with self.lock:
-            self.calls.append(Call(subject.request_id, call_priority(), self.clock()))
+            self.calls.append(Call(subject.request_id, call_priority(), self.clock(), self.worker))
         return Result("requested", detail="deletion request accepted")
 
     def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
@@ -137,7 +139,7 @@ class Fleet:
             engine = engine_factory(url)
             store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor=f"worker-{index}")
             vendor = QuotaVendor(system, engine, clock, daily_quota=daily_quota, share=share, calls=self.calls,
-                                 lock=lock)
+                                 lock=lock, worker=index)
             self.stores.append(store)
             self.executors.append(Executor(
                 store, {system: vendor}, concurrency={system: concurrency}, max_in_flight=concurrency * 2,
@@ -150,8 +152,13 @@ class Fleet:
 
     def run_until(self, end: datetime, *, on_idle: Callable[[datetime], None] | None = None) -> None:
         """Ticks every executor until nothing is due before ``end``, moving the clock to each next due time."""
+        turn = 0
         while True:
-            started = sum(executor.tick() for executor in self.executors)
+            turn += 1  # each worker in turn ticks first, as workers of a fleet would race for the work
+            order = self.executors[turn % len(self.executors):] + self.executors[:turn % len(self.executors)]
+            for executor in order:  # record every finished call first: a finished call holds its system's slot
+                executor.tick(accept_new=False)
+            started = sum(executor.tick() for executor in order)
             in_flight = [f for executor in self.executors for f in executor.in_flight]
             if in_flight:
                 futures.wait(in_flight)

@@ -48,3 +48,22 @@ def test_at_risk_lists_the_requests_a_quota_cannot_serve_in_time(tmp_path: Path)
                                catch_exceptions=False)
     assert human.exit_code == 0 and "AT RISK" in human.output
     assert f"{report['at_risk']} of 20 open requests at google_analytics will miss their due date" in human.output
+
+
+def test_the_loops_gauges_count_the_requests_at_risk_per_limited_system(tmp_path: Path) -> None:
+    from tests.scheduling import MutableClock, QuotaVendor
+    from worker import metrics, planning
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = db.create_engine(url)
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    now = utcnow()
+    seed(store, [(f"sweep-{i:02d}", now - days(1)) for i in range(7)], system="google_analytics", now=now)
+    vendor = QuotaVendor("google_analytics", engine, MutableClock(now), daily_quota=10, share=0.5, calls=[],
+                         lock=__import__("threading").Lock())
+    gauges = planning.Gauges({"google_analytics": vendor})  # type: ignore[dict-item]
+    gauges.refresh(engine, now)
+    assert metrics.AT_RISK.labels("google_analytics")._value.get() == 7  # already past due: every one is late
+    assert metrics.BACKLOG_DAYS.labels("google_analytics", "background")._value.get() == 7 / 5
+    assert metrics.BACKLOG_DAYS.labels("google_analytics", "standard")._value.get() == 0

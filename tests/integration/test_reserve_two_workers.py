@@ -31,4 +31,5 @@ def test_two_workers_together_keep_the_reserve(pg_url: str) -> None:
     served = first_call(fleet.calls)
     assert all(served[f"customer-{i}"] < arrival + days(1) for i in range(10))
     assert len(fleet.calls) == len(served)  # no call twice
+    assert {c.worker for c in fleet.calls} == {0, 1}  # both workers served, from one budget
     assert {c.request_id for c in fleet.calls if c.at == arrival} >= {f"customer-{i}" for i in range(10)}
