@@ -76,24 +76,29 @@ class SystemCost:
     """What a sweep's emission costs one limited system: tasks, and days at background work's share."""
 
     system: str
-    tasks: int
+    tasks: int  # that need a call
     per_day: int | None
     days: float | None
+    without_call: int = 0  # confirmed without a call: the system keeps data for less than the subject's idle time
 
     def describe(self) -> str:
-        if self.days is None:
-            return f"{self.tasks:,} {self.system} erasures"
-        return (f"{self.tasks:,} {self.system} erasures, about {self.days:,.1f} days at the reserved quota "
-                f"({self.per_day:,}/day)")
+        text = f"{self.tasks:,} {self.system} erasures"
+        if self.days is not None:
+            text += f", about {self.days:,.1f} days at the reserved quota ({self.per_day:,}/day)"
+        if self.without_call:
+            text += f"; {self.without_call:,} more need no call (older than the data {self.system} keeps)"
+        return text
 
 
-def sweep_cost(tasks_per_system: Mapping[str, int], capacities: Mapping[str, Capacity]) -> list[SystemCost]:
+def sweep_cost(tasks_per_system: Mapping[str, int], capacities: Mapping[str, Capacity],
+               without_call: Mapping[str, int] | None = None) -> list[SystemCost]:
     """At least one call per task: a vendor that needs one call per identifier takes longer."""
     costs = []
     for system, count in sorted(tasks_per_system.items()):
         capacity = capacities.get(system)
         if capacity is None or count == 0:
             continue
+        free = (without_call or {}).get(system, 0)
         per_day = capacity.background_per_day
-        costs.append(SystemCost(system, count, per_day, foresight.days_to_drain(count, per_day)))
+        costs.append(SystemCost(system, count - free, per_day, foresight.days_to_drain(count - free, per_day), free))
     return costs

@@ -60,11 +60,11 @@ CONTACT_MESSAGES = [  # as typed in the form, days ago
 ]
 EXPECTED = {
     "inactive-accounts": {"expired": 5, "kept": 2, "invalid": 0, "emitted": 3, "failed": 0,
-                          "dropped_identifiers": 1, "limited": False, "error": None},
+                          "dropped_identifiers": 1, "limited": False, "error": None, "without_call": {}},
     "contact-messages": {"expired": 2, "kept": 0, "invalid": 1, "emitted": 1, "failed": 0,
-                         "dropped_identifiers": 0, "limited": False, "error": None},
+                         "dropped_identifiers": 0, "limited": False, "error": None, "without_call": {}},
     "expired-invoices": {"expired": 3, "kept": 2, "invalid": 0, "emitted": 1, "failed": 0,
-                         "dropped_identifiers": 0, "limited": False, "error": None},
+                         "dropped_identifiers": 0, "limited": False, "error": None, "without_call": {}},
 }
 PERSONAL = [*CUSTOMERS, *(e for e, *_ in CUSTOMERS.values()), *(p for _, p, *_ in CUSTOMERS.values() if p),
             "old.contact@example.fr", "Old.Contact", "mixed@example.fr", "new@example.fr", "not-an-email",
@@ -466,10 +466,19 @@ def test_max_per_run_spreads_a_sweep_and_the_report_prices_it_per_limited_system
         ("inactive-accounts", 2, True), ("contact-messages", 0, True), ("expired-invoices", 0, True)]
     (cost,) = report.costs  # orders_db is the only limited system here; every account erasure targets it
     assert (cost.system, cost.tasks, cost.per_day, cost.days) == ("orders_db", 2, 5, 0.4)
-    assert report.as_dict()["costs"] == [{"system": "orders_db", "tasks": 2, "per_day": 5, "days": 0.4}]
+    assert report.as_dict()["costs"] == [{"system": "orders_db", "tasks": 2, "per_day": 5, "days": 0.4,
+                                          "without_call": 0}]
     text = format_sweep(report)
     assert "2 orders_db erasures, about 0.4 days at the reserved quota (5/day)" in text
     full = retention.sweep(sqlite_world.settings, as_of=AS_OF, dry_run=True, capacities={"orders_db": ga_like})
     assert full.costs[0].tasks == 4  # 3 accounts and 1 invoice holder; the contact-form rule targets contact_forms
+    # A system that keeps data a year confirms the accounts inactive for longer without a call: they cost nothing.
+    systems = {**sqlite_world.settings.systems,
+               "orders_db": sqlite_world.settings.systems["orders_db"].model_copy(update={"keeps_data_days": 365})}
+    keeping = sqlite_world.settings.model_copy(update={"systems": systems})
+    (cost,) = retention.sweep(keeping, as_of=AS_OF, dry_run=True, capacities={"orders_db": ga_like}).costs
+    assert (cost.tasks, cost.without_call) == (1, 3)  # the invoice holder's rule (any_row) carries no activity
+    assert cost.describe() == ("1 orders_db erasures, about 0.2 days at the reserved quota (5/day); "
+                               "3 more need no call (older than the data orders_db keeps)")
     result = sqlite_world.sweep("--dry-run", "--max-per-run", "4", "--json")
     assert sum(r["emitted"] for r in json.loads(result.stdout)["rules"]) == 4

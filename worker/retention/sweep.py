@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -41,6 +41,9 @@ class RuleReport:
     failed: int = 0  # not acknowledged
     dropped_identifiers: int = 0  # emails and phones command.v1 would refuse, left out of commands
     limited: bool = False  # --limit stopped the rule: more has expired
+    # Per system with keeps_data_days: erasures it will confirm without a call (the subject's last
+    # activity is older than what the system keeps), so they cost none of its quota.
+    without_call: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -95,16 +98,20 @@ def sweep(settings: Settings, *, as_of: datetime, dry_run: bool = False, limit: 
         if publisher is not None:
             publisher.flush()
         databases.close()
-    return SweepReport(as_of, dry_run, reports, sweep_cost(_tasks(settings, reports), capacities or {}))
+    tasks, free = _tasks(settings, reports)
+    return SweepReport(as_of, dry_run, reports, sweep_cost(tasks, capacities or {}, free))
 
 
-def _tasks(settings: Settings, reports: list[RuleReport]) -> dict[str, int]:
-    """The system tasks the emitted commands create: one per command and system it targets."""
+def _tasks(settings: Settings, reports: list[RuleReport]) -> tuple[dict[str, int], dict[str, int]]:
+    """The system tasks the emitted commands create (one per command and system it targets), and
+    how many of them the system confirms without a call."""
     tasks: dict[str, int] = {}
+    free: dict[str, int] = {}
     for rule, report in zip(settings.retention.rules, reports, strict=True):
         for system in rule.systems or tuple(settings.systems):
             tasks[system] = tasks.get(system, 0) + report.emitted
-    return tasks
+            free[system] = free.get(system, 0) + min(report.without_call.get(system, 0), report.emitted)
+    return tasks, free
 
 
 class _RuleRun:
@@ -114,6 +121,7 @@ class _RuleRun:
         self.as_of, self.limit, self.sent, self.checked = as_of, limit, 0, False
         self.subject_key = settings.subject_key.get_secret_value().encode()
         self.grace_days = rule.grace_days if rule.grace_days is not None else settings.retention.grace_days
+        self.systems = settings.systems
         self.period: Period = rule.period.resolve(settings.systems[rule.source].settings)
 
     def scan(self) -> None:
@@ -153,11 +161,21 @@ class _RuleRun:
                     raise ConfigError(f"retention rule {self.rule.name} builds invalid commands: {problems[0]}")
                 self.checked = True
             self.sent += 1
+            self._count_without_call(expired)
             if self.publisher is None:
                 self.report.emitted += 1
             else:
                 self.publisher.publish(command, self._delivered)
         return True
+
+    def _count_without_call(self, expired: Expired) -> None:
+        if self.rule.expires_when != "all_rows":  # only these commands carry the last activity
+            return
+        idle = self.as_of - expired.at
+        for system in self.rule.systems or tuple(self.systems):
+            keeps = self.systems[system].keeps_data_days
+            if keeps is not None and idle > timedelta(days=keeps):
+                self.report.without_call[system] = self.report.without_call.get(system, 0) + 1
 
     def _delivered(self, ok: bool) -> None:
         if ok:
