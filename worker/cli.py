@@ -297,7 +297,7 @@ def _at_risk(settings: Settings, system: str | None, limit: int, as_json: bool) 
     capacities = planning.capacities(settings, engine, utcnow)
     if system is not None:
         capacities = {s: c for s, c in capacities.items() if s == system}
-    forecasts = planning.forecast(engine, capacities, now)
+    forecasts = planning.forecast(engine, capacities, now, planning.keeps(settings))
     late = [f for f in forecasts if f.late]
     if as_json:
         _emit({"as_of": iso(now), "limited_systems": sorted(capacities), "open": len(forecasts), "at_risk": len(late),

@@ -49,7 +49,7 @@ class Loop:
         self.clock = parts.clock
         self.engine, self.store, self.crash = parts.engine, parts.store, parts.crash
         self.connectors, self.exports = parts.connectors, parts.exports
-        self.foresight = planning.Gauges(parts.connectors)
+        self.foresight = planning.Gauges(parts.connectors, planning.keeps(parts.settings))
         self.intake, self.executor, self.relay = parts.intake, parts.executor, parts.relay
         self.consumer = consumer
         self.stopping = False

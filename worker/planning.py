@@ -42,25 +42,32 @@ def capacities(settings: Settings, engine: sa.Engine | None, clock: Callable[[],
             connector.close()
 
 
-def forecast(engine: sa.Engine, capacities: Mapping[str, Capacity],
-             now: datetime) -> list[foresight.RequestForecast]:
-    """Every open request waiting at a limited system, at-risk ones first."""
-    loads = backlog.loads(engine, capacities, now)
+def keeps(settings: Settings) -> dict[str, int | None]:
+    return {system_id: system.keeps_data_days for system_id, system in settings.systems.items()}
+
+
+def forecast(engine: sa.Engine, capacities: Mapping[str, Capacity], now: datetime,
+             keeps_data_days: Mapping[str, int | None] | None = None) -> list[foresight.RequestForecast]:
+    """Every open request waiting at a limited system, at-risk ones first (those a system confirms
+    without a call, ``keeps_data_days``, wait for no quota and are left out)."""
+    loads = backlog.loads(engine, capacities, now, keeps_data_days)
     return foresight.by_request(p for load in loads for p in foresight.project(load, now))
 
 
 class Gauges:
     """``oubli_requests_at_risk`` and ``oubli_limited_backlog_days``, recomputed every few minutes."""
 
-    def __init__(self, connectors: Mapping[str, Connector]) -> None:
+    def __init__(self, connectors: Mapping[str, Connector],
+                 keeps_data_days: Mapping[str, int | None] | None = None) -> None:
         self.capacities = limited(connectors)
+        self.keeps = dict(keeps_data_days or {})
         self.last = float("-inf")
 
     def refresh(self, engine: sa.Engine, now: datetime) -> None:
         if not self.capacities or time.monotonic() - self.last < GAUGE_EVERY_SECONDS:
             return
         self.last = time.monotonic()
-        loads = backlog.loads(engine, self.capacities, now)
+        loads = backlog.loads(engine, self.capacities, now, self.keeps)
         for load in loads:
             projections = foresight.project(load, now)
             metrics.AT_RISK.labels(load.system).set(len({p.request_id for p in projections if p.late}))

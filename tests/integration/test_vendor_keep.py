@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.scheduling import Fleet, MutableClock, days, record
 from worker.retention.vendorkeep import VendorRetention
-from worker.store import db
+from worker.store import backlog, db
 
 T0 = datetime(2027, 3, 1, 8, 0, tzinfo=UTC)
 SYSTEM = "google_analytics"
@@ -28,6 +28,10 @@ def test_a_background_erasure_is_confirmed_without_a_call_and_a_customers_reques
            priority="background", last_activity_at=T0 - days(100))
     record(fleet.store, request_id="customer", targets={SYSTEM: 8}, now=T0, due_at=T0 + days(30),
            last_activity_at=inactive)
+    # The projection knows it too: the erasure that needs no call waits for no quota.
+    waiting = backlog.queued(fleet.store.engine, [SYSTEM], now=T0, keeps_data_days={SYSTEM: 426})[SYSTEM]
+    assert sorted(q.request_id for q in waiting) == ["customer", "sweep-recent"]
+    assert len(backlog.queued(fleet.store.engine, [SYSTEM])[SYSTEM]) == 3
     fleet.run_until(T0 + days(1))
     fleet.close()
     assert sorted(c.request_id for c in fleet.calls) == ["customer", "sweep-recent"]
