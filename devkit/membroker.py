@@ -160,6 +160,7 @@ class MemConsumer:
     events: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)  # callbacks not yet fired
     callbacks: dict[str, Callable[[Any, list[TopicPartition]], None] | None] = field(default_factory=dict)
     closed: bool = False
+    turn: int = 0
 
     def __hash__(self) -> int:
         return id(self)
@@ -196,7 +197,9 @@ class MemConsumer:
         self._check_open()
         self._fire()
         batch: list[MemRecord] = []
-        for tp in sorted(self.owned):
+        owned = sorted(self.owned)
+        self.turn += 1  # start each batch at the next partition, so that none is starved
+        for tp in owned[self.turn % len(owned):] + owned[:self.turn % len(owned)] if owned else []:
             if tp in self.paused:
                 continue
             log = self.broker.logs[tp[0]][tp[1]]
