@@ -22,11 +22,12 @@ from worker import messages, states
 from worker.config import Topics
 from worker.core.connector import CallResult, ExportWriter, Result, Subject
 from worker.core.limits import Capacity, QuotaSpec, call_priority
+from worker.core.timefmt import aware
 from worker.executor import Executor
 from worker.store.deferrals import ReserveDeferral
 from worker.store.ratelimits import StoreLimits
 from worker.store.records import subject_json
-from worker.store.repository import Store
+from worker.store.repository import ClaimedTask, Store
 from worker.store.schema import requests, tasks
 from worker.support import build_command
 
@@ -128,7 +129,8 @@ class Fleet:
     """``workers`` executors (each its own engine and store actor) draining one store on a fake clock."""
 
     def __init__(self, url: str, clock: MutableClock, *, system: str, daily_quota: int, share: float,
-                 workers: int = 1, concurrency: int = 8, skip: Any = None,
+                 workers: int = 1, concurrency: int = 8,
+                 skip: Callable[[ClaimedTask, datetime], Result | None] | None = None,
                  engine_factory: Callable[[str], sa.Engine]) -> None:
         self.clock = clock
         self.calls: list[Call] = []
@@ -177,8 +179,6 @@ class Fleet:
                 tasks.c.state.in_([states.SystemState.PENDING, states.SystemState.RETRYING]))).scalar()
         if moment is None:
             return None
-        from worker.core.timefmt import aware
-
         return max(aware(moment), self.clock())
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ which open requests will miss their due date, and why; on SQLite, with no vendor
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import yaml
@@ -61,7 +62,7 @@ def test_the_loops_gauges_count_the_requests_at_risk_per_limited_system(tmp_path
     now = utcnow()
     seed(store, [(f"sweep-{i:02d}", now - days(1)) for i in range(7)], system="google_analytics", now=now)
     vendor = QuotaVendor("google_analytics", engine, MutableClock(now), daily_quota=10, share=0.5, calls=[],
-                         lock=__import__("threading").Lock())
+                         lock=threading.Lock())
     gauges = planning.Gauges({"google_analytics": vendor})  # type: ignore[dict-item]
     gauges.refresh(engine, now)
     assert metrics.AT_RISK.labels("google_analytics")._value.get() == 7  # already past due: every one is late
