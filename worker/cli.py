@@ -344,7 +344,8 @@ def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | Non
         raise click.BadParameter("a future date is allowed only with --dry-run", param_hint="--as-of")
     from worker import planning
 
-    capacities = planning.capacities(settings, None, utcnow)  # what each limited system can take a day
+    # What each limited system can take a day; pricing never stops a sweep (a connector this job cannot build).
+    capacities = planning.capacities(settings, None, utcnow, strict=False)
     report = retention.sweep(settings, as_of=moment, dry_run=dry_run, limit=limit, timeout=timeout,
                              max_per_run=max_per_run, capacities=capacities)
     _emit(report.as_dict(), as_json, format_sweep(report))

@@ -29,13 +29,19 @@ def limited(connectors: Mapping[str, Connector]) -> dict[str, Capacity]:
     return {system: c.capacity() for system, c in connectors.items() if isinstance(c, Limited)}
 
 
-def capacities(settings: Settings, engine: sa.Engine | None, clock: Callable[[], datetime]) -> dict[str, Capacity]:
-    """``engine``: the store whose shared limits the connectors would use (None: this process's)."""
+def capacities(settings: Settings, engine: sa.Engine | None, clock: Callable[[], datetime], *,
+               strict: bool = True) -> dict[str, Capacity]:
+    """``engine``: the store whose shared limits the connectors would use (None: this process's).
+    Not ``strict``: a system whose connector cannot be built here is left out instead of failing."""
     context = ConnectorContext(now=clock, limits=StoreLimits(engine) if engine is not None else None)
     built: dict[str, Connector] = {}
     try:
         for system_id, system in settings.systems.items():
-            built[system_id] = registry.build(system_id, system.connector, system.settings, context)
+            try:
+                built[system_id] = registry.build(system_id, system.connector, system.settings, context)
+            except Exception:
+                if strict:
+                    raise
         return limited(built)
     finally:
         for connector in built.values():
