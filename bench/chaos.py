@@ -1,4 +1,4 @@
-"""SPEC invariant 11, recovery in seconds: the chaos scenario of ``tests/e2e/test_chaos.py``, sized at will.
+"""Recovery in seconds: the chaos scenario of ``tests/e2e/test_chaos.py``, sized at will.
 
 ``oubli worker`` processes in two slots are SIGKILLed at random instants (one every 0.2-1.0 s,
 uniform) while erasures and exports run across all ten systems (sample SQL databases on

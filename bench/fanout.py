@@ -1,4 +1,4 @@
-"""SPEC invariant 6: fan-out is concurrent, and per-system concurrency limits hold.
+"""Fan-out is concurrent, and per-system concurrency limits hold.
 
 Ten fake systems (``devkit.fakes`` with ``delay_seconds`` 0.05, 0.10 … 0.50 s and ``record_calls``)
 behind ``oubli worker`` processes on a fresh PostgreSQL schema and fresh Kafka topics.

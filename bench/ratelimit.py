@@ -1,6 +1,6 @@
 """What one vendor-limit ``admit`` costs: this process's registry against the store-backed limits.
 
-SPEC invariant 6 wants the vendors' limits to hold across every worker, so the worker keeps them in
+The vendors' limits must hold across every worker, so the worker keeps them in
 the store (``worker.store.ratelimits.StoreLimits``): one short transaction per admit. This script
 times single admits, one after the other, on a fake clock (no sleeping), for:
 

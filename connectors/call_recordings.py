@@ -1,37 +1,10 @@
-"""``call_recordings``: customer-service call recordings in a versioned S3 bucket.
+"""``call_recordings``: customer-service call recordings in a versioned S3 bucket, under a per-customer
+key prefix (``key_prefix``, e.g. ``recordings/{customer_id}/``).
 
-A customer's recordings live under a key prefix built from the configured layout, for example
-``recordings/{customer_id}/``, and carry user metadata naming the customer (``x-amz-meta-customer-id``).
-
-* Erasure lists every version and delete marker under the prefix and deletes them with
-  DeleteObjects, at most 1,000 per call, checking each per-key error. A version that S3 refuses to
-  delete because of Object Lock retention or a legal hold is reported as retained (with its
-  retain-until date; a legal hold has none, so the report gives a review date) and is not a
-  failure. It lists again until only locked versions remain, so a recording written meanwhile is
-  not missed. Governance retention is never bypassed.
-* Export writes each version's audio with ``writer.write_stream`` and a ``recordings`` table of
-  keys, versions, sizes and metadata. A version whose metadata names another customer is left out.
-  File names are one to one with versions (``FileNames``): two recordings never share a name.
-
-* Verification (``verify``) lists the prefix again: any version or delete marker left, other than
-  a version under Object Lock or a legal hold, is residue. ``sightings`` lists the customer
-  prefixes (with every version, so a restored recording shows) for the resurrection scan.
-
-Keys can embed the customer id, so no key appears in an error or a result.
-
-Settings::
-
-    bucket: callcenter-recordings
-    key_prefix: "recordings/{customer_id}/"    # must end with "/" right after a placeholder-free part
-    metadata_customer_key: customer-id
-    legal_hold_review_days: 30
-    endpoint_url: null                         # S3-compatible endpoint, region, credentials: optional
-    region: eu-west-1
-    access_key_id: null
-    secret_access_key: null
-    connect_timeout_s: 5
-    read_timeout_s: 30
-"""
+Erasure deletes every version and delete marker under the prefix; a version under Object Lock or a
+legal hold is reported as retained, never bypassed. Export writes each version's audio and a
+``recordings`` table; ``verify``/``sightings`` serve the checks after erasure. No key (it may embed
+the customer id) appears in an error or a result. Settings and rationale: docs/architecture.md."""
 
 from __future__ import annotations
 

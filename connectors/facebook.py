@@ -1,20 +1,9 @@
-"""Facebook Login: revoke the app's permissions for each of the subject's app-scoped user ids.
+"""Facebook Login: revoke the app's permissions for each of the subject's app-scoped user ids
+(``DELETE /{user-id}/permissions``).
 
-What Meta documents (developers.facebook.com/docs/graph-api):
-
-* ``DELETE https://graph.facebook.com/v{N}/{user-id}/permissions`` with a user or *app* access
-  token (``access_token`` parameter); success answers ``{"success": true}``.
-* Errors come as ``{"error": {"message", "type", "code", "error_subcode", "fbtrace_id"}}``, often
-  with HTTP 400 whatever the cause. Codes 4, 17, 32, 613 and 80000-80014 are throttling; 1 and 2
-  are transient; 190 (and 102) mean the token is invalid; 10 and 200-299 a missing permission;
-  100 with subcode 33 says the object does not exist. ``message`` often quotes the user id, so it
-  never goes into our errors: only code and subcode do.
-* Rate limits are reported in the ``X-App-Usage`` header (percent of the app's hourly budget,
-  rolling window); Meta gives no ``Retry-After``, so a throttle waits ``throttle_backoff_seconds``.
-
-Outcome ``erased`` once the grant is revoked (the vendor confirms synchronously), ``not_found``
-when no id is known or Facebook does not know any of them.
-"""
+Outcome ``erased`` once revoked, ``not_found`` when no id is known. Graph API errors are classified
+by code and subcode only (the message may quote the user id). What Meta documents:
+docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,28 +1,9 @@
-"""Google Ads Customer Match: remove the subject's hashed email and phone through the Data Manager API.
+"""Google Ads Customer Match: remove the subject's hashed email and phone through the Data Manager API
+(``audienceMembers:remove``, then ``requestStatus:retrieve``).
 
-What Google documents (developers.google.com/data-manager/api):
-
-* ``POST https://datamanager.googleapis.com/v1/audienceMembers:remove`` with the OAuth2 scope
-  ``datamanager``; body ``{destinations: [{operatingAccount: {accountType, accountId},
-  loginAccount?, productDestinationId}], audienceMembers: [{userData: {userIdentifiers:
-  [{emailAddress | phoneNumber}]}}], encoding: HEX}``; the answer is ``{requestId}``.
-* ``GET /v1/requestStatus:retrieve?requestId=…`` answers ``requestStatusPerDestination[]`` whose
-  ``requestStatus`` is ``PROCESSING``, ``SUCCESS``, ``PARTIAL_SUCCESS``, ``FAILED`` or
-  ``REQUEST_STATUS_UNKNOWN``; ``errorInfo.errorCounts[].reason`` says what failed.
-* Formatting: email lower-cased with all whitespace removed (and, for gmail.com/googlemail.com,
-  dots and any ``+tag`` removed from the local part); phone in E.164; each hashed with SHA-256 and
-  hex-encoded.
-* Limits: 300 requests per minute and 100,000 per day per Cloud project; 10 destinations and
-  10,000 audience members per request. Over the limit: 429 ``RESOURCE_EXHAUSTED``.
-
-Outcome ``requested``, not ``erased``: ``SUCCESS`` means Google processed the removal request, and
-its counts include every member sent "regardless of whether they were successfully removed or
-not". Google cannot tell us whether the subject was on a list, so, as the contract says for
-vendors that cannot tell, every confirmation (even for a subject never uploaded) is ``requested``.
-
-The gmail-canonical hash is sent next to the plain one when they differ: whichever form the list
-was uploaded with, it is removed, and removing a hash that is not a member is harmless.
-"""
+Outcome ``requested``: Google cannot tell whether the subject was on a list. The gmail-canonical hash
+is sent next to the plain one when they differ. What Google documents (formatting, limits, statuses):
+docs/architecture.md."""
 
 from __future__ import annotations
 

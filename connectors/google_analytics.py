@@ -1,22 +1,8 @@
-"""Google Analytics: the User Deletion API, one upsert per identifier.
+"""Google Analytics: the User Deletion API, one idempotent upsert per identifier.
 
-What Google documents (developers.google.com/analytics/devguides/config/userdeletion/v3):
-
-* ``POST https://www.googleapis.com/analytics/v3/userDeletion/userDeletionRequests:upsert`` with
-  the OAuth2 scope ``analytics.user.deletion``; body ``{kind: "analytics#userDeletionRequest",
-  id: {type: CLIENT_ID | USER_ID | APP_INSTANCE_ID, userId}, propertyId | webPropertyId |
-  firebaseProjectId}``. Each request processes only the id it names; the answer echoes the
-  resource with ``deletionRequestTime``.
-* Data leaves the reports within 72 hours and Google's servers at the next deletion run, which is
-  scheduled every two months: hence ``requested`` with ``expected_by`` = now + 63 days by default.
-* Quotas: 1.5 queries per second per property, 500 per day per property and per calling project.
-  Exceeding them answers 403 or 429 (reasons ``rateLimitExceeded``/``userRateLimitExceeded`` or
-  ``dailyLimitExceeded``/``quotaExceeded``). Daily quotas reset at midnight Pacific time.
-
-An upsert is idempotent, so a retry after a failure on the second of three ids may redo the first.
-When our own limiter stops the run part-way, the connector returns ``Pending`` with a progress
-marker, and ``poll`` resumes after the ids already accepted.
-"""
+Outcome ``requested`` with ``expected_by`` (Google deletes at its next run, every two months). When
+our own limiter stops a run part-way, the connector returns ``Pending`` with a progress marker and
+``poll`` resumes after the ids already accepted. What Google documents: docs/architecture.md."""
 
 from __future__ import annotations
 

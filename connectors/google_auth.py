@@ -1,16 +1,8 @@
 """OAuth2 bearer tokens and error bodies shared by the two Google connectors.
 
-Credentials, in settings, one of:
-
-* ``access_token``: a token minted elsewhere (a sidecar, workload identity); used as is.
-* ``oauth: {client_id, client_secret, refresh_token, token_url}``: the refresh-token grant of
-  Google's OAuth2 server (``https://oauth2.googleapis.com/token``). Tokens are cached until a
-  minute before they expire; a 401 from the API drops the cached token.
-
-Google answers errors as ``{"error": {"code", "message", "status", "errors": [{"reason"}],
-"details": [{"@type": ".../google.rpc.ErrorInfo", "reason"}]}}``; ``google_error_code`` picks the
-most specific code and never the message (which may quote the request).
-"""
+Credentials: ``access_token`` (minted elsewhere), or ``oauth: {client_id, client_secret,
+refresh_token, token_url}`` (cached until a minute before expiry; a 401 drops it).
+``google_error_code`` picks the most specific code of an error body, never its message."""
 
 from __future__ import annotations
 

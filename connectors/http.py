@@ -1,20 +1,9 @@
 """HTTP for vendor connectors: bounded timeouts, https only, and errors that carry no personal data.
 
-Vendor URLs hold personal data (``/v1/customers/redact/{email}``, ``/{user-id}/permissions``), so
-no URL ever goes into an exception, a ``Result`` or a log line. ``httpx`` logs every request URL
-at INFO; this module installs a filter on the ``httpx`` logger that keeps only scheme and host.
-
-Classification (``classify``):
-
-* transport errors and timeouts, 408, 5xx: ``RetryableError``;
-* 429: ``RetryableError`` with ``retry_after`` from ``Retry-After`` (seconds or an HTTP date), else
-  from ``RateLimit-Reset`` / ``X-RateLimit-Reset``;
-* 401/403: ``PermanentError`` saying the vendor refused our credentials;
-* any other 4xx: ``PermanentError``.
-
-Connectors look at vendor error codes first (say, Graph API code 4 is a rate limit) and fall back
-to ``classify``.
-"""
+No URL (vendor URLs hold emails and ids) goes into an exception, a ``Result`` or a log line; a filter
+on the ``httpx`` logger keeps only scheme and host. ``classify``: transport errors, 408 and 5xx are
+retryable, 429 too with ``retry_after``; 401/403 and other 4xx are permanent. Connectors look at
+vendor error codes first."""
 
 from __future__ import annotations
 

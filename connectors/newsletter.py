@@ -1,21 +1,9 @@
 """``newsletter``: the opt-in base (email, professions, consent history).
 
-Subscriptions are matched by normalised email or by customer id. Erasure deletes the subscription,
-its professions and consent history, and records only a keyed hash (HMAC-SHA256 of the normalised
-address) in ``suppressions``. ``NewsletterImporter`` refuses any address on that list, so a later
-list import cannot bring an erased subscriber back. Export returns the subscription, professions
-and consent history.
-
-The suppression list is this system's own tombstone list: the same normalisation and keyed hash
-(``worker.core.identifiers.keyed_hash``) as oubli's tombstones, under its own key. It stops a
-re-import at the door; the tombstones let ``oubli verify`` find an address that came back some
-other way (a restored backup, a sync that bypasses the importer) and erase it again.
-
-Settings::
-
-    url: postgresql+psycopg://newsletter@db/newsletter
-    suppression_key: ${NEWSLETTER_SUPPRESSION_KEY}   # secret, >= 16 chars; keep it stable
-"""
+Erasure deletes the subscription and its history and records only a keyed hash of the normalised
+address in ``suppressions``, which ``NewsletterImporter`` refuses, so an import cannot bring an erased
+subscriber back. Export returns all three. Settings: ``url``, ``suppression_key`` (secret, >= 16
+characters, stable)."""
 
 from __future__ import annotations
 

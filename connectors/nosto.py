@@ -1,17 +1,8 @@
-"""Nosto: GDPR redaction and takeout by email address, both queued by the vendor.
+"""Nosto: GDPR redaction and takeout by email address, both queued by the vendor (outcome ``requested``).
 
-What Nosto documents (docs.nosto.com/techdocs/apis/rest/gdpr):
-
-* ``DELETE https://api.nosto.com/v1/customers/redact/{email}`` and
-  ``POST https://api.nosto.com/v1/customers/takeout/{email}``, authenticated with an API token
-  ("Email" token) over HTTP Basic with an empty user name (``curl --user :TOKEN``).
-* Both only enqueue the address. A takeout "may take up to 24 hours"; when it is done Nosto
-  e-mails the merchant. No status endpoint exists, so both outcomes are ``requested``.
-
-Nosto documents neither rate limits nor error bodies: the default limit (5/s) is ours, and errors
-are classified by status. The token never travels over plain HTTP: a non-https ``base_url`` is
-refused unless ``allow_insecure_http: true`` (tests and demos only).
-"""
+The API token goes over HTTP Basic with an empty user name, and never over plain HTTP (a non-https
+``base_url`` is refused unless ``allow_insecure_http: true``, for tests). Nosto documents neither
+rate limits nor error bodies: the default limit (5/s) is ours. Details: docs/architecture.md."""
 
 from __future__ import annotations
 

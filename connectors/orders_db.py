@@ -1,26 +1,9 @@
-"""``orders_db``: customer accounts, orders, deliveries, returns and the billing trail (SPEC §1).
+"""``orders_db``: customer accounts, orders, deliveries, returns and the billing trail.
 
-A rule set for the declarative SQL connector over the schema of ``devkit.shop_schemas.orders``:
-
-* the account, its addresses, consents and vendor identifiers are deleted;
-* orders, order lines, deliveries and returns are anonymised: the personal columns are nulled (the
-  tracking number is pseudonymised), amounts, dates, products and statuses stay;
-* invoices and credit notes whose retention runs (``billing_retention_years`` after the due date,
-  SPEC §6) are kept, reduced to the fields an invoice must carry (number, dates, buyer name and
-  address, VAT number, amounts) and reported as retained until the latest end date; those past it
-  are anonymised like orders.
-
-Settings::
-
-    url: postgresql+psycopg://orders@db/orders
-    billing_retention_years: 3     # 1 to 10; the policy says at most 3, L123-22 may need 10
-    match_by_email: false          # find the account by email when the customer id is unknown
-    schema: null                   # optional PostgreSQL schema
-    statement_timeout_ms: 30000
-
-``create_identity_lookup(settings)`` reads the vendor ids of ``customer_identifiers`` for the
-vendor connectors (GA client ids, Facebook app-scoped ids, Shopimind ids).
-"""
+A rule set for the declarative SQL connector over ``devkit.shop_schemas.orders``: the account and its
+identifiers are deleted, orders anonymised, invoices within ``billing_retention_years`` kept reduced
+and reported as retained. ``create_identity_lookup(settings)`` reads the vendor ids of
+``customer_identifiers``. Settings: docs/architecture.md (module notes)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
 """Client-side rate limits for vendor APIs: the ``Gate`` a connector calls, and an in-process ``Limits``.
 
-Nothing here ever sleeps. A connector asks its ``Gate`` to ``admit()`` one call; when a limit says
-not yet, the gate raises ``Throttled`` (or ``QuotaDeferred`` for a spent daily quota) with the
-number of seconds until the next slot, and the orchestrator reschedules the work without counting
-an attempt. Other systems are never held back, because the caller's thread is free at once.
-
-The rates, quotas and the ``Limits`` protocol are in ``worker.core.limits``. The worker passes the
-store-backed backend (``worker.store.ratelimits.StoreLimits``) in the ``ConnectorContext``, so the
-budget is shared by every worker on one store; without one (unit tests, the conformance suite,
-tools), ``REGISTRY`` keeps them in this process.
-"""
+Nothing sleeps: ``admit()`` raises ``Throttled`` (or ``QuotaDeferred``) with the seconds until the next
+slot, and the orchestrator reschedules without counting an attempt. The worker passes the store's
+backend in the ``ConnectorContext``; without one, ``REGISTRY`` keeps the limits in this process."""
 
 from __future__ import annotations
 

@@ -1,19 +1,8 @@
-"""Shopimind: delete the subject's customer records; export what ``getCustomer`` returns.
+"""Shopimind: delete the subject's customer records (bulk, asynchronous: outcome ``requested``);
+export what ``getCustomer`` returns.
 
-What Shopimind documents (developers.shopimind.com, a reference marked "beta"):
-
-* Base URL ``https://core.shopimind.com``, every path under ``/v1``; every request carries the API
-  key in the ``spm-api-key`` header; a revoked or inactive key answers 401.
-* ``DELETE /v1/customers/{customer_id}`` and ``POST /v1/customers/bulk-delete`` (up to 20 per
-  call). Deletes are idempotent: an unknown ``customer_id`` is silently skipped. Processing is
-  asynchronous: a 200 means accepted, answered as ``{statusCode, sent_count, rejected_count,
-  rejected_items}``. So the outcome is ``requested``.
-* ``GET /v1/customers/{customer_id}`` answers ``{statusCode, data: {...}}``.
-
-Not documented, so assumed here: the bulk body is an array of ``{"customer_id": …}`` objects
-(the reference says only "an array" of "objects"), a missing customer answers 404, error bodies
-look like ``{statusCode, error, message}``, and the rate limit (our default: 5/s).
-"""
+The API key travels in the ``spm-api-key`` header. What Shopimind documents, and what is assumed
+where it does not: docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,28 +1,9 @@
-"""A declarative SQL connector: one rule set per system (see ``connectors.sql_config``).
+"""A declarative SQL connector: one rule set per system (``connectors.sql_config``).
 
-Erasure runs in one transaction, children first (the reverse of the configured order), so that
-``via`` matches still see their parents. Per table:
-
-* ``delete`` removes the matching rows (after recording suppression hashes, when configured);
-* ``anonymise`` rewrites the listed columns (``null``, ``pseudonymise``, ``set``) and keeps the rest;
-* ``retain`` keeps rows whose retention date is ahead, reduced to what the law needs, and reports
-  them as ``Retained(category, legal_basis, until)`` with the latest date; rows past it are deleted
-  or anonymised;
-* ``keep`` leaves the rows alone (they hold nothing personal) and only exports them.
-
-The outcome is ``retained`` if anything is retained, else ``anonymized`` if anything was
-anonymised, else ``erased``; ``not_found`` when no row matched. A repeat finds only retained rows,
-and reports them with the same dates. ``pseudonymise`` draws a fresh random salt per erasure: values
-stay consistent within one erasure (aggregates still group) but cannot be linked back afterwards.
-
-Export reads every matching row of every exported table in one snapshot and writes it with
-``writer.write_rows(table, rows)``.
-
-Verification (``verify``) follows from the same rules, so a new system needs no code for it: it
-re-runs the match and counts, per table, the rows that still name the subject (``retain`` tables:
-rows past their date, and kept rows whose nulled columns are set again). ``sightings`` streams the
-match columns of every ``delete``/``anonymise`` table for the resurrection scan.
-"""
+Erasure runs in one transaction, children first: per table ``delete``, ``anonymise``, ``retain``
+(until a retention date, reported as ``Retained``) or ``keep``. Export reads every matching row in
+one snapshot. ``verify`` and ``sightings`` follow from the same rules, so a new SQL system needs no
+code to be checked. Outcomes and pseudonymisation: docs/architecture.md."""
 
 from __future__ import annotations
 

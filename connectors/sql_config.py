@@ -1,30 +1,9 @@
 """The rule set of the declarative SQL connector, parsed once from config into frozen values.
 
-A system is a list of tables, parents first. Each table says how its rows reach the subject
-(``match``), what erasure does to them (``erase``), and, for rows that stay, what happens to each
-column. Example (YAML)::
-
-    url: postgresql+psycopg://loyalty@db/loyalty
-    tables:
-      - table: loyalty_accounts
-        match: {customer_id: customer_id}        # column that holds the customer id
-        erase: delete
-      - table: invoices
-        match: {customer_id: customer_id}
-        erase: retain                             # keep, reduced, until the retention date
-        columns: {email: null, phone: null}       # null | pseudonymise | keep | {set: VALUE}
-        retention: {category: invoices, legal_basis: billing retention, date_column: due_on, years: 3}
-      - table: order_lines
-        match: {via: {table: orders, column: order_id, parent_column: order_id}}
-        erase: keep                               # holds nothing personal; exported only
-      - table: subscribers
-        match: {email: email}                     # normalised: no whitespace, lower case
-        erase: delete
-        suppress: email                           # record an HMAC of it in the suppression list
-
-``match`` keys are OR-ed: ``customer_id``, ``email``, ``phone`` (exact E.164) and ``via`` (the row's
-``column`` is in the ``parent_column`` of the parent table's matching rows).
-"""
+A system is a list of tables, parents first; each says how its rows reach the subject (``match``:
+``customer_id``, ``email``, ``phone`` or ``via`` a parent, OR-ed), what erasure does to them
+(``erase``: delete, anonymise, retain, keep) and, for rows that stay, what happens to each column.
+A full example is in docs/architecture.md (module notes)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,8 @@
 """Email conditions for the SQL connectors: whitespace and case aside, any letter, on both stores.
 
-Both sides of a match are folded by the same function, so a match never depends on two case
-mappings agreeing:
-
-* PostgreSQL folds both with its ``lower``. The index on ``normalised_email_sql`` is still used,
-  since the right-hand side is constant. ``lower`` follows the column's collation, and under "C"
-  it folds only ASCII: a non-ASCII email is then refused (``email_case_unsupported``, a person
-  looks) rather than answered ``not_found`` while the data is there.
-* SQLite's ``lower`` knows only ASCII, so a row matches when Python's ``str.lower`` of it,
-  registered on the connection as ``oubli_lower``, is a wanted email. To keep the index on
-  ``normalised_email_sql`` in use, the condition also lists every spelling, up to ASCII case,
-  whose ``str.lower`` can be a wanted email ("élodie" and "Élodie"; "k" and the Kelvin sign). Where
-  there would be too many (or ``str.lower`` depends on context: final sigma, dotted I), SQLite
-  scans the table instead (about 0.3 s per 100,000 rows).
-"""
+Both sides of a match are folded by the same function: PostgreSQL's ``lower`` (a non-ASCII email
+under the "C" collation is refused, ``email_case_unsupported``), SQLite's registered ``oubli_lower``
+with every ASCII-case spelling listed so the index stays in use. Details: docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The demo behind `make demo`: one customer's export and erasure across all ten systems, then a
-dry run of the retention sweep (SPEC §6) over the sample data.
+dry run of the retention sweep over the sample data.
 
 Kafka and S3 (moto) come from `scripts/stack up kafka s3`; the worker runs in this process on
 SQLite, with the sample data in SQLite files and the vendors as local stand-ins. Every run starts

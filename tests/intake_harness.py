@@ -20,7 +20,7 @@ from worker.store.schema import audit_events, outbox, requests
 
 NOW = datetime(2026, 11, 24, 10, tzinfo=UTC)
 SYSTEMS = ("alpha", "beta")
-# Every code a dead letter may carry (SPEC §2 and §7): anything else is a bug.
+# Every code a dead letter may carry (docs/contract.md): anything else is a bug.
 KNOWN_CODES = frozenset({
     "invalid_json", "too_large", "schema_violation", "unsupported_schema_version", "bad_signature",
     "unknown_system", "conflicting_duplicate", "no_systems", "export_not_configured", "internal_error",

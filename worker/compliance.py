@@ -1,13 +1,8 @@
 """``oubli report``: what the privacy team shows a regulator for a period (GDPR Art. 5(2), 12(3)).
 
-For the requests received in ``[since, until)``: how many of each kind, how many were completed on
-time (by ``due_at``), late, or are still open and overdue, how long they took, and what each system
-did (erased, anonymised, retained under a legal exception, confirmed by hand, …). ``--requests``
-adds one line per request, as CSV for a spreadsheet or in the JSON.
-
-It reads only the store and names subjects only by ``subject_ref``: the report may be mailed.
-Rejected commands are counted apart, by error code: they never became requests.
-"""
+For the requests received in ``[since, until)``: counts per kind, on time, late or overdue, how long
+they took and what each system did; ``--requests`` adds one line per request (CSV or JSON). Reads
+only the store and names subjects by ``subject_ref`` only; rejected commands are counted apart."""
 
 from __future__ import annotations
 

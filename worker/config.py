@@ -21,7 +21,7 @@ from worker.core.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 _SYSTEM_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-# Committing before the command is stored would lose it on a crash (SPEC invariant 1).
+# Committing before the command is stored would lose it on a crash.
 _FORBIDDEN_KAFKA_KEYS = {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
 
 
@@ -124,7 +124,7 @@ class VerificationSettings(_Frozen):
         return value
 
 
-# -- retention rules (SPEC §6), carried out by ``oubli sweep`` (worker/retention) --------------------------------
+# -- retention rules, carried out by ``oubli sweep`` (worker/retention) --------------------------------
 SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
 CommandId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
 

@@ -1,8 +1,8 @@
-"""Named crash points for the kill tests (SPEC invariant 1). Inert unless the config names them.
+"""Named crash points for the kill tests (nothing acknowledged is ever lost). Inert unless the config
+names them.
 
 A crash here is a real ``SIGKILL`` of the whole process, the same as the OOM killer or a node loss:
-no ``finally`` blocks, no flushes.
-"""
+no ``finally`` blocks, no flushes."""
 
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
 """Intake: one consumed command becomes a durable request, or a DLQ record with a stable code.
 
-``handle`` returns only after the store committed, so the caller may then store the offset
-(SPEC invariant 1). It never raises for anything about the record (invariant 4): a bad command is
-rejected with its code, an exception becomes ``internal_error`` and a store error caused by the
-data ``store_rejected``, both in the DLQ. Only a store outage raises (``StoreUnavailable``), and
-the message is then not acknowledged.
-
-With a signing secret, a command whose signature does not verify goes to the DLQ as
-``bad_signature`` and nowhere else: no ``rejected`` request that would squat its request_id, and
-its replay headers are ignored. Without a secret anyone may write the topic, so replay headers are
-honoured as they come.
-"""
+``handle``/``handle_batch`` return only after the store committed, so the caller may then store the
+offset. They never raise for anything about the record: a bad command is rejected with its code, an
+exception becomes ``internal_error``, a data error ``store_rejected``. Only a store outage raises
+(``StoreUnavailable``). With a signing secret, a bad signature goes to the DLQ only."""
 
 from __future__ import annotations
 

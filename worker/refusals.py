@@ -1,22 +1,9 @@
-"""What the outbox relay does with a record the broker refuses for what it is, not for how it is doing.
+"""What the outbox relay does with a record the broker refuses for what it is (too large, invalid):
+the same bytes are refused every time, so sent again they would hold back every record behind them.
 
-A *refusal* is record-specific and permanent: the same bytes are refused every time (too large for the
-broker or the topic, a record it cannot accept). Sent again as it is, it would hold back every record
-behind it forever, so the relay, once the record alone was refused:
-
-- replaces a DLQ record by a **stand-in**: a small JSON record giving the original's size and sha256,
-  with the DLQ's own headers (error code, error message, and ``x-oubli-source``: the original is still
-  at that offset of the commands topic, until its retention). Nothing of the sender's is kept: no key,
-  no value, no headers; they may hold personal data, and they may be what was too large. The stand-in
-  carries ``x-oubli-dlq-reference: sha256:<hex>``.
-- drops a receipt (or a stand-in refused in turn), after logging what it was: a receipt cannot be
-  shrunk without lying, and it is bounded by its closed schema, so this should never happen. The store
-  keeps the truth (``oubli status``), and the request's next receipt supersedes it in the compacted
-  topic; waiting for the broker to change its mind would stop every other request's receipts.
-
-Everything else (timeouts, a broker or leader away, a transaction to abort) is transient: the relay
-sends the same records again, in the same order.
-"""
+A DLQ record is replaced by a small stand-in (size, sha256, the DLQ's own headers, nothing of the
+sender's); a receipt is dropped after logging what it was (the store keeps the truth). Everything else
+is transient: the relay sends the same records again, in order."""
 
 from __future__ import annotations
 

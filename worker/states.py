@@ -1,13 +1,9 @@
-"""The pure state machine for system tasks and requests (SPEC §2). No I/O; the clock is passed in.
+"""The pure state machine for system tasks and requests. No I/O; the clock is passed in.
 
 ``transition(task, event, now, policy)`` returns the task's next state or raises
-``IllegalTransition``. ``request_status(...)`` derives a request's status from its tasks, so the
-two can never disagree.
-
-Nothing waits forever: a task keeps ``waiting_since``, when it first handed its work to an async
-vendor job, and a poll that still finds the job unfinished ``policy.vendor_wait`` later fails the
-task with ``vendor_wait_expired``, so a person looks at it (the request turns ``action_required``).
-"""
+``IllegalTransition``; ``request_status(...)`` derives a request's status from its tasks, so the two
+never disagree. An async vendor job unfinished ``policy.vendor_wait`` after it started fails its task
+(``vendor_wait_expired``), so nothing waits forever."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sample data for every internal system, deterministic from a seed (issue 3).
+"""Sample data for every internal system, deterministic from a seed.
 
 ``seed_systems(urls, customers=..., seed=..., as_of=...)`` creates the sample schemas and loads
 them; ``seed_recordings(s3, bucket, ...)`` puts the call recordings in a bucket. Customer ``N`` is

@@ -1,4 +1,4 @@
-"""SPEC invariant 1 across a broker crash: the worker rides it out and every request completes."""
+"""Nothing lost across a broker crash: the worker rides it out and every request completes."""
 
 from __future__ import annotations
 

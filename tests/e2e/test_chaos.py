@@ -1,4 +1,4 @@
-"""SPEC invariant 11 under fire: 200 SIGKILLs at random instants while erasures and exports run across
+"""Recovery in seconds under fire: 200 SIGKILLs at random instants while erasures and exports run across
 all ten systems. Every request completes, with one distinct terminal receipt, and every system's effect
 is applied once (what "once" means per system: ``devkit/chaos.py``). ``bench/chaos.py`` runs the same
 scenario and prints the kill-to-completion times."""

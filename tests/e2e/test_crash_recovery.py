@@ -1,4 +1,4 @@
-"""SPEC invariants 1-3 and 8 under SIGKILL: a worker killed at any point loses nothing, and the
+"""Under SIGKILL: a worker killed at any point loses nothing, and the
 request completes once, with one terminal receipt, after a restart. Nothing personal is left behind."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _wait_for_empty_outbox(store_url: str, timeout: float = 60) -> None:
 
 
 def _assert_nothing_personal(command: dict[str, Any], engine: Any, logs: list[str], receipts: list[bytes]) -> None:
-    """SPEC invariant 8: no email, phone, customer id or vendor id in logs, receipts or our tables."""
+    """The orchestrator forgets: no email, phone, customer id or vendor id in logs, receipts or our tables."""
     personal = personal_strings(command)
     assert personal
     for text in logs:

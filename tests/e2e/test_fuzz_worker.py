@@ -1,4 +1,4 @@
-"""Issue 7 item 2, the slower run: a few hundred hostile records fed to a real ``oubli worker`` process on the
+"""Intake fuzzing, the slower run: a few hundred hostile records fed to a real ``oubli worker`` process on the
 real broker and PostgreSQL, then a valid canary. The canary completes, the worker is still running, every
 record ended recorded or dead-lettered with a known code, and nothing personal reached its logs or the DLQ
 headers. The generator is seeded, so a failure names the record that broke and can be replayed."""

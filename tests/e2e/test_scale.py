@@ -1,4 +1,4 @@
-"""SPEC invariant 9: several workers in one group share the load; rebalances lose nothing and never
+"""Several workers in one group share the load; rebalances lose nothing and never
 run a system twice for one request."""
 
 from __future__ import annotations

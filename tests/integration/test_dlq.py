@@ -127,7 +127,7 @@ def fake_system(pg_url: str) -> dict[str, Any]:
 def test_unknown_system_round_trip(pg_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     """Rejected as unknown_system, counted, dry-run, replayed under new ids once the system is configured, once.
 
-    Their request_ids were receipted ``rejected`` (SPEC §2: a readable, unknown request_id gets a rejected
+    Their request_ids were receipted ``rejected`` (the contract: a readable, unknown request_id gets a rejected
     receipt), and ``rejected`` is terminal (invariant 3: never two terminal receipts for one request). So the
     replay carries each command out under a new request_id; the assertions marked CONTRACT pin that down.
     """

@@ -1,4 +1,4 @@
-"""Exports don't outlive their purpose (issue 7, item 9), against real (moto) S3.
+"""Exports don't outlive their purpose, against real (moto) S3.
 
 * The worker puts lifecycle rules on the exports bucket before it stages anything: packages expire
   a day after their url, abandoned staging files after ``staging_days``, old versions and

@@ -1,4 +1,4 @@
-"""Exports end to end (receipt, presigned package), and per-subject order (SPEC invariant 7)."""
+"""Exports end to end (receipt, presigned package), and per-subject order."""
 
 from __future__ import annotations
 

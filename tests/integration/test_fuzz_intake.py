@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the decoder, the validator and intake (issue 7), on a real store.
+"""Property-based fuzzing of the decoder, the validator and intake, on a real store.
 
 Each generated message goes through the real ``Intake`` and must end classified: recorded (accepted
 or duplicate), or dead-lettered with a known code, and never ``internal_error`` or ``store_rejected``
@@ -15,7 +15,7 @@ Three families of inputs, with their example counts (11,000 on SQLite, 450 on Po
   repeated; replay headers, which must count only on a verified command.
 
 Example database: ``tests/fuzz-examples`` is committed. Every run first replays what it holds (the
-failing examples found so far, seeded from the crashes of issue 7), then explores at random
+failing examples found so far, seeded from the crashes found before), then explores at random
 (``derandomize=False``): a fixed seed would only ever try one set of inputs. The committed
 examples are read-only, so a run never dirties the checkout; locally a new failure is saved under
 ``.cache/hypothesis`` (or into the committed ones with ``OUBLI_FUZZ_SAVE=1``, to be committed with

@@ -1,4 +1,4 @@
-"""Identifiers are exactly what they say (issue 7, item 7).
+"""Identifiers are exactly what they say.
 
 * Two recordings never map to one file name in an export package, whatever their keys (real S3).
 * An email with non-ASCII capitals finds the same rows on SQLite as on PostgreSQL.

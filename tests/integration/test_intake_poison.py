@@ -1,6 +1,6 @@
 """Poison commands: each known crasher ends recorded or dead-lettered with a stable code, on SQLite and PostgreSQL.
 
-Every message here once crashed or stalled a worker (issue 7). ``Intake.handle`` is driven on a real
+Every message here once crashed or stalled a worker. ``Intake.handle`` is driven on a real
 store; it may raise only ``StoreUnavailable``, and only when the store itself is down.
 """
 

@@ -1,4 +1,4 @@
-"""The main loop never hangs or crashes on a fault (SPEC invariant 4): store outages are held with a bounded
+"""The main loop never hangs or crashes on a fault: store outages are held with a bounded
 backoff, surfaced in /readyz and /metrics, and end in a clean exit past the limit; an error in a step is
 logged by type, counted and retried; store sessions carry timeouts; SQL errors and librdkafka's own lines
 carry no personal data."""

@@ -1,4 +1,4 @@
-"""SPEC invariant 1 when the store goes away: intake pauses, nothing is acknowledged or lost, and the
+"""Nothing acknowledged is lost when the store goes away: intake pauses, nothing is acknowledged or lost, and the
 worker carries on by itself once the database is back."""
 
 from __future__ import annotations

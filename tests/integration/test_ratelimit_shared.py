@@ -1,4 +1,4 @@
-"""Vendor limits shared by every worker on one PostgreSQL store (SPEC invariants 6 and 9).
+"""Vendor limits shared by every worker on one PostgreSQL store.
 
 A worker is a process with its own engine. Workers here are separate engines in this process, and
 separate processes; each draws from the same names on a controlled clock, from several threads.

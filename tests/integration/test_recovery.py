@@ -1,4 +1,4 @@
-"""SPEC invariant 11, recovery in seconds, against the real PostgreSQL with a fake clock: expired leases
+"""Recovery in seconds, against the real PostgreSQL with a fake clock: expired leases
 come before any backlog, a restarted worker reclaims its own leases at once (never while another live
 process holds its id), a long call keeps its lease, a lost lease is never recorded, and a vendor job
 that never finishes ends in ``vendor_wait_expired``."""

@@ -1,4 +1,4 @@
-"""Receipts never go backwards, and no single record wedges the outbox relay (issue 7, items 3 and 4).
+"""Receipts never go backwards, and no single record wedges the outbox relay.
 
 - A duplicate command recorded while another transaction completes its request waits for the request
   lock, so its fresh copy of the receipt is the completed one (two PostgreSQL connections).

@@ -1,4 +1,4 @@
-"""The retention sweeper (SPEC §6) on real PostgreSQL and Kafka: which subjects get an erasure, what the
+"""The retention sweeper on real PostgreSQL and Kafka: which subjects get an erasure, what the
 commands look like, that sweeps repeat themselves exactly, and that the worker then erases the right data."""
 
 from __future__ import annotations

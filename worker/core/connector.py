@@ -1,29 +1,10 @@
-"""The connector contract.
+"""The connector contract: ``Subject`` in, a typed result (``Result``, ``Pending``) or an error of
+``worker.core.errors`` out; never Kafka, offsets or the store.
 
-A connector serves one system. It never touches Kafka, offsets or the job store: it receives a
-``Subject``, does the work against its system, and returns a typed result or raises one of the
-errors of ``worker.core.errors``.
-
-Contract, for every method:
-
-* It may block on network or database I/O. The orchestrator calls it from a worker thread and
-  never holds a store transaction open across the call. It must time out by itself (a bounded
-  timeout on every remote call).
-* It is idempotent: calling it again with the same subject after a crash, a retry or a
-  redelivery does no harm and never double-applies an effect. A second erasure of a subject that
-  is gone confirms as ``not_found`` (or ``requested`` where the vendor cannot tell).
-* It raises only ``RetryableError`` (optionally with ``retry_after``), ``PermanentError`` or
-  ``NeedsPersonError``. Any other exception is treated as retryable by the orchestrator, but is a
-  bug in the connector.
-* No personal data in exception messages, ``Result.detail`` or ``vendor_ref``: name the
-  system, the status code and what happened, never the email, phone or identifier.
-* ``erase``/``export`` may return ``Pending`` when a vendor accepted an async job; the orchestrator
-  then calls ``poll`` with the ``vendor_ref`` after ``poll_after`` seconds, until it returns a
-  ``Result``.
-
-``create(system_id, settings, context)`` in each connector module builds the connector from its
-section of the config; ``close`` releases its pools.
-"""
+Every method may block (with its own timeouts), is idempotent (a repeat confirms ``not_found`` or
+``requested``), raises only ``RetryableError``, ``PermanentError`` or ``NeedsPersonError``, and puts
+no personal data in messages, ``detail`` or ``vendor_ref``. ``create(system_id, settings, context)``
+builds a connector; ``close`` releases its pools."""
 
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
-"""Rate limits as values: rates with a burst, daily quotas, and the ``Limits`` protocol that keeps them.
+"""Rate limits as values: rates with a burst (GCRA), daily quotas, and the ``Limits`` protocol.
 
-Limits are named (for example ``google_analytics:property_id:123``) and live in a ``Limits`` backend,
-so every gate that names a limit draws from the same budget: ``worker.store.ratelimits.StoreLimits``
-shares it across every worker on one store, ``connectors.ratelimit.Registry`` keeps it in one process.
-
-A rate is a GCRA ("generic cell rate algorithm"), the token bucket written as one number per name:
-the theoretical arrival time ``tat``. A call at ``now`` is admitted iff ``tat - tolerance <= now``
-(``tolerance`` = (burst - 1) / rate), and then ``tat = max(tat, now) + 1/rate``. So in any window
-of ``w`` seconds at most ``burst + rate × w`` calls pass, whatever the callers' clocks. One number
-makes the shared version a single conditional upsert. Clocks come from the caller: tests never
-sleep.
-"""
+Limits are named and live in a backend, so every gate naming one draws from the same budget:
+``worker.store.ratelimits.StoreLimits`` (every worker on one store) or ``connectors.ratelimit.Registry``
+(one process). A rate is one number per name (the theoretical arrival time), so the shared version is
+one conditional upsert; clocks come from the caller. The algorithm: docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,29 +1,9 @@
-"""Reissuing a dead-lettered command under a new request_id, for ``oubli dlq replay`` (worker/deadletter/replay.py).
+"""Reissuing a dead-lettered command under a new request_id, for ``oubli dlq replay``.
 
-Why: a command rejected for a fault of the worker's configuration (``unknown_system``, ``bad_signature``
-after a key rotation, ``export_not_configured``, ``no_systems``) had a readable, unknown request_id, so
-the store recorded that id as ``rejected`` (no body) and published a terminal ``rejected`` receipt
-(SPEC §2). Sent again under that id it only bounces as ``conflicting_duplicate``, and reopening it
-would give one request two terminal receipts (invariant 3). So a replay carries it out as a *new*
-request: same key and body but for ``request_id``, re-signed, with header ``x-oubli-replay-of: <old id>``;
-intake writes "replay of <old id> from <dlq record> by <operator>" into the new request's audit trail.
-
-The rule, per record (``Reissuer.plan``), from the store's ``requests`` table (read-only):
-
-1. request_id unreadable, or unknown to the store: sent byte-identical.
-2. the store recorded this very body under that id: sent byte-identical; the worker deduplicates it.
-3. the store rejected that id (nothing was carried out under it): reissued if the record's code is a
-   configuration fault (``FIXABLE``) or was named by ``--code``.
-4. the store carried out a *different* body under that id (a producer reused it, or resent an edited
-   command): reissued only for code ``conflicting_duplicate`` named by ``--code``. Executing the other
-   body is right for a reused id and a second erasure or export for an edited resend: the operator decides.
-5. with a signing secret configured, only a record whose signature verifies under it is reissued
-   (and re-signed): the replay never vouches for a command it could not authenticate.
-
-Otherwise (known id, not reissued) the record goes back unchanged, as before, and is counted as kept.
-The new id is ``uuid5(old id, keyed body digest)``: a replay repeated after a failed cursor commit, or
-two DLQ copies of one command, give one new id, which the worker deduplicates.
-"""
+``Reissuer.plan`` decides per record, from the store's ``requests`` table (read-only): send it
+byte-identical, or (a rejected id and a configuration fault, or a code named by ``--code``) carry it
+out as a new request, re-signed, with ``x-oubli-replay-of: <old id>``. The new id is
+``uuid5(old id, keyed body digest)``, so repeats deduplicate. The rule in full: docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,29 +1,10 @@
-"""``oubli dlq``: what is in the dead-letter topic, and putting commands back once the cause is fixed.
+"""``oubli dlq``: count the dead-letter topic per error code (``summary``) and put commands back once the
+cause is fixed (``replay``).
 
-``summary`` counts the whole DLQ per error code. ``replay`` republishes dead-lettered commands to the
-commands topic with their original key, value and headers (the signature among them), minus the
-DLQ's ``x-oubli-error-*`` and ``x-oubli-source`` headers, plus ``x-oubli-replayed-from`` (DLQ
-topic/partition/offset) and ``x-oubli-replayed-by``. It uses the worker's idempotent, murmur2
-producer, so a replayed command lands on its subject's partition, in its DLQ order.
-
-The replay rule, in one sentence: **each error code has its own cursor, which moves only after
-everything replayed was acknowledged.** ``--code X`` sends the X records not replayed before, then
-moves X's cursor (consumer group ``<kafka.group_id>-dlq-replay.X``) to the end captured at the start;
-records of other codes are left where they are for a later ``--code Y``. No ``--code`` means every
-code but ``conflicting_duplicate``, which is replayed only when named. A failed delivery moves no
-cursor, so the next run sends the same records again: harmless, because ``request_id`` is the
-idempotency key. A replayed command that fails again is dead-lettered anew past the captured end, so
-it is never sent twice in one run; it waits for the next one. ``--dry-run`` only counts, and names
-the new ids below.
-
-A request the store *rejected* cannot be reopened (``rejected`` is terminal, SPEC §2 and invariant 3),
-so a record naming one is carried out under a new, deterministic request_id, linked to the old one by
-``x-oubli-replay-of`` and by the new request's audit trail. worker/deadletter/reissue.py holds that rule, with
-the one for ``conflicting_duplicate`` (a different body under a known id: reissued only when named by
-``--code``). Output is counts per code plus, per reissued record, the old and the new request id (ids
-are not personal data): never keys (customer ids), values or error messages (which may quote the
-input). See ``worker/deadletter/topic.py`` for how the topic is read.
-"""
+Each error code has its own cursor, which moves only after everything replayed was acknowledged; a
+record naming a rejected request goes back under a new request_id (``worker.deadletter.reissue``).
+Output is counts and request ids only, never keys, values or error messages. Rules in full:
+docs/architecture.md."""
 
 from __future__ import annotations
 

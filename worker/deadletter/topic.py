@@ -1,20 +1,9 @@
-"""Reading the dead-letter topic for ``oubli dlq`` (``worker.deadletter.replay``): records, replay cursors, summary.
+"""Reading the dead-letter topic for ``oubli dlq``: records, replay cursors, summary, header names.
 
-A DLQ record is what intake could not accept: key and value exactly as received, the original
-headers, then ``x-oubli-error-code``, ``x-oubli-error-message`` and ``x-oubli-source`` (the command's
-topic/partition/offset). The key is a customer id and the value a raw command, so ``DeadLetter``
-keeps them out of its ``repr``; the error message may quote the input (``unknown systems: …``, the
-JSON paths of a schema violation), so it is not even read.
-
-``DlqReader`` reads by assignment (no group, no commit), each partition from a given offset up to
-the high watermark captured before the read, then stops: what arrives meanwhile waits for the next
-read, and a partition at its end stops the read at once, so a read never hangs. ``Cursors`` are the
-replay progress per error code, as the committed offsets of the consumer group
-``<kafka.group_id>-dlq-replay.<code>``, read and moved through the admin API (the group never has
-members). ``summarize`` counts the whole topic per code, with how much of it is past each cursor.
-``replay_headers`` is what a replay sends with a record, and ``replay_note`` what intake writes from
-those headers into the audit trail of a replayed command it records as new.
-"""
+``DlqReader`` reads by assignment up to the high watermarks captured first, so a read never hangs;
+``Cursors`` are each error code's replay progress (the committed offsets of group
+``<group_id>-dlq-replay.<code>``). ``DeadLetter`` keeps key and value out of its ``repr`` and never
+reads the error message, which may quote the input."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Export staging and the ZIP package a data subject receives (SPEC §2, issue 3).
+"""Export staging and the ZIP package a data subject receives.
 
-``ExportStore`` is the facade; see ``worker.export.store`` for its contract.
-"""
+``ExportStore`` is the facade; see ``worker.export.store`` for its contract."""
 
 from worker.export.settings import MAX_URL_TTL_HOURS, ExportSettings, export_settings
 from worker.export.staging import StagingWriter

@@ -1,16 +1,9 @@
 """An erasure deletes its subject's earlier export packages: a package is personal data too.
 
-The packages are found through the store, not the bucket, so that nothing personal has to be
-written into object keys or tags: the store knows each request's ``subject_ref`` (a keyed hash)
-and the order requests of one subject arrived in (``seq``). Every export of the subject recorded
-before the erasure is forgotten: its package (every version), the package's record and any staged
-files left by an export that never finished. An export recorded after the erasure is not touched.
-
-Runs as the erasure's ``_package`` step (``worker.receipts.PACKAGE_TASK``), which the store starts
-only once every system of the erasure has confirmed. The subject's earlier requests are terminal
-by then (an erasure waits for them, SPEC invariant 7), so no package can appear behind it. A repeat
-finds nothing left and deletes nothing.
-"""
+Found through the store (``subject_ref`` and intake order), never the bucket, so nothing personal is
+written into keys or tags. Runs as the erasure's ``_package`` step, once every system confirmed; the
+subject's earlier requests are terminal by then (an erasure waits for them). A repeat deletes
+nothing."""
 
 from __future__ import annotations
 

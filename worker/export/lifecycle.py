@@ -1,24 +1,8 @@
 """The exports bucket's lifecycle rules: packages and abandoned staging files expire by themselves.
 
-An export package is personal data with a purpose that ends when its url does, and the staging
-files of an export that never finished have no purpose at all. S3 deletes both, by these rules
-under the export prefix:
-
-* ``oubli-export-packages``: a package expires one day after its url can last
-  (``ceil(url_ttl_hours / 24) + 1`` days after it was written; S3 rounds up to the next midnight
-  UTC), so a url never outlives its package, even one re-signed on the day of the build;
-* ``oubli-export-staging``: staging files expire after ``staging_days`` (longer than an export
-  request can stay open, so an open request never loses its files);
-* both: old versions (a versioned bucket keeps the data under the delete marker an expiry leaves)
-  go a day after they stop being current, and an interrupted multipart upload is aborted after a
-  day;
-* ``oubli-export-delete-markers``: delete markers with nothing under them are removed.
-
-``ensure`` merges these rules into the bucket's configuration. A rule whose id does not start with
-``oubli-export-`` belongs to someone else and is kept as it is. Setting the rules needs
-``s3:GetLifecycleConfiguration`` and ``s3:PutLifecycleConfiguration``. Where they are refused,
-set ``export.lifecycle: external`` and apply the same rules yourself (``rules`` gives them).
-"""
+``ensure`` merges oubli's rules (ids ``oubli-export-*``) into the bucket's configuration and keeps
+anyone else's; with ``export.lifecycle: external`` they are left to the operator (``rules`` gives
+them). The rules and their timings: docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
 """Streams every staged file of a request into one ZIP, written to S3 as it is produced.
 
-Layout of the package::
-
-    README.en.md, README.fr.md     GDPR Art. 15 information, and what the package holds
-    manifest.json                  request id, generated_at, per system: records, files, sha256
-    {system}/{name}                every file a connector staged
-
-Text files are deflated; media (recordings) are stored as they are, since they are compressed
-already. The ZIP is written to an unseekable sink, so each entry carries a data descriptor; every
-common unzip tool reads that.
-"""
+Layout: ``README.en.md``/``README.fr.md`` (GDPR Art. 15 information), ``manifest.json`` (per system:
+records, files, sha256) and ``{system}/{name}``. Text is deflated, media stored as is; entries carry
+data descriptors (the sink cannot seek)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""When the credentials that sign a presigned url stop working, the url stops working too.
-
-Temporary credentials (an assumed role, web identity on Kubernetes, an instance profile, SSO)
-carry a session token with an expiry, often one hour. A url they sign is refused by S3 once the
-session has expired, whatever its ``X-Amz-Expires`` says. So the ``expires_at`` a receipt
-promises is capped at the signing session's expiry.
-
-botocore has no public accessor for that expiry: its refreshable credentials keep it in
-``_expiry_time``, and a client keeps its credentials on its request signer. This module is the
-one place that reads them; ``tests/test_export_lifecycle.py`` fails if a botocore upgrade moves
-them. Long-term keys have no expiry (``None``).
-"""
+"""When the credentials that sign a presigned url stop working, the url stops working too: the
+``expires_at`` a receipt promises is capped at the signing session's expiry (``None`` for long-term
+keys). botocore has no public accessor for it; this module is the one place that reads it, and
+tests/integration/test_export_lifecycle.py fails if a botocore upgrade moves it."""
 
 from __future__ import annotations
 

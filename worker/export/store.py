@@ -1,29 +1,9 @@
-"""The export store: staging per request and system, then one ZIP package per request.
+"""The export store: staging per request and system, then one ZIP package per request (S3).
 
-Contract (called by the orchestrator, from worker threads; every call may block on S3 I/O):
-
-* ``writer(request_id, system)`` is handed to a connector's ``export``; call it once per attempt.
-  It first clears what an earlier attempt staged for that system (so a retried export leaves
-  exactly the last attempt's files), then stages each file in the exports bucket as it is written.
-* ``build_package(request_id, records, now)`` runs once every system has confirmed. It streams
-  every staged file into ``{prefix}packages/{request_id}.zip`` and returns an ``ExportInfo`` with a
-  presigned GET url. It is idempotent: a crash at any point leaves either no package or a complete
-  one, and a re-run gives a complete package at the same key. When the staged inputs have not
-  changed since the last complete package, that package is reused and only the url is re-signed.
-  Call it again with the same inputs after ``discard_staging`` and it still returns the package.
-* ``discard_staging(request_id)`` removes the staged copies (every version) once the package is
-  recorded.
-* ``forget(request_ids, object_keys)`` deletes, every version, the packages, records and staged
-  files of those export requests: what a later erasure of their subject does
-  (``worker.export.forget``). Returns how many packages it deleted.
-* Before anything is staged, the bucket's lifecycle rules are put in place once per process
-  (``worker.export.lifecycle``; unless ``export.lifecycle: external``), so that packages and
-  abandoned staging files expire even if the worker never comes back to them.
-* A url's ``expires_at`` is never later than the signing credentials' own expiry
-  (``worker.export.signing``).
-* Raises ``RetryableError`` (S3 unreachable, 5xx) or ``PermanentError`` (access denied, bad
-  config). Messages carry request ids and S3 error codes only, never file contents or names.
-"""
+``writer(request_id, system)`` stages a connector's files (clearing an earlier attempt's first);
+``build_package`` streams them into one idempotent package and returns a presigned url no later than
+the signing credentials' expiry; ``discard_staging`` and ``forget`` delete, every version. Calls may
+block on S3 and raise ``RetryableError``/``PermanentError`` naming request ids and S3 codes only."""
 
 from __future__ import annotations
 

@@ -1,20 +1,8 @@
 """A worker id's identity lock: proof that no other live process runs under the same ``worker_id``.
 
-A restarted worker may reclaim the task leases of its dead predecessor at once (``Claims.
-reclaim_own_leases``) instead of waiting for them to expire, but only if that predecessor is really
-dead. The lock is held for the process's whole life and is released by the operating system or the
-database when the process dies, even by SIGKILL:
-
-* PostgreSQL: a session-level advisory lock on one connection kept open. A killed process's socket
-  closes, its backend ends and the lock goes with it. A partitioned (not dead) process keeps its
-  backend, and so its lock: its successor then simply waits for the leases to expire.
-* SQLite (one machine): ``flock`` on a file next to the database; the kernel drops it on exit.
-
-Two processes started with the same id at once (a misconfiguration: the relay lease assumes unique
-ids too) cannot both hold the lock, so the second never reclaims. Only if the first loses its store
-connection (its lock with it) while the second starts could the second reclaim the first's live
-tasks; their results are then fenced off by the task version, and the calls are idempotent.
-"""
+Held for the process's life and released by the OS or the database when it dies, even by SIGKILL
+(PostgreSQL: a session advisory lock; SQLite: ``flock``). Only its holder may reclaim its dead
+predecessor's task leases at once (``Claims.reclaim_own_leases``). Edge cases: docs/architecture.md."""
 
 from __future__ import annotations
 

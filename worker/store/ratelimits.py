@@ -1,24 +1,9 @@
 """Vendor rate limits shared by every worker on one store: ``Limits`` from ``worker.core.limits``.
 
-One ``admit`` is one short transaction: one conditional upsert per quota and per rate. A limit
-that would be overrun leaves its row as it was and the transaction rolls back, so a refused call
-spends nothing, not even the limits that said yes before it. A refusal reads the rate's row once
-more to say how long to wait.
-
-Why it holds under concurrency:
-
-* PostgreSQL (READ COMMITTED): ``INSERT … ON CONFLICT DO UPDATE … WHERE`` is atomic. It locks the
-  conflicting row and evaluates ``WHERE`` and ``SET`` on its latest committed version, so a
-  concurrent admit waits for the lock and then sees the other's ``tat``. Two first calls on a new
-  name both try the insert; the second waits for the first and takes the update path.
-* SQLite has one writer: the first statement, a write, takes the lock for the whole transaction.
-
-Rows are locked in one order, quotas then rates, each sorted by name, so admits never deadlock.
-Locks last for the few statements of one transaction, never across a vendor call.
-
-An unreachable store refuses the call (``Refusal("unavailable")`` → ``Throttled``): the vendor is
-never called unmetered, and the executor reschedules without spending an attempt.
-"""
+One ``admit`` is one short transaction of conditional upserts (quotas then rates, sorted by name, so
+admits never deadlock); a refused call spends nothing. An unreachable store refuses the call
+(``Throttled``), so a vendor is never called unmetered. Why it holds under concurrency:
+docs/architecture.md."""
 
 from __future__ import annotations
 

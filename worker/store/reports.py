@@ -64,7 +64,7 @@ class OpenRequest:
     due_at: datetime | None
     blockers: tuple[Blocker, ...]
     # An earlier open request of the same subject: none of this one's systems starts before it ends
-    # (SPEC invariant 7), which is why an erasure can sit untouched behind a stuck export.
+    # (per-subject order), which is why an erasure can sit untouched behind a stuck export.
     waits_for: str | None = None
 
     def overdue(self, now: datetime) -> bool:

@@ -149,7 +149,7 @@ class Store(Claims):
                     outbox_rows.append(self._receipt_row(existing[request_id], rows_of.get(request_id, []), now))
             if fresh:
                 request_rows = [self._request_row(item, now) for item in fresh]
-                # Sequence numbers in batch order: they order a subject's requests (SPEC invariant 7).
+                # Sequence numbers in batch order: they order a subject's requests.
                 inserted = self._insert_many(conn, requests, request_rows, returning=("request_id", "seq"))
                 seqs: dict[str, int] = {row.request_id: row.seq for row in inserted}
                 task_rows: list[dict[str, Any]] = []
@@ -312,7 +312,7 @@ class Store(Claims):
                                            any_attempted=any(r["attempts"] > 0 for r in rows))
             values = {**request, **changes[request_id], "updated_at": now, "status": status}
             if status in states.TERMINAL_STATUSES:
-                # SPEC invariant 8: the orchestrator forgets too.
+                # The orchestrator forgets too: personal data goes with the terminal state.
                 values.update(completed_at=now, subject_json=None, reason=None, purged_at=now)
             if status != request["status"]:
                 audits.append(self._audit_row(request_id, None, now, "status_changed",

@@ -21,7 +21,7 @@ CLAIMABLE_PREDICATE = "state IN ('pending', 'retrying', 'waiting_vendor')"
 
 requests = sa.Table(
     "requests", metadata,
-    # seq orders requests of one subject (SPEC invariant 7): intake order, not timestamps.
+    # seq orders requests of one subject: intake order, not timestamps.
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("request_id", sa.String(128), nullable=False, unique=True),
     sa.Column("kind", sa.String(16)),

@@ -1,13 +1,9 @@
 """The resurrection scan (``oubli verify``): rows of erased subjects that came back, erased again.
 
-Every internal system whose connector is an ``IdentifierSource`` streams its rows; their identifiers
-are hashed as tombstones are (``worker.core.identifiers``) and looked up a batch at a time, so memory
-stays flat. Findings are counted by system and table, never shown. Per erased subject found again,
-one ``background`` erasure of every system is published, ``requested_by: resurrection-scan``, and
-linked to the erasure whose tombstone matched, both ways, in the audit trail. A subject whose
-previous resurrection erasure is still open (or not yet recorded) gets none, so a second run sends
-nothing new. Blocks on the systems, the store and Kafka.
-"""
+Each ``IdentifierSource`` system streams its rows; identifiers are hashed as tombstones are and looked
+up in batches (flat memory). Per subject found again, one background erasure of every system is
+published and linked both ways in the audit trail; a subject with one still open gets none. Findings
+are counted, never shown."""
 
 from __future__ import annotations
 
