@@ -44,7 +44,7 @@ RETENTION_RULES: list[dict[str, Any]] = [
 
 
 def demo_subject(as_of: datetime) -> DemoSubject:
-    """C-100234, Marie Dupont of the SPEC's example: present in every system."""
+    """C-100234, Marie Dupont of the contract's example: present in every system."""
     person = bundle(SEED, DEMO_INDEX, as_of).person
     identifiers: dict[str, list[str]] = {}
     for kind, value in DEMO_IDENTIFIERS:

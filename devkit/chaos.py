@@ -138,7 +138,7 @@ class Chaos:
         for customer_id, kind, value in ids:
             identifiers.setdefault(customer_id, {}).setdefault(kind, []).append(value)
         demo = allsystems.demo_subject(utcnow()).customer_id
-        assert DEMO_INDEX  # the SPEC's example subject is left to the other tests
+        assert DEMO_INDEX  # the contract's example subject is left to the other tests
         return [Person(c, e, p, identifiers.get(c, {})) for c, e, p in rows if c != demo]
 
     def _worker(self, worker_id: str) -> WorkerProcess:

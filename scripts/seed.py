@@ -8,7 +8,7 @@ Examples:
         --s3-endpoint http://127.0.0.1:5000 --recordings-bucket callcenter-recordings --create-bucket
 
 Deterministic from ``--seed`` and ``--as-of``: the same pair gives the same rows. Customer ids are
-C-100000 upwards; C-100234 (Marie Dupont, the SPEC's example) is in every system.
+C-100000 upwards; C-100234 (Marie Dupont, the contract's example) is in every system.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def admin(kafka: KafkaSettings) -> AdminClient:
 
 
 def ensure_topics(kafka: KafkaSettings, *, partitions: int = COMMAND_PARTITIONS, replication: int = 1) -> list[str]:
-    """Creates the three SPEC topics if missing; returns the names it created."""
+    """Creates the commands, receipts and DLQ topics if missing; returns the names it created."""
     topics = kafka.topics
     wanted = {
         topics.commands: NewTopic(topics.commands, partitions, replication),

@@ -3,7 +3,7 @@
 ``seed_systems(urls, customers=..., seed=..., as_of=...)`` creates the sample schemas and loads
 them; ``seed_recordings(s3, bucket, ...)`` puts the call recordings in a bucket. Customer ``N`` is
 ``C-{100000+N}`` and depends only on ``(seed, N, as_of)``; ``C-100234`` is Marie Dupont, the
-subject of the SPEC's example command, present in every system.
+subject of the contract's example command, present in every system.
 
 Distributions (per customer): 70 % individuals, 27 % professionals, 3 % public bodies; 18 % never
 ordered, otherwise 1 + Exp(mean 1.8) orders (5.0 for professionals), up to 60; 1 + Exp(1.4) lines

@@ -77,7 +77,7 @@ class Bundle:
         self.rows.setdefault(system, {}).setdefault(table, []).append(row)
 
 
-DEMO_INDEX = 234  # C-100234, the subject of the SPEC's example command: present in every system
+DEMO_INDEX = 234  # C-100234, the subject of the contract's example command: present in every system
 DEMO_IDENTIFIERS = (("ga_client_id", "123.456"), ("facebook_user_id", "10229"), ("shopimind_customer_id", "88"))
 
 

@@ -247,7 +247,7 @@ def status_of(worker: Worker, request_id: str) -> str | None:
 
 def test_replay_completes_a_request_rejected_as_unknown_system(pg_url: str, kafka_bootstrap: str,
                                                                 tmp_path: Path) -> None:
-    """What the SRE wants from a replay once the cause is fixed, within SPEC: the command is carried out under a
+    """What the SRE wants from a replay once the cause is fixed, within the contract: the command is carried out under a
     new id; the old id keeps its one terminal receipt, ``rejected``; the new request's audit trail is the proof."""
     only_alpha = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems={"alpha": fake_system(pg_url)},
                               signing_secret=SECRET)

@@ -249,7 +249,7 @@ def test_export_returns_every_row_about_the_subject(engine: sa.Engine, db_url: s
 
 
 def test_identity_lookup_reads_vendor_ids(engine: sa.Engine, db_url: str) -> None:
-    target = bundle(SEED, 234, AS_OF)  # the SPEC's example subject
+    target = bundle(SEED, 234, AS_OF)  # the contract's example subject
     insert_rows(engine, SCHEMAS["orders_db"], target.rows["orders_db"])
     lookup = orders_db.create_identity_lookup({"url": db_url})
     subject = Subject(request_id="r", subject_ref="x", customer_id="C-100234")

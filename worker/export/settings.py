@@ -10,7 +10,7 @@ from typing import Any
 from worker.core.errors import ConfigError
 from worker.export.readme import DEFAULT_README, ReadmeInfo, readme_from_settings
 
-MAX_URL_TTL_HOURS = 168  # SigV4 presigned URLs cannot outlive 7 days; the SPEC caps it there too
+MAX_URL_TTL_HOURS = 168  # SigV4 presigned URLs cannot outlive 7 days; the contract caps it there too
 MIN_PART_SIZE_MB = 5  # S3 refuses smaller parts (except the last)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SSE = {"AES256", "aws:kms", "aws:kms:dsse"}

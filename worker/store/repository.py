@@ -97,7 +97,7 @@ class Store(Claims):
                             + (f"; {note}" if note else ""))
                 if replaces is not None and replaces != command.request_id and conn.execute(
                         sa.select(requests.c.seq).where(requests.c.request_id == replaces)).first() is not None:
-                    # Append-only, and no receipt: the old request stays rejected, as SPEC requires.
+                    # Append-only, and no receipt: the old request stays rejected (a terminal status never changes).
                     self._audit(conn, replaces, None, now, "replayed_as", detail=f"carried out as {command.request_id}"
                                 + (f"; {note}" if note else ""))
                 self._enqueue_receipt(conn, command.request_id, now)
@@ -193,7 +193,7 @@ class Store(Claims):
                                f"{command.requested_by}" + (f"; {item.note}" if item.note else ""))
 
     def _replayed_audit(self, item: NewCommand, now: datetime) -> dict[str, Any]:
-        # Append-only, and no receipt: the old request stays rejected, as SPEC requires.
+        # Append-only, and no receipt: the old request stays rejected (a terminal status never changes).
         assert item.replaces is not None
         return self._audit_row(item.replaces, None, now, "replayed_as",
                                detail=f"carried out as {item.command.request_id}"
