@@ -15,6 +15,7 @@ itself left running (``Claims.reclaim_own_leases``): a restarted pod resumes wit
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -50,9 +51,10 @@ class TaskVerifier(Protocol):
 
     def run(self, task: ClaimedTask) -> Outcome: ...
 
-# Results recorded per store transaction: enough to amortise the commit, small enough that row
-# locks are held for a few milliseconds.
-HARVEST_BATCH = 32
+# Results recorded per store transaction: a few statements whatever the number (``Store.finish_many``
+# writes in bulk), so one transaction takes every finished call of a tick, up to this many.
+HARVEST_BATCH = 2000
+CLAIM_IDLE = timedelta(milliseconds=100)
 
 
 class Executor:
@@ -83,6 +85,7 @@ class Executor:
         self.last_renewal = clock()
         self.identity_lock = IdentityLock(store.engine, store.actor)
         self.reclaimed: bool = False
+        self.claim_after: tuple[float, datetime] | None = None  # no claim before, after one that found nothing
 
     # --- the loop's entry points ----------------------------------------------------------
 
@@ -99,6 +102,10 @@ class Executor:
 
     def busy(self) -> int:
         return len(self.in_flight)
+
+    def nudge(self) -> None:
+        """New tasks may be due (intake recorded commands): the next tick claims whatever the idle pause."""
+        self.claim_after = None
 
     def shutdown(self) -> None:
         """Called after draining: anything still running keeps its lease and is redone elsewhere."""
@@ -121,17 +128,24 @@ class Executor:
         room = self.max_in_flight - len(self.in_flight)
         if room <= 0:
             return 0
+        # A claim that found nothing is not repeated on every turn of a busy loop (one transaction each):
+        # until a result, a nudge or CLAIM_IDLE later (a retry's backoff may end meanwhile).
+        if self.claim_after is not None and time.monotonic() < self.claim_after[0] and now < self.claim_after[1]:
+            return 0
         held = {(task.request_id, task.system) for task, _ in self.in_flight.values()}
         claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self.limits, room=room,
                                        held=held)
         for task in claimed[:room]:
             self.in_flight[self.pool.submit(self._call, task)] = (task, now)
+        # Both clocks: a test's injected clock that jumps ahead claims at once, a frozen one waits real time.
+        self.claim_after = None if claimed else (time.monotonic() + CLAIM_IDLE.total_seconds(), now + CLAIM_IDLE)
         return len(claimed)
 
     def _harvest(self, now: datetime) -> None:
         done = [future for future in self.in_flight if future.done()][:HARVEST_BATCH]
         if not done:
             return
+        self.claim_after = None  # a result may unblock a sibling (a final step) or a subject's next request
         results = [(self.in_flight[future][0], *future.result()) for future in done]
         # One transaction for the lot. If the store is down this raises and every result stays in
         # flight for the next tick.

@@ -33,6 +33,7 @@ from worker.verification import wiring as verification
 
 log = structlog.get_logger("oubli.worker")
 
+BUSY_POLL_SECONDS = 0.005  # the consume timeout while calls or a relay batch are in flight
 GAUGE_SECONDS = 15.0
 # close() spends at most drain_seconds + this. The chart's grace period adds shutdownMarginSeconds (>= 15)
 # to drain_seconds: keep this below it.
@@ -153,8 +154,13 @@ class Loop:
 
     def _consume(self) -> None:
         self._hold_intake(self.store_stall.active or not self.intake_stall.due(time.monotonic()))
-        batch = self.consumer.consume(num_messages=self.settings.worker.batch_size,
-                                      timeout=self.settings.worker.poll_seconds)
+        # While calls or a relay batch are in flight, wait for commands only briefly: their results are
+        # recorded (and receipts published) on the next turn, so a long wait here is a request's latency.
+        busy = self.executor.busy() or self.relay.pending()
+        timeout = self.settings.worker.poll_seconds
+        if busy:
+            timeout = min(timeout, BUSY_POLL_SECONDS)
+        batch = self.consumer.consume(num_messages=self.settings.worker.batch_size, timeout=timeout)
         records: list[Record] = []
         for message in batch:
             error = message.error()
@@ -182,6 +188,7 @@ class Loop:
             for message in last.values():
                 self.consumer.store_offsets(message)
             self.offsets_pending = True
+            self.executor.nudge()  # new tasks are due: claim on this turn, not after the idle pause
             for result in outcome.results:
                 metrics.COMMANDS.labels(result.value).inc()
         if outcome.outage is not None:

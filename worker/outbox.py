@@ -60,6 +60,7 @@ log = structlog.get_logger("oubli.outbox")
 
 LEASE = "outbox-relay"
 BROKER_BACKOFF = 1.0  # seconds between two tries of a blocking call that timed out
+COMMIT_RECHECK = 0.01  # seconds before asking again for a transaction commit still under way
 
 
 def producer_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -166,10 +167,10 @@ class Relay:
         self.leader_until, self.ready = now + self.lease, True
         return True
 
-    def _failed_call(self, error: KafkaError, event: str) -> None:
+    def _failed_call(self, error: KafkaError, event: str, *, backoff: float = BROKER_BACKOFF) -> None:
         """A blocking transactional call failed: call it again later, or start over with a new producer."""
         if error.retriable():
-            self.broker_quiet_until = time.monotonic() + BROKER_BACKOFF
+            self.broker_quiet_until = time.monotonic() + backoff
             log.debug(event, code=error.name())
             return
         # Fatal: fenced (a newer relay started: this producer's open transaction is aborted), or broken.
@@ -248,7 +249,9 @@ class Relay:
         except KafkaException as exc:
             error = exc.args[0]
             if error.retriable() and not error.txn_requires_abort():
-                self._failed_call(error, "outbox_commit_pending")  # the same call, a little later
+                # The commit goes on in the background: the same call on a later tick picks its answer up,
+                # so this waits only a loop turn or two, not the backoff of a call that failed.
+                self._failed_call(error, "outbox_commit_pending", backoff=COMMIT_RECHECK)
             else:  # fenced (a newer relay started), or the transaction must be aborted: start over
                 log.warning("outbox_commit_failed", code=error.name(), fatal=error.fatal())
                 self._drop_producer()

@@ -173,11 +173,12 @@ class StoreBase:
 
     @staticmethod
     def _update_many(conn: sa.Connection, table: sa.Table, keys: Sequence[str], columns: Sequence[str],
-                     rows: Sequence[Mapping[str, Any]], *, guard: str | None = None) -> int:
+                     rows: Sequence[Mapping[str, Any]], *, guard: str | None = None,
+                     owner: str | None = None) -> int:
         """Writes ``columns`` of many rows, matched on ``keys``, in one statement on PostgreSQL.
 
         ``guard`` names a column whose current value must equal the row's ``"_" + guard`` (a version
-        compare-and-set). Returns the number of rows written.
+        compare-and-set). ``owner``: only rows whose ``lease_owner`` it is. Returns the number of rows written.
         """
         if not rows:
             return 0
@@ -185,6 +186,8 @@ class StoreBase:
             where = [table.c[k] == sa.bindparam(f"k_{k}") for k in keys]
             if guard is not None:
                 where.append(table.c[guard] == sa.bindparam(f"g_{guard}"))
+            if owner is not None:
+                where.append(table.c["lease_owner"] == owner)
             statement = table.update().where(*where).values({c: sa.bindparam(f"v_{c}") for c in columns})
             params = [{**{f"k_{k}": r[k] for k in keys}, **{f"v_{c}": _plain(r[c]) for c in columns},
                        **({f"g_{guard}": r["_" + guard]} if guard is not None else {})} for r in rows]
@@ -201,10 +204,14 @@ class StoreBase:
         conditions = [f't."{k}" = v."{k}"' for k in keys]
         if guard is not None:
             conditions.append(f't."{guard}" = v."_{guard}"')
+        arrays: dict[str, Any] = {}
+        if owner is not None:
+            conditions.append('t."lease_owner" = :owner')
+            arrays["owner"] = owner
         # Identifiers only (the table's own column names); every value is a bound array.
         statement_text = (f'UPDATE "{table.name}" AS t SET {assignments} FROM unnest({casts}) AS v({alias}) '  # noqa: S608
                           f"WHERE {' AND '.join(conditions)}")
-        arrays = {f"a{i}": [_plain(r[n]) for r in rows] for i, n in enumerate(names)}
+        arrays.update({f"a{i}": [_plain(r[n]) for r in rows] for i, n in enumerate(names)})
         return conn.execute(sa.text(statement_text), arrays).rowcount
 
     def _audit(self, conn: sa.Connection, request_id: str, system: str | None, now: datetime, action: str, *,

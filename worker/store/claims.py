@@ -243,14 +243,14 @@ class Claims(StoreBase):
     def renew_leases(self, claimed: Iterable[ClaimedTask], lease_until: datetime) -> int:
         """Extends the leases this worker still holds; returns how many. A lost lease (the version
         moved on) stays lost: that call's result will not be recorded either."""
-        renewed = 0
+        rows = [{"request_id": t.request_id, "system": t.system, "_version": t.version, "lease_expires_at": lease_until}
+                for t in claimed]
+        if not rows:
+            return 0
         with self.engine.begin() as conn:
-            for task in claimed:
-                renewed += conn.execute(tasks.update().where(
-                    tasks.c.request_id == task.request_id, tasks.c.system == task.system,
-                    tasks.c.version == task.version, tasks.c.lease_owner == self.actor,
-                ).values(lease_expires_at=lease_until)).rowcount
-        return renewed
+            # One statement for all of them; the owner check rides on the version (only a claim moves both).
+            return self._update_many(conn, tasks, ("request_id", "system"), ("lease_expires_at",), rows,
+                                     guard="version", owner=self.actor)
 
     def reclaim_own_leases(self, now: datetime) -> int:
         """Ends, at once, the leases held under this worker's id: they belong to a dead incarnation.
