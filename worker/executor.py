@@ -1,16 +1,9 @@
 """The fan-out executor: runs due system tasks concurrently, driven entirely from the store.
 
-``tick`` is called from the main loop and never blocks on a connector: calls run in a thread
-pool, bounded per system (``concurrency``) and overall (``max_in_flight``). Results are written
-back on the next tick. Backoff is a due time in the store, so no thread ever sleeps waiting to
-retry and a restarted worker picks up exactly where the last one stopped.
-
-Leases: every task in flight holds a short lease, renewed every third of it by ``tick``, so a call
-may take any time while its worker lives, and a dead worker's tasks are taken over within one lease.
-A result whose lease was lost is never recorded (``Store.finish`` checks version and owner). On its
-first tick the executor takes its worker id's identity lock and reclaims what a dead incarnation of
-itself left running (``Claims.reclaim_own_leases``): a restarted pod resumes within seconds.
-"""
+``tick`` (from the main loop) never blocks on a connector: calls run in a thread pool bounded per system
+(``concurrency``) and overall (``max_in_flight``), results are written back on a later tick, and backoff
+is a due time in the store. Every call holds a lease renewed by ``tick``; a result whose lease was lost
+is never recorded. A restarted worker reclaims its dead incarnation's leases at once."""
 
 from __future__ import annotations
 

@@ -1,43 +1,10 @@
-"""The outbox relay: publishes receipts and DLQ records that the store committed, in order.
+"""The outbox relay: publishes the receipts and DLQ records the store committed, in order.
 
-One relay leads at a time across all workers (a store lease), so the receipts of one request reach
-the compacted topic in the order they were written. Each batch is one **Kafka transaction**; rows are
-deleted only after it committed. A crash in between republishes identical records, which compaction
-absorbs. Readers of the receipts and DLQ topics must read with ``isolation.level=read_committed``
-(librdkafka's default; Java's is ``read_uncommitted``).
-
-Fencing: why a stalled leader can never publish an old batch after a newer leader published.
-
-Every relay of a fleet uses the same ``transactional.id`` (from the consumer group). A relay that
-takes the lease gets a fresh lease token, then calls ``init_transactions``, then checks in the store
-that its token still holds the lease, and only then reads the outbox. ``init_transactions`` bumps the
-producer epoch: from then on the broker refuses any produce or commit of an older epoch (``_FENCED``)
-and aborts its open transaction, whose records read_committed readers never see. So:
-
-1. Leaders follow each other in lease order, and each one's ``init_transactions`` falls inside its own
-   lease (checked after the call): a newer leader's init comes after every older leader's init.
-2. A batch commits only if no newer init happened before the commit. Hence everything an older leader
-   commits is committed before the newer leader starts, so before it reads the outbox.
-3. Rows are deleted only by the current token, under a lock on the lease row, so an older leader
-   cannot delete rows (its own, already committed) while a newer one is between reading and publishing
-   them: the newer leader sees each committed batch of an older one either whole or gone.
-
-So the newer leader's first batch re-reads, in order, everything whose last receipt is not already
-last in the topic, and no older batch can land after it. A lease alone would not do this: a leader
-that stalls (GC pause, lost network) after reading a batch would publish it after its lease ran out.
-A token alone would not either: the check and the produce are two steps apart. The broker's epoch is
-checked at the commit itself.
-
-Refused records (too large, invalid) do not wedge the relay: see ``worker.refusals``. A record that a
-batch got refused is sent alone next; refused alone, a DLQ record is replaced by a small stand-in and a
-receipt is dropped with a log line.
-
-The relay never blocks the main loop on the broker for long: ``tick`` hands a batch to the producer
-and returns; a later tick commits it once every record was acknowledged (one round trip). Blocking
-calls (``init_transactions``, commit) wait at most ``broker_timeout`` seconds, and a call that
-timed out is made again on the next tick. During a broker outage the batch stays in flight (librdkafka
-retries it) and the outbox rows stay in the store.
-"""
+One relay leads at a time across all workers (a store lease); each batch is one Kafka transaction,
+and rows are deleted only after it committed, so a crash in between republishes identical records.
+``init_transactions`` fences every older leader, so no stale batch lands after a newer one (the
+argument: docs/architecture.md). Readers must use ``read_committed``. ``tick`` never blocks the loop
+for long; refused records are handled by ``worker.refusals``."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class StoreBase:
         changed = status != request["status"]
         values: dict[str, Any] = {**(changes or {}), "updated_at": now, "status": status}
         if status in states.TERMINAL_STATUSES:
-            # SPEC invariant 8: the orchestrator forgets too.
+            # The orchestrator forgets too: personal data goes with the terminal state.
             values.update(completed_at=now, subject_json=None, reason=None, purged_at=now)
         conn.execute(requests.update().where(requests.c.request_id == request["request_id"]).values(**values))
         if changed:

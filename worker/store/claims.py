@@ -1,15 +1,9 @@
 """Task claims: which due tasks a worker may start, within every system's limit across all workers.
 
-A claim is a version compare-and-set plus a lease, so two workers can never both run one task. On
-PostgreSQL the claims of one system queue on an advisory lock, which makes the running-task count
-that the limit is checked against exact across workers.
-
-Recovery in seconds (SPEC invariant 11): the lease is short and its holder renews it while the call
-runs, so another worker takes a dead worker's task within one lease. A dead worker's own restart
-(same ``worker_id``: in Kubernetes, the pod's name survives a container restart) does better: it
-reclaims its leases at once, see ``reclaim_own_leases``. Expired leases are offered before any
-other due task, so a backlog never hides them.
-"""
+A claim is a version compare-and-set plus a lease, so two workers never run one task; on PostgreSQL a
+system's claims queue on an advisory lock, so the running-task count is exact. Recovery in seconds:
+leases are short and renewed, expired ones are offered first, and a restarted worker (same
+``worker_id``) reclaims its own at once (``reclaim_own_leases``)."""
 
 from __future__ import annotations
 
