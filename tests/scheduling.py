@@ -160,6 +160,7 @@ class Fleet:
             order = self.executors[turn % len(self.executors):] + self.executors[:turn % len(self.executors)]
             for executor in order:  # record every finished call first: a finished call holds its system's slot
                 executor.tick(accept_new=False)
+                executor.nudge()  # no idle pause in real time: the fake clock decides what is due
             started = sum(executor.tick() for executor in order)
             in_flight = [f for executor in self.executors for f in executor.in_flight]
             if in_flight:
