@@ -74,7 +74,16 @@ STORE_OUTAGE = Gauge("oubli_store_outage_seconds",
                      "How long the store has been unreachable from this worker (0 when reachable)", registry=REGISTRY)
 STORE_ERRORS = Counter("oubli_store_errors_total", "Store outages seen by the main loop, by step and error type",
                        ["step", "kind"], registry=REGISTRY)
+LOOP_ERRORS = Counter("oubli_loop_errors_total",
+                      "Unexpected errors in a main-loop step (a bug, or data that breaks it), by step and error type",
+                      ["step", "kind"], registry=REGISTRY)
 
+# oubli web (worker/web): a separate process, so these are on its /metrics, not the worker's.
+WEB_REQUESTS = Counter("oubli_web_requests_total", "HTTP requests answered by oubli web, by route and status code",
+                       ["route", "status"], registry=REGISTRY)
+WEB_CALLBACKS = Counter("oubli_web_deletion_callbacks_total",
+                        "Meta data deletion callbacks, by result (started, repeated, no_data, refused_*, failed)",
+                        ["result"], registry=REGISTRY)
 # The resurrection scan (`oubli verify`, a CronJob): its own process sets these at the end of a run, and every
 # worker sets them from the store's record of the last run, so /metrics shows them between runs.
 RESURRECTION_SCANNED = Gauge("oubli_resurrection_scan_scanned",
@@ -86,13 +95,3 @@ RESURRECTIONS = Gauge("oubli_resurrection_scan_subjects",
 RESURRECTION_SCAN_TIME = Gauge("oubli_resurrection_scan_last_timestamp_seconds",
                                "When the last resurrection scan finished (Unix time; 0 before the first)",
                                registry=REGISTRY)
-LOOP_ERRORS = Counter("oubli_loop_errors_total",
-                      "Unexpected errors in a main-loop step (a bug, or data that breaks it), by step and error type",
-                      ["step", "kind"], registry=REGISTRY)
-
-# oubli web (worker/web): a separate process, so these are on its /metrics, not the worker's.
-WEB_REQUESTS = Counter("oubli_web_requests_total", "HTTP requests answered by oubli web, by route and status code",
-                       ["route", "status"], registry=REGISTRY)
-WEB_CALLBACKS = Counter("oubli_web_deletion_callbacks_total",
-                        "Meta data deletion callbacks, by result (started, repeated, no_data, refused_*, failed)",
-                        ["result"], registry=REGISTRY)
