@@ -52,15 +52,15 @@ def require_stack() -> None:
 
 
 @contextlib.contextmanager
-def pg_schema(prefix: str = "bench") -> Iterator[str]:
-    """A URL whose connections see only a brand-new PostgreSQL schema, dropped afterwards."""
+def pg_schema(prefix: str = "bench", base: str = PG_URL) -> Iterator[str]:
+    """A URL on ``base`` whose connections see only a brand-new PostgreSQL schema, dropped afterwards."""
     schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)
+    admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in PG_URL else "?"
+    separator = "&" if "?" in base else "?"
     try:
-        yield f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))

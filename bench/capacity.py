@@ -33,10 +33,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import sqlalchemy as sa
 import yaml
@@ -45,6 +44,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from _common import pg_schema  # noqa: E402  (bench/ is this script's own folder on sys.path)
 
 from worker import config, kafka  # noqa: E402
 from worker.support import build_command  # noqa: E402
@@ -57,19 +58,6 @@ TERMINAL = {b"completed", b"completed_with_exceptions", b"failed", b"rejected", 
 # --- plumbing -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def pg_schema(base: str, prefix: str) -> Iterator[str]:
-    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 class DbCounters:
@@ -244,7 +232,7 @@ def wait_started(process: subprocess.Popen[bytes], log_path: Path, timeout: floa
 def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     prefix = f"cap{uuid.uuid4().hex[:8]}"
     kafka_raw, topics = new_topics(prefix)
-    with pg_schema(args.pg_url, "cap_store") as url:
+    with pg_schema("cap_store", args.pg_url) as url:
         systems = {f"s{i:02d}": {"connector": "bench.noop", "concurrency": args.concurrency, "max_attempts": 4}
                    for i in range(args.systems)}
         raw = {"store_url": url, "subject_key": "bench-subject-key-" + "0" * 32, "kafka": kafka_raw,
@@ -339,7 +327,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
 def floor_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     prefix = f"floor{uuid.uuid4().hex[:8]}"
     kafka_raw, topics = new_topics(prefix)
-    with pg_schema(args.pg_url, "cap_floor") as url:
+    with pg_schema("cap_floor", args.pg_url) as url:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
             conn.execute(sa.text("CREATE TABLE floor_requests (seq bigserial PRIMARY KEY, request_id text UNIQUE, "

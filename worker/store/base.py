@@ -24,6 +24,21 @@ from worker.store.outbox import Outbox
 from worker.store.records import NotFound, StoreConflict, TaskUpdate
 from worker.store.schema import audit_events, outbox, requests, tasks
 
+_TASK_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(TaskState) if f.name != "max_attempts")
+
+
+def task_values(version: int, after: TaskState, update: TaskUpdate) -> dict[str, Any]:
+    """A task's columns after a transition and its call's update, lease released and version moved on."""
+    # Field by field, not dataclasses.asdict: its deep copies cost more than the rest of a result's write.
+    values: dict[str, Any] = {name: getattr(after, name) for name in _TASK_STATE_FIELDS}
+    values.update(lease_owner=None, lease_expires_at=None, version=version + 1)
+    if update.retained:
+        values["retained_json"] = json.dumps(list(update.retained))
+    for name in ("expected_by", "detail", "records", "confirmed_by"):
+        if getattr(update, name) is not None:
+            values[name] = getattr(update, name)
+    return values
+
 
 class StoreBase:
     def __init__(self, engine: sa.Engine, *, topics: Topics, policy: states.RetryPolicy, actor: str) -> None:
@@ -56,15 +71,7 @@ class StoreBase:
     def _write_task(conn: sa.Connection, request_id: str, system: str, version: int, after: TaskState,
                     update: TaskUpdate) -> dict[str, Any]:
         """Writes a task's new state; returns the values written, for the caller's copy of the row."""
-        values: dict[str, Any] = {
-            k: v for k, v in dataclasses.asdict(after).items() if k != "max_attempts"
-        }
-        values.update(lease_owner=None, lease_expires_at=None, version=version + 1)
-        if update.retained:
-            values["retained_json"] = json.dumps(list(update.retained))
-        for name in ("expected_by", "detail", "records", "confirmed_by"):
-            if getattr(update, name) is not None:
-                values[name] = getattr(update, name)
+        values = task_values(version, after, update)
         conn.execute(tasks.update().where(tasks.c.request_id == request_id, tasks.c.system == system)
                      .values(**values))
         return values

@@ -7,7 +7,6 @@ actions and reads.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -19,6 +18,7 @@ from worker import receipts, states
 from worker.core.timefmt import aware
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
+from worker.store.base import task_values
 from worker.store.claims import Claims
 from worker.store.records import (
     OPEN_STATUSES,
@@ -38,7 +38,6 @@ from worker.store.schema import audit_events, outbox, requests, tasks
 FINISH_COLUMNS = ("state", "attempts", "next_attempt_at", "outcome", "vendor_ref", "error_code", "error_message",
                   "confirmed_at", "waiting_since", "lease_losses", "lease_owner", "lease_expires_at", "version",
                   "retained_json", "expected_by", "detail", "records", "confirmed_by")
-_TASK_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(states.TaskState) if f.name != "max_attempts")
 # What a receipt reads that intake leaves empty: a new request renders without reading itself back.
 _RECEIPT_BLANKS = {"completed_at": None, "export_json": None, "error_code": None, "error_message": None}
 _TASK_BLANKS = {"outcome": None, "vendor_ref": None, "expected_by": None, "detail": None, "retained_json": None,
@@ -287,7 +286,7 @@ class Store(Claims):
             before = task_state(row)
             after = states.transition(before, event, now, self.policy)
             version = row["version"]
-            row.update(self._task_values(version, after, update))
+            row.update(task_values(version, after, update))
             written[(claimed.request_id, claimed.system)] = {**row, "_version": version}
             error_code = after.error_code if after.state in (SystemState.RETRYING, SystemState.FAILED) else None
             audits.append(self._audit_row(claimed.request_id, claimed.system, now, type(event).__name__.lower(),
@@ -338,18 +337,6 @@ class Store(Claims):
                                    aware(request["requested_at"]) if request["requested_at"] else None)
         return finished
 
-    @staticmethod
-    def _task_values(version: int, after: states.TaskState, update: TaskUpdate) -> dict[str, Any]:
-        """A task's columns after a result: what ``_write_task`` writes, for a bulk write."""
-        # Field by field, not dataclasses.asdict: its deep copies cost more than the rest of a result's write.
-        values: dict[str, Any] = {name: getattr(after, name) for name in _TASK_STATE_FIELDS}
-        values.update(lease_owner=None, lease_expires_at=None, version=version + 1)
-        if update.retained:
-            values["retained_json"] = json.dumps(list(update.retained))
-        for name in ("expected_by", "detail", "records", "confirmed_by"):
-            if getattr(update, name) is not None:
-                values[name] = getattr(update, name)
-        return values
 
     # --- operators -------------------------------------------------------------------------
 
