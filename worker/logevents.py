@@ -29,6 +29,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "intake_batch_refused": "the store refused a batch for its data: its commands are recorded one at a time",
     "command_rejected": "a command failed validation: rejected receipt and/or DLQ",
     "command_poison": "a message could not be handled at all and goes to the DLQ",
+    "headers_unreadable": "a message's headers could not be decoded: it is taken in without them",
     "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",
     # Executor (worker.executor)
     "system_call_finished": "one connector call ended (confirmed, pending, retry, failure...)",

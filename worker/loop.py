@@ -342,9 +342,15 @@ def _source(message: Record) -> str:
 
 
 def _incoming(message: Record) -> Message:
-    received = message.headers() or []
-    pairs = received.items() if isinstance(received, dict) else received
-    headers = [(str(k), v if isinstance(v, bytes) else (v or "").encode()) for k, v in pairs]
+    try:
+        received = message.headers() or []
+        pairs = received.items() if isinstance(received, dict) else received
+        headers = [(str(k), v if isinstance(v, bytes) else (v or "").encode()) for k, v in pairs]
+    except Exception as exc:  # noqa: BLE001 - e.g. a header key that is not UTF-8: the client cannot decode it
+        # Without this the whole batch would be rewound onto the same record forever. Intake then records or
+        # dead-letters the value like any other (a signed command without its signature header: bad_signature).
+        log.warning("headers_unreadable", source=_source(message), error_type=type(exc).__name__)
+        headers = []
     value, key = message.value(), message.key()
     return Message(value=value.encode() if isinstance(value, str) else value,
                    key=key.encode() if isinstance(key, str) else key, headers=headers, source=_source(message))

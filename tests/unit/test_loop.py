@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from devkit import fakes
-from devkit.membroker import MemBroker
+from devkit.membroker import MemBroker, MemRecord
 from devkit.pipeline import raw_settings, subject_command
 from worker import compose, config
 from worker.core.errors import StoreUnavailable
@@ -95,6 +95,25 @@ def test_a_bad_command_goes_to_the_dlq_and_is_acknowledged(world: World) -> None
     headers = dict(dead.headers() or [])
     assert headers["x-oubli-source"] == f"{world.topics.commands}/3/0".encode() and "x-oubli-error-code" in headers
     assert dead.value() == b"{not json" and world.requests() == 0 and world.stored() == {3: 1}
+
+
+def test_a_record_whose_headers_cannot_be_decoded_is_taken_in_without_them(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """confluent-kafka raises on a header key that is not UTF-8: that record must not stall the batch."""
+    good = subject_command(systems=["alpha"])
+    world.send(b"{not json", partition=1)
+    world.send(good, partition=1)
+    real = MemRecord.headers
+
+    def undecodable(record: MemRecord) -> Any:
+        if record.value() == b"{not json":
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return real(record)
+
+    monkeypatch.setattr(MemRecord, "headers", undecodable)
+    world.until(lambda: world.requests() == 1 and len(world.broker.records(world.topics.dlq)) == 1)
+    (dead,) = world.broker.records(world.topics.dlq)
+    assert dead.value() == b"{not json" and world.stored() == {1: 2}
 
 
 def test_a_store_outage_mid_batch_acknowledges_the_prefix_rewinds_and_holds_intake(world: World) -> None:
