@@ -143,13 +143,22 @@ class Executor:
         # One transaction for the lot. If the store is down this raises and every result stays in
         # flight for the next tick.
         finished = self.store.finish_many(results, now)
+        tally: dict[str, int] = {}
         for future, (task, event, _), recorded in zip(done, results, finished, strict=True):
             started = self.in_flight.pop(future)[1]
             if self.on_outcome is not None:
                 self.on_outcome(task, event, (now - started).total_seconds(), recorded)
-            log.info("system_call_finished", request_id=task.request_id, system=task.system,
-                     attempt=task.attempt, result=type(event).__name__, recorded=recorded is not None,
-                     **_event_fields(event))
+            result = type(event).__name__
+            tally[result] = tally.get(result, 0) + 1
+            # A recorded confirmation is routine (the audit trail has it): a line each only at debug, where a
+            # burst would write ten per request. Anything else is what an operator looks for, so always.
+            if isinstance(event, states.Confirm) and recorded is not None:
+                log.debug("system_call_finished", request_id=task.request_id, system=task.system,
+                          attempt=task.attempt, result=result, recorded=True, outcome=event.outcome)
+            else:
+                log.info("system_call_finished", request_id=task.request_id, system=task.system,
+                         attempt=task.attempt, result=result, recorded=recorded is not None, **_event_fields(event))
+        log.info("calls_recorded", calls=len(done), results=tally, in_flight=len(self.in_flight))
 
     def _call(self, task: ClaimedTask) -> Outcome:
         """Runs in a pool thread. Never raises: every failure becomes a ``Fail`` event."""

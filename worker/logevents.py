@@ -32,7 +32,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "headers_unreadable": "a message's headers could not be decoded: it is taken in without them",
     "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",
     # Executor (worker.executor)
-    "system_call_finished": "one connector call ended (confirmed, pending, retry, failure...)",
+    "system_call_finished": "one connector call ended: a failure, retry or pending at info, a confirmation at debug",
+    "calls_recorded": "the results of one harvest were recorded in one transaction: how many of each kind",
     "connector_bug": "a connector raised an unexpected exception; treated as retryable",
     "leases_reclaimed": "tasks whose worker's lease expired were taken back",
     "worker_id_in_use": "another live worker holds this worker id's leases",

@@ -7,6 +7,7 @@ leases are short and renewed, expired ones are offered first, and a restarted wo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -31,6 +32,81 @@ def claim_order() -> list[sa.ColumnElement[Any]]:
     that ``ix_tasks_claim`` (system, background, due_at, request_seq) serves this order directly.
     """
     return [tasks.c.background, tasks.c.due_at.asc().nulls_last(), tasks.c.request_seq]
+
+
+def _gates(system: str | None = None) -> list[sa.ColumnElement[bool]]:
+    """A task waits for an earlier open request of its subject, for ``_identity``, and (a final step)
+    for every real sibling. With ``system`` known, the gates are written for it alone: plain anti-joins
+    that probe the primary key, where the general form makes PostgreSQL scan every task."""
+    earlier = requests.alias("earlier")
+    earlier_open = sa.select(sa.literal(1)).select_from(earlier).where(
+        earlier.c.subject_ref == requests.c.subject_ref, earlier.c.seq < requests.c.seq,
+        earlier.c.status.in_(OPEN_STATUSES),
+    )
+    sibling = tasks.alias("sibling")
+    unconfirmed_sibling = sa.select(sa.literal(1)).select_from(sibling).where(
+        sibling.c.request_id == tasks.c.request_id, sibling.c.system.not_in(list(receipts.FINAL_TASKS)),
+        sibling.c.state != SystemState.CONFIRMED,
+    )
+    unresolved_identity = sa.select(sa.literal(1)).select_from(sibling).where(
+        sibling.c.request_id == tasks.c.request_id, sibling.c.system == receipts.IDENTITY_TASK,
+        sibling.c.state != SystemState.CONFIRMED,
+    )
+    if system is None:
+        return [~sa.exists(earlier_open),
+                sa.or_(tasks.c.system.not_in(list(receipts.FINAL_TASKS)), ~sa.exists(unconfirmed_sibling)),
+                sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity))]
+    gates = [~sa.exists(earlier_open)]
+    if system in receipts.FINAL_TASKS:
+        gates.append(~sa.exists(unconfirmed_sibling))
+    if system != receipts.IDENTITY_TASK:
+        gates.append(~sa.exists(unresolved_identity))
+    return gates
+
+
+# The claim's statements are built once (per set of systems) with bound parameters: building one of
+# them, with its aliases and the union of a select per system, cost more CPU than running it.
+@functools.cache
+def _running_statement() -> sa.Select[Any]:
+    """Calls in flight per system, across all workers: running tasks whose lease has not run out."""
+    return (sa.select(tasks.c.system, sa.func.count().label("n"))
+            .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at >= sa.bindparam("now"))
+            .group_by(tasks.c.system))
+
+
+@functools.cache
+def _any_expired_statement() -> sa.Select[Any]:
+    return sa.select(sa.literal(1)).where(sa.exists(
+        sa.select(sa.literal(1)).select_from(tasks)
+        .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < sa.bindparam("now"))))
+
+
+@functools.cache
+def _expired_statement() -> sa.Select[Any]:
+    return (sa.select(tasks.c.request_id, tasks.c.system)
+            .join(requests, requests.c.request_id == tasks.c.request_id)
+            .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < sa.bindparam("now"),
+                   tasks.c.system.in_(sa.bindparam("systems", expanding=True)), *_gates())
+            .order_by(tasks.c.lease_expires_at, tasks.c.request_seq))
+
+
+@functools.lru_cache(maxsize=256)
+def _waiting_statement(systems: tuple[str, ...]) -> sa.Select[Any]:
+    """Per system (limit ``n<i>``, the i-th of ``systems``) its first waiting tasks in claim order; all of
+    them merged in that order. Parameters: ``now`` and ``n0`` .. ``n<k>``."""
+    waiting = [
+        sa.select(tasks.c.request_id, tasks.c.system, tasks.c.background, tasks.c.due_at, tasks.c.request_seq)
+        .join(requests, requests.c.request_id == tasks.c.request_id)
+        .where(tasks.c.system == system, sa.text(f"tasks.{CLAIMABLE_PREDICATE}"),
+               tasks.c.next_attempt_at <= sa.bindparam("now"), *_gates(system))
+        .order_by(*claim_order()).limit(sa.bindparam(f"n{i}", type_=sa.Integer))
+        for i, system in enumerate(systems)
+    ]
+    if len(waiting) == 1:
+        return waiting[0]
+    union = sa.union_all(*(w.subquery().select() for w in waiting)).subquery()
+    return sa.select(union.c.request_id, union.c.system).order_by(
+        union.c.background, union.c.due_at.asc().nulls_last(), union.c.request_seq)
 
 
 def _lock_key(name: str) -> int:
@@ -59,9 +135,7 @@ class Claims(StoreBase):
                 keys = sorted({_lock_key(f"claim:{system}") for system in limits})
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) "
                                      "AS k ORDER BY 1) AS ordered"), {"keys": keys})
-            rows = conn.execute(sa.select(tasks.c.system, sa.func.count().label("n"))
-                                .where(*self._live_running(now)).group_by(tasks.c.system))
-            running = {row.system: row.n for row in rows}
+            running = {row.system: row.n for row in conn.execute(_running_statement(), {"now": now})}
             wanted = {s: min(room, limit - running.get(s, 0)) for s, limit in limits.items()}
             wanted = {s: n for s, n in wanted.items() if n > 0}
             if not wanted:
@@ -72,45 +146,11 @@ class Claims(StoreBase):
             return self._claim_rows(conn, candidates, now, lease_until, wanted, room, held)
 
     @staticmethod
-    def _live_running(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
-        return (tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at >= now)
-
-    @staticmethod
     def _due(now: datetime) -> sa.ColumnElement[bool]:
         return sa.or_(
             sa.and_(tasks.c.state.in_(CLAIMABLE_VALUES), tasks.c.next_attempt_at <= now),
             sa.and_(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now),
         )
-
-    @staticmethod
-    def _gates(system: str | None = None) -> list[sa.ColumnElement[bool]]:
-        """A task waits for an earlier open request of its subject, for ``_identity``, and (a final step)
-        for every real sibling. With ``system`` known, the gates are written for it alone: plain anti-joins
-        that probe the primary key, where the general form makes PostgreSQL scan every task."""
-        earlier = requests.alias("earlier")
-        earlier_open = sa.select(sa.literal(1)).select_from(earlier).where(
-            earlier.c.subject_ref == requests.c.subject_ref, earlier.c.seq < requests.c.seq,
-            earlier.c.status.in_(OPEN_STATUSES),
-        )
-        sibling = tasks.alias("sibling")
-        unconfirmed_sibling = sa.select(sa.literal(1)).select_from(sibling).where(
-            sibling.c.request_id == tasks.c.request_id, sibling.c.system.not_in(list(receipts.FINAL_TASKS)),
-            sibling.c.state != SystemState.CONFIRMED,
-        )
-        unresolved_identity = sa.select(sa.literal(1)).select_from(sibling).where(
-            sibling.c.request_id == tasks.c.request_id, sibling.c.system == receipts.IDENTITY_TASK,
-            sibling.c.state != SystemState.CONFIRMED,
-        )
-        if system is None:
-            return [~sa.exists(earlier_open),
-                    sa.or_(tasks.c.system.not_in(list(receipts.FINAL_TASKS)), ~sa.exists(unconfirmed_sibling)),
-                    sa.or_(tasks.c.system == receipts.IDENTITY_TASK, ~sa.exists(unresolved_identity))]
-        gates = [~sa.exists(earlier_open)]
-        if system in receipts.FINAL_TASKS:
-            gates.append(~sa.exists(unconfirmed_sibling))
-        if system != receipts.IDENTITY_TASK:
-            gates.append(~sa.exists(unresolved_identity))
-        return gates
 
     def _candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int],
                     extra: int) -> list[tuple[str, str]]:
@@ -120,39 +160,15 @@ class Claims(StoreBase):
         Waiting tasks come, per system, from an index in claim order (``ix_tasks_claim``), so a backlog of
         any size costs a short index range per system, not a sort of every due task.
         """
-        expired = conn.execute(
-            sa.select(tasks.c.request_id, tasks.c.system)
-            .join(requests, requests.c.request_id == tasks.c.request_id)
-            .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now,
-                   tasks.c.system.in_(list(wanted)), *self._gates())
-            .order_by(tasks.c.lease_expires_at, tasks.c.request_seq)
-        ).all() if self._any_expired(conn, now) else []
-        waiting: list[sa.Select[Any]] = []
-        for system, count in sorted(wanted.items()):
-            waiting.append(
-                sa.select(tasks.c.request_id, tasks.c.system, tasks.c.background, tasks.c.due_at, tasks.c.request_seq)
-                .join(requests, requests.c.request_id == tasks.c.request_id)
-                .where(tasks.c.system == system, sa.text(f"tasks.{CLAIMABLE_PREDICATE}"),
-                       tasks.c.next_attempt_at <= now, *self._gates(system))
-                .order_by(*claim_order()).limit(count + extra)
-            )
+        systems = tuple(sorted(wanted))
+        expired = conn.execute(_expired_statement(), {"now": now, "systems": list(systems)}).all() \
+            if conn.execute(_any_expired_statement(), {"now": now}).first() is not None else []
+        limits = {f"n{i}": wanted[system] + extra for i, system in enumerate(systems)}
+        rows = conn.execute(_waiting_statement(systems), {"now": now, **limits}).all()
         pairs = [(r.request_id, r.system) for r in expired]
-        if len(waiting) == 1:
-            rows = conn.execute(waiting[0]).all()
-        else:
-            union = sa.union_all(*(w.subquery().select() for w in waiting)).subquery()
-            rows = conn.execute(sa.select(union.c.request_id, union.c.system)
-                                .order_by(union.c.background, union.c.due_at.asc().nulls_last(),
-                                          union.c.request_seq)).all()
         seen = set(pairs)
         pairs += [(r.request_id, r.system) for r in rows if (r.request_id, r.system) not in seen]
         return pairs
-
-    @staticmethod
-    def _any_expired(conn: sa.Connection, now: datetime) -> bool:
-        return conn.execute(sa.select(sa.literal(1)).where(sa.exists(
-            sa.select(sa.literal(1)).select_from(tasks)
-            .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now)))).first() is not None
 
     def _claim_rows(self, conn: sa.Connection, candidates: list[tuple[str, str]], now: datetime,
                     lease_until: datetime, wanted: dict[str, int], room: int,
