@@ -160,7 +160,14 @@ class Loop:
         timeout = self.settings.worker.poll_seconds
         if busy:
             timeout = min(timeout, BUSY_POLL_SECONDS)
-        batch = self.consumer.consume(num_messages=self.settings.worker.batch_size, timeout=timeout)
+        size = self.settings.worker.batch_size
+        # consume() returns early only with a full batch: it would hold a lone command for the whole timeout.
+        # So what is already fetched is taken without waiting, and otherwise poll() waits for the first record.
+        batch = self.consumer.consume(num_messages=size, timeout=0)
+        if not batch:
+            first = self.consumer.poll(timeout)
+            batch = [] if first is None else [first, *(self.consumer.consume(num_messages=size - 1, timeout=0)
+                                                       if size > 1 else [])]
         records: list[Record] = []
         for message in batch:
             error = message.error()

@@ -85,12 +85,19 @@ class Relay:
             return 0
         if not self.ready and not self._start(now):
             return 0
+        published = 0
         if self.in_flight is not None:
-            return self._end() if self.in_flight.settled() else 0
+            if not self.in_flight.settled():
+                return 0
+            published = self._end()
+            if self.in_flight is not None or not self.ready:  # a commit still under way, or the relay started over
+                return published
+        # The next batch at once, not on the next turn: the loop idles for its poll timeout when nothing is in
+        # flight, and a receipt written meanwhile (a request that finished) would wait that long.
         records = self.store.outbox.batch(self.batch_size)
         if records:
             self._send(self._plan(records))
-        return 0
+        return published
 
     def pending(self) -> bool:
         return self.in_flight is not None
