@@ -1,7 +1,7 @@
-"""Recovery in seconds under fire: 200 SIGKILLs at random instants while erasures and exports run across
+"""Recovery in seconds under fire: 120 SIGKILLs at random instants while erasures and exports run across
 all ten systems. Every request completes, with one distinct terminal receipt, and every system's effect
 is applied once (what "once" means per system: ``devkit/chaos.py``). ``bench/chaos.py`` runs the same
-scenario and prints the kill-to-completion times."""
+scenario (200 kills by default) and prints the kill-to-completion times."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import pytest
 
 from devkit.chaos import Chaos
 
-KILLS = 200
+# The pace of the kills follows the workers' start-up (a second or two each): 120 keep the suite within
+# its time budget; every kind of kill (early, mid-call, same or new worker_id) still happens dozens of times.
+KILLS = 120
 REQUESTS = 60
 
 
-# The kills take about three minutes; the suite's 300 s default would cut the wait for completion
+# The kills take about two minutes; the suite's 300 s default would cut the wait for completion
 # short on a busy machine, and hide which requests were left (chaos.verify names them).
 @pytest.mark.timeout(600)
-def test_two_hundred_sigkills_over_all_ten_systems_lose_nothing_and_apply_each_effect_once(
+def test_sigkills_at_random_instants_over_all_ten_systems_lose_nothing_and_apply_each_effect_once(
     pg_url: str, pg_schema_urls: Any, kafka_bootstrap: str, s3_client: Any, s3_bucket: str, tmp_path: Path,
 ) -> None:
     chaos = Chaos(store_url=pg_url, new_schema=pg_schema_urls, kafka=kafka_bootstrap, s3=s3_client,
