@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -147,10 +148,11 @@ class StoreBase:
                      returning: Sequence[str] = ()) -> list[sa.Row[Any]]:
         """Inserts many rows in one statement; returns ``returning`` columns of each row, in order.
 
-        PostgreSQL: ``INSERT ... SELECT FROM unnest(arrays) WITH ORDINALITY ORDER BY``, one parameter per
-        column, so the statement text is short and the same for any number of rows (a multi-row VALUES
-        list has thousands of placeholders for the driver to parse, each time). Defaults such as a serial
-        key are drawn in the rows' order. SQLite: executemany, which costs no round trips there.
+        PostgreSQL: ``COPY`` when nothing is returned (the driver formats its rows in C: a quarter of the
+        time of binding arrays, which it builds element by element in Python), otherwise ``INSERT ...
+        SELECT FROM unnest(arrays) WITH ORDINALITY ORDER BY``, one parameter per column, so the statement
+        text is short and the same for any number of rows. Either way defaults such as a serial key are
+        drawn in the rows' order. SQLite: executemany, which costs no round trips there.
         """
         if not rows:
             return []
@@ -161,8 +163,11 @@ class StoreBase:
                 return []
             statement = table.insert().returning(*(table.c[n] for n in returning), sort_by_parameter_order=True)
             return list(conn.execute(statement, [{n: row.get(n) for n in names} for row in rows]).all())
-        casts = ", ".join(f"CAST(:a{i} AS {_pg_array_type(table.c[n].type)})" for i, n in enumerate(names))
         columns = ", ".join(f'"{n}"' for n in names)
+        if not returning:
+            _copy_rows(conn, f'COPY "{table.name}" ({columns}) FROM STDIN', names, rows)
+            return []
+        casts = ", ".join(f"CAST(:a{i} AS {_pg_array_type(table.c[n].type)})" for i, n in enumerate(names))
         text = (f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM unnest({casts}) '  # noqa: S608
                 f"WITH ORDINALITY AS v({columns}, ord) ORDER BY ord")
         if returning:
@@ -229,6 +234,23 @@ class StoreBase:
             from_state=from_state, to_state=to_state, attempt=attempt, error_code=error_code,
             detail=detail[:1000] if detail else None,
         ))
+
+
+def _copy_rows(conn: sa.Connection, statement: str, names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """``COPY ... FROM STDIN`` on the transaction's own connection, with the driver's errors raised as
+    SQLAlchemy's (so ``faults.is_outage`` sorts them as for any statement) and a broken connection
+    invalidated, as SQLAlchemy does for the statements it runs itself."""
+    raw: Any = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([_plain(row.get(n)) for n in names])
+    except psycopg.Error as exc:
+        broken = bool(raw.closed or raw.broken)
+        if broken:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error, connection_invalidated=broken,
+                                         dialect=conn.dialect) from exc
 
 
 def _pg_array_type(column_type: sa.types.TypeEngine[Any]) -> str:
