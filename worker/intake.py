@@ -97,16 +97,18 @@ class Intake:
         """
         results: list[IntakeResult] = []
         chunk: list[tuple[Message, NewCommand]] = []
+        in_chunk: set[str] = set()  # request ids: a second command of one id goes in the next transaction
         try:
             for message in batch:
                 prepared = self._prepare(message)
-                if prepared is None or any(p.command.request_id == prepared.command.request_id for _, p in chunk):
+                if prepared is None or prepared.command.request_id in in_chunk:
                     self._record_chunk(chunk, now, results)
-                    chunk = []
+                    chunk, in_chunk = [], set()
                 if prepared is None:
                     results.append(self.handle(message, now))
                 else:
                     chunk.append((message, prepared))
+                    in_chunk.add(prepared.command.request_id)
             self._record_chunk(chunk, now, results)
         except StoreUnavailable as outage:
             return BatchOutcome(results, outage)

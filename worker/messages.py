@@ -10,13 +10,15 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+import fastjsonschema
 import jsonschema
+from rfc3339_validator import validate_rfc3339
 
 import schemas
 from worker import jsontext
@@ -100,7 +102,33 @@ def schema_errors(name: str, document: Any) -> list[str]:
             parts.append(f"[{part}]" if isinstance(part, int) else f".{part}" if part in known else "[*]")
         return "".join(parts)
 
+    if _passes_compiled(name, document):
+        return []
     return sorted({f"{path(error)}: {error.validator} violated" for error in _validator(name).iter_errors(document)})
+
+
+@cache
+def _compiled(name: str) -> Callable[[Any], Any]:
+    """The schema compiled to Python (fastjsonschema): a tenth of jsonschema's time on a valid command.
+
+    The schema keeps the 2020-12 dialect but uses only keywords draft 7 has (``$defs`` is reached by
+    JSON pointer), which is what fastjsonschema compiles. ``date-time`` is checked by the same RFC 3339
+    function jsonschema uses, not fastjsonschema's looser pattern.
+    """
+    return fastjsonschema.compile(schemas.load(name), formats={"date-time": validate_rfc3339})
+
+
+def _passes_compiled(name: str, document: Any) -> bool:
+    """True only when the compiled validator accepts ``document``: a fast yes for the common case.
+
+    Whatever it rejects or cannot handle is decided by jsonschema (``schema_errors``), which also names
+    the violations. ``tests/unit/test_messages_validators.py`` checks it never accepts what jsonschema refuses.
+    """
+    try:
+        _compiled(name)(document)
+    except Exception:  # noqa: BLE001 - a refusal or a failure of the compiled code: jsonschema decides
+        return False
+    return True
 
 
 def keyed_digest(key: bytes, value: str) -> str:
