@@ -124,12 +124,14 @@ class Watch:
                 if status == b"completed":
                     self.completed.setdefault(key, time.monotonic())
 
-    def wait(self, keys: Sequence[bytes], timeout: float) -> bool:
+    def wait(self, keys: Sequence[bytes], timeout: float, *, any_end: bool = False) -> bool:
+        """Until every key is ``completed``; with ``any_end``, until each has any terminal receipt (a failed
+        request then ends the wait, not the timeout)."""
         deadline = time.monotonic() + timeout
         wanted = set(keys)
         while time.monotonic() < deadline:
             self.drain(0.01)
-            if wanted <= self.completed.keys():
+            if wanted <= (self.terminal if any_end else self.completed).keys():
                 return True
         return False
 
@@ -229,6 +231,18 @@ def wait_started(process: subprocess.Popen[bytes], log_path: Path, timeout: floa
     sys.exit(f"the worker did not get partitions within {timeout} s")
 
 
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to all (they drain at once, together), then up to 30 s each before a SIGKILL."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     prefix = f"cap{uuid.uuid4().hex[:8]}"
     kafka_raw, topics = new_topics(prefix)
@@ -308,14 +322,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 engine.dispose()
                 result["lone_store"] = statistics.median(float(v) for v in spans)
         finally:
-            for process, _ in workers:
-                if process.poll() is None:
-                    process.terminate()
-            for process, _ in workers:
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_processes([process for process, _ in workers])
             watch.close()
             counters.dispose()
     return result
@@ -443,6 +450,16 @@ def show(result: dict[str, Any]) -> None:
               f"terminal receipts {result['two_ends']}, outbox rows left {result['outbox_left']}")
 
 
+def print_header(title: str, run: str, pg_url: str, label: str) -> None:
+    """When, where and under what load a run was made, and the settings that make a commit durable: the
+    figures mean little without them."""
+    print(f"{title}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}; {run}")
+    with sa.create_engine(pg_url, poolclass=sa.pool.NullPool).connect() as conn:
+        print(f"  {label}: fsync={conn.execute(sa.text('SHOW fsync')).scalar_one()}, "
+              f"synchronous_commit={conn.execute(sa.text('SHOW synchronous_commit')).scalar_one()}")
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--floor-worker":
         floor_worker(json.loads(sys.argv[2]))
@@ -463,12 +480,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--pg-url", default=PG_URL)
     args = parser.parse_args()
-    print(f"oubli capacity, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.requests} erasures x {args.systems} no-op "
-          f"systems, {args.workers} worker(s){f', tree {args.tree}' if args.tree else ''}")
-    with sa.create_engine(args.pg_url, poolclass=sa.pool.NullPool).connect() as conn:
-        print(f"  store: fsync={conn.execute(sa.text('SHOW fsync')).scalar_one()}, "
-              f"synchronous_commit={conn.execute(sa.text('SHOW synchronous_commit')).scalar_one()}")
+    print_header("oubli capacity", f"{args.requests} erasures x {args.systems} no-op systems, {args.workers} "
+                 f"worker(s){f', tree {args.tree}' if args.tree else ''}", args.pg_url, "store")
     with tempfile.TemporaryDirectory(prefix="oubli-capacity-") as tmp:
         for _ in range(args.repeats):
             worker = None if args.no_worker else worker_run(args, Path(tmp))

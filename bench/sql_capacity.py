@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +45,9 @@ from capacity import (
     cpu_seconds,
     new_topics,
     percentile,
+    print_header,
     start_worker,
+    stop_processes,
     wait_started,
 )
 
@@ -161,17 +160,6 @@ def shop_statements(counters: DbCounters) -> float:
             "WHERE d.datname = current_database() AND s.query ~* '\\mcustomers\\M'")).scalar_one())
 
 
-def wait_terminal(watch: Watch, keys: Sequence[bytes], timeout: float) -> bool:
-    """Until every request has a terminal receipt, whichever: a failed one ends the wait, not the timeout."""
-    deadline = time.monotonic() + timeout
-    wanted = set(keys)
-    while time.monotonic() < deadline:
-        watch.drain(0.01)
-        if wanted <= watch.terminal.keys():
-            return True
-    return False
-
-
 def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     if args.customers < args.requests + WARM:
         sys.exit(f"--customers must be at least --requests + {WARM}: each erasure takes a different customer")
@@ -195,7 +183,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         try:
             wait_started(process, log_path)
             sent = publisher.publish([erasure(row) for row in warm])
-            if not wait_terminal(watch, list(sent), 120):
+            if not watch.wait(list(sent), 120, any_end=True):
                 sys.exit(f"the warm-up did not end within 120 s:\n{log_path.read_text(errors='replace')[-3000:]}")
             counters.reset()
             statements0, commits0 = counters.read()
@@ -203,7 +191,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             cpu0 = cpu_seconds(process.pid)
             started = time.monotonic()
             sent = publisher.publish([erasure(row) for row in burst])
-            ended = wait_terminal(watch, list(sent), args.timeout)
+            ended = watch.wait(list(sent), args.timeout, any_end=True)
             done = [watch.completed[k] for k in sent if k in watch.completed]
             elapsed = (max(done) if done and ended else time.monotonic()) - started
             cpu = cpu_seconds(process.pid) - cpu0
@@ -211,12 +199,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             shop1 = shop_statements(counters)
             latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
         finally:
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_processes([process])
             watch.close()
             counters.dispose()
         problems = check_shop(shop_url, original, {row["id"] for row in chosen})
@@ -261,12 +244,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--pg-url", default=PG_URL)
     args = parser.parse_args()
-    print(f"oubli sql capacity, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.requests} erasures by email over "
-          f"{args.customers} customers, system concurrency {args.concurrency}, max_in_flight {args.max_in_flight}")
-    with sa.create_engine(args.pg_url, poolclass=sa.pool.NullPool).connect() as conn:
-        print(f"  store and shop: fsync={conn.execute(sa.text('SHOW fsync')).scalar_one()}, "
-              f"synchronous_commit={conn.execute(sa.text('SHOW synchronous_commit')).scalar_one()}")
+    print_header("oubli sql capacity", f"{args.requests} erasures by email over {args.customers} customers, "
+                 f"system concurrency {args.concurrency}, max_in_flight {args.max_in_flight}", args.pg_url,
+                 "store and shop")
     with tempfile.TemporaryDirectory(prefix="oubli-sql-capacity-") as tmp:
         result = run(args, Path(tmp))
     if not show(result, args.customers):
