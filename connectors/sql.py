@@ -12,11 +12,12 @@ import hmac
 import secrets
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
@@ -25,10 +26,9 @@ from connectors.sql_config import (
     Retention,
     SqlConfig,
     TableRule,
-    normalise_email,
     parse,
 )
-from connectors.sql_email import EmailMatch
+from connectors.sql_email import EmailMatch, EmailValues
 from connectors.sql_errors import db_error
 from worker.core.connector import (
     CallResult,
@@ -44,6 +44,7 @@ from worker.core.errors import NeedsPersonError, PermanentError
 from worker.core.identifiers import keyed_hash
 
 Condition = sa.ColumnElement[bool]
+_T = TypeVar("_T")
 SCAN_BATCH = 2000  # rows fetched at a time by the resurrection scan (a server-side cursor on PostgreSQL)
 
 # SQLite cannot reflect expression indexes, and none is needed here. A process-wide filter, because
@@ -100,6 +101,31 @@ class _Tally:
         return Result("anonymized" if self.anonymised else "erased")
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What a call's conditions depend on besides its values; see ``SqlConnector._conditions``."""
+
+    keys: bool
+    emails: tuple[int, bool]  # EmailValues.shape, (0, False) without emails
+    phones: bool
+
+
+@dataclass(frozen=True)
+class _Bound:
+    shape: _Shape
+    conditions: Mapping[str, Condition | None]  # per table, None when nothing reaches it
+    params: dict[str, Any]  # the values of the conditions' bound parameters
+
+
+def _rows_where(columns: Sequence[sa.Column[Any]], condition: Condition) -> sa.Select[Any]:
+    return sa.select(*columns).where(condition)
+
+
+def _cutoff(index: int) -> sa.BindParameter[Any]:
+    """The bound last expired date of the retention of rule ``index`` (``SqlConnector._cutoffs``)."""
+    return sa.bindparam(f"oubli_t{index}_cutoff")
+
+
 class SqlConnector:
     def __init__(
         self, system: str, config: SqlConfig, context: ConnectorContext, engine: sa.Engine | None = None
@@ -110,6 +136,9 @@ class SqlConnector:
         self._engine = engine if engine is not None else make_engine(config)
         self._tables: dict[str, sa.Table] | None = None
         self._emails = EmailMatch(system)
+        self._plans: dict[_Shape, dict[str, Condition | None]] = {}
+        self._statements: dict[tuple[Any, ...], Any] = {}
+        self._built_for: tuple[SqlConfig, Mapping[str, sa.Table]] | None = None
         self._lock = threading.Lock()
 
     # -- the contract --------------------------------------------------------------------------
@@ -118,13 +147,16 @@ class SqlConnector:
         today = self._context.now().date()
         with self._guard("erasure"), self._engine.begin() as conn:
             tables = self._reflect(conn)
-            conditions = self._conditions(conn, tables, subject)
+            bound = self._conditions(conn, tables, subject)
+            params = {**bound.params, **self._cutoffs(today)}
             tally = _Tally()
-            for rule in reversed(self.config.tables):
-                condition = conditions.get(rule.table)
+            for index in reversed(range(len(self.config.tables))):
+                rule = self.config.tables[index]
+                condition = bound.conditions.get(rule.table)
                 if condition is None or rule.erase == "keep":
                     continue
-                self._erase_table(conn, tables[rule.table], rule, condition, tally, salt, today)
+                key = (bound.shape, index)
+                self._erase_table(conn, key, tables[rule.table], rule, condition, tally, salt, today, params)
         return tally.result()
 
     def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
@@ -134,14 +166,15 @@ class SqlConnector:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all tables
             with conn.begin():
                 tables = self._reflect(conn)
-                conditions = self._conditions(conn, tables, subject)
-                for rule in self.config.tables:
-                    condition = conditions.get(rule.table)
+                bound = self._conditions(conn, tables, subject)
+                for index, rule in enumerate(self.config.tables):
+                    condition = bound.conditions.get(rule.table)
                     if condition is None or not rule.export:
                         continue
                     table = tables[rule.table]
                     columns = [c for c in table.columns if c.name not in rule.export_exclude]
-                    rows = [dict(r) for r in conn.execute(sa.select(*columns).where(condition)).mappings()]
+                    query = self._cached((bound.shape, index, "export"), partial(_rows_where, columns, condition))
+                    rows = [dict(r) for r in conn.execute(query, bound.params).mappings()]
                     if rows:
                         writer.write_rows(rule.table, rows)
                         records += len(rows)
@@ -159,29 +192,39 @@ class SqlConnector:
         found: list[Residue] = []
         with self._guard("verification"), self._engine.connect() as conn:
             tables = self._reflect(conn)
-            conditions = self._conditions(conn, tables, subject)
-            for rule in self.config.tables:
-                condition = conditions.get(rule.table)
+            bound = self._conditions(conn, tables, subject)
+            params = {**bound.params, **self._cutoffs(today)}
+            for index, rule in enumerate(self.config.tables):
+                condition = bound.conditions.get(rule.table)
                 if rule.erase == "keep":
                     continue
-                left = 0 if condition is None else self._left(conn, tables[rule.table], rule, condition, today)
+                left = 0 if condition is None else self._left(conn, index, tables[rule.table], rule, condition, params)
                 found.append(Residue(rule.table, left))
         return found
 
-    def _left(self, conn: sa.Connection, table: sa.Table, rule: TableRule, condition: Condition, today: date) -> int:
+    def _left(
+        self,
+        conn: sa.Connection,
+        index: int,
+        table: sa.Table,
+        rule: TableRule,
+        condition: Condition,
+        params: Mapping[str, Any],
+    ) -> int:
         """Rows an erasure should have removed or unlinked: ``delete`` and ``anonymise`` leave none that
         match (anonymised rows lose their match columns); ``retain`` keeps rows within their date only,
         with the columns it nulls still null."""
         if rule.retention is None:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one())
+            count = sa.select(sa.func.count()).select_from(table).where(condition)
+            return int(conn.execute(count, params).scalar_one())
         on = self._column(table, rule.retention.date_column)
-        cutoff = shift(today, rule.retention, -1)
+        cutoff = _cutoff(index)
         left = sa.and_(condition, on <= cutoff)
         nulled = [self._column(table, name) for name, action in rule.columns.items() if action.kind == "null"]
         if nulled:
             kept = sa.and_(condition, sa.or_(on > cutoff, on.is_(None)))
             left = sa.or_(left, sa.and_(kept, sa.or_(*(c.is_not(None) for c in nulled))))
-        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(left)).scalar_one())
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(left), params).scalar_one())
 
     def sightings(self) -> Iterator[Sighting]:
         with self._guard("resurrection scan"), self._engine.connect() as conn:
@@ -200,22 +243,52 @@ class SqlConnector:
                     yield Sighting(rule.table, pairs)
 
     # -- matching ----------------------------------------------------------------------------
-    def _conditions(
-        self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject
-    ) -> dict[str, Condition | None]:
+    # A call's conditions depend on its values only through a _Shape (which kinds of identifier it has,
+    # how many emails): per shape they are built once, their values left as bound parameters, and so
+    # are the statements built on them. A call then only binds values, and SQLAlchemy finds the
+    # compiled statement under a cache key it memoised on the statement.
+    def _conditions(self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject) -> _Bound:
         self._emails.prepare(conn)
-        keys = self._customer_keys(conn, tables, subject)
-        emails = [e for e in subject.emails if normalise_email(e)]
+        built_for = self._built_for
+        if built_for is None or built_for[0] is not self.config or built_for[1] is not tables:
+            # What was built holds the tables and the rule indexes: a new reflection or rule set starts afresh.
+            self._plans, self._statements = {}, {}
+            self._built_for = (self.config, tables)
+        dialect = conn.dialect.name
+        emails = EmailValues.of(dialect, subject.emails)
+        keys = self._customer_keys(conn, tables, subject, emails)
         phones = sorted({p.strip() for p in subject.phones if p.strip()})
+        shape = _Shape(bool(keys), emails.shape if emails.stripped else (0, False), bool(phones))
+        conditions = self._plans.get(shape)
+        if conditions is None:
+            conditions = self._plans.setdefault(shape, self._build_conditions(dialect, tables, shape))
+        params: dict[str, Any] = {}
+        for index, rule in enumerate(self.config.tables):
+            match = rule.match
+            if match.customer_id:
+                params[f"oubli_t{index}_keys"] = keys
+            if match.email and emails.stripped:
+                self._emails.check(conn, self._column(tables[rule.table], match.email), emails)
+                params.update(emails.params(f"oubli_t{index}_email"))
+            if match.phone:
+                params[f"oubli_t{index}_phones"] = phones
+        return _Bound(shape, conditions, params)
+
+    def _build_conditions(
+        self, dialect: str, tables: Mapping[str, sa.Table], shape: _Shape
+    ) -> dict[str, Condition | None]:
         conditions: dict[str, Condition | None] = {}
-        for rule in self.config.tables:  # parents first, so a via finds its parent's condition
+        for index, rule in enumerate(self.config.tables):  # parents first, so a via finds its parent's condition
             table, match = tables[rule.table], rule.match
             parts: list[Condition] = []
-            if match.customer_id and keys:
+            if match.customer_id and shape.keys:
+                keys: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_keys", expanding=True)
                 parts.append(self._column(table, match.customer_id).in_(keys))
-            if match.email and emails:
-                parts.append(self._emails.condition(conn, self._column(table, match.email), emails))
-            if match.phone and phones:
+            if match.email and shape.emails[0]:
+                column = self._column(table, match.email)
+                parts.append(self._emails.bound_condition(dialect, column, shape.emails, f"oubli_t{index}_email"))
+            if match.phone and shape.phones:
+                phones: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_phones", expanding=True)
                 parts.append(self._column(table, match.phone).in_(phones))
             parent_condition = conditions.get(match.via.table) if match.via is not None else None
             if match.via is not None and parent_condition is not None:
@@ -225,56 +298,88 @@ class SqlConnector:
             conditions[rule.table] = sa.or_(*parts) if parts else None
         return conditions
 
-    def _customer_keys(self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject) -> list[str]:
+    def _customer_keys(
+        self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject, emails: EmailValues
+    ) -> list[str]:
         keys = [subject.customer_id] if subject.customer_id else []
         rule = self.config.subject
         if rule is None or not rule.email_fallback or not rule.email or not subject.emails:
             return keys
         accounts = tables[rule.table]
         key_column = self._column(accounts, rule.key)
-        if keys and conn.execute(sa.select(key_column).where(key_column.in_(keys)).limit(1)).first():
-            return keys
-        found = (
-            conn.execute(
+        if keys:
+            given: sa.BindParameter[Any] = sa.bindparam("oubli_keys", expanding=True)
+            known = self._cached(
+                ("subject", "key"), lambda: sa.select(key_column).where(key_column.in_(given)).limit(1)
+            )
+            if conn.execute(known, {"oubli_keys": keys}).first():
+                return keys
+        email_column = self._column(accounts, rule.email)
+        self._emails.check(conn, email_column, emails)
+        if not emails.stripped:
+            return keys  # no email to look for: the lookup would match nothing
+        dialect = conn.dialect.name
+        by_email = self._cached(
+            ("subject", "email", emails.shape),
+            lambda: (
                 sa.select(key_column)
-                .where(self._emails.condition(conn, self._column(accounts, rule.email), subject.emails))
+                .where(self._emails.bound_condition(dialect, email_column, emails.shape, "oubli_email"))
                 .distinct()
                 .limit(2)
-            )
-            .scalars()
-            .all()
+            ),
         )
+        found = conn.execute(by_email, emails.params("oubli_email")).scalars().all()
         if len(found) > 1:
             raise NeedsPersonError(f"{self.system}: the subject's email matches several accounts", code="ambiguous")
         return keys + [str(k) for k in found]
+
+    def _cutoffs(self, today: date) -> dict[str, date]:
+        """The last date of each retention period that has run out, as ``_cutoff`` names them."""
+        return {
+            _cutoff(index).key: shift(today, rule.retention, -1)
+            for index, rule in enumerate(self.config.tables)
+            if rule.retention is not None
+        }
+
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], _T]) -> _T:
+        """The statement or condition under ``key``, built by ``build`` the first time. Threads may
+        race to build one: both are the same, and the first stored is kept."""
+        found = self._statements.get(key)
+        if found is None:
+            found = self._statements.setdefault(key, build())
+        return cast(_T, found)
 
     # -- erasure per table -------------------------------------------------------------------
     def _erase_table(
         self,
         conn: sa.Connection,
+        key: tuple[_Shape, int],
         table: sa.Table,
         rule: TableRule,
         condition: Condition,
         tally: _Tally,
         salt: bytes,
         today: date,
+        params: Mapping[str, Any],
     ) -> None:
         if rule.erase == "retain":
             assert rule.retention is not None
-            self._retain(conn, table, rule, rule.retention, condition, tally, salt, today)
+            self._retain(conn, key, table, rule, rule.retention, condition, tally, salt, today, params)
             return
         if rule.erase == "anonymise":
-            count = self._anonymise(conn, table, condition, rule.columns, salt)
+            count = self._anonymise(conn, (*key, "anonymise"), table, condition, rule.columns, salt, params)
             tally.matched += count
             tally.anonymised += count
             return
         if rule.suppress:
-            self._suppress(conn, table, rule.suppress, condition)
-        tally.matched += conn.execute(sa.delete(table).where(condition)).rowcount
+            self._suppress(conn, key, table, rule.suppress, condition, params)
+        delete = self._cached((*key, "delete"), lambda: sa.delete(table).where(condition))
+        tally.matched += conn.execute(delete, params).rowcount
 
     def _retain(
         self,
         conn: sa.Connection,
+        key: tuple[_Shape, int],
         table: sa.Table,
         rule: TableRule,
         retention: Retention,
@@ -282,13 +387,15 @@ class SqlConnector:
         tally: _Tally,
         salt: bytes,
         today: date,
+        params: Mapping[str, Any],
     ) -> None:
         on = self._column(table, retention.date_column)
-        cutoff = shift(today, retention, -1)
-        kept = sa.and_(condition, sa.or_(on > cutoff, on.is_(None)))
-        latest, count, dated = conn.execute(
-            sa.select(sa.func.max(on), sa.func.count(), sa.func.count(on)).where(kept)
-        ).one()
+        cutoff = _cutoff(key[1])
+        kept = self._cached((*key, "kept"), lambda: sa.and_(condition, sa.or_(on > cutoff, on.is_(None))))
+        latest_and_count = self._cached(
+            (*key, "latest"), lambda: sa.select(sa.func.max(on), sa.func.count(), sa.func.count(on)).where(kept)
+        )
+        latest, count, dated = conn.execute(latest_and_count, params).one()
         if count:
             candidates = [shift(as_date(latest), retention, 1)] if latest is not None else []
             if count > dated:  # no date recorded: retained from today, the most cautious reading
@@ -296,23 +403,27 @@ class SqlConnector:
             tally.retain(retention, max(candidates))
             tally.matched += count
             if rule.columns:
-                self._anonymise(conn, table, kept, rule.columns, salt)
-        expired = sa.and_(condition, on <= cutoff)
+                self._anonymise(conn, (*key, "kept"), table, kept, rule.columns, salt, params)
+        expired = self._cached((*key, "expired"), lambda: sa.and_(condition, on <= cutoff))
         if retention.expired == "delete":
-            tally.matched += conn.execute(sa.delete(table).where(expired)).rowcount
+            delete = self._cached((*key, "delete expired"), lambda: sa.delete(table).where(expired))
+            tally.matched += conn.execute(delete, params).rowcount
         else:
-            done = self._anonymise(conn, table, expired, rule.expired_columns, salt)
+            done = self._anonymise(conn, (*key, "expired"), table, expired, rule.expired_columns, salt, params)
             tally.matched += done
             tally.anonymised += done
 
     def _anonymise(
         self,
         conn: sa.Connection,
+        key: tuple[_Shape, int, str],
         table: sa.Table,
         condition: Condition,
         actions: Mapping[str, ColumnAction],
         salt: bytes,
+        params: Mapping[str, Any],
     ) -> int:
+        """``key`` names the statements built here: one per shape, table and set of ``actions``."""
         fixed = {
             name: (None if a.kind == "null" else typed(a.value, self._column(table, name)))
             for name, a in actions.items()
@@ -320,29 +431,56 @@ class SqlConnector:
         }
         pseudonymised = [self._column(table, n) for n, a in actions.items() if a.kind == "pseudonymise"]
         if not pseudonymised:
-            return conn.execute(sa.update(table).where(condition).values(fixed)).rowcount if fixed else 0
+            if not fixed:
+                return 0
+            update = self._cached((*key, "update"), lambda: sa.update(table).where(condition).values(fixed))
+            return int(conn.execute(update, params).rowcount)
         primary = list(table.primary_key.columns)
         if not primary:
             raise PermanentError(f"{self.system}: pseudonymise needs a primary key on {table.name}", code="sql_config")
-        rows = conn.execute(sa.select(*primary, *pseudonymised).where(condition)).all()
+        select = self._cached((*key, "rows"), lambda: sa.select(*primary, *pseudonymised).where(condition))
+        rows = conn.execute(select, params).all()
+
+        def update_one() -> Any:
+            where = sa.and_(*(c == sa.bindparam(f"oubli_pk_{i}") for i, c in enumerate(primary)))
+            values: dict[str, Any] = dict(fixed)
+            for j, column in enumerate(pseudonymised):
+                values[column.name] = sa.bindparam(f"oubli_pseudonym_{j}", type_=column.type)
+            return sa.update(table).where(where).values(values)
+
+        update = self._cached((key[1], key[2], "by key"), update_one)  # the same for every shape
         for row in rows:
-            values = dict(fixed)
-            for offset, column in enumerate(pseudonymised, start=len(primary)):
-                values[column.name] = pseudonym(salt, row[offset], column)
-            where = sa.and_(*(c == row[i] for i, c in enumerate(primary)))
-            conn.execute(sa.update(table).where(where).values(values))
+            values = {f"oubli_pk_{i}": row[i] for i in range(len(primary))}
+            for j, column in enumerate(pseudonymised):
+                values[f"oubli_pseudonym_{j}"] = pseudonym(salt, row[len(primary) + j], column)
+            conn.execute(update, values)
         return len(rows)
 
-    def _suppress(self, conn: sa.Connection, table: sa.Table, column: str, condition: Condition) -> None:
+    def _suppress(
+        self,
+        conn: sa.Connection,
+        key: tuple[_Shape, int],
+        table: sa.Table,
+        column: str,
+        condition: Condition,
+        params: Mapping[str, Any],
+    ) -> None:
         suppression = self.config.suppression
         assert suppression is not None
         target = self._reflect(conn)[suppression.table]
         hashed_column = self._column(target, suppression.column)
-        values = conn.execute(sa.select(self._column(table, column)).where(condition).distinct()).scalars()
+        emails = self._cached(
+            (*key, "suppress"), lambda: sa.select(self._column(table, column)).where(condition).distinct()
+        )
+        values = conn.execute(emails, params).scalars()
         hashes = {suppression_hash(suppression.key, str(v)) for v in values if v}
         if not hashes:
             return
-        present = set(conn.execute(sa.select(hashed_column).where(hashed_column.in_(sorted(hashes)))).scalars())
+        listed = self._cached(
+            ("suppression", "listed"),
+            lambda: sa.select(hashed_column).where(hashed_column.in_(sa.bindparam("oubli_hashes", expanding=True))),
+        )
+        present = set(conn.execute(listed, {"oubli_hashes": sorted(hashes)}).scalars())
         now = self._context.now()
         missing = [
             {suppression.column: h, "suppressed_at": now, "reason": suppression.reason}

@@ -10,6 +10,7 @@ import functools
 import itertools
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,35 @@ SQLITE_LOWER = "oubli_lower"
 _PROBE = ("ÉΣ", "éσ")  # capitals outside ASCII, and their lower case
 MAX_SPELLINGS = 64
 _CONTEXTUAL = frozenset("\u03c2\u0307")  # final sigma; the dot that "İ".lower() adds
+
+
+@dataclass(frozen=True)
+class EmailValues:
+    """One call's emails, ready to bind: the shape says which cached condition fits them."""
+
+    stripped: tuple[str, ...]  # what PostgreSQL lowers itself, one bound parameter each
+    wanted: tuple[str, ...]  # SQLite: lowered in Python
+    spellings: tuple[str, ...] | None  # SQLite: the spellings an index can find, None when too many
+
+    @classmethod
+    def of(cls, dialect: str, emails: Iterable[str]) -> EmailValues:
+        stripped = tuple(sorted({strip_whitespace(e) for e in emails if strip_whitespace(e)}))
+        if dialect != "sqlite":
+            return cls(stripped, (), None)
+        wanted = tuple(sorted({e.lower() for e in stripped}))
+        candidates = spellings(wanted)
+        return cls(stripped, wanted, None if candidates is None else tuple(candidates))
+
+    @property
+    def shape(self) -> tuple[int, bool]:
+        return len(self.stripped), self.spellings is not None
+
+    def params(self, name: str) -> dict[str, Any]:
+        """The values for ``EmailMatch.bound_condition(..., name)``."""
+        bound: dict[str, Any] = {f"{name}_{i}": e for i, e in enumerate(self.stripped)}
+        bound[f"{name}_wanted"] = list(self.wanted)
+        bound[f"{name}_spellings"] = list(self.spellings or ())
+        return bound
 
 
 class EmailMatch:
@@ -47,6 +77,26 @@ class EmailMatch:
         if not all(e.isascii() for e in stripped):
             self._check_folds(conn, column)
         return normalised_email_sql(column).in_([sa.func.lower(sa.literal(e)) for e in stripped])
+
+    def bound_condition(
+        self, dialect: str, column: sa.Column[Any], shape: tuple[int, bool], name: str
+    ) -> sa.ColumnElement[bool]:
+        """The same condition as ``condition``, its values left as parameters named after ``name``
+        (``EmailValues.params``), so it is built once per column and shape, not per call."""
+        count, spelled = shape
+        if dialect == "sqlite":
+            lowered: sa.ColumnElement[Any] = getattr(sa.func, SQLITE_LOWER)(stripped_sql(column))
+            exact = lowered.in_(sa.bindparam(f"{name}_wanted", expanding=True))
+            if not spelled:
+                return exact
+            return sa.and_(normalised_email_sql(column).in_(sa.bindparam(f"{name}_spellings", expanding=True)), exact)
+        literals = [sa.func.lower(sa.bindparam(f"{name}_{i}", type_=sa.String())) for i in range(count)]
+        return normalised_email_sql(column).in_(literals)
+
+    def check(self, conn: sa.Connection, column: sa.Column[Any], values: EmailValues) -> None:
+        """Refuses what ``condition`` refuses: non-ASCII emails where PostgreSQL lowers only ASCII."""
+        if conn.dialect.name != "sqlite" and not all(e.isascii() for e in values.stripped):
+            self._check_folds(conn, column)
 
     def _check_folds(self, conn: sa.Connection, column: sa.Column[Any]) -> None:
         key = (column.table.name, column.name)
