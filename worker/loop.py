@@ -94,6 +94,9 @@ class Loop:
         self.last_loop = time.monotonic()
         self._check_store(self.last_loop)
         self._consume()
+        # The relay gets a turn on each side of the executor: the receipts intake just wrote leave while the
+        # claim runs, and a batch in flight is committed as soon as it is acknowledged, not a turn later.
+        self._guarded("relay", self.relay.tick)
         self._guarded("executor", self.executor.tick)
         self._guarded("relay", self.relay.tick)
         metrics.IN_FLIGHT.set(self.executor.busy())

@@ -32,7 +32,10 @@ COMMIT_RECHECK = 0.01  # seconds before asking again for a transaction commit st
 
 def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     """The worker's producer settings, plus the one ``transactional.id`` every relay of the fleet shares."""
-    return {**kafka.producer_config(settings), "transactional.id": f"{settings.group_id}.outbox-relay"}
+    # No linger: a batch is one transaction whose records are all produced at once, and a lone receipt
+    # should not wait 5 ms for company that will not come (what is queued meanwhile is batched anyway).
+    return {**kafka.producer_config(settings), "transactional.id": f"{settings.group_id}.outbox-relay",
+            "linger.ms": 0}
 
 
 @dataclass
