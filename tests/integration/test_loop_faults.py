@@ -121,8 +121,10 @@ def test_a_store_pool_timeout_is_an_outage_not_a_crash(pg_url: str, tmp_path: Pa
         "worker": {"http_port": 0, **FAST},
     }, env={})
     worker = Worker(settings, migrate=True, serve_http=False)
+
     def timeouts() -> float:  # the first store step of the turn meets it (the relay's), and the rest wait
-        return sum(_sample("oubli_store_errors_total", step=step, kind="TimeoutError") for step in ("relay", "executor"))
+        return sum(_sample("oubli_store_errors_total", step=step, kind="TimeoutError")
+                   for step in ("relay", "executor"))
 
     before = timeouts()
     # Every connection the pool may hand out (pool_size + max_overflow), held elsewhere: the next checkout waits
