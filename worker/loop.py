@@ -169,8 +169,10 @@ class Loop:
         batch = self.consumer.consume(num_messages=size, timeout=0)
         if not batch:
             first = self.consumer.poll(timeout)
-            batch = [] if first is None else [first, *(self.consumer.consume(num_messages=size - 1, timeout=0)
-                                                       if size > 1 else [])]
+            if first is not None:
+                batch = [first]
+                if size > 1:
+                    batch += self.consumer.consume(num_messages=size - 1, timeout=0)
         records: list[Record] = []
         for message in batch:
             error = message.error()

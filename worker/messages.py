@@ -94,6 +94,8 @@ def schema_errors(name: str, document: Any) -> list[str]:
     field) is shown as ``[*]``, because a sender may have put an email there, and these messages
     reach the DLQ headers, the audit trail and a ``rejected`` receipt.
     """
+    if _passes_compiled(name, document):
+        return []
     known = _property_names(name)
 
     def path(error: jsonschema.ValidationError) -> str:
@@ -102,8 +104,6 @@ def schema_errors(name: str, document: Any) -> list[str]:
             parts.append(f"[{part}]" if isinstance(part, int) else f".{part}" if part in known else "[*]")
         return "".join(parts)
 
-    if _passes_compiled(name, document):
-        return []
     return sorted({f"{path(error)}: {error.validator} violated" for error in _validator(name).iter_errors(document)})
 
 

@@ -118,7 +118,7 @@ def _sql_list(values: Iterable[str]) -> str:
 # (``ix_tasks_claim``, whose predicate this repeats). Planning the union above took 9 ms a claim, fifty times
 # its run; this is planned once for all. The gates of ``_gates`` are written for ``w.system``: for an ordinary
 # system the first operand of each OR holds, so its sibling probe is never run.
-WAITING_PG = f"""
+WAITING_PG = sa.text(f"""
 SELECT c.request_id, c.system
 FROM unnest(CAST(:systems AS text[]), CAST(:limits AS integer[])) AS w(system, n)
 CROSS JOIN LATERAL (
@@ -139,7 +139,7 @@ CROSS JOIN LATERAL (
     LIMIT w.n
 ) AS c
 ORDER BY c.background, c.due_at ASC NULLS LAST, c.request_seq
-"""  # noqa: S608 - constants only; every value is a bound parameter
+""")  # noqa: S608 - constants only; every value is a bound parameter
 
 
 def _lock_key(name: str) -> int:
@@ -197,7 +197,7 @@ class Claims(StoreBase):
         expired = conn.execute(_expired_statement(), {"now": now, "systems": list(systems)}).all() \
             if conn.execute(_any_expired_statement(), {"now": now}).first() is not None else []
         if conn.dialect.name == "postgresql":
-            rows = conn.execute(sa.text(WAITING_PG), {"now": now, "systems": list(systems),
+            rows = conn.execute(WAITING_PG, {"now": now, "systems": list(systems),
                                                       "limits": [wanted[s] + extra for s in systems]}).all()
         else:
             limits = {f"n{i}": wanted[system] + extra for i, system in enumerate(systems)}
