@@ -8,6 +8,7 @@ is never recorded. A restarted worker reclaims its dead incarnation's leases at 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,11 +80,18 @@ class Executor:
         self.identity_lock = IdentityLock(store.engine, store.actor)
         self.reclaimed: bool = False
         self.claim_after: tuple[float, datetime] | None = None  # no claim before, after one that found nothing
+        self.call_ended = threading.Event()  # set by a pool thread when its call returns
 
     # --- the loop's entry points ----------------------------------------------------------
 
     def tick(self, *, accept_new: bool = True) -> int:
         """Records finished calls, renews leases, then starts due tasks. Returns calls started."""
+        self.record()
+        return self.launch() if accept_new else 0
+
+    def record(self) -> None:
+        """Records finished calls and renews leases (the first half of a tick: the loop lets the relay
+        publish the receipts it wrote before it claims)."""
         now = self.clock()
         if not self.reclaimed:
             self._reclaim(now)
@@ -91,10 +99,21 @@ class Executor:
         if now - self.last_renewal > self.lease / 3 and self.in_flight:
             self.store.renew_leases([task for task, _ in self.in_flight.values()], now + self.lease)
             self.last_renewal = now
-        return self._launch(now) if accept_new else 0
+
+    def launch(self) -> int:
+        """Starts due tasks (the second half of a tick). Returns calls started."""
+        if not self.reclaimed:  # a dead incarnation's leases go back first, whoever calls
+            self._reclaim(self.clock())
+        return self._launch(self.clock())
 
     def busy(self) -> int:
         return len(self.in_flight)
+
+    def wait_for_call(self, timeout: float) -> bool:
+        """Blocks until a call in flight returns (its result can be recorded) or ``timeout`` passes."""
+        ended = self.call_ended.wait(timeout)
+        self.call_ended.clear()
+        return ended
 
     def nudge(self) -> None:
         """New tasks may be due (intake recorded commands): the next tick claims whatever the idle pause."""
@@ -129,10 +148,15 @@ class Executor:
         claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self.limits, room=room,
                                        held=held)
         for task in claimed[:room]:
-            self.in_flight[self.pool.submit(self._call, task)] = (task, now)
+            future = self.pool.submit(self._call, task)
+            future.add_done_callback(self._ended)
+            self.in_flight[future] = (task, now)
         # Both clocks: a test's injected clock that jumps ahead claims at once, a frozen one waits real time.
         self.claim_after = None if claimed else (time.monotonic() + CLAIM_IDLE.total_seconds(), now + CLAIM_IDLE)
         return len(claimed)
+
+    def _ended(self, _future: Future[Outcome]) -> None:
+        self.call_ended.set()
 
     def _harvest(self, now: datetime) -> None:
         done = [future for future in self.in_flight if future.done()][:HARVEST_BATCH]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -40,7 +41,16 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "session.timeout.ms": kafka.session_timeout_ms,
         "partition.assignment.strategy": "cooperative-sticky",
         "isolation.level": "read_committed",
+        "on_commit": _commit_failed,
     }
+
+
+def _commit_failed(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    """A background offset commit's outcome (served by poll). A failed one is harmless: the offsets stay
+    stored and the next commit carries them; the line says why the broker refused."""
+    if error is not None and error.code() != KafkaError._NO_OFFSET:
+        structlog.get_logger("oubli.worker").warning("offset_commit_failed", code=error.name(),
+                                                     partitions=len(partitions or []))
 
 
 def admin(kafka: KafkaSettings) -> AdminClient:

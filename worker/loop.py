@@ -64,6 +64,7 @@ class Loop:
         self.last_commit = time.monotonic()
         self.last_gauges = 0.0
         self.offsets_pending = False
+        self.offsets_unconfirmed = False  # a background commit was sent since the last one waited for
         self.assigned: list[TopicPartition] = []
         worker = self.settings.worker
         self.health = (HealthServer(worker.http_host, worker.http_port, live=self._live, ready=self._ready)
@@ -94,10 +95,12 @@ class Loop:
         self.last_loop = time.monotonic()
         self._check_store(self.last_loop)
         self._consume()
-        # The relay gets a turn on each side of the executor: the receipts intake just wrote leave while the
-        # claim runs, and a batch in flight is committed as soon as it is acknowledged, not a turn later.
+        # Results are recorded before the claim, and the relay gets a turn on each side of it: the receipts
+        # intake and the results just wrote leave while the claim runs, and a batch in flight is committed
+        # as soon as it is acknowledged, not a turn later.
+        self._guarded("executor", self.executor.record)
         self._guarded("relay", self.relay.tick)
-        self._guarded("executor", self.executor.tick)
+        self._guarded("executor", self.executor.launch)
         self._guarded("relay", self.relay.tick)
         metrics.IN_FLIGHT.set(self.executor.busy())
         self._maybe_commit()
@@ -157,18 +160,12 @@ class Loop:
 
     def _consume(self) -> None:
         self._hold_intake(self.store_stall.active or not self.intake_stall.due(time.monotonic()))
-        # While calls or a relay batch are in flight, wait for commands only briefly: their results are
-        # recorded (and receipts published) on the next turn, so a long wait here is a request's latency.
-        busy = self.executor.busy() or self.relay.pending()
-        timeout = self.settings.worker.poll_seconds
-        if busy:
-            timeout = min(timeout, BUSY_POLL_SECONDS)
         size = self.settings.worker.batch_size
         # consume() returns early only with a full batch: it would hold a lone command for the whole timeout.
         # So what is already fetched is taken without waiting, and otherwise poll() waits for the first record.
         batch = self.consumer.consume(num_messages=size, timeout=0)
         if not batch:
-            first = self.consumer.poll(timeout)
+            first = self.consumer.poll(self._idle_wait())
             if first is not None:
                 batch = [first]
                 if size > 1:
@@ -184,6 +181,20 @@ class Loop:
                 log.warning("consumer_error", code=error.name(), retriable=error.retriable())
         if records:
             self._record(records)
+
+    def _idle_wait(self) -> float:
+        """How long to wait for the next command, having none in hand; spends the wait it gives no more.
+
+        With calls in flight, the turn that records their results is a request's latency: the loop waits
+        for a call to return (up to ``BUSY_POLL_SECONDS``) and then only looks for commands. While a relay
+        batch waits for the broker's acknowledgement, the relay's next tick is as close: a short poll.
+        """
+        if self.relay.pending():
+            return BUSY_POLL_SECONDS
+        if self.executor.busy():
+            self.executor.wait_for_call(BUSY_POLL_SECONDS)
+            return 0
+        return self.settings.worker.poll_seconds
 
     def _record(self, batch: Sequence[Record]) -> None:
         """Records the batch; acknowledges the recorded prefix; rewinds to the first record not recorded."""
@@ -244,18 +255,26 @@ class Loop:
 
     def _maybe_commit(self) -> None:
         if self.offsets_pending and time.monotonic() - self.last_commit >= self.settings.kafka.commit_interval_seconds:
-            self._commit()
+            self._commit(asynchronous=True)
 
-    def _commit(self) -> None:
-        if not self.offsets_pending:
+    def _commit(self, *, asynchronous: bool = False) -> None:
+        """Commits the stored offsets, all of them recorded commands.
+
+        The periodic commit goes in the background: waited for, its broker round trip (about 10 ms) sat in
+        a lone request's path. Its failure is logged by the client's ``on_commit`` and changes nothing: the
+        offsets stay stored, and the next commit carries them. The commits that hand partitions over (on
+        revoke and on close) wait, and run whenever a background one was sent since the last that waited.
+        """
+        if not (self.offsets_pending or (self.offsets_unconfirmed and not asynchronous)):
             return
         try:
-            self.consumer.commit(asynchronous=False)
+            self.consumer.commit(asynchronous=asynchronous)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offset_commit_failed", code=exc.args[0].name())
                 return
         self.offsets_pending = False
+        self.offsets_unconfirmed = asynchronous
         self.last_commit = time.monotonic()
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:

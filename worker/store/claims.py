@@ -68,17 +68,13 @@ def _gates(system: str | None = None) -> list[sa.ColumnElement[bool]]:
 # them, with its aliases and the union of a select per system, cost more CPU than running it.
 @functools.cache
 def _running_statement() -> sa.Select[Any]:
-    """Calls in flight per system, across all workers: running tasks whose lease has not run out."""
-    return (sa.select(tasks.c.system, sa.func.count().label("n"))
-            .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at >= sa.bindparam("now"))
+    """Per system, across all workers: calls in flight (running tasks whose lease has not run out), and
+    running tasks whose lease has (their worker died: they are claimed again first)."""
+    expired = tasks.c.lease_expires_at < sa.bindparam("now")
+    return (sa.select(tasks.c.system, sa.func.count().filter(sa.not_(expired)).label("n"),
+                      sa.func.count().filter(expired).label("expired"))
+            .where(tasks.c.state == SystemState.RUNNING)
             .group_by(tasks.c.system))
-
-
-@functools.cache
-def _any_expired_statement() -> sa.Select[Any]:
-    return sa.select(sa.literal(1)).where(sa.exists(
-        sa.select(sa.literal(1)).select_from(tasks)
-        .where(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < sa.bindparam("now"))))
 
 
 @functools.cache
@@ -168,12 +164,14 @@ class Claims(StoreBase):
                 keys = sorted({_lock_key(f"claim:{system}") for system in limits})
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) "
                                      "AS k ORDER BY 1) AS ordered"), {"keys": keys})
-            running = {row.system: row.n for row in conn.execute(_running_statement(), {"now": now})}
+            counts = conn.execute(_running_statement(), {"now": now}).all()
+            running = {row.system: row.n for row in counts}
+            expired = {row.system for row in counts if row.expired}
             wanted = {s: min(room, limit - running.get(s, 0)) for s, limit in limits.items()}
             wanted = {s: n for s, n in wanted.items() if n > 0}
             if not wanted:
                 return []
-            candidates = self._candidates(conn, now, wanted, extra=len(held))
+            candidates = self._candidates(conn, now, wanted, extra=len(held), expired=expired)
             if not candidates:
                 return []
             return self._claim_rows(conn, candidates, now, lease_until, wanted, room, held)
@@ -186,23 +184,24 @@ class Claims(StoreBase):
         )
 
     def _candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int],
-                    extra: int) -> list[tuple[str, str]]:
+                    extra: int, expired: Collection[str]) -> list[tuple[str, str]]:
         """The (request_id, system) pairs to try, in claim order, at most ``wanted[system] + extra`` each.
 
-        Expired leases come from a scan of the running tasks (few: at most the fleet's calls in flight).
+        Expired leases (``expired`` names the systems that have some) come from a scan of the running tasks
+        (few: at most the fleet's calls in flight).
         Waiting tasks come, per system, from an index in claim order (``ix_tasks_claim``), so a backlog of
         any size costs a short index range per system, not a sort of every due task.
         """
         systems = tuple(sorted(wanted))
-        expired = conn.execute(_expired_statement(), {"now": now, "systems": list(systems)}).all() \
-            if conn.execute(_any_expired_statement(), {"now": now}).first() is not None else []
+        lapsed = [s for s in systems if s in expired]
+        expired_rows = conn.execute(_expired_statement(), {"now": now, "systems": lapsed}).all() if lapsed else []
         if conn.dialect.name == "postgresql":
             rows = conn.execute(WAITING_PG, {"now": now, "systems": list(systems),
                                                       "limits": [wanted[s] + extra for s in systems]}).all()
         else:
             limits = {f"n{i}": wanted[system] + extra for i, system in enumerate(systems)}
             rows = conn.execute(_waiting_statement(systems), {"now": now, **limits}).all()
-        pairs = [(r.request_id, r.system) for r in expired]
+        pairs = [(r.request_id, r.system) for r in expired_rows]
         seen = set(pairs)
         pairs += [(r.request_id, r.system) for r in rows if (r.request_id, r.system) not in seen]
         return pairs
