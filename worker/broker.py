@@ -8,7 +8,7 @@ behaviour. Partitions and errors are confluent_kafka's own value types (``TopicP
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -38,7 +38,10 @@ class Consumer(Protocol):
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]: ...  # list[Record]
     def poll(self, timeout: float = -1) -> Any: ...  # a Record or None
     def store_offsets(self, message: Any = None, offsets: Any = None) -> None: ...
-    def commit(self, *, asynchronous: bool) -> Any: ...  # asynchronous: failures go to on_commit
+    @overload
+    def commit(self, *, asynchronous: Literal[True] = ...) -> None: ...  # its failure goes to on_commit
+    @overload
+    def commit(self, *, asynchronous: Literal[False]) -> list[TopicPartition]: ...  # waits for the broker
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]: ...
     def seek(self, partition: TopicPartition) -> None: ...
     def pause(self, partitions: list[TopicPartition]) -> None: ...

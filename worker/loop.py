@@ -268,7 +268,10 @@ class Loop:
         if not (self.offsets_pending or (self.offsets_unconfirmed and not asynchronous)):
             return
         try:
-            self.consumer.commit(asynchronous=asynchronous)
+            if asynchronous:
+                self.consumer.commit(asynchronous=True)
+            else:
+                self.consumer.commit(asynchronous=False)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offset_commit_failed", code=exc.args[0].name())

@@ -189,3 +189,53 @@ def test_close_drains_the_call_in_flight_publishes_its_receipt_and_commits(tmp_p
     final = [r for r in world.receipts() if r["request_id"] == command["request_id"]]
     assert final and final[-1]["status"] == "completed"
     assert world.committed(4) == 1 and world.loop.consumer.closed  # type: ignore[attr-defined]
+
+
+def test_periodic_commits_go_in_the_background_and_the_handover_commit_waits(world: World) -> None:
+    """A waited-for periodic commit put a broker round trip in a lone request's path. The commit that hands
+    the partitions over (close, revoke) waits, even with nothing new stored since a background one."""
+    modes: list[bool] = []
+    commit = world.loop.consumer.commit
+
+    def spy(*args: Any, asynchronous: bool = True, **kwargs: Any) -> Any:
+        modes.append(asynchronous)
+        return commit(*args, asynchronous=asynchronous, **kwargs)
+
+    world.loop.consumer.commit = spy  # type: ignore[method-assign]
+    world.send(subject_command(systems=["alpha"]), partition=2)
+    world.turn()
+    assert modes == [] and world.loop.offsets_pending  # the interval (an hour here) has not passed
+    world.loop.last_commit = time.monotonic() - 7200
+    world.turn()
+    assert modes == [True] and world.committed(2) == 1
+    world.turn()
+    assert modes == [True]  # nothing new stored: no commit at all
+    world.loop.close()
+    assert modes == [True, False]
+
+
+def test_with_calls_in_flight_the_loop_waits_for_a_call_not_for_commands(tmp_path: Path) -> None:
+    """Commands are then only looked for: the wait that matters is the call's, whose result the next turn
+    records (and whose receipt it publishes)."""
+    world = World(tmp_path, delay_seconds=0.3)
+    world.loop.start()
+    timeouts: list[float] = []
+    poll = world.loop.consumer.poll
+
+    def spy(timeout: float = -1) -> Any:
+        timeouts.append(timeout)
+        return poll(timeout)
+
+    world.loop.consumer.poll = spy  # type: ignore[method-assign]
+    world.send(subject_command(systems=["alpha"]), partition=0)
+    world.until(lambda: world.loop.executor.busy() > 0)
+    world.loop.executor.call_ended.clear()
+    assert world.loop.executor.wait_for_call(10.0)  # woken by the call's end (0.3 s), not the timeout
+    timeouts.clear()
+    world.until(lambda: world.loop.executor.busy() == 0)
+    assert timeouts and set(timeouts) == {0}
+    world.until(lambda: not world.loop.relay.pending() and world.loop.executor.busy() == 0)
+    timeouts.clear()
+    world.turn()
+    assert timeouts == [world.settings.worker.poll_seconds]  # idle: the whole poll timeout
+    world.loop.close()
