@@ -170,9 +170,59 @@ def commands(n: int, systems: int) -> list[dict[str, Any]]:
                           requested_by="bench", systems=names) for _ in range(n)]
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """A process's CPU seconds, or one of its threads' (the main thread's id is the process's)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of_named(names: tuple[str, ...]) -> float:
+    """CPU seconds of every live process whose command name is in ``names`` (``postgres`` for PostgreSQL's
+    backends and its own processes, ``java`` for the broker)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        if text[text.index("(") + 1:text.rindex(")")] in names:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, summed over its cores."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    clock = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks[:8]) - idle) / clock, sum(ticks[:8]) / clock
+
+
+class CpuSplit:
+    """Where a burst's CPU went, in ms per request: the worker, PostgreSQL, the broker, this benchmark, and
+    the machine as a whole (with how busy its cores were). Shows whether the machine, not the loop, is full."""
+
+    def __init__(self, workers: Sequence[int]) -> None:
+        self.workers = list(workers)
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        busy, everything = machine_cpu()
+        own = os.times()
+        return {"worker": sum(cpu_seconds(pid) for pid in self.workers),
+                "loop": sum(cpu_seconds(pid, thread=pid) for pid in self.workers),
+                "postgres": cpu_of_named(("postgres",)), "kafka": cpu_of_named(("java",)),
+                "bench": own.user + own.system, "machine": busy,
+                "all": everything}
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        end = self._read()
+        spent = {name: end[name] - self.start[name] for name in end}
+        split = {name: spent[name] * 1000 / max(requests, 1) for name in spent if name != "all"}
+        split["busy_pct"] = 100 * spent["machine"] / max(spent["all"], 1e-9)
+        return split
 
 
 def rss_mb(pid: int) -> float:
@@ -273,12 +323,14 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 counters.reset()
                 statements0, commits0 = counters.read()
                 cpu0 = sum(cpu_seconds(p.pid) for p, _ in workers)
+                split = CpuSplit([p.pid for p, _ in workers])
                 started = time.monotonic()
                 sent = publisher.publish(burst)
                 complete = watch.wait(list(sent), args.timeout)
                 done = [watch.completed[k] for k in sent if k in watch.completed]
                 elapsed = (max(done) if complete else time.monotonic()) - started
                 cpu = sum(cpu_seconds(p.pid) for p, _ in workers) - cpu0
+                cpu_split = split.per_request(len(done))
                 statements1, commits1 = counters.read()
                 latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
                 rss.append(sum(rss_mb(p.pid) for p, _ in workers))
@@ -298,7 +350,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 requests=args.requests, completed=n, elapsed=elapsed, rate=n / elapsed,
                 transitions=transitions / elapsed, statements=(statements1 - statements0) / max(n, 1),
                 commits=(commits1 - commits0) / max(n, 1), cpu_ms=cpu * 1000 / max(n, 1),
-                p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), rss=rss,
+                p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), rss=rss, cpu_split=cpu_split,
                 no_accepted=sum(1 for k in sent if k not in watch.accepted),
                 two_ends=sum(1 for k in sent if len(watch.terminal.get(k, ())) > 1), outbox_left=pending,
             )
@@ -442,6 +494,12 @@ def show(result: dict[str, Any]) -> None:
             f"{result['cpu_ms']:6.2f} CPU ms/req  p50 {result['p50']:.3f}s  p99 {result['p99']:.3f}s  "
             f"({result['completed']} in {result['elapsed']:.1f}s){flag}")
     print(line, flush=True)
+    if "cpu_split" in result:
+        split = result["cpu_split"]
+        print(f"          CPU ms/req: worker {split['worker']:.2f} (its loop thread {split['loop']:.2f}), "
+              f"PostgreSQL {split['postgres']:.2f}, Kafka {split['kafka']:.2f}, this benchmark {split['bench']:.2f}; "
+              f"the machine {split['machine']:.2f} "
+              f"({split['busy_pct']:.0f} % of its {os.cpu_count()} cores busy)")
     if "lone" in result:
         print(f"          lone request: median {result['lone'] * 1000:.0f} ms, max {result['lone_max'] * 1000:.0f} ms "
               f"(accepted -> completed in the store: median {result['lone_store'] * 1000:.0f} ms)")

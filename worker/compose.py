@@ -8,6 +8,7 @@ the executor and the outbox relay. The relay creates its producer only when it f
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,11 +147,19 @@ def build_connectors(settings: Settings, context: ConnectorContext) -> dict[str,
 
 
 def count_outcome(task: ClaimedTask, event: states.Event, seconds: float, finished: Finished | None) -> None:
-    metrics.SYSTEM_CALLS.labels(task.system, type(event).__name__).inc()
-    metrics.CALL_SECONDS.labels(task.system).observe(seconds)
+    _series(metrics.SYSTEM_CALLS, task.system, type(event).__name__).inc()
+    _series(metrics.CALL_SECONDS, task.system).observe(seconds)
     if isinstance(event, states.Confirm):
-        metrics.SYSTEM_OUTCOMES.labels(task.system, event.outcome).inc()
+        _series(metrics.SYSTEM_OUTCOMES, task.system, event.outcome).inc()
     elif isinstance(event, states.Fail) and event.retryable:
-        metrics.RETRIES.labels(task.system, event.code).inc()
+        _series(metrics.RETRIES, task.system, event.code).inc()
     if finished is not None and finished.closed and finished.requested_at is not None:
         metrics.END_TO_END.labels(finished.kind).observe((utcnow() - finished.requested_at).total_seconds())
+
+
+@functools.lru_cache(maxsize=4096)
+def _series(metric: Any, *labels: str) -> Any:
+    """A labelled series, looked up once: ``labels()`` takes a lock and builds its key on every call, and
+    this runs once per connector call. Bounded: systems, events, outcomes and error codes are few."""
+    return metric.labels(*labels)
+

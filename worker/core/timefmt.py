@@ -24,7 +24,8 @@ def iso(moment: datetime | None) -> str | None:
     """RFC 3339 in UTC with a ``Z``, to the millisecond."""
     if moment is None:
         return None
-    return aware(moment).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat in UTC ends with "+00:00"; it pads the year to four digits and truncates to the millisecond.
+    return aware(moment).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def aware(moment: datetime) -> datetime:

@@ -270,16 +270,19 @@ class Store(Claims):
                               .order_by(requests.c.request_id).with_for_update()).mappings().all()
         originals = {r["request_id"]: dict(r) for r in locked}
         rows_of: dict[str, list[dict[str, Any]]] = {}
+        row_of: dict[tuple[str, str], dict[str, Any]] = {}
         for task_row in conn.execute(sa.select(tasks).where(self._among(conn, tasks.c.request_id, ids))
                                      .order_by(tasks.c.request_id, tasks.c.system)).mappings():
-            rows_of.setdefault(task_row["request_id"], []).append(dict(task_row))
+            copy = dict(task_row)
+            rows_of.setdefault(copy["request_id"], []).append(copy)
+            row_of[(copy["request_id"], copy["system"])] = copy
         changes: dict[str, dict[str, Any]] = {}
         written: dict[tuple[str, str], dict[str, Any]] = {}
         audits: list[dict[str, Any]] = []
         last_of: dict[str, int] = {}
         for index, (claimed, event, update) in enumerate(results):
             request = originals.get(claimed.request_id)
-            row = next((r for r in rows_of.get(claimed.request_id, ()) if r["system"] == claimed.system), None)
+            row = row_of.get((claimed.request_id, claimed.system))
             if request is None or row is None or row["version"] != claimed.version \
                     or row["lease_owner"] != self.actor:
                 continue  # the lease was lost: another worker owns the task now
