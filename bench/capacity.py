@@ -226,9 +226,17 @@ class CpuSplit:
 
 
 def rss_mb(pid: int) -> float:
+    return _status(pid, "VmRSS") / 1024
+
+
+def threads(pid: int) -> int:
+    return int(_status(pid, "Threads"))
+
+
+def _status(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
     return float("nan")
 
 
@@ -336,7 +344,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 rss.append(sum(rss_mb(p.pid) for p, _ in workers))
                 if args.soak:
                     print(f"  soak round {round_ + 1}/{rounds}: {len(done) / elapsed:.0f} req/s, worker RSS "
-                          f"{rss[-1]:.1f} MB", flush=True)
+                          f"{rss[-1]:.1f} MB, {sum(threads(p.pid) for p, _ in workers)} threads", flush=True)
             engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
             with engine.connect() as conn:
                 transitions = conn.execute(sa.text(

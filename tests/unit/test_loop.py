@@ -239,3 +239,12 @@ def test_with_calls_in_flight_the_loop_waits_for_a_call_not_for_commands(tmp_pat
     world.turn()
     assert timeouts == [world.settings.worker.poll_seconds]  # idle: the whole poll timeout
     world.loop.close()
+
+
+def test_the_call_pool_starts_all_its_threads_up_front(world: World) -> None:
+    """The pool would start one more thread at each new high of calls at once: memory crept up for a long
+    time. Started up front, the worker's memory is what it will be from the first minute."""
+    pool = world.loop.executor.pool
+    started = pool._threads  # type: ignore[attr-defined]  # the standard pool's own record of its threads
+    assert len(started) == world.settings.worker.max_in_flight
+    assert all(thread.is_alive() for thread in started)
