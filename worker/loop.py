@@ -183,10 +183,10 @@ class Loop:
             self._record(records)
 
     def _idle_wait(self) -> float:
-        """How long to wait for the next command, having none in hand; spends the wait it gives no more.
+        """How long ``poll`` may wait for a command when none is in hand.
 
         With calls in flight, the turn that records their results is a request's latency: the loop waits
-        for a call to return (up to ``BUSY_POLL_SECONDS``) and then only looks for commands. While a relay
+        here for a call to return (up to ``BUSY_POLL_SECONDS``), and ``poll`` then only looks. While a relay
         batch waits for the broker's acknowledgement, the relay's next tick is as close: a short poll.
         """
         if self.relay.pending():
