@@ -1,21 +1,25 @@
 """Bulk updates against the real PostgreSQL, both ways (``StoreBase._update_many``): bound arrays for a few
 rows, COPY into a temporary staging table for many. Each writes exactly the rows whose version guard and
-lease owner match, and the staging table starts every transaction empty."""
+lease owner match, and the staging table starts every transaction empty. A role that may not create
+temporary tables keeps every bulk update on arrays."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from devkit import services
 from devkit.pipeline import record
 from worker import states
 from worker.config import Topics
 from worker.core.timefmt import utcnow
 from worker.store import db
-from worker.store.base import STAGED_UPDATE_ROWS, StoreBase, _staging_table
+from worker.store.base import STAGED_UPDATE_ROWS, StoreBase, _may_stage, _staging_table
 from worker.store.claims import CLAIM_COLUMNS
 from worker.store.repository import Store
 from worker.store.schema import tasks
@@ -67,3 +71,54 @@ def test_a_bulk_update_writes_exactly_the_guarded_rows(pg_url: str, count: int) 
     for row in second:
         task = after[(row["request_id"], row["system"])]
         assert (task.state, task.version, task.lease_owner) == ("pending", row["version"], None)
+
+
+@pytest.fixture
+def without_temporary() -> Iterator[sa.Engine]:
+    """An engine on a fresh database where PUBLIC may not create temporary tables, whose every connection
+    acts as a role without that privilege (``SET ROLE``), as a locked-down production database would."""
+    base = sa.make_url(services.require_postgres())
+    name = f"notemp_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sa.text(f'REVOKE TEMPORARY ON DATABASE "{name}" FROM PUBLIC'))
+        conn.execute(sa.text(f'CREATE ROLE "{name}" NOLOGIN'))
+    engine = db.create_engine(base.set(database=name).render_as_string(hide_password=False))
+    try:
+        db.migrate(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{name}"'))
+            conn.execute(sa.text(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{name}"'))
+            conn.execute(sa.text(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{name}"'))
+        engine.dispose()
+
+        @sa.event.listens_for(engine, "connect")
+        def _as_the_role(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f'SET ROLE "{name}"')
+            dbapi_connection.commit()
+
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'DROP ROLE "{name}"'))
+        admin.dispose()
+
+
+def test_a_role_that_may_not_create_temporary_tables_updates_many_rows_as_arrays(
+        without_temporary: sa.Engine) -> None:
+    store = Store(without_temporary, topics=Topics(), policy=states.RetryPolicy(), actor="bulk-test")
+    now = utcnow()
+    for i in range(STAGED_UPDATE_ROWS):
+        record(store, {"alpha": 3, "beta": 3}, now=now, customer_id=f"C-notemp-{i}")
+    with without_temporary.begin() as conn:
+        assert not _may_stage(conn)
+        rows = [{"request_id": r.request_id, "system": r.system, "_version": r.version,
+                 "lease_expires_at": now + timedelta(minutes=1)}
+                for r in conn.execute(sa.select(tasks.c.request_id, tasks.c.system, tasks.c.version))]
+        assert len(rows) == 2 * STAGED_UPDATE_ROWS
+        assert StoreBase._update_many(conn, tasks, ("request_id", "system"), ("lease_expires_at",), rows,
+                                      guard="version") == len(rows)

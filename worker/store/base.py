@@ -220,7 +220,7 @@ class StoreBase:
             conditions.append('t."lease_owner" = :owner')
             parameters["owner"] = owner
         assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
-        if len(rows) >= STAGED_UPDATE_ROWS:
+        if len(rows) >= STAGED_UPDATE_ROWS and _may_stage(conn):
             # Many rows go by COPY into a temporary table, then one UPDATE ... FROM it: the driver formats COPY
             # rows in C, where it builds bound arrays element by element in Python (measured: 82 against 127 ms
             # for 3,000 task rows). Few rows do not repay the table's extra statement: they go as arrays.
@@ -246,6 +246,17 @@ class StoreBase:
             from_state=from_state, to_state=to_state, attempt=attempt, error_code=error_code,
             detail=detail[:1000] if detail else None,
         ))
+
+
+def _may_stage(conn: sa.Connection) -> bool:
+    """Whether this session may create temporary tables: a database that revokes TEMPORARY from the worker's
+    role keeps every bulk update on bound arrays. Asked once per pooled connection."""
+    allowed = conn.info.get("oubli_may_stage")
+    if allowed is None:
+        allowed = bool(conn.execute(sa.text(
+            "SELECT has_database_privilege(current_user, current_database(), 'TEMPORARY')")).scalar())
+        conn.info["oubli_may_stage"] = allowed
+    return bool(allowed)
 
 
 def _staging_table(conn: sa.Connection, table: sa.Table, names: Sequence[str], sources: Sequence[str]) -> str:
