@@ -94,8 +94,7 @@ class Executor:
         """Records finished calls and renews leases (the first half of a tick: the loop lets the relay
         publish the receipts it wrote before it claims)."""
         now = self.clock()
-        if not self.reclaimed:
-            self._reclaim(now)
+        self._reclaim_once(now)
         self._harvest(now)
         if now - self.last_renewal > self.lease / 3 and self.in_flight:
             self.store.renew_leases([task for task, _ in self.in_flight.values()], now + self.lease)
@@ -103,9 +102,9 @@ class Executor:
 
     def launch(self) -> int:
         """Starts due tasks (the second half of a tick). Returns calls started."""
-        if not self.reclaimed:  # a dead incarnation's leases go back first, whoever calls
-            self._reclaim(self.clock())
-        return self._launch(self.clock())
+        now = self.clock()
+        self._reclaim_once(now)
+        return self._launch(now)
 
     def busy(self) -> int:
         return len(self.in_flight)
@@ -126,6 +125,11 @@ class Executor:
         self.identity_lock.release()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _reclaim_once(self, now: datetime) -> None:
+        """Before the first claim, whichever half of a tick comes first."""
+        if not self.reclaimed:
+            self._reclaim(now)
 
     def _reclaim(self, now: datetime) -> None:
         """Once, before the first claim: a dead incarnation's leases, if no live process shares our id."""

@@ -165,7 +165,7 @@ class Loop:
         # So what is already fetched is taken without waiting, and otherwise poll() waits for the first record.
         batch = self.consumer.consume(num_messages=size, timeout=0)
         if not batch:
-            first = self.consumer.poll(self._idle_wait())
+            first = self.consumer.poll(self._wait_for_work())
             if first is not None:
                 batch = [first]
                 if size > 1:
@@ -182,8 +182,9 @@ class Loop:
         if records:
             self._record(records)
 
-    def _idle_wait(self) -> float:
-        """How long ``poll`` may wait for a command when none is in hand.
+    def _wait_for_work(self) -> float:
+        """With no command in hand: waits for a call in flight to end, if any; returns how long ``poll`` may
+        then wait for a command.
 
         With calls in flight, the turn that records their results is a request's latency: the loop waits
         here for a call to return (up to ``BUSY_POLL_SECONDS``), and ``poll`` then only looks. While a relay
