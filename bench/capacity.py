@@ -13,10 +13,13 @@ durable transaction per batch, and produces one receipt per command. No orchestr
 
 ``--lone N``: N requests one at a time (publish → completed receipt), after the burst.
 ``--soak N``: N requests in bursts of ``--requests``; prints the worker's RSS after each burst.
+``--soak-clear``: with ``--soak``, empties the store's request, task, audit and outbox tables after each burst
+(``TRUNCATE``, with the worker idle), so that a million-request soak measures the worker's memory at the pace
+of a fresh store, not PostgreSQL's growth to ten million task rows.
 ``--tree DIR``: run the worker from another checkout (a git worktree), for before/after tables.
 
 Usage: .venv/bin/python bench/capacity.py [--requests 20000] [--systems 10] [--workers 1] [--lone 20]
-       [--no-floor] [--soak 1000000] [--tree /tmp/oubli-before] [--pg-url URL]
+       [--no-floor] [--soak 1000000 [--soak-clear]] [--tree /tmp/oubli-before] [--pg-url URL]
 """
 
 from __future__ import annotations
@@ -345,6 +348,8 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 if args.soak:
                     print(f"  soak round {round_ + 1}/{rounds}: {len(done) / elapsed:.0f} req/s, worker RSS "
                           f"{rss[-1]:.1f} MB, {sum(threads(p.pid) for p, _ in workers)} threads", flush=True)
+                    if args.soak_clear and round_ + 1 < rounds:
+                        clear_store(url)
             engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
             with engine.connect() as conn:
                 transitions = conn.execute(sa.text(
@@ -386,6 +391,15 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             watch.close()
             counters.dispose()
     return result
+
+
+def clear_store(url: str) -> None:
+    """Empties what a burst wrote. The worker is idle (every receipt was read), so it waits at most for
+    the lock of its next claim."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE audit_events, outbox, tasks, requests"))
+    engine.dispose()
 
 
 # --- the floor ---------------------------------------------------------------------------------------
@@ -542,6 +556,7 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--no-worker", action="store_true")
     parser.add_argument("--soak", type=int, default=0, help="requests in all, in bursts of --requests")
+    parser.add_argument("--soak-clear", action="store_true", help="empty the store after each soak burst")
     parser.add_argument("--tree", type=Path, help="run the worker from this checkout")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--pg-url", default=PG_URL)
