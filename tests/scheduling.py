@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -162,9 +161,9 @@ class Fleet:
                 executor.tick(accept_new=False)
                 executor.nudge()  # no idle pause in real time: the fake clock decides what is due
             started = sum(executor.tick() for executor in order)
-            in_flight = [f for executor in self.executors for f in executor.in_flight]
-            if in_flight:
-                futures.wait(in_flight)
+            if any(executor.busy() for executor in self.executors):
+                while any(executor.calls_running() for executor in self.executors):
+                    self.executors[0].wait_for_call(0.01)
                 continue
             if started:
                 continue

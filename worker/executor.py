@@ -8,16 +8,15 @@ is never recorded. A restarted worker reclaims its dead incarnation's leases at 
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from worker import failpoints, states
+from worker.callpool import CallPool
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
 from worker.core.limits import set_call_priority
@@ -74,14 +73,16 @@ class Executor:
         self.exports = exports
         self.crash = crash or failpoints.Failpoints(frozenset())
         self.on_outcome = on_outcome
-        self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="oubli-call")
-        _start_every_thread(self.pool, max_in_flight)
-        self.in_flight: dict[Future[Outcome], tuple[ClaimedTask, datetime]] = {}
+        # All threads start now: started on demand, a new one came at each new high of calls at once, and a
+        # worker's memory crept up for hours (bench/README.md, RSS +15.7 % over 200,000 requests).
+        self.pool: CallPool[ClaimedTask, Outcome] = CallPool(max_in_flight, self._call, name="oubli-call")
+        # (request_id, system) -> the call's task and when it started; a task is in flight at most once.
+        self.in_flight: dict[tuple[str, str], tuple[ClaimedTask, datetime]] = {}
+        self.ended: list[tuple[ClaimedTask, Outcome]] = []  # taken from the pool, not recorded yet
         self.last_renewal = clock()
         self.identity_lock = IdentityLock(store.engine, store.actor)
         self.reclaimed: bool = False
         self.claim_after: tuple[float, datetime] | None = None  # no claim before, after one that found nothing
-        self.call_ended = threading.Event()  # set by a pool thread when its call returns
 
     # --- the loop's entry points ----------------------------------------------------------
 
@@ -111,9 +112,11 @@ class Executor:
 
     def wait_for_call(self, timeout: float) -> bool:
         """Blocks until a call in flight returns (its result can be recorded) or ``timeout`` passes."""
-        ended = self.call_ended.wait(timeout)
-        self.call_ended.clear()
-        return ended
+        return self.pool.wait(timeout)
+
+    def calls_running(self) -> int:
+        """Calls that have not returned yet (``busy`` counts the returned ones until they are recorded)."""
+        return self.pool.running()
 
     def nudge(self) -> None:
         """New tasks may be due (intake recorded commands): the next tick claims whatever the idle pause."""
@@ -121,7 +124,7 @@ class Executor:
 
     def shutdown(self) -> None:
         """Called after draining: anything still running keeps its lease and is redone elsewhere."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
         self.identity_lock.release()
 
     # --- internals -------------------------------------------------------------------------
@@ -149,32 +152,28 @@ class Executor:
         # until a result, a nudge or CLAIM_IDLE later (a retry's backoff may end meanwhile).
         if self.claim_after is not None and time.monotonic() < self.claim_after[0] and now < self.claim_after[1]:
             return 0
-        held = {(task.request_id, task.system) for task, _ in self.in_flight.values()}
         claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self.limits, room=room,
-                                       held=held)
+                                       held=self.in_flight.keys())
         for task in claimed[:room]:
-            future = self.pool.submit(self._call, task)
-            future.add_done_callback(self._ended)
-            self.in_flight[future] = (task, now)
+            self.in_flight[(task.request_id, task.system)] = (task, now)
+            self.pool.submit(task)
         # Both clocks: a test's injected clock that jumps ahead claims at once, a frozen one waits real time.
         self.claim_after = None if claimed else (time.monotonic() + CLAIM_IDLE.total_seconds(), now + CLAIM_IDLE)
         return len(claimed)
 
-    def _ended(self, _future: Future[Outcome]) -> None:
-        self.call_ended.set()
-
     def _harvest(self, now: datetime) -> None:
-        done = [future for future in self.in_flight if future.done()][:HARVEST_BATCH]
-        if not done:
+        self.ended += self.pool.take(HARVEST_BATCH - len(self.ended))
+        if not self.ended:
             return
         self.claim_after = None  # a result may unblock a sibling (a final step) or a subject's next request
-        results = [(self.in_flight[future][0], *future.result()) for future in done]
+        results = [(task, event, update) for task, (event, update) in self.ended]
         # One transaction for the lot. If the store is down this raises and every result stays in
-        # flight for the next tick.
+        # ``ended`` for the next tick.
         finished = self.store.finish_many(results, now)
+        self.ended = []
         tally: dict[str, int] = {}
-        for future, (task, event, _), recorded in zip(done, results, finished, strict=True):
-            started = self.in_flight.pop(future)[1]
+        for (task, event, _), recorded in zip(results, finished, strict=True):
+            started = self.in_flight.pop((task.request_id, task.system))[1]
             if self.on_outcome is not None:
                 self.on_outcome(task, event, (now - started).total_seconds(), recorded)
             result = type(event).__name__
@@ -187,7 +186,7 @@ class Executor:
             else:
                 log.info("system_call_finished", request_id=task.request_id, system=task.system,
                          attempt=task.attempt, result=result, recorded=recorded is not None, **_event_fields(event))
-        log.info("calls_recorded", calls=len(done), results=tally, in_flight=len(self.in_flight))
+        log.info("calls_recorded", calls=len(results), results=tally, in_flight=len(self.in_flight))
 
     def _call(self, task: ClaimedTask) -> Outcome:
         """Runs in a pool thread. Never raises: every failure becomes a ``Fail`` event."""
@@ -204,7 +203,7 @@ class Executor:
             outcome = states.Fail(exc.code, exc.message, retryable=True, retry_after=exc.retry_after), TaskUpdate()
         except (PermanentError, NeedsPersonError) as exc:
             outcome = states.Fail(exc.code, exc.message, retryable=False), TaskUpdate()
-        except Exception as exc:  # noqa: BLE001 - a connector bug must not kill the worker
+        except BaseException as exc:  # noqa: BLE001 - a connector bug (even a sys.exit) must not kill the worker
             # The message of an arbitrary exception may quote personal data: keep only its type.
             outcome = states.Fail("unexpected_error", f"{task.system} raised {type(exc).__name__}",
                                   retryable=True), TaskUpdate()
@@ -268,18 +267,6 @@ class Executor:
             "size_bytes": info.size_bytes, "object_key": info.object_key,
         }
         return states.Confirm("exported"), TaskUpdate(export=export, records=sum(records.values()))
-
-
-def _start_every_thread(pool: ThreadPoolExecutor, count: int) -> None:
-    """Starts the pool's ``count`` threads now. The pool starts one whenever no thread is idle, so a worker's
-    memory crept up with every new high of calls at once (``bench/capacity.py --soak``, 1,000 in flight: 420
-    threads after the first 10,000 requests, 1,010 after 150,000, RSS +15.7 % over 200,000); started up front,
-    the threads' share is there from the first minute, and a pod's memory limit can be set from it. Each task
-    waits until all of them run, so each one submitted finds no idle thread and gets a new one."""
-    everyone = threading.Barrier(count + 1)
-    for _ in range(count):
-        pool.submit(everyone.wait)
-    everyone.wait(timeout=60)  # a pool that cannot start its threads fails the start-up, not the first burst
 
 
 def _confirmation(result: Result) -> Outcome:

@@ -229,7 +229,7 @@ def test_with_calls_in_flight_the_loop_waits_for_a_call_not_for_commands(tmp_pat
     world.loop.consumer.poll = spy  # type: ignore[method-assign]
     world.send(subject_command(systems=["alpha"]), partition=0)
     world.until(lambda: world.loop.executor.busy() > 0)
-    world.loop.executor.call_ended.clear()
+    world.loop.executor.pool.call_ended.clear()
     assert world.loop.executor.wait_for_call(10.0)  # woken by the call's end (0.3 s), not the timeout
     timeouts.clear()
     world.until(lambda: world.loop.executor.busy() == 0)
@@ -244,7 +244,6 @@ def test_with_calls_in_flight_the_loop_waits_for_a_call_not_for_commands(tmp_pat
 def test_the_call_pool_starts_all_its_threads_up_front(world: World) -> None:
     """The pool would start one more thread at each new high of calls at once: memory crept up for a long
     time. Started up front, the worker's memory is what it will be from the first minute."""
-    pool = world.loop.executor.pool
-    started = pool._threads  # type: ignore[attr-defined]  # the standard pool's own record of its threads
+    started = world.loop.executor.pool.threads
     assert len(started) == world.settings.worker.max_in_flight
     assert all(thread.is_alive() for thread in started)

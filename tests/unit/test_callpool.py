@@ -1,0 +1,98 @@
+"""The connector call pool (worker.callpool), and what the executor makes of a connector that raises."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from devkit.pipeline import subject_command
+from tests.unit.test_loop import World
+from worker.callpool import CallPool
+from worker.store.schema import tasks
+
+
+def _until(done: Any, limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while not done():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.001)
+
+
+def test_calls_run_on_threads_started_up_front_and_are_taken_in_the_order_they_ended() -> None:
+    gates = {name: threading.Event() for name in "abc"}
+    pool: CallPool[str, str] = CallPool(3, lambda name: (gates[name].wait(5), name.upper())[1], name="t")
+    assert len(pool.threads) == 3 and all(t.is_alive() and t.daemon for t in pool.threads)
+    for name in "abc":
+        pool.submit(name)
+    assert pool.running() == 3 and pool.take(10) == []
+    gates["b"].set()
+    assert pool.wait(5.0)
+    _until(lambda: pool.running() == 2)
+    gates["c"].set()
+    gates["a"].set()
+    _until(lambda: pool.running() == 0)
+    taken = pool.take(2)
+    assert taken[0] == ("b", "B") and len(taken) == 2  # b ended first
+    assert len(pool.take(10)) == 1 and pool.take(10) == []
+    pool.shutdown()
+
+
+def test_wait_returns_false_when_no_call_ends() -> None:
+    pool: CallPool[int, int] = CallPool(1, lambda n: n, name="t")
+    started = time.monotonic()
+    assert pool.wait(0.05) is False
+    assert time.monotonic() - started >= 0.04
+    pool.shutdown()
+
+
+def test_shutdown_drops_the_queued_calls_and_lets_the_running_one_end() -> None:
+    release = threading.Event()
+    ran: list[int] = []
+
+    def run(n: int) -> int:
+        release.wait(5)
+        ran.append(n)
+        return n
+
+    pool: CallPool[int, int] = CallPool(1, run, name="t")
+    for n in range(5):
+        pool.submit(n)
+    _until(lambda: pool._calls.qsize() == 4)  # the first call is on the thread
+    pool.shutdown()
+    release.set()
+    pool.threads[0].join(5)
+    assert ran == [0] and not pool.threads[0].is_alive()
+
+
+@pytest.mark.parametrize("failure", [ValueError, SystemExit])
+def test_a_connector_that_raises_fails_its_task_without_its_message_and_the_worker_goes_on(
+        tmp_path: Path, failure: type[BaseException]) -> None:
+    """Even ``sys.exit`` in a connector is a retryable ``unexpected_error``: its message may quote personal
+    data, so only the exception's type is kept, and the pool's thread lives on."""
+    world = World(tmp_path)
+    world.loop.start()
+    connector = world.loop.executor.connectors["alpha"]
+    real = connector.erase
+    connector.erase = lambda subject: (_ for _ in ()).throw(failure(f"no row for {subject.emails[0]}"))  # type: ignore[method-assign]
+    command = subject_command(systems=["alpha"])
+    world.send(command, partition=0)
+
+    def stored() -> dict[str, Any]:
+        with world.loop.engine.connect() as conn:
+            row = conn.execute(sa.select(tasks).where(tasks.c.request_id == command["request_id"],
+                                                      tasks.c.system == "alpha")).mappings().first()
+        return dict(row) if row else {}
+
+    world.until(lambda: stored().get("error_code") == "unexpected_error")
+    row = stored()
+    assert row["state"] == "retrying"
+    assert row["error_message"] == f"alpha raised {failure.__name__}"
+    assert all(t.is_alive() for t in world.loop.executor.pool.threads)
+    connector.erase = real  # type: ignore[method-assign]
+    world.until(lambda: any(r["status"] == "completed" for r in world.receipts()), limit=20)
+    world.loop.close()
