@@ -201,3 +201,17 @@ def test_request_status_is_derived_from_its_tasks(combo: tuple[SystemState, Syst
 
 def test_a_request_without_tasks_is_never_complete() -> None:
     assert states.request_status([], any_attempted=False) is RequestStatus.ACCEPTED
+
+
+def test_the_fast_replace_matches_dataclasses_replace_and_refuses_an_unknown_field() -> None:
+    import dataclasses
+
+    task = TaskState(state=SystemState.RUNNING, attempts=2, vendor_ref="job-1")
+    changes = {"state": SystemState.CONFIRMED, "outcome": "erased", "error_code": None}
+    fast = states._replace(task, **changes)
+    assert fast == dataclasses.replace(task, **changes) and hash(fast) == hash(dataclasses.replace(task, **changes))
+    assert task.state is SystemState.RUNNING  # the original is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.attempts = 3  # type: ignore[misc]
+    with pytest.raises(TypeError, match="attempt"):
+        states._replace(task, attempt=3)

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from worker import receipts, states
+from worker.core.connector import Subject
 from worker.states import RequestStatus, SystemState
 from worker.store.base import StoreBase
 from worker.store.records import OPEN_STATUSES, ClaimedTask, StoreConflict, TaskUpdate, subject_of, task_state
@@ -201,9 +202,9 @@ class Claims(StoreBase):
         else:
             limits = {f"n{i}": wanted[system] + extra for i, system in enumerate(systems)}
             rows = conn.execute(_waiting_statement(systems), {"now": now, **limits}).all()
-        pairs = [(r.request_id, r.system) for r in expired_rows]
+        pairs = [(r[0], r[1]) for r in expired_rows]  # each row starts (request_id, system)
         seen = set(pairs)
-        pairs += [(r.request_id, r.system) for r in rows if (r.request_id, r.system) not in seen]
+        pairs += [pair for pair in ((r[0], r[1]) for r in rows) if pair not in seen]
         return pairs
 
     def _claim_rows(self, conn: sa.Connection, candidates: list[tuple[str, str]], now: datetime,
@@ -229,6 +230,7 @@ class Claims(StoreBase):
         writes: list[dict[str, Any]] = []
         audits: list[dict[str, Any]] = []
         stuck: list[dict[str, Any]] = []
+        subjects: dict[str, Subject] = {}  # read once per request: its ten tasks share one
         for row in rows:
             if len(claimed) >= room or wanted.get(row["system"], 0) <= 0 or row["subject_json"] is None:
                 continue
@@ -251,9 +253,11 @@ class Claims(StoreBase):
             audits.append(self._audit_row(request_id, system, now, "claimed", from_state=current.state,
                                           to_state=after.state, attempt=after.attempts))
             wanted[system] -= 1
+            subject = subjects.get(request_id)
+            if subject is None:
+                subject = subjects[request_id] = subject_of(request_id, row["subject_json"])
             claimed.append(ClaimedTask(
-                request_id=request_id, system=system, kind=row["kind"],
-                subject=subject_of(request_id, row["subject_json"]),
+                request_id=request_id, system=system, kind=row["kind"], subject=subject,
                 polling=current.state is SystemState.WAITING_VENDOR, vendor_ref=row["vendor_ref"],
                 attempt=after.attempts, version=row["version"] + 1,
             ))
