@@ -7,6 +7,7 @@ exception becomes ``internal_error``, a data error ``store_rejected``. Only a st
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,6 +146,8 @@ class Intake:
             return
         for (message, prepared), outcome in zip(chunk, recorded, strict=True):
             results.append(self._settle(message, prepared, outcome, now))
+        tally = Counter(outcome.value for outcome in recorded)
+        log.info("commands_recorded", commands=len(chunk), **tally)
 
     def _settle(self, message: Message, prepared: NewCommand, recorded: Recorded, now: datetime) -> IntakeResult:
         command = prepared.command
@@ -152,8 +155,14 @@ class Intake:
             return self._reject(message, InvalidCommand(
                 "conflicting_duplicate", "a request with this request_id and a different body was already recorded",
                 request_id=command.request_id), now, trusted=True)
-        log.info("command_recorded", request_id=command.request_id, kind=command.kind, outcome=recorded.value,
-                 systems=len(prepared.targets), source=message.source)
+        # A new command's own line is at debug (its audit trail has it, and a burst would write a line per
+        # command; ``commands_recorded`` counts each batch): a duplicate or a replay is worth a look, so info.
+        fields = {"request_id": command.request_id, "kind": command.kind, "outcome": recorded.value,
+                  "systems": len(prepared.targets), "source": message.source}
+        if recorded is Recorded.NEW and prepared.note is None:
+            log.debug("command_recorded", **fields)
+        else:
+            log.info("command_recorded", **fields)
         return IntakeResult.ACCEPTED if recorded is Recorded.NEW else IntakeResult.DUPLICATE
 
     def _handle(self, message: Message, now: datetime) -> IntakeResult:

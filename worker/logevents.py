@@ -25,7 +25,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "store_unavailable": "the store is unreachable: intake is paused and rewound, steps wait",
     "store_available": "the store answers again after an outage; intake resumes",
     # Intake (worker.intake)
-    "command_recorded": "a command was recorded (new, duplicate or replay) with its targets",
+    "command_recorded": "a command was recorded with its targets: a duplicate or a replay at info, a new one at debug",
+    "commands_recorded": "one intake transaction recorded a batch of commands: how many, and of each outcome",
     "intake_batch_refused": "the store refused a batch for its data: its commands are recorded one at a time",
     "command_rejected": "a command failed validation: rejected receipt and/or DLQ",
     "command_poison": "a message could not be handled at all and goes to the DLQ",

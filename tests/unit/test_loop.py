@@ -247,3 +247,21 @@ def test_the_call_pool_starts_all_its_threads_up_front(world: World) -> None:
     started = world.loop.executor.pool.threads
     assert len(started) == world.settings.worker.max_in_flight
     assert all(thread.is_alive() for thread in started)
+
+
+def test_intake_logs_one_line_per_batch_and_a_line_per_command_only_at_debug_unless_it_is_a_duplicate(
+        world: World) -> None:
+    from structlog.testing import capture_logs
+
+    commands = [subject_command(systems=["alpha"]) for _ in range(3)]
+    with capture_logs() as logs:
+        for command in commands:
+            world.send(command, partition=0)
+        world.turn()
+        world.send(commands[0], partition=0)
+        world.turn()
+    batches = [e for e in logs if e["event"] == "commands_recorded"]
+    assert [(e["log_level"], e["commands"], e.get("new"), e.get("duplicate")) for e in batches] == [
+        ("info", 3, 3, None), ("info", 1, None, 1)]
+    each = [(e["log_level"], e["outcome"]) for e in logs if e["event"] == "command_recorded"]
+    assert each == [("debug", "new")] * 3 + [("info", "duplicate")]
