@@ -51,10 +51,11 @@ def test_wait_returns_false_when_no_call_ends() -> None:
 
 
 def test_shutdown_drops_the_queued_calls_and_lets_the_running_one_end() -> None:
-    release = threading.Event()
+    release, running = threading.Event(), threading.Event()
     ran: list[int] = []
 
     def run(n: int) -> int:
+        running.set()
         release.wait(5)
         ran.append(n)
         return n
@@ -62,7 +63,7 @@ def test_shutdown_drops_the_queued_calls_and_lets_the_running_one_end() -> None:
     pool: CallPool[int, int] = CallPool(1, run, name="t")
     for n in range(5):
         pool.submit(n)
-    _until(lambda: pool._calls.qsize() == 4)  # the first call is on the thread
+    assert running.wait(5)  # the first call is on the thread
     pool.shutdown()
     release.set()
     pool.threads[0].join(5)
