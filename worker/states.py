@@ -138,42 +138,41 @@ def _replace(task: TaskState, **changes: object) -> TaskState:
 
 def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy) -> TaskState:
     state = task.state
-    replace = _replace
     match event:
         case Claim() if state in CLAIMABLE:
             polling = state is SystemState.WAITING_VENDOR
-            return replace(task, state=SystemState.RUNNING, next_attempt_at=None,
-                           attempts=task.attempts if polling else task.attempts + 1)
+            return _replace(task, state=SystemState.RUNNING, next_attempt_at=None,
+                            attempts=task.attempts if polling else task.attempts + 1)
         case Confirm(outcome=outcome, vendor_ref=vendor_ref) if state is SystemState.RUNNING:
-            return replace(task, state=SystemState.CONFIRMED, outcome=outcome, confirmed_at=now,
-                           vendor_ref=vendor_ref or task.vendor_ref, error_code=None, error_message=None,
-                           next_attempt_at=None, waiting_since=None, lease_losses=0)
+            return _replace(task, state=SystemState.CONFIRMED, outcome=outcome, confirmed_at=now,
+                            vendor_ref=vendor_ref or task.vendor_ref, error_code=None, error_message=None,
+                            next_attempt_at=None, waiting_since=None, lease_losses=0)
         case AwaitVendor(vendor_ref=vendor_ref, poll_after=poll_after) if state is SystemState.RUNNING:
-            return _await_vendor(replace(task, lease_losses=0), vendor_ref, poll_after, now, policy)
+            return _await_vendor(_replace(task, lease_losses=0), vendor_ref, poll_after, now, policy)
         case Fail() if state is SystemState.RUNNING:
-            return _after_failure(replace(task, lease_losses=0), event, now, policy)
+            return _after_failure(_replace(task, lease_losses=0), event, now, policy)
         case LeaseExpired() if state is SystemState.RUNNING and task.lease_losses + 1 >= policy.max_lease_losses:
-            return replace(task, state=SystemState.FAILED, next_attempt_at=None, lease_losses=task.lease_losses + 1,
-                           error_code="worker_lost_repeatedly",
-                           error_message=f"the worker running this task stopped {task.lease_losses + 1} times in a "
-                                         "row: the call may be what stops it")
+            return _replace(task, state=SystemState.FAILED, next_attempt_at=None, lease_losses=task.lease_losses + 1,
+                            error_code="worker_lost_repeatedly",
+                            error_message=f"the worker running this task stopped {task.lease_losses + 1} times in a "
+                                          "row: the call may be what stops it")
         case LeaseExpired() if state is SystemState.RUNNING and task.vendor_ref and task.waiting_since:
             # It died while polling: poll the same vendor job again rather than start a second one.
-            return replace(task, state=SystemState.WAITING_VENDOR, next_attempt_at=now,
-                           lease_losses=task.lease_losses + 1, error_code="lease_expired",
-                           error_message="the worker polling this task stopped")
+            return _replace(task, state=SystemState.WAITING_VENDOR, next_attempt_at=now,
+                            lease_losses=task.lease_losses + 1, error_code="lease_expired",
+                            error_message="the worker polling this task stopped")
         case LeaseExpired() if state is SystemState.RUNNING:
             # The attempt is given back: a dead worker is no failure of the system, and a pod killed
             # again and again (a node drained, an OOM) must not use up a request's retries.
-            return replace(task, state=SystemState.RETRYING, next_attempt_at=now, attempts=max(task.attempts - 1, 0),
-                           lease_losses=task.lease_losses + 1, error_code="lease_expired",
-                           error_message="the worker running this task stopped")
+            return _replace(task, state=SystemState.RETRYING, next_attempt_at=now, attempts=max(task.attempts - 1, 0),
+                            lease_losses=task.lease_losses + 1, error_code="lease_expired",
+                            error_message="the worker running this task stopped")
         case OperatorRetry() if state in {SystemState.FAILED, SystemState.RETRYING, SystemState.WAITING_VENDOR}:
-            return replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None,
-                           lease_losses=0)
+            return _replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None,
+                            lease_losses=0)
         case OperatorConfirm() if state is not SystemState.CONFIRMED:
-            return replace(task, state=SystemState.CONFIRMED, outcome="manually_confirmed", confirmed_at=now,
-                           next_attempt_at=None, error_code=None, error_message=None, waiting_since=None)
+            return _replace(task, state=SystemState.CONFIRMED, outcome="manually_confirmed", confirmed_at=now,
+                            next_attempt_at=None, error_code=None, error_message=None, waiting_since=None)
     raise IllegalTransition(state, event)
 
 
@@ -188,8 +187,7 @@ def _await_vendor(task: TaskState, vendor_ref: str, poll_after: float, now: date
             error_message=f"the vendor job was still unfinished {days:g} days after it was submitted",
         )
     return _replace(task, state=SystemState.WAITING_VENDOR, vendor_ref=vendor_ref, waiting_since=since,
-                               next_attempt_at=now + timedelta(seconds=poll_after), error_code=None,
-                               error_message=None)
+                    next_attempt_at=now + timedelta(seconds=poll_after), error_code=None, error_message=None)
 
 
 def _after_failure(task: TaskState, event: Fail, now: datetime, policy: RetryPolicy) -> TaskState:
@@ -202,7 +200,7 @@ def _after_failure(task: TaskState, event: Fail, now: datetime, policy: RetryPol
         )
     code = event.code if not event.retryable else "retries_exhausted"
     return _replace(task, state=SystemState.FAILED, attempts=attempts, error_code=code,
-                               error_message=event.message, next_attempt_at=None)
+                    error_message=event.message, next_attempt_at=None)
 
 
 def request_status(states: Iterable[SystemState], *, any_attempted: bool) -> RequestStatus:
