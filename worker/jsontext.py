@@ -41,6 +41,8 @@ def loads(text: str) -> Any:
 
 def _check_depth(text: str) -> None:
     """Before decoding, so a deep text costs one linear scan and never a deep recursion."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return  # every opening bracket, even one inside a string, counted: the depth cannot be more
     depth = 0
     for token in _STRING_OR_BRACKET.findall(text):
         if token in ("[", "{"):

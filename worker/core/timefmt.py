@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 from datetime import UTC, datetime
 
 # What a command's dates may be, in UTC. datetime ends at 9999-12-31; the year of margin keeps every
@@ -24,6 +25,14 @@ def iso(moment: datetime | None) -> str | None:
     """RFC 3339 in UTC with a ``Z``, to the millisecond."""
     if moment is None:
         return None
+    return _iso(moment)
+
+
+# A batch of results writes one moment into every receipt it renders (updated_at, confirmed_at): the same
+# few datetimes are formatted thousands of times a second. Equal datetimes are the same instant (a naive
+# one, read as UTC, never equals an aware one), so they share one text.
+@functools.lru_cache(maxsize=1024)
+def _iso(moment: datetime) -> str:
     # isoformat in UTC ends with "+00:00"; it pads the year to four digits and truncates to the millisecond.
     return aware(moment).isoformat(timespec="milliseconds")[:-6] + "Z"
 

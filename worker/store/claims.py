@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from worker import receipts, states
 from worker.core.connector import Subject
 from worker.states import RequestStatus, SystemState
-from worker.store.base import StoreBase
+from worker.store.base import StoreBase, dicts
 from worker.store.records import OPEN_STATUSES, ClaimedTask, StoreConflict, TaskUpdate, subject_of, task_state
 from worker.store.schema import CLAIMABLE_PREDICATE, audit_events, requests, tasks
 
@@ -219,13 +219,13 @@ class Claims(StoreBase):
         # FOR UPDATE ... SKIP LOCKED of the task and its request: a request a result is being recorded for is
         # left for the next tick instead of waited for, so claims never wait on a row and never deadlock.
         # The due condition is checked again on the locked rows: a candidate may have moved on meanwhile.
-        locked = conn.execute(
+        locked = dicts(conn.execute(
             sa.select(tasks, requests.c.kind, requests.c.subject_json, requests.c.status.label("request_status"))
             .join(requests, requests.c.request_id == tasks.c.request_id)
             .where(self._pairs_among(conn, tasks.c.request_id, tasks.c.system, pairs), self._due(now))
             .with_for_update(of=[tasks, requests], skip_locked=True)
-        ).mappings().all()
-        rows = sorted((dict(r) for r in locked), key=lambda r: order[(r["request_id"], r["system"])])
+        ))
+        rows = sorted(locked, key=lambda r: order[(r["request_id"], r["system"])])
         claimed: list[ClaimedTask] = []
         writes: list[dict[str, Any]] = []
         audits: list[dict[str, Any]] = []

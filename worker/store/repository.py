@@ -18,7 +18,7 @@ from worker import receipts, states
 from worker.core.timefmt import aware
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
-from worker.store.base import task_values
+from worker.store.base import dicts, task_values
 from worker.store.claims import Claims
 from worker.store.records import (
     OPEN_STATUSES,
@@ -120,9 +120,9 @@ class Store(Claims):
             raise ValueError("a batch names a request_id twice")
         with self.engine.begin() as conn:
             # The request lock (FOR UPDATE) on the ones that exist, as every writer of receipts takes it.
-            existing = {r["request_id"]: dict(r) for r in conn.execute(
+            existing = {r["request_id"]: r for r in dicts(conn.execute(
                 sa.select(requests).where(self._among(conn, requests.c.request_id, sorted(ids)))
-                .order_by(requests.c.request_id).with_for_update()).mappings()}
+                .order_by(requests.c.request_id).with_for_update()))}
             results: list[Recorded] = []
             fresh: list[NewCommand] = []
             repeated: list[str] = []
@@ -141,8 +141,8 @@ class Store(Claims):
             if repeated:
                 rows_of: dict[str, list[dict[str, Any]]] = {}
                 repeated_tasks = sa.select(tasks).where(self._among(conn, tasks.c.request_id, repeated))
-                for row in conn.execute(repeated_tasks).mappings():
-                    rows_of.setdefault(row["request_id"], []).append(dict(row))
+                for row in dicts(conn.execute(repeated_tasks)):
+                    rows_of.setdefault(row["request_id"], []).append(row)
                 for request_id in repeated:
                     audits.append(self._audit_row(request_id, None, now, "duplicate_received"))
                     outbox_rows.append(self._receipt_row(existing[request_id], rows_of.get(request_id, []), now))
@@ -266,16 +266,15 @@ class Store(Claims):
                       now: datetime) -> list[Finished | None]:
         finished: list[Finished | None] = [None] * len(results)
         ids = sorted({claimed.request_id for claimed, _, _ in results})
-        locked = conn.execute(sa.select(requests).where(self._among(conn, requests.c.request_id, ids))
-                              .order_by(requests.c.request_id).with_for_update()).mappings().all()
-        originals = {r["request_id"]: dict(r) for r in locked}
+        locked = dicts(conn.execute(sa.select(requests).where(self._among(conn, requests.c.request_id, ids))
+                                    .order_by(requests.c.request_id).with_for_update()))
+        originals = {r["request_id"]: r for r in locked}
         rows_of: dict[str, list[dict[str, Any]]] = {}
         row_of: dict[tuple[str, str], dict[str, Any]] = {}
-        for task_row in conn.execute(sa.select(tasks).where(self._among(conn, tasks.c.request_id, ids))
-                                     .order_by(tasks.c.request_id, tasks.c.system)).mappings():
-            copy = dict(task_row)
-            rows_of.setdefault(copy["request_id"], []).append(copy)
-            row_of[(copy["request_id"], copy["system"])] = copy
+        for task_row in dicts(conn.execute(sa.select(tasks).where(self._among(conn, tasks.c.request_id, ids))
+                                           .order_by(tasks.c.request_id, tasks.c.system))):
+            rows_of.setdefault(task_row["request_id"], []).append(task_row)
+            row_of[(task_row["request_id"], task_row["system"])] = task_row
         changes: dict[str, dict[str, Any]] = {}
         written: dict[tuple[str, str], dict[str, Any]] = {}
         audits: list[dict[str, Any]] = []
