@@ -71,4 +71,7 @@ class CallPool(Generic[Call, Outcome]):
             if call is None or self._closed:
                 return
             self._ended.append((call, self._run(call)))
+            # Not held while this thread waits: a call carries its subject's personal data, and a thousand
+            # idle threads would keep the last thousand subjects alive.
+            del call
             self.call_ended.set()

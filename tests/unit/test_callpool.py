@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,25 @@ def test_calls_run_on_threads_started_up_front_and_are_taken_in_the_order_they_e
     taken = pool.take(2)
     assert taken[0] == ("b", "B") and len(taken) == 2  # b ended first
     assert len(pool.take(10)) == 1 and pool.take(10) == []
+    pool.shutdown()
+
+
+class Call:
+    """A call that can be watched for being freed (a real one carries a subject's personal data)."""
+
+
+def test_an_idle_thread_keeps_no_reference_to_its_last_call() -> None:
+    pool: CallPool[Call, str] = CallPool(2, lambda call: "done", name="t")
+    calls = [Call(), Call()]
+    watched = [weakref.ref(call) for call in calls]
+    for call in calls:
+        pool.submit(call)
+    del call
+    _until(lambda: pool.running() == 0)
+    assert [outcome for _, outcome in pool.take(10)] == ["done", "done"]
+    calls.clear()
+    gc.collect()
+    assert [ref() for ref in watched] == [None, None]
     pool.shutdown()
 
 
