@@ -232,6 +232,28 @@ def rss_mb(pid: int) -> float:
     return _status(pid, "VmRSS") / 1024
 
 
+# A thread's stack is an anonymous mapping of the default 8 MiB (its guard page is a mapping of its own).
+STACK_KIB = 8192
+
+
+def memory_split(pid: int) -> dict[str, float]:
+    """A process's resident MB by kind of mapping, from ``/proc/PID/smaps``: the main malloc heap
+    (``[heap]``), the call threads' stacks, other anonymous memory (pymalloc's arenas, the threads' malloc
+    arenas, librdkafka's buffers) and files (code, shared libraries)."""
+    split = dict.fromkeys(("heap", "stacks", "anon", "files"), 0.0)
+    kind = "files"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping: range perms offset dev inode [path]
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            path = fields[5] if len(fields) > 5 else ""
+            kind = ("heap" if path == "[heap]" else "files" if path
+                    else "stacks" if (end - start) // 1024 == STACK_KIB else "anon")
+        elif fields[0] == "Rss:":
+            split[kind] += int(fields[1]) / 1024
+    return split
+
+
 def threads(pid: int) -> int:
     return int(_status(pid, "Threads"))
 
@@ -346,8 +368,10 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
                 rss.append(sum(rss_mb(p.pid) for p, _ in workers))
                 if args.soak:
+                    split_mb = memory_split(workers[0][0].pid)
                     print(f"  soak round {round_ + 1}/{rounds}: {len(done) / elapsed:.0f} req/s, worker RSS "
-                          f"{rss[-1]:.1f} MB, {sum(threads(p.pid) for p, _ in workers)} threads", flush=True)
+                          f"{rss[-1]:.1f} MB, {sum(threads(p.pid) for p, _ in workers)} threads; the first worker's "
+                          + ", ".join(f"{kind} {mb:.1f}" for kind, mb in split_mb.items()) + " MB", flush=True)
                     if args.soak_clear and round_ + 1 < rounds:
                         clear_store(url)
             engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
