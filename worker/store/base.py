@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from worker import receipts, states
 from worker.config import Topics
@@ -126,25 +125,6 @@ class StoreBase:
         return {"request_id": request_id, "system": system, "at": now, "actor": actor or self.actor,
                 "action": action, "from_state": from_state, "to_state": to_state, "attempt": attempt,
                 "error_code": error_code, "detail": detail[:1000] if detail else None}
-
-    @staticmethod
-    def _among(conn: sa.Connection, column: sa.ColumnElement[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
-        """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter, however many values, where
-        an IN list makes a statement of thousands of placeholders to build, send and parse."""
-        if conn.dialect.name == "postgresql":
-            return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.Text)))
-        return column.in_(list(values))
-
-    @staticmethod
-    def _pairs_among(conn: sa.Connection, first: sa.ColumnElement[Any], second: sa.ColumnElement[Any],
-                     pairs: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
-        """``(first, second) IN pairs``, as two arrays on PostgreSQL (see ``_among``)."""
-        if conn.dialect.name == "postgresql":
-            array = postgresql.ARRAY(sa.Text)
-            zipped = sa.select(sa.func.unnest(sa.bindparam(None, [a for a, _ in pairs], type_=array)),
-                               sa.func.unnest(sa.bindparam(None, [b for _, b in pairs], type_=array)))
-            return sa.tuple_(first, second).in_(zipped)
-        return sa.tuple_(first, second).in_(list(pairs))
 
     @classmethod
     def _insert_many(cls, conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]],

@@ -21,6 +21,7 @@ from worker.states import RequestStatus, SystemState
 from worker.store.base import StoreBase, dicts
 from worker.store.records import OPEN_STATUSES, ClaimedTask, StoreConflict, TaskUpdate, subject_of, task_state
 from worker.store.schema import CLAIMABLE_PREDICATE, audit_events, requests, tasks
+from worker.store.sets import among, pairs_among
 
 CLAIMABLE_VALUES = sorted(s.value for s in states.CLAIMABLE)  # also the predicate of ix_tasks_claim
 CLAIM_COLUMNS = ("state", "attempts", "next_attempt_at", "lease_losses", "lease_owner", "lease_expires_at", "version")
@@ -222,7 +223,7 @@ class Claims(StoreBase):
         locked = dicts(conn.execute(
             sa.select(tasks, requests.c.kind, requests.c.subject_json, requests.c.status.label("request_status"))
             .join(requests, requests.c.request_id == tasks.c.request_id)
-            .where(self._pairs_among(conn, tasks.c.request_id, tasks.c.system, pairs), self._due(now))
+            .where(pairs_among(conn, tasks.c.request_id, tasks.c.system, pairs), self._due(now))
             .with_for_update(of=[tasks, requests], skip_locked=True)
         ))
         rows = sorted(locked, key=lambda r: order[(r["request_id"], r["system"])])
@@ -269,7 +270,7 @@ class Claims(StoreBase):
         accepted = {r["request_id"] for r in rows if r["request_status"] == RequestStatus.ACCEPTED}
         opened = sorted({t.request_id for t in claimed} & accepted)
         if opened:
-            conn.execute(requests.update().where(self._among(conn, requests.c.request_id, opened),
+            conn.execute(requests.update().where(among(conn, requests.c.request_id, opened),
                                                  requests.c.status == RequestStatus.ACCEPTED)
                          .values(status=RequestStatus.IN_PROGRESS, updated_at=now))
             audits += [self._audit_row(r, None, now, "status_changed", from_state=RequestStatus.ACCEPTED,

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker.store.schema import leases, outbox
+from worker.store.sets import among
 
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -62,13 +62,7 @@ class Outbox:
         with self.engine.begin() as conn:
             if held is not None and not self._holds(conn, held):
                 return False
-            if conn.dialect.name == "postgresql":
-                # = ANY(array): one statement text whatever the count, where an IN list is a new text (and, once
-                # run five times, a new prepared statement on the connection) for every batch size.
-                published = outbox.c.id == sa.any_(sa.bindparam("ids", list(ids), type_=ARRAY(sa.Integer)))
-            else:
-                published = outbox.c.id.in_(ids)
-            conn.execute(outbox.delete().where(published))
+            conn.execute(outbox.delete().where(among(conn, outbox.c.id, ids)))
             return True
 
     def replace(self, record_id: int, *, key: bytes | None, value: bytes | None, headers: Headers) -> None:

@@ -33,6 +33,7 @@ from worker.store.records import (
     task_state,
 )
 from worker.store.schema import audit_events, outbox, requests, tasks
+from worker.store.sets import among
 
 # The columns a result may change, written in bulk (``StoreBase._update_many``).
 FINISH_COLUMNS = ("state", "attempts", "next_attempt_at", "outcome", "vendor_ref", "error_code", "error_message",
@@ -121,7 +122,7 @@ class Store(Claims):
         with self.engine.begin() as conn:
             # The request lock (FOR UPDATE) on the ones that exist, as every writer of receipts takes it.
             existing = {r["request_id"]: r for r in dicts(conn.execute(
-                sa.select(requests).where(self._among(conn, requests.c.request_id, sorted(ids)))
+                sa.select(requests).where(among(conn, requests.c.request_id, sorted(ids)))
                 .order_by(requests.c.request_id).with_for_update()))}
             results: list[Recorded] = []
             fresh: list[NewCommand] = []
@@ -140,7 +141,7 @@ class Store(Claims):
             outbox_rows: list[dict[str, Any]] = []
             if repeated:
                 rows_of: dict[str, list[dict[str, Any]]] = {}
-                repeated_tasks = sa.select(tasks).where(self._among(conn, tasks.c.request_id, repeated))
+                repeated_tasks = sa.select(tasks).where(among(conn, tasks.c.request_id, repeated))
                 for row in dicts(conn.execute(repeated_tasks)):
                     rows_of.setdefault(row["request_id"], []).append(row)
                 for request_id in repeated:
@@ -266,12 +267,12 @@ class Store(Claims):
                       now: datetime) -> list[Finished | None]:
         finished: list[Finished | None] = [None] * len(results)
         ids = sorted({claimed.request_id for claimed, _, _ in results})
-        locked = dicts(conn.execute(sa.select(requests).where(self._among(conn, requests.c.request_id, ids))
+        locked = dicts(conn.execute(sa.select(requests).where(among(conn, requests.c.request_id, ids))
                                     .order_by(requests.c.request_id).with_for_update()))
         originals = {r["request_id"]: r for r in locked}
         rows_of: dict[str, list[dict[str, Any]]] = {}
         row_of: dict[tuple[str, str], dict[str, Any]] = {}
-        for task_row in dicts(conn.execute(sa.select(tasks).where(self._among(conn, tasks.c.request_id, ids))
+        for task_row in dicts(conn.execute(sa.select(tasks).where(among(conn, tasks.c.request_id, ids))
                                            .order_by(tasks.c.request_id, tasks.c.system))):
             rows_of.setdefault(task_row["request_id"], []).append(task_row)
             row_of[(task_row["request_id"], task_row["system"])] = task_row

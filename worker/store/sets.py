@@ -1,0 +1,33 @@
+"""Membership in a set of values, as one bound parameter on PostgreSQL whatever the set's size.
+
+An IN list makes a statement of thousands of placeholders to build, send and parse, and a new statement
+text (and, once run five times, a new prepared statement on the connection) for every size. ``= ANY(array)``
+is one parameter and one text. SQLite keeps the IN list: it has no arrays, and no round trips to save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+
+def among(conn: sa.Connection, column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(array)``, an integer array for an integer column."""
+    if conn.dialect.name == "postgresql":
+        element = sa.Integer if isinstance(column.type, sa.Integer) else sa.Text
+        return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(element)))
+    return column.in_(list(values))
+
+
+def pairs_among(conn: sa.Connection, first: sa.ColumnElement[Any], second: sa.ColumnElement[Any],
+                pairs: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    """``(first, second) IN pairs``; on PostgreSQL against two unnested arrays."""
+    if conn.dialect.name == "postgresql":
+        array = postgresql.ARRAY(sa.Text)
+        zipped = sa.select(sa.func.unnest(sa.bindparam(None, [a for a, _ in pairs], type_=array)),
+                           sa.func.unnest(sa.bindparam(None, [b for _, b in pairs], type_=array)))
+        return sa.tuple_(first, second).in_(zipped)
+    return sa.tuple_(first, second).in_(list(pairs))
