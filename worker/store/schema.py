@@ -18,6 +18,8 @@ metadata = sa.MetaData(naming_convention={
 Timestamp = sa.DateTime(timezone=True)
 # The states a task can be claimed from (worker.states.CLAIMABLE), as SQL: the predicate of ix_tasks_claim.
 CLAIMABLE_PREDICATE = "state IN ('pending', 'retrying', 'waiting_vendor')"
+# Calls in flight: the predicate of ix_tasks_running.
+RUNNING_PREDICATE = "state = 'running'"
 
 requests = sa.Table(
     "requests", metadata,
@@ -71,7 +73,10 @@ tasks = sa.Table(
     # The request's priority and deadline, copied at intake: claims walk ix_tasks_claim in claim order.
     sa.Column("background", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("due_at", Timestamp),
-    sa.Index("ix_tasks_due", "state", "next_attempt_at"),
+    # Partial indexes only: a task is in ix_tasks_claim while it waits and in ix_tasks_running during its call,
+    # so each of its writes touches the primary key and at most one of them (migration 0011).
+    sa.Index("ix_tasks_running", "system", "lease_expires_at",
+             postgresql_where=sa.text(RUNNING_PREDICATE), sqlite_where=sa.text(RUNNING_PREDICATE)),
     sa.Index("ix_tasks_claim", "system", "background", "due_at", "request_seq",
              postgresql_where=sa.text(CLAIMABLE_PREDICATE), sqlite_where=sa.text(CLAIMABLE_PREDICATE)),
 )
