@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from psycopg.adapt import PyFormat
+from psycopg.types.array import ListBinaryDumper
 
 from devkit import services
 from devkit.pipeline import record
@@ -22,7 +24,8 @@ from worker.store import db
 from worker.store.base import STAGED_UPDATE_ROWS, StoreBase, _may_stage, _staging_table
 from worker.store.claims import CLAIM_COLUMNS
 from worker.store.repository import Store
-from worker.store.schema import tasks
+from worker.store.schema import audit_events, tasks
+from worker.store.sets import among
 
 
 @pytest.mark.parametrize("count", [STAGED_UPDATE_ROWS // 4, STAGED_UPDATE_ROWS * 2], ids=["arrays", "staged"])
@@ -122,3 +125,29 @@ def test_a_role_that_may_not_create_temporary_tables_updates_many_rows_as_arrays
         assert len(rows) == 2 * STAGED_UPDATE_ROWS
         assert StoreBase._update_many(conn, tasks, ("request_id", "system"), ("lease_expires_at",), rows,
                                       guard="version") == len(rows)
+
+
+def test_arrays_go_in_binary_and_keep_every_value_exactly(pg_url: str) -> None:
+    """The store's connections bind a list in binary (``db.create_engine``); values that a text array must
+    quote or escape (quotes, braces, commas, backslashes, spaces, the word NULL, the empty string) and real
+    NULLs arrive unchanged, in order, through ``among`` and a bulk insert."""
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    odd = ['a"b', "{c}", "d,e", "f\\g", " h ", "NULL", "", "ü\u3000", f"req-{uuid.uuid4()}"]
+    with engine.begin() as conn:
+        raw: Any = conn.connection.driver_connection
+        assert raw.adapters.get_dumper(list, PyFormat.AUTO) is ListBinaryDumper
+        echoed = conn.execute(sa.text("SELECT unnest(CAST(:values AS text[]))"),
+                              {"values": [*odd, None]}).scalars().all()
+        assert echoed == [*odd, None]
+        found = conn.execute(sa.select(sa.literal_column("v")).select_from(
+            sa.text("unnest(CAST(:values AS text[])) AS v")).where(among(conn, sa.literal_column("v"), odd[:4])),
+            {"values": odd}).scalars().all()
+        assert found == odd[:4]
+        rows = [{"request_id": f"bulk-binary-{i}", "system": None, "at": utcnow(), "actor": value,
+                 "action": "probe", "detail": None if i % 2 else value} for i, value in enumerate(odd)]
+        StoreBase._insert_many(conn, audit_events, rows, returning=("id",))
+        stored = conn.execute(sa.select(audit_events.c.actor, audit_events.c.detail)
+                              .where(audit_events.c.action == "probe").order_by(audit_events.c.id)).all()
+    engine.dispose()
+    assert [tuple(r) for r in stored] == [(v, None if i % 2 else v) for i, v in enumerate(odd)]

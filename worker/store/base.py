@@ -131,8 +131,7 @@ class StoreBase:
                      returning: Sequence[str] = ()) -> list[sa.Row[Any]]:
         """Inserts many rows in one statement; returns ``returning`` columns of each row, in order.
 
-        PostgreSQL: ``COPY`` when nothing is returned (the driver formats its rows in C: a quarter of the
-        time of binding arrays, which it builds element by element in Python), otherwise ``INSERT ...
+        PostgreSQL: ``COPY`` when nothing is returned (the driver formats its rows in C), otherwise ``INSERT ...
         SELECT FROM unnest(arrays) WITH ORDINALITY ORDER BY``, one parameter per column, so the statement
         text is short and the same for any number of rows. Either way defaults such as a serial key are
         drawn in the rows' order. SQLite: executemany, which costs no round trips there.
@@ -202,8 +201,9 @@ class StoreBase:
         assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
         if len(rows) >= STAGED_UPDATE_ROWS and _may_stage(conn):
             # Many rows go by COPY into a temporary table, then one UPDATE ... FROM it: the driver formats COPY
-            # rows in C, where it builds bound arrays element by element in Python (measured: 82 against 127 ms
-            # for 3,000 task rows). Few rows do not repay the table's extra statement: they go as arrays.
+            # rows in C, where it built text arrays element by element in Python (measured: 82 against 127 ms
+            # for 3,000 task rows). Arrays now go in binary (``db.create_engine``), and the two measured the
+            # same in the loop (bench/README.md, sixth round). Few rows do not repay the table's extra statement.
             staging = _staging_table(conn, table, names, sources)
             _copy_rows(conn, f'COPY "{staging}" FROM STDIN', names, rows)
             source = f'"{staging}" AS v'

