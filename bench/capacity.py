@@ -11,6 +11,12 @@ The floor, in the same run: a bare loop (``--floor-worker``, a child process) th
 burst in batches, writes one request row and one row per system per command with COPY in one
 durable transaction per batch, and produces one receipt per command. No orchestration.
 
+``--write-floor``: the write-set floor, also in the same run. The same bare loop on oubli's own tables and
+indexes writes per command every row the worker writes for it (the request row inserted and updated twice,
+ten task rows inserted, claimed and confirmed, 23 audit rows, two outbox rows inserted and deleted), in
+set-based SQL, four durable transactions per batch. What PostgreSQL alone costs for the work the
+invariants require, with no orchestration in Python.
+
 ``--lone N``: N requests one at a time (publish → completed receipt), after the burst.
 ``--soak N``: N requests in bursts of ``--requests``; prints the worker's RSS after each burst.
 ``--soak-clear``: with ``--soak``, empties the store's request, task, audit and outbox tables after each burst
@@ -19,7 +25,7 @@ of a fresh store, not PostgreSQL's growth to ten million task rows.
 ``--tree DIR``: run the worker from another checkout (a git worktree), for before/after tables.
 
 Usage: .venv/bin/python bench/capacity.py [--requests 20000] [--systems 10] [--workers 1] [--lone 20]
-       [--no-floor] [--soak 1000000 [--soak-clear]] [--tree /tmp/oubli-before] [--pg-url URL]
+       [--no-floor] [--write-floor] [--soak 1000000 [--soak-clear]] [--tree /tmp/oubli-before] [--pg-url URL]
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ if str(ROOT) not in sys.path:
 from _common import pg_schema  # noqa: E402  (bench/ is this script's own folder on sys.path)
 
 from worker import config, kafka  # noqa: E402
+from worker.store import schema as store_schema  # noqa: E402
 from worker.support import build_command  # noqa: E402
 
 KAFKA = os.environ.get("OUBLI_TEST_KAFKA", "127.0.0.1:9092")
@@ -429,19 +436,24 @@ def clear_store(url: str) -> None:
 # --- the floor ---------------------------------------------------------------------------------------
 
 
-def floor_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+def floor_run(args: argparse.Namespace, directory: Path, *, writes: bool = False) -> dict[str, Any]:
+    """The bare loop's run. ``writes``: the write-set floor, on oubli's own tables (see ``write_set_floor``)."""
     prefix = f"floor{uuid.uuid4().hex[:8]}"
     kafka_raw, topics = new_topics(prefix)
     with pg_schema("cap_floor", args.pg_url) as url:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE floor_requests (seq bigserial PRIMARY KEY, request_id text UNIQUE, "
-                                 "status text, subject_json text)"))
-            conn.execute(sa.text("CREATE TABLE floor_tasks (request_id text, system text, state text, "
-                                 "PRIMARY KEY (request_id, system))"))
+            if writes:
+                store_schema.metadata.create_all(conn)
+            else:
+                conn.execute(sa.text("CREATE TABLE floor_requests (seq bigserial PRIMARY KEY, request_id text UNIQUE, "
+                                     "status text, subject_json text)"))
+                conn.execute(sa.text("CREATE TABLE floor_tasks (request_id text, system text, state text, "
+                                     "PRIMARY KEY (request_id, system))"))
         engine.dispose()
         spec = {"url": url.replace("postgresql+psycopg://", "postgresql://"), "commands": topics.commands,
-                "receipts": topics.receipts, "group": kafka_raw["group_id"], "systems": args.systems}
+                "receipts": topics.receipts, "group": kafka_raw["group_id"], "systems": args.systems,
+                "writes": writes}
         log_path = directory / f"{prefix}.log"
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
             [sys.executable, __file__, "--floor-worker", json.dumps(spec)],
@@ -456,12 +468,14 @@ def floor_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             counters.reset()
             statements0, commits0 = counters.read()
             cpu0 = cpu_seconds(process.pid)
+            split = CpuSplit([process.pid])
             started = time.monotonic()
             sent = publisher.publish(commands(args.requests, args.systems))
             complete = watch.wait(list(sent), args.timeout)
             done = [watch.completed[k] for k in sent if k in watch.completed]
             elapsed = (max(done) if complete else time.monotonic()) - started
             cpu = cpu_seconds(process.pid) - cpu0
+            cpu_split = split.per_request(len(done))
             statements1, commits1 = counters.read()
             latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
         finally:
@@ -470,10 +484,11 @@ def floor_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             watch.close()
             counters.dispose()
     n = len(done)
-    return {"config": "floor", "requests": args.requests, "completed": n, "elapsed": elapsed, "rate": n / elapsed,
+    return {"config": "writes" if writes else "floor", "requests": args.requests, "completed": n,
+            "elapsed": elapsed, "rate": n / elapsed,
             "transitions": float("nan"), "statements": (statements1 - statements0) / max(n, 1),
             "commits": (commits1 - commits0) / max(n, 1), "cpu_ms": cpu * 1000 / max(n, 1),
-            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "cpu_split": cpu_split}
 
 
 def floor_worker(spec: dict[str, Any]) -> None:
@@ -496,26 +511,18 @@ def floor_worker(spec: dict[str, Any]) -> None:
     producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 2, "enable.idempotence": True})
     systems = [f"s{i:02d}" for i in range(spec["systems"])]
     last_commit = time.monotonic()
+    write = write_set_floor if spec.get("writes") else insert_floor
     with psycopg.connect(spec["url"]) as conn:
         while not stop:
             batch = [m for m in consumer.consume(1000, 0.02) if m.error() is None]
             if batch:
                 docs = [json.loads(m.value()) for m in batch]
-                with conn.transaction(), conn.cursor() as cur:
-                    with cur.copy("COPY floor_requests (request_id, status, subject_json) FROM STDIN") as copy:
-                        for doc in docs:
-                            copy.write_row((doc["request_id"], "completed", json.dumps(doc["subject"])))
-                    with cur.copy("COPY floor_tasks (request_id, system, state) FROM STDIN") as copy:
-                        for doc in docs:
-                            for system in systems:
-                                copy.write_row((doc["request_id"], system, "confirmed"))
-                for doc in docs:
-                    receipt = {"request_id": doc["request_id"], "status": "completed"}
+                for key, value in write(conn, docs, systems, spec["receipts"]):
                     while True:
                         try:
-                            producer.produce(spec["receipts"], key=doc["request_id"].encode(),
-                                             value=json.dumps(receipt).encode(),
-                                             headers=[("x-oubli-status", b"completed")])
+                            producer.produce(spec["receipts"], key=key, value=value,
+                                             headers=[("x-oubli-status", b"completed" if b'"completed"' in value
+                                                       else b"accepted")])
                             break
                         except BufferError:
                             producer.poll(0.01)
@@ -528,6 +535,92 @@ def floor_worker(spec: dict[str, Any]) -> None:
                 last_commit = time.monotonic()
     producer.flush(10)
     consumer.close()
+
+
+Receipts = list[tuple[bytes, bytes]]
+
+
+def insert_floor(conn: Any, docs: list[dict[str, Any]], systems: list[str], _topic: str) -> Receipts:
+    """One request row and a row per system per command, in one durable COPY transaction; a receipt each."""
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy("COPY floor_requests (request_id, status, subject_json) FROM STDIN") as copy:
+            for doc in docs:
+                copy.write_row((doc["request_id"], "completed", json.dumps(doc["subject"])))
+        with cur.copy("COPY floor_tasks (request_id, system, state) FROM STDIN") as copy:
+            for doc in docs:
+                for system in systems:
+                    copy.write_row((doc["request_id"], system, "confirmed"))
+    return [(doc["request_id"].encode(), json.dumps({"request_id": doc["request_id"], "status": "completed"}).encode())
+            for doc in docs]
+
+
+def write_set_floor(conn: Any, docs: list[dict[str, Any]], systems: list[str], topic: str) -> Receipts:
+    """What the orchestration must write, with none of its Python: oubli's tables and indexes, and per command
+    the rows a worker writes for an erasure whose systems all confirm at once (``pg_stat_user_tables`` after a
+    real run: 1 request row inserted and updated twice, 10 task rows inserted and updated twice, 23 audit
+    rows, 2 outbox rows inserted and deleted). Four durable transactions per batch, as the worker's turn has:
+    intake, claim, results, relay. Each is a few set-based statements, so the SQL side is all it costs."""
+    ids = [doc["request_id"] for doc in docs]
+    now = dt.datetime.now(dt.UTC)
+
+    def receipts(cur: Any, status: str) -> None:
+        with cur.copy("COPY outbox (topic, key, value, created_at) FROM STDIN") as copy:
+            for request_id in ids:
+                copy.write_row((topic, request_id.encode(),
+                                json.dumps({"request_id": request_id, "status": status}).encode(), now))
+
+    def audit_tasks(cur: Any, update: str, action: str, before: str, after: str, values: tuple[Any, ...]) -> None:
+        cur.execute(f"WITH moved AS ({update} RETURNING request_id, system, attempts) "  # noqa: S608 - constants
+                    "INSERT INTO audit_events (request_id, system, at, actor, action, from_state, to_state, attempt) "
+                    f"SELECT request_id, system, %s, 'floor', '{action}', '{before}', '{after}', attempts FROM moved",
+                    (*values, now))
+
+    def audit_requests(cur: Any, update: str, before: str, after: str, values: tuple[Any, ...]) -> None:
+        cur.execute(f"WITH moved AS ({update} RETURNING request_id) "  # noqa: S608 - constants
+                    "INSERT INTO audit_events (request_id, at, actor, action, from_state, to_state) "
+                    f"SELECT request_id, %s, 'floor', 'status_changed', '{before}', '{after}' FROM moved",
+                    (*values, now))
+
+    with conn.transaction(), conn.cursor() as cur:  # intake
+        with cur.copy("COPY requests (request_id, kind, status, subject_ref, body_digest, subject_json, requested_by, "
+                      "requested_at, due_at, created_at, updated_at, priority) FROM STDIN") as copy:
+            for doc in docs:
+                copy.write_row((doc["request_id"], "erasure", "accepted", doc["subject"]["customer_id"][:80],
+                                "0" * 64, json.dumps(doc["subject"]), "floor", now, now + dt.timedelta(days=30),
+                                now, now, "standard"))
+        cur.execute("INSERT INTO tasks (request_id, system, request_seq, state, attempts, max_attempts, "
+                    "next_attempt_at, records, version, lease_losses, background, due_at) "
+                    "SELECT r.request_id, s, r.seq, 'pending', 0, 8, r.created_at, 0, 0, 0, false, r.due_at "
+                    "FROM requests AS r CROSS JOIN unnest(%s::text[]) AS s WHERE r.request_id = ANY(%s)",
+                    (systems, ids))
+        cur.execute("INSERT INTO audit_events (request_id, at, actor, action, to_state) "
+                    "SELECT unnest(%s::text[]), %s, 'floor', 'accepted', 'accepted'", (ids, now))
+        receipts(cur, "accepted")
+    published = relay(conn)
+    with conn.transaction(), conn.cursor() as cur:  # the claim
+        audit_tasks(cur, "UPDATE tasks SET state = 'running', attempts = attempts + 1, next_attempt_at = NULL, "
+                    "lease_owner = 'floor', lease_expires_at = %s, version = version + 1 "
+                    "WHERE request_id = ANY(%s) AND state = 'pending'", "claimed", "pending", "running",
+                    (now + dt.timedelta(seconds=60), ids))
+        audit_requests(cur, "UPDATE requests SET status = 'in_progress', updated_at = %s "
+                       "WHERE request_id = ANY(%s) AND status = 'accepted'", "accepted", "in_progress", (now, ids))
+    with conn.transaction(), conn.cursor() as cur:  # the results
+        audit_tasks(cur, "UPDATE tasks SET state = 'confirmed', outcome = 'erased', confirmed_at = %s, "
+                    "confirmed_by = 'floor', lease_owner = NULL, lease_expires_at = NULL, version = version + 1 "
+                    "WHERE request_id = ANY(%s) AND state = 'running'", "confirmed", "running", "confirmed", (now, ids))
+        audit_requests(cur, "UPDATE requests SET status = 'completed', updated_at = %s, completed_at = %s, "
+                       "subject_json = NULL, purged_at = %s WHERE request_id = ANY(%s) AND status = 'in_progress'",
+                       "in_progress", "completed", (now, now, now, ids))
+        receipts(cur, "completed")
+    return published + relay(conn)
+
+
+def relay(conn: Any) -> Receipts:
+    """The outbox's rows, read and deleted in one transaction (the worker deletes what the broker acknowledged)."""
+    with conn.transaction(), conn.cursor() as cur:
+        rows = cur.execute("SELECT id, key, value FROM outbox ORDER BY id").fetchall()
+        cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([row[0] for row in rows],))
+    return [(bytes(row[1]), bytes(row[2])) for row in rows]
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -578,6 +671,8 @@ def main() -> None:
     parser.add_argument("--lone", type=int, default=20, help="lone requests after the burst (0: none)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--write-floor", action="store_true",
+                        help="also the write-set floor: the worker's row writes on its own tables, no orchestration")
     parser.add_argument("--no-worker", action="store_true")
     parser.add_argument("--soak", type=int, default=0, help="requests in all, in bursts of --requests")
     parser.add_argument("--soak-clear", action="store_true", help="empty the store after each soak burst")
@@ -601,6 +696,11 @@ def main() -> None:
                 show(floor)
                 if worker is not None:
                     print(f"  capacity / floor = {worker['rate'] / floor['rate']:.3f}")
+            if args.write_floor:
+                writes = floor_run(args, Path(tmp), writes=True)
+                show(writes)
+                if worker is not None:
+                    print(f"  capacity / write-set floor = {worker['rate'] / writes['rate']:.3f}")
 
 
 if __name__ == "__main__":
