@@ -137,3 +137,25 @@ def test_a_batch_records_new_duplicate_and_conflicting_commands_in_one_transacti
     assert [e["action"] for e in store.get(first.command.request_id)[2]] == ["accepted", "duplicate_received"]
     receipts = [r for r in store.outbox.batch(100)]
     assert len(receipts) == 5  # four accepted receipts and the duplicate's: never one for the conflict
+
+
+def test_the_waiting_scan_probes_siblings_by_key_and_never_compiles(pg_url: str) -> None:
+    """The claim's waiting-task statement on PostgreSQL answers its sibling gates (an unconfirmed identity
+    lookup, unfinished real systems before a final task) with a lookup per candidate, never a hashed subplan
+    that reads every task of the store on each claim; and the store's sessions never JIT-compile a plan."""
+    import sqlalchemy as sa
+
+    from worker.store.claims import WAITING_PG
+
+    (store,) = _stores(pg_url, 1)
+    _record(store, 40)
+    systems = ["_identity", "_verify", "fast", "slow"]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW jit")).scalar_one() == "off"
+        # Costs as if the store were huge, where the planner preferred hashing: the plan must not change.
+        conn.execute(sa.text("SET LOCAL cpu_operator_cost = 10"))
+        plan = "\n".join(conn.execute(sa.text("EXPLAIN " + WAITING_PG.text),
+                                      {"now": utcnow(), "systems": systems, "limits": [1000] * len(systems)})
+                         .scalars())
+    assert "SubPlan" in plan
+    assert "hashed" not in plan.lower()
