@@ -172,6 +172,9 @@ class Executor:
         finished = self.store.finish_many(results, now)
         self.ended = []
         tally: dict[str, int] = {}
+        # Bound once for the harvest: each call on the module's lazy logger builds a bound logger first, and
+        # with ten lines a request (all at debug, so dropped) that was the most of their cost.
+        logger = log.bind()
         for (task, event, _), recorded in zip(results, finished, strict=True):
             started = self.in_flight.pop((task.request_id, task.system))[1]
             if self.on_outcome is not None:
@@ -181,11 +184,11 @@ class Executor:
             # A recorded confirmation is routine (the audit trail has it): a line each only at debug, where a
             # burst would write ten per request. Anything else is what an operator looks for, so always.
             if isinstance(event, states.Confirm) and recorded is not None:
-                log.debug("system_call_finished", request_id=task.request_id, system=task.system,
-                          attempt=task.attempt, result=result, recorded=True, outcome=event.outcome)
+                logger.debug("system_call_finished", request_id=task.request_id, system=task.system,
+                             attempt=task.attempt, result=result, recorded=True, outcome=event.outcome)
             else:
-                log.info("system_call_finished", request_id=task.request_id, system=task.system,
-                         attempt=task.attempt, result=result, recorded=recorded is not None, **_event_fields(event))
+                logger.info("system_call_finished", request_id=task.request_id, system=task.system,
+                            attempt=task.attempt, result=result, recorded=recorded is not None, **_event_fields(event))
         log.info("calls_recorded", calls=len(results), results=tally, in_flight=len(self.in_flight))
 
     def _call(self, task: ClaimedTask) -> Outcome:
