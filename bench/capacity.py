@@ -517,12 +517,11 @@ def floor_worker(spec: dict[str, Any]) -> None:
             batch = [m for m in consumer.consume(1000, 0.02) if m.error() is None]
             if batch:
                 docs = [json.loads(m.value()) for m in batch]
-                for key, value in write(conn, docs, systems, spec["receipts"]):
+                for key, value, status in write(conn, docs, systems, spec["receipts"]):
                     while True:
                         try:
                             producer.produce(spec["receipts"], key=key, value=value,
-                                             headers=[("x-oubli-status", b"completed" if b'"completed"' in value
-                                                       else b"accepted")])
+                                             headers=[("x-oubli-status", status)])
                             break
                         except BufferError:
                             producer.poll(0.01)
@@ -537,7 +536,12 @@ def floor_worker(spec: dict[str, Any]) -> None:
     consumer.close()
 
 
-Receipts = list[tuple[bytes, bytes]]
+Receipts = list[tuple[bytes, bytes, bytes]]  # key, value, the x-oubli-status header
+
+
+def receipt(request_id: str, status: str) -> tuple[bytes, bytes, bytes]:
+    return (request_id.encode(), json.dumps({"request_id": request_id, "status": status}).encode(),
+            status.encode())
 
 
 def insert_floor(conn: Any, docs: list[dict[str, Any]], systems: list[str], _topic: str) -> Receipts:
@@ -550,8 +554,7 @@ def insert_floor(conn: Any, docs: list[dict[str, Any]], systems: list[str], _top
             for doc in docs:
                 for system in systems:
                     copy.write_row((doc["request_id"], system, "confirmed"))
-    return [(doc["request_id"].encode(), json.dumps({"request_id": doc["request_id"], "status": "completed"}).encode())
-            for doc in docs]
+    return [receipt(doc["request_id"], "completed") for doc in docs]
 
 
 def write_set_floor(conn: Any, docs: list[dict[str, Any]], systems: list[str], topic: str) -> Receipts:
@@ -564,10 +567,10 @@ def write_set_floor(conn: Any, docs: list[dict[str, Any]], systems: list[str], t
     now = dt.datetime.now(dt.UTC)
 
     def receipts(cur: Any, status: str) -> None:
-        with cur.copy("COPY outbox (topic, key, value, created_at) FROM STDIN") as copy:
+        with cur.copy("COPY outbox (topic, key, value, headers_json, created_at) FROM STDIN") as copy:
             for request_id in ids:
-                copy.write_row((topic, request_id.encode(),
-                                json.dumps({"request_id": request_id, "status": status}).encode(), now))
+                key, value, _ = receipt(request_id, status)
+                copy.write_row((topic, key, value, json.dumps([["x-oubli-status", status]]), now))
 
     def audit_tasks(cur: Any, update: str, action: str, before: str, after: str, values: tuple[Any, ...]) -> None:
         cur.execute(f"WITH moved AS ({update} RETURNING request_id, system, attempts) "  # noqa: S608 - constants
@@ -618,9 +621,9 @@ def write_set_floor(conn: Any, docs: list[dict[str, Any]], systems: list[str], t
 def relay(conn: Any) -> Receipts:
     """The outbox's rows, read and deleted in one transaction (the worker deletes what the broker acknowledged)."""
     with conn.transaction(), conn.cursor() as cur:
-        rows = cur.execute("SELECT id, key, value FROM outbox ORDER BY id").fetchall()
+        rows = cur.execute("SELECT id, key, value, headers_json FROM outbox ORDER BY id").fetchall()
         cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([row[0] for row in rows],))
-    return [(bytes(row[1]), bytes(row[2])) for row in rows]
+    return [(bytes(row[1]), bytes(row[2]), json.loads(row[3])[0][1].encode()) for row in rows]
 
 
 # --- report ------------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from devkit.pipeline import SUBJECT_KEY, record
 from worker import messages, states
 from worker.config import Topics
 from worker.core.timefmt import utcnow
 from worker.store import db
+from worker.store.claims import WAITING_PG
 from worker.store.repository import NewCommand, Recorded, Store, TaskUpdate
 from worker.support import build_command
 
@@ -143,10 +145,6 @@ def test_the_waiting_scan_probes_siblings_by_key_and_never_compiles(pg_url: str)
     """The claim's waiting-task statement on PostgreSQL answers its sibling gates (an unconfirmed identity
     lookup, unfinished real systems before a final task) with a lookup per candidate, never a hashed subplan
     that reads every task of the store on each claim; and the store's sessions never JIT-compile a plan."""
-    import sqlalchemy as sa
-
-    from worker.store.claims import WAITING_PG
-
     (store,) = _stores(pg_url, 1)
     _record(store, 40)
     systems = ["_identity", "_verify", "fast", "slow"]

@@ -72,7 +72,7 @@ def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = N
                               pool_timeout=timeouts.pool_seconds, hide_parameters=True, connect_args=connect_args)
 
     @sa.event.listens_for(engine, "connect")
-    def _session_timeouts(dbapi_connection: Any, _record: Any) -> None:
+    def _session_settings(dbapi_connection: Any, _record: Any) -> None:
         # Arrays (every ``= ANY(array)`` and bulk ``unnest``) bound in binary: the driver's default for a
         # list is text, which it builds in Python and quotes with a regular expression per element.
         # Measured: 0.4 against 3.7 µs per request id, 0.25 against 11 µs per JSON text.
