@@ -22,7 +22,13 @@ PERSONAL_KEYS = frozenset({
     "first_name", "last_name", "birth_date", "ga_client_id", "facebook_user_id", "body", "value", "raw",
 })
 EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+\.[A-Za-z]{2,}")
-PHONE = re.compile(r"(?<![\w.])\+?\d[\d \-().]{7,}\d(?![\w.])")
+# Where a phone number ends: not inside a word or a longer number (a dot followed by more of it), but at the
+# end of a sentence ("call 0612345678."). A run of digits glued by a hyphen to letters or digits is one token of
+# an identifier, not a phone number, and so is a UUID: the digit groups of a request id
+# ("776237dc-6633-4122-b898-…", about 7 % of random ones) and ids such as "order-2026-12-03-000123" stay
+# whole, so that the logs still name the request support looks for.
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-])"
+PHONE = re.compile(rf"(?<![\w.])(?<![^\W_]-)(?!{_UUID})\+?\d[\d \-().]{{7,}}\d(?!\w|[.-][^\W_])")
 REDACTED = "[redacted]"
 
 

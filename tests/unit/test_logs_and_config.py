@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,25 @@ def test_redaction_removes_personal_keys_and_anything_that_looks_like_an_email_o
     assert "marie" not in stream.getvalue() and "612345678" not in stream.getvalue()
     assert line["nested"] == {"phone": logs.REDACTED, "ok": "request 5f0c"}
     assert line["request_id"] == "r-1"
+
+
+@pytest.mark.parametrize("text", [
+    "call +33 6 12 34 56 78 now", "(+33)612345678", "tel:+33612345678", "phone=0612345678.", "ring 0612345678. Then",
+    "06-12-34-56-78", "+1 (555) 123-4567", "Key (phone)=(+33612345678) already exists", "id-+33612345678",
+])
+def test_a_phone_number_in_prose_is_redacted_even_at_the_end_of_a_sentence(text: str) -> None:
+    scrubbed = logs.scrub(text)
+    assert logs.REDACTED in scrubbed and "1234" not in scrubbed and "612345678" not in scrubbed
+
+
+def test_request_ids_keep_their_shape_in_the_logs() -> None:
+    """Support greps the logs for a request id: its digit groups must not read as a phone number."""
+    rng = random.Random(7)
+    ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(20_000)]
+    ids += ["776237dc-6633-4122-b898-46929d9751d4", "52050301-1027-4972-9530-007446450903", "order-2026-12-03-000123",
+            "5f0c9a8e-1", "r-1"]
+    assert [i for i in ids if logs.scrub(i) != i] == []
+    assert logs.scrub(f"request {ids[0]} for +33612345678") == f"request {ids[0]} for {logs.REDACTED}"
 
 
 def test_config_refuses_auto_commit_and_unresolved_secrets() -> None:
