@@ -384,8 +384,22 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
     path = path or env.get("OUBLI_CONFIG")
     raw: Mapping[str, Any] = {}
     if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raw = _read(Path(path))
     return build(raw, env)
+
+
+def _read(path: Path) -> Mapping[str, Any]:
+    """The file's mapping. Its errors name the place, never the text: a config line may hold a password."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not a {type(raw).__name__}")
+    return raw

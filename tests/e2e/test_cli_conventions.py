@@ -100,10 +100,22 @@ def test_exit_codes_not_found_usage_config_and_json_output(tmp_path: Path, kafka
     assert oubli("--config", str(good), "no-such-command").exit_code == support.USAGE
 
     invalid = _config(tmp_path, store_url=store, worker={"max_in_flight": "s3cr3t"})
-    for config_args in (["--config", str(invalid)], ["--config", str(tmp_path / "missing.yaml")]):
+    unparseable = {  # a YAML error quotes the line it stopped at, and config lines hold passwords
+        "template.yaml": b'store_url: "postgresql+psycopg://u:s3cr3t@h/db"\nkafka: {topics: {commands: a.${X}.b}}\n',
+        "open-quote.yaml": b'store_url: "postgresql+psycopg://u:s3cr3t@h/db\nkafka: {a: \n',
+        "tag.yaml": b"store_url: !s3cr3t x\n",
+        "list.yaml": b"- s3cr3t\n",
+        "latin1.yaml": b"store_url: s3cr3t\xe9\n",
+    }
+    for name, text in unparseable.items():
+        (tmp_path / name).write_bytes(text)
+    for config_args in (["--config", str(invalid)], ["--config", str(tmp_path / "missing.yaml")],
+                        *(["--config", str(tmp_path / name)] for name in unparseable)):
         result = oubli(*config_args, "status", "r-1")
-        assert result.exit_code == support.CONFIG, result.output
-        assert result.stderr.startswith("error: ") and "s3cr3t" not in result.stderr
+        assert result.exit_code == support.CONFIG, (config_args, result.output)
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "s3cr3t" not in result.stderr and "Traceback" not in result.stderr
+    assert "line 2, column" in oubli("--config", str(tmp_path / "template.yaml"), "status", "r-1").stderr
     unusable_url = oubli("--config", str(_config(tmp_path, store_url="nosuchdb://x")), "status", "r-1")
     assert unusable_url.exit_code == support.CONFIG and "store_url" in unusable_url.stderr
 
