@@ -180,6 +180,23 @@ class Generator:
     def unknown_system(self) -> Sent:
         return self.text("unknown_system", self.command(systems=[self.rng.choice(["nope", "ALPHA", "alpha\n", ""])]))
 
+    def oversized_arrays(self) -> Sent:
+        """Just under 64 KiB of array items that cannot be sorted (ints and strings, or lists), past every
+        maxItems: explaining one once took jsonschema minutes, and held the whole worker."""
+        command = self.command()
+        field = self.rng.choice(["emails", "phones", "identifiers", "systems"])
+        items: list[Any] = []
+        while len(items) < 5_000:
+            n = len(items)
+            items += self.rng.choice([[n, str(n)], [[n], str(n)], [{"n": n}, n]])
+        if field == "systems":
+            command["systems"] = items
+        elif field == "identifiers":
+            command["subject"]["identifiers"] = {"ga_client_id": items}
+        else:
+            command["subject"][field] = items
+        return self.text("oversized_arrays", command)
+
     def conflicting_duplicate(self) -> Sent:
         earlier = dict(self.rng.choice(self.earlier))
         earlier["reason"] = f"changed {self.rng.randrange(10 ** 6)}"
@@ -193,7 +210,7 @@ class Generator:
         return [self.valid, self.deep_nesting, self.huge_number, self.far_dates, self.impossible_dates,
                 self.surrogate, self.nul, self.trailing_newline, self.garbage_headers, self.huge_headers,
                 self.bad_signature, self.non_utf8, self.tombstone, self.near_limit, self.wrong_types,
-                self.unknown_system, self.conflicting_duplicate, self.random_json]
+                self.unknown_system, self.conflicting_duplicate, self.random_json, self.oversized_arrays]
 
 
 def _free_port() -> int:
