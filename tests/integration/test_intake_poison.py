@@ -158,6 +158,18 @@ def test_odd_headers_and_keys_are_carried_to_the_dlq_as_received(harness: Harnes
     assert harness.send_json(command(), headers=headers, key=None).result is IntakeResult.ACCEPTED
 
 
+def test_a_sender_cannot_forge_the_dlq_s_own_headers(harness: Harness) -> None:
+    """Readers take a DLQ record's code, message, source and reference from its headers: only oubli writes them."""
+    forged = [("x-oubli-error-code", b"bad_signature"), ("x-oubli-error-message", b"Marie Dupont"),
+              ("x-oubli-source", b"other/9/9"), ("x-oubli-dlq-reference", b"sha256:" + b"0" * 64), ("x-kept", b"1")]
+    (letter,) = harness.send(b"{", headers=forged).dead_letters
+    names = [name for name, _ in letter.headers]
+    assert names == ["x-kept", "x-oubli-error-code", "x-oubli-error-message", "x-oubli-source"]
+    received = dict(letter.headers)
+    assert received["x-oubli-error-code"] == b"invalid_json" and b"Marie" not in received["x-oubli-error-message"]
+    assert received["x-oubli-source"] != b"other/9/9"
+
+
 @pytest.mark.parametrize("signature", [None, b"", "é".encode(), b"\xff\xfe", b"sha256=" + b"0" * 64, b"\x00" * 64])
 def test_unsigned_or_mis_signed_commands_never_reach_the_store(signed: Harness, signature: bytes | None) -> None:
     """No request row, no receipt, no audit event: the id stays free for the real, signed command."""

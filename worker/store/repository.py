@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from worker import receipts, states
 from worker.core.timefmt import aware
+from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
 from worker.store.base import dicts, task_values
@@ -34,6 +35,8 @@ from worker.store.records import (
 )
 from worker.store.schema import audit_events, outbox, requests, tasks
 from worker.store.sets import among
+
+_DLQ_OWN_HEADERS = frozenset({ERROR_CODE, ERROR_MESSAGE, SOURCE, REFERENCE})
 
 # The columns a result may change, written in bulk (``StoreBase._update_many``).
 FINISH_COLUMNS = ("state", "attempts", "next_attempt_at", "outcome", "vendor_ref", "error_code", "error_message",
@@ -226,11 +229,14 @@ class Store(Claims):
                     self._enqueue_receipt(conn, request_id, now)
                     receipted = True
             # The sender's headers go on as received, but a key the producer could not encode (a lone
-            # surrogate) is escaped: the relay must be able to publish whatever is stored here.
-            dlq_headers = [*((k.encode("utf-8", "backslashreplace").decode(), v or b"") for k, v in headers),
-                           ("x-oubli-error-code", code.encode()),
-                           ("x-oubli-error-message", message[:1000].encode("utf-8", "backslashreplace")),
-                           ("x-oubli-source", source.encode("utf-8", "backslashreplace"))]
+            # surrogate) is escaped: the relay must be able to publish whatever is stored here. Headers named
+            # like the DLQ's own are the DLQ's alone: a sender's forged error code would mislead `oubli dlq`, and
+            # a forged reference would let the relay drop the record the broker refuses instead of standing in.
+            sent = ((k.encode("utf-8", "backslashreplace").decode(), v or b"") for k, v in headers)
+            dlq_headers = [*((k, v) for k, v in sent if k not in _DLQ_OWN_HEADERS),
+                           (ERROR_CODE, code.encode()),
+                           (ERROR_MESSAGE, message[:1000].encode("utf-8", "backslashreplace")),
+                           (SOURCE, source.encode("utf-8", "backslashreplace"))]
             conn.execute(outbox.insert().values(
                 topic=self.topics.dlq, key=key, value=raw, created_at=now,
                 # ensure_ascii (the default) escapes NUL and every non-ASCII character: the text is ASCII.
