@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -69,22 +69,21 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return validator
 
 
+def _schema_objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object of a schema document, at any depth."""
+    if isinstance(node, dict):
+        yield node
+        for child in node.values():
+            yield from _schema_objects(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _schema_objects(child)
+
+
 @cache
 def _property_names(name: str) -> frozenset[str]:
     """Every property name the schema itself defines, at any depth."""
-    found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            found.update(node.get("properties", {}))
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(schemas.load(name))
-    return frozenset(found)
+    return frozenset(key for node in _schema_objects(schemas.load(name)) for key in node.get("properties", {}))
 
 
 def schema_errors(name: str, document: Any) -> list[str]:
@@ -114,19 +113,7 @@ def schema_errors(name: str, document: Any) -> list[str]:
 @cache
 def _array_cap(name: str) -> int:
     """One item more than the longest array the schema allows (every array in it has a ``maxItems``)."""
-    limits: list[int] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("maxItems"), int):
-                limits.append(node["maxItems"])
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(schemas.load(name))
+    limits = [node["maxItems"] for node in _schema_objects(schemas.load(name)) if isinstance(node.get("maxItems"), int)]
     return max(limits, default=0) + 1
 
 
