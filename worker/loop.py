@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from worker import failpoints, metrics, planning, states
+from worker import failpoints, memory, metrics, planning, states
 from worker.broker import Consumer, Record
 from worker.compose import Parts
 from worker.core.errors import StoreUnavailable
@@ -63,6 +63,7 @@ class Loop:
         self.intake_held = False
         self.last_commit = time.monotonic()
         self.last_gauges = 0.0
+        self.trimmer = memory.Trimmer()
         self.offsets_pending = False
         self.offsets_unconfirmed = False  # a background commit was sent since the last one waited for
         self.assigned: list[TopicPartition] = []
@@ -106,6 +107,7 @@ class Loop:
         self._maybe_commit()
         if time.monotonic() - self.last_gauges >= GAUGE_SECONDS:
             self._guarded("gauges", self._refresh_gauges)
+        self.trimmer.maybe_trim()
 
     def _refresh_gauges(self) -> None:
         self.last_gauges = time.monotonic()
