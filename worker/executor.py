@@ -48,6 +48,9 @@ class TaskVerifier(Protocol):
 # writes in bulk), so one transaction takes every finished call of a tick, up to this many.
 HARVEST_BATCH = 2000
 CLAIM_IDLE = timedelta(milliseconds=100)
+# How often a worker looks for a subject's request held after its turn came (a race between two workers'
+# transactions; ``worker.store.turns``): the most such a request can wait beyond its turn.
+TURNS_SWEEP_SECONDS = 15.0
 
 
 class Executor:
@@ -83,6 +86,7 @@ class Executor:
         self.identity_lock = IdentityLock(store.engine, store.actor)
         self.reclaimed: bool = False
         self.claim_after: tuple[float, datetime] | None = None  # no claim before, after one that found nothing
+        self.next_turns_sweep = time.monotonic() + TURNS_SWEEP_SECONDS
 
     # --- the loop's entry points ----------------------------------------------------------
 
@@ -105,7 +109,17 @@ class Executor:
         """Starts due tasks (the second half of a tick). Returns calls started."""
         now = self.clock()
         self._reclaim_once(now)
+        self._sweep_turns()
         return self._launch(now)
+
+    def _sweep_turns(self) -> None:
+        if time.monotonic() < self.next_turns_sweep:
+            return
+        self.next_turns_sweep = time.monotonic() + TURNS_SWEEP_SECONDS
+        released = self.store.release_missed_turns()
+        if released:
+            self.claim_after = None
+            log.info("held_turns_released", tasks=released)
 
     def busy(self) -> int:
         return len(self.in_flight)

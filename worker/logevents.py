@@ -38,6 +38,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "connector_bug": "a connector raised an unexpected exception; treated as retryable",
     "leases_reclaimed": "tasks whose worker's lease expired were taken back",
     "worker_id_in_use": "another live worker holds this worker id's leases",
+    "held_turns_released": "a subject's next request was still held after the one ahead of it ended (a race "
+                           "between two workers' transactions): its tasks are released now (worker.store.turns)",
     "background_deferred": "background work spent its share of a system's daily quota: its other waiting tasks "
                            "there move to the next window (worker.store.deferrals)",
     # Outbox relay (worker.outbox, worker.refusals)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -97,6 +98,8 @@ def test_a_connector_that_raises_fails_its_task_without_its_message_and_the_work
     """Even ``sys.exit`` in a connector is a retryable ``unexpected_error``: its message may quote personal
     data, so only the exception's type is kept, and the pool's thread lives on."""
     world = World(tmp_path)
+    # A backoff longer than a few loop turns: the retry must not be claimed before the test reads the row.
+    world.loop.store.policy = dataclasses.replace(world.loop.store.policy, base_seconds=2.0, max_seconds=2.0)
     world.loop.start()
     connector = world.loop.executor.connectors["alpha"]
     real = connector.erase

@@ -19,6 +19,7 @@ from worker.core.timefmt import aware
 from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
+from worker.store import turns
 from worker.store.base import dicts, task_values
 from worker.store.claims import Claims
 from worker.store.records import (
@@ -152,12 +153,13 @@ class Store(Claims):
                     outbox_rows.append(self._receipt_row(existing[request_id], rows_of.get(request_id, []), now))
             if fresh:
                 request_rows = [self._request_row(item, now) for item in fresh]
+                held = turns.held_at_intake(conn, [item.subject_ref for item in fresh])
                 # Sequence numbers in batch order: they order a subject's requests.
                 inserted = self._insert_many(conn, requests, request_rows, returning=("request_id", "seq"))
                 seqs: dict[str, int] = {row.request_id: row.seq for row in inserted}
                 task_rows: list[dict[str, Any]] = []
-                for item, request_row in zip(fresh, request_rows, strict=True):
-                    rows = self._new_task_rows(item, seqs[item.command.request_id], now)
+                for item, request_row, waits in zip(fresh, request_rows, held, strict=True):
+                    rows = self._new_task_rows(item, seqs[item.command.request_id], now, held=waits)
                     task_rows += rows
                     audits.append(self._accepted_audit(item, now))
                     outbox_rows.append(self._receipt_row({**_RECEIPT_BLANKS, **request_row}, rows, now))
@@ -181,12 +183,13 @@ class Store(Claims):
                 "due_at": command.due_at, "priority": command.priority, "created_at": now, "updated_at": now}
 
     @staticmethod
-    def _new_task_rows(item: NewCommand, seq: int, now: datetime) -> list[dict[str, Any]]:
+    def _new_task_rows(item: NewCommand, seq: int, now: datetime, *, held: bool) -> list[dict[str, Any]]:
         # The request's priority and deadline go with each task: claims walk ix_tasks_claim in that order.
         return [{**_TASK_BLANKS, "request_id": item.command.request_id, "system": system, "request_seq": seq,
                  "state": SystemState.PENDING.value, "attempts": 0, "max_attempts": max_attempts,
                  "next_attempt_at": now, "records": 0, "version": 0,
-                 "background": item.command.priority == "background", "due_at": item.command.due_at}
+                 "background": item.command.priority == "background", "due_at": item.command.due_at,
+                 "held": held}
                 for system, max_attempts in sorted(item.targets.items())]
 
     def _accepted_audit(self, item: NewCommand, now: datetime) -> dict[str, Any]:
@@ -333,6 +336,8 @@ class Store(Claims):
         if count != len(written):  # cannot happen under the request locks
             raise StoreConflict("a task changed while its request was locked")
         self._update_many(conn, requests, ("request_id",), REQUEST_COLUMNS, updated)
+        turns.release_turns(conn, {originals[r]["subject_ref"] for r, status in status_of.items()
+                                   if status in states.TERMINAL_STATUSES and status != originals[r]["status"]})
         self._insert_many(conn, audit_events, audits)
         self._insert_many(conn, outbox, outbox_rows)
         for i, (claimed, _, _) in enumerate(results):

@@ -18,6 +18,9 @@ metadata = sa.MetaData(naming_convention={
 Timestamp = sa.DateTime(timezone=True)
 # The states a task can be claimed from (worker.states.CLAIMABLE), as SQL: the predicate of ix_tasks_claim.
 CLAIMABLE_PREDICATE = "state IN ('pending', 'retrying', 'waiting_vendor')"
+# Tasks that wait their turn behind an earlier open request of the subject stay out of ix_tasks_claim (0012).
+CLAIM_INDEX_PREDICATE = f"{CLAIMABLE_PREDICATE} AND NOT held"
+HELD_PREDICATE = "held"
 # Calls in flight: the predicate of ix_tasks_running.
 RUNNING_PREDICATE = "state = 'running'"
 
@@ -73,12 +76,16 @@ tasks = sa.Table(
     # The request's priority and deadline, copied at intake: claims walk ix_tasks_claim in claim order.
     sa.Column("background", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("due_at", Timestamp),
+    # Recorded behind an earlier open request of the subject: out of the claims' walk until that one ends.
+    sa.Column("held", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     # Partial indexes only: a task is in ix_tasks_claim while it waits and in ix_tasks_running during its call,
     # so each of its writes touches the primary key and at most one of them (migration 0011).
     sa.Index("ix_tasks_running", "system", "lease_expires_at",
              postgresql_where=sa.text(RUNNING_PREDICATE), sqlite_where=sa.text(RUNNING_PREDICATE)),
     sa.Index("ix_tasks_claim", "system", "background", "due_at", "request_seq",
-             postgresql_where=sa.text(CLAIMABLE_PREDICATE), sqlite_where=sa.text(CLAIMABLE_PREDICATE)),
+             postgresql_where=sa.text(CLAIM_INDEX_PREDICATE), sqlite_where=sa.text(CLAIM_INDEX_PREDICATE)),
+    sa.Index("ix_tasks_held", "request_seq",
+             postgresql_where=sa.text(HELD_PREDICATE), sqlite_where=sa.text(HELD_PREDICATE)),
 )
 
 audit_events = sa.Table(
