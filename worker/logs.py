@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
@@ -62,6 +63,38 @@ QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpc
 
 
 LIBRDKAFKA = "oubli.librdkafka"
+REPEAT_WINDOW_SECONDS = 60.0
+
+
+class RepeatFilter(logging.Filter):
+    """One line per kind per window from a chatty source; the next one says how many were held back.
+
+    While a broker is down librdkafka reports every failed reconnect of every client: 22 lines a second,
+    4,000 over two short outages, which buries the lines an operator is looking for. A kind is the line's
+    source and the part before its details (``FAIL [rdkafka#consumer-1] [thrd:host:port/bootstrap]``).
+    """
+
+    def __init__(self, window: float = REPEAT_WINDOW_SECONDS, monotonic: Any = None) -> None:
+        super().__init__()
+        self.window = window
+        self.monotonic = monotonic or time.monotonic
+        self.last: dict[tuple[int, str], float] = {}
+        self.held: dict[tuple[int, str], int] = {}
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        kind = (record.levelno, message.split("]: ", 1)[0] if "]: " in message else message[:80])
+        now = self.monotonic()
+        with self.lock:
+            if now - self.last.get(kind, -self.window) < self.window:
+                self.held[kind] = self.held.get(kind, 0) + 1
+                return False
+            self.last[kind] = now
+            held = self.held.pop(kind, 0)
+        if held:
+            record.msg, record.args = f"{message} ({held} more like it in the last {self.window:.0f} s)", None
+        return True
 
 
 def librdkafka_logger() -> logging.Logger:
@@ -124,6 +157,10 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
     root.setLevel(level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    kafka_clients = logging.getLogger(LIBRDKAFKA)
+    for old_filter in [f for f in kafka_clients.filters if isinstance(f, RepeatFilter)]:
+        kafka_clients.removeFilter(old_filter)
+    kafka_clients.addFilter(RepeatFilter())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),

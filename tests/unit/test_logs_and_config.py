@@ -100,3 +100,27 @@ def test_library_logs_are_json_redacted_and_kept_quiet_even_at_debug() -> None:
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["logger"] for line in lines] == ["kafka.client"]
     assert "marie" not in stream.getvalue() and lines[0]["level"] == "warning"
+
+
+def test_a_broker_outage_s_reconnect_failures_are_one_line_a_minute_with_a_count() -> None:
+    """librdkafka reports each failed reconnect of each client (22 lines a second in an outage): the log keeps
+    the first of each kind, then one a minute saying how many it held back; other kinds pass meanwhile."""
+    import logging
+
+    stream = io.StringIO()
+    logs.configure(level="INFO", stream=stream)
+    clock = [1000.0]
+    (repeat,) = [f for f in logging.getLogger(logs.LIBRDKAFKA).filters if isinstance(f, logs.RepeatFilter)]
+    repeat.monotonic = lambda: clock[0]
+    kafka = logging.getLogger(logs.LIBRDKAFKA)
+    for second in range(120):  # two minutes of an outage, 5 failures a second
+        for _ in range(5):
+            kafka.error("%s [%s] %s", "FAIL", "rdkafka#consumer-1",
+                        f"[thrd:broker:9092/bootstrap]: Connect failed: Connection refused (after {second} ms)")
+        clock[0] += 1
+    kafka.warning("%s [%s] %s", "MAXPOLL", "rdkafka#consumer-1", "[thrd:main]: Application maximum poll interval")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    events = [line["event"] for line in lines]
+    assert len(events) == 3, events
+    assert "more like it" not in events[0] and "(299 more like it in the last 60 s)" in events[1]
+    assert events[2].startswith("MAXPOLL")
