@@ -185,3 +185,18 @@ def test_a_broker_outage_answers_503_and_the_next_call_publishes_the_same_reques
         # A third call finds the row published: the same answer, nothing more on the topic.
         assert post(client, web_env.signed_request(web_env.MARIE_FB)).json() == answer.json()
         assert len(web_env.commands(settings)) == 1 and len(calls) == 2
+
+
+def test_an_account_email_with_whitespace_around_it_reaches_the_command_trimmed(env: Any) -> None:
+    """Shops store what forms sent: ' second@example.fr\t' is still the account's email, and without it
+    the email-keyed systems (newsletter, contact forms, vendors) would answer not_found."""
+    settings, services, client = env
+    orders = sa.create_engine(settings.systems["orders_db"].settings["url"], poolclass=sa.pool.NullPool)
+    with orders.begin() as conn:
+        conn.execute(sa.text("UPDATE customers SET email = :email, phone = :phone WHERE customer_id = 'C-WEB-2'"),
+                     {"email": " second@example.fr\t", "phone": "+33612345678 "})
+    orders.dispose()
+    assert post(client, web_env.signed_request(web_env.SECOND_FB)).status_code == 200
+    [(command, _headers)] = web_env.commands(settings)
+    assert command["subject"]["emails"] == ["second@example.fr"]
+    assert command["subject"]["phones"] == ["+33612345678"]

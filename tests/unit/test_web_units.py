@@ -4,15 +4,18 @@ security headers and the body cap (through a tiny ASGI app)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from worker.web import codes, i18n, signed
+from devkit.sampledata import SCHEMAS
+from worker.web import codes, i18n, identity, signed
 from worker.web.security import CSP, BodyLimit, RateLimit, SecurityHeaders, TokenBuckets
 
 SECRET = b"app-secret"
@@ -137,3 +140,28 @@ def test_only_the_public_prefixes_are_rate_limited() -> None:
 def test_signing_is_deterministic_for_the_docs_example() -> None:
     value = make({"algorithm": "HMAC-SHA256", "issued_at": 1, "user_id": "1"})
     assert value == make({"algorithm": "HMAC-SHA256", "issued_at": 1, "user_id": "1"}) and "=" not in value
+
+
+def test_the_identity_lookup_trims_what_the_shop_stored_and_still_refuses_what_is_not_an_email(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'orders.db'}", poolclass=sa.pool.NullPool)
+    SCHEMAS["orders_db"].create_all(engine)
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+    stored = {"C-1": (" h11@x.fr", " +33612345678\n"), "C-2": ("\u00a0h12@x.fr\r\n", None),
+              "C-3": (" not an email ", "+33 6 12"), "C-4": ("a\x1fb@x.fr ", None)}
+    with engine.begin() as conn:
+        for n, (customer_id, (email, phone)) in enumerate(stored.items()):
+            conn.execute(SCHEMAS["orders_db"].tables["customers"].insert().values(
+                customer_id=customer_id, email=email, phone=phone, classification="individual", created_at=now))
+            conn.execute(SCHEMAS["orders_db"].tables["customer_identifiers"].insert().values(
+                customer_id=customer_id, kind=identity.KIND, value=str(100 + n), recorded_at=now))
+    lookup = identity.FacebookIdentity(engine)
+    try:
+        found = {str(100 + n): lookup.customer(str(100 + n)) for n in range(4)}
+    finally:
+        lookup.close()
+    assert {user: (c.emails, c.phones) for user, c in found.items() if c is not None} == {
+        "100": (("h11@x.fr",), ("+33612345678",)),
+        "101": (("h12@x.fr",), ()),
+        "102": ((), ()),
+        "103": ((), ()),  # a control character inside is not whitespace to trim
+    }

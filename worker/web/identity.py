@@ -64,11 +64,17 @@ class FacebookIdentity:
         except sa.exc.SQLAlchemyError:
             raise IdentityUnavailable("the identity system did not answer") from None
         email, phone = (account[0], account[1]) if account is not None else (None, None)
-        return Customer(
-            customer_id=str(customer_id),
-            emails=(email,) if isinstance(email, str) and len(email) <= 254 and _EMAIL.match(email) else (),
-            phones=(phone,) if isinstance(phone, str) and _E164.match(phone) else (),
-        )
+        return Customer(customer_id=str(customer_id), emails=_usable(email, _EMAIL, 254),
+                        phones=_usable(phone, _E164, 16))
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _usable(value: object, pattern: re.Pattern[str], max_length: int) -> tuple[str, ...]:
+    """Shops keep what their forms sent, padding included: trim it as the connectors and the retention
+    sweep do, or a padded address is dropped and every email-keyed system answers not_found."""
+    if not isinstance(value, str):
+        return ()
+    trimmed = value.strip()
+    return (trimmed,) if len(trimmed) <= max_length and pattern.match(trimmed) else ()
