@@ -1,7 +1,7 @@
 """``contact_forms``: contact-form messages (email and message, kept 1 year) and the replies to them.
 
-Messages are matched by email as typed in the form, with case (non-ASCII capitals too, on SQLite as
-on PostgreSQL) and whitespace normalised on both sides (``connectors.sql_config.email_in``).
+Messages are matched by email as typed in the form, with whitespace and ASCII case normalised on both
+sides, and nothing else (``connectors.sql_email``).
 Erasure deletes the messages and their replies; export returns both. Settings: ``url`` and the
 optional connection settings.
 """

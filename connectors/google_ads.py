@@ -19,6 +19,7 @@ from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_
 from connectors.vendor import Options, VendorConnector, build_gate
 from worker.core.connector import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from worker.core.errors import NeedsPersonError, PermanentError
+from worker.core.identifiers import ascii_lower
 from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://datamanager.googleapis.com/v1"
@@ -33,8 +34,11 @@ def sha256_hex(value: str) -> str:
 
 
 def normalize_email(raw: str) -> str:
-    """Lower-cased, with leading, trailing and intermediate whitespace removed."""
-    return "".join(raw.split()).lower()
+    """Lower-cased, with leading, trailing and intermediate whitespace removed, as Google documents it.
+
+    A-Z only (``worker.core.identifiers``): the same hashes for ASCII addresses, and no Kelvin sign
+    hashed as the ASCII k of someone else's address."""
+    return ascii_lower("".join(raw.split()))
 
 
 def canonical_gmail(normalized: str) -> str:

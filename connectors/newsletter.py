@@ -14,9 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from connectors import sql_email
 from connectors.sql import SqlConnector, make_engine, reflect, suppression_hash
 from connectors.sql_config import SqlConfig, normalise_email, preset
-from connectors.sql_email import EmailMatch
 from connectors.sql_errors import db_error
 from worker.core.connector import ConnectorContext
 from worker.core.errors import ConfigError
@@ -67,8 +67,6 @@ class NewsletterImporter:
         self._professions = tables["subscriber_professions"]
         self._events = tables["consent_events"]
         self._suppressions = tables["suppressions"]
-        # The same fold as the erasure's match: on SQLite a re-import of "ÉLODIE@…" must find "élodie@…".
-        self._emails = EmailMatch("newsletter")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> NewsletterImporter:
@@ -103,8 +101,7 @@ class NewsletterImporter:
         if self.is_suppressed(conn, email):
             return "refused_suppressed"
         s = self._subscribers
-        self._emails.prepare(conn)
-        if conn.execute(sa.select(s.c.subscriber_id).where(self._emails.condition(conn, s.c.email, [email]))).first():
+        if conn.execute(sa.select(s.c.subscriber_id).where(sql_email.condition(s.c.email, [email]))).first():
             return "already_subscribed"
         subscriber_id = conn.execute(
             sa.insert(s)

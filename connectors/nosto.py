@@ -16,6 +16,7 @@ import httpx
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
 from connectors.vendor import Options, PerTargetConnector, VendorConnector, build_gate
 from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
+from worker.core.identifiers import ascii_lower
 from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://api.nosto.com"
@@ -35,9 +36,10 @@ class NostoConnector(PerTargetConnector[str]):
         super().__init__(system, context, client, gate)
 
     def _targets(self, subject: Subject) -> list[str]:
-        """Each address as given and lower-cased: Nosto matches the address it was sent."""
+        """Each address as given and lower-cased (A-Z only, as oubli matches): Nosto matches the address it
+        was sent."""
         stripped = [email.strip() for email in subject.emails if "@" in email]
-        return sorted({form for email in stripped for form in (email, email.lower())})
+        return sorted({form for email in stripped for form in (email, ascii_lower(email))})
 
     def erase(self, subject: Subject) -> CallResult:
         return _tagged("redact", self._start(subject, "redact"))

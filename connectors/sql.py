@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
+from connectors import sql_email
 from connectors.sql_config import (
     ColumnAction,
     Retention,
@@ -28,7 +29,6 @@ from connectors.sql_config import (
     TableRule,
     parse,
 )
-from connectors.sql_email import EmailMatch, EmailValues
 from connectors.sql_errors import db_error
 from worker.core.connector import (
     CallResult,
@@ -106,7 +106,7 @@ class _Shape:
     """What a call's conditions depend on besides its values; see ``SqlConnector._conditions``."""
 
     keys: bool
-    emails: tuple[int, bool]  # EmailValues.shape, (0, False) without emails
+    emails: bool
     phones: bool
 
 
@@ -135,7 +135,6 @@ class SqlConnector:
         self._context = context
         self._engine = engine if engine is not None else make_engine(config)
         self._tables: dict[str, sa.Table] | None = None
-        self._emails = EmailMatch(system)
         self._plans: dict[_Shape, dict[str, Condition | None]] = {}
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._built_for: tuple[SqlConfig, Mapping[str, sa.Table]] | None = None
@@ -243,40 +242,35 @@ class SqlConnector:
                     yield Sighting(rule.table, pairs)
 
     # -- matching ----------------------------------------------------------------------------
-    # A call's conditions depend on its values only through a _Shape (which kinds of identifier it has,
-    # how many emails): per shape they are built once, their values left as bound parameters, and so
+    # A call's conditions depend on its values only through a _Shape (which kinds of identifier it has):
+    # per shape they are built once, their values left as bound parameters, and so
     # are the statements built on them. A call then only binds values, and SQLAlchemy finds the
     # compiled statement under a cache key it memoised on the statement.
     def _conditions(self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject) -> _Bound:
-        self._emails.prepare(conn)
         built_for = self._built_for
         if built_for is None or built_for[0] is not self.config or built_for[1] is not tables:
             # What was built holds the tables and the rule indexes: a new reflection or rule set starts afresh.
             self._plans, self._statements = {}, {}
             self._built_for = (self.config, tables)
-        dialect = conn.dialect.name
-        emails = EmailValues.of(dialect, subject.emails)
+        emails = sql_email.wanted(subject.emails)
         keys = self._customer_keys(conn, tables, subject, emails)
         phones = sorted({p.strip() for p in subject.phones if p.strip()})
-        shape = _Shape(bool(keys), emails.shape if emails.stripped else (0, False), bool(phones))
+        shape = _Shape(bool(keys), bool(emails), bool(phones))
         conditions = self._plans.get(shape)
         if conditions is None:
-            conditions = self._plans.setdefault(shape, self._build_conditions(dialect, tables, shape))
+            conditions = self._plans.setdefault(shape, self._build_conditions(tables, shape))
         params: dict[str, Any] = {}
         for index, rule in enumerate(self.config.tables):
             match = rule.match
             if match.customer_id:
                 params[f"oubli_t{index}_keys"] = keys
-            if match.email and emails.stripped:
-                self._emails.check(conn, self._column(tables[rule.table], match.email), emails)
-                params.update(emails.params(f"oubli_t{index}_email"))
+            if match.email and emails:
+                params[f"oubli_t{index}_emails"] = emails
             if match.phone:
                 params[f"oubli_t{index}_phones"] = phones
         return _Bound(shape, conditions, params)
 
-    def _build_conditions(
-        self, dialect: str, tables: Mapping[str, sa.Table], shape: _Shape
-    ) -> dict[str, Condition | None]:
+    def _build_conditions(self, tables: Mapping[str, sa.Table], shape: _Shape) -> dict[str, Condition | None]:
         conditions: dict[str, Condition | None] = {}
         for index, rule in enumerate(self.config.tables):  # parents first, so a via finds its parent's condition
             table, match = tables[rule.table], rule.match
@@ -284,9 +278,9 @@ class SqlConnector:
             if match.customer_id and shape.keys:
                 keys: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_keys", expanding=True)
                 parts.append(self._column(table, match.customer_id).in_(keys))
-            if match.email and shape.emails[0]:
+            if match.email and shape.emails:
                 column = self._column(table, match.email)
-                parts.append(self._emails.bound_condition(dialect, column, shape.emails, f"oubli_t{index}_email"))
+                parts.append(sql_email.bound_condition(column, f"oubli_t{index}_emails"))
             if match.phone and shape.phones:
                 phones: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_phones", expanding=True)
                 parts.append(self._column(table, match.phone).in_(phones))
@@ -299,7 +293,7 @@ class SqlConnector:
         return conditions
 
     def _customer_keys(
-        self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject, emails: EmailValues
+        self, conn: sa.Connection, tables: Mapping[str, sa.Table], subject: Subject, emails: list[str]
     ) -> list[str]:
         keys = [subject.customer_id] if subject.customer_id else []
         rule = self.config.subject
@@ -315,20 +309,18 @@ class SqlConnector:
             if conn.execute(known, {"oubli_keys": keys}).first():
                 return keys
         email_column = self._column(accounts, rule.email)
-        self._emails.check(conn, email_column, emails)
-        if not emails.stripped:
+        if not emails:
             return keys  # no email to look for: the lookup would match nothing
-        dialect = conn.dialect.name
         by_email = self._cached(
-            ("subject", "email", emails.shape),
+            ("subject", "email"),
             lambda: (
                 sa.select(key_column)
-                .where(self._emails.bound_condition(dialect, email_column, emails.shape, "oubli_email"))
+                .where(sql_email.bound_condition(email_column, "oubli_emails"))
                 .distinct()
                 .limit(2)
             ),
         )
-        found = conn.execute(by_email, emails.params("oubli_email")).scalars().all()
+        found = conn.execute(by_email, {"oubli_emails": emails}).scalars().all()
         if len(found) > 1:
             raise NeedsPersonError(f"{self.system}: the subject's email matches several accounts", code="ambiguous")
         return keys + [str(k) for k in found]

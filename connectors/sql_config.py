@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from worker.core.errors import ConfigError
 
 # One normalisation for matching, the suppression list and the tombstones; still importable from here.
+from worker.core.identifiers import ASCII_LOWER, ASCII_UPPER
 from worker.core.identifiers import WHITESPACE as WHITESPACE
 from worker.core.identifiers import normalise_email as normalise_email
 from worker.core.identifiers import strip_whitespace as strip_whitespace
@@ -37,11 +40,29 @@ def stripped_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
 
 
 def normalised_email_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """The SQL twin of ``normalise_email`` for indexes, portable to SQLite and PostgreSQL.
+    """The SQL twin of ``normalise_email`` (whitespace removed, A-Z lowered, nothing else) for conditions
+    and indexes, the same on SQLite and PostgreSQL. Compare it with ``normalise_email`` of the value."""
+    return AsciiLower(stripped_sql(column))
 
-    Match with ``connectors.sql_email``, not with this: on SQLite, ``lower`` folds only ASCII letters.
-    """
-    return sa.func.lower(stripped_sql(column))
+
+class AsciiLower(sa.sql.functions.FunctionElement[str]):
+    """Lowers A-Z only, whatever the collation: PostgreSQL's ``lower`` folds other letters too."""
+
+    type = sa.String()
+    name = "ascii_lower"
+    inherit_cache = True
+
+
+@compiles(AsciiLower)
+def _translate(element: AsciiLower, compiler: SQLCompiler, **kw: Any) -> str:
+    # Inline literals, for the same reason as in ``stripped_sql``: the index must spell the same expression.
+    return f"translate({compiler.process(element.clauses, **kw)}, '{ASCII_UPPER}', '{ASCII_LOWER}')"
+
+
+@compiles(AsciiLower, "sqlite")
+def _sqlite_lower(element: AsciiLower, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite has no translate(), and its built-in lower() folds ASCII only (without the ICU extension).
+    return f"lower({compiler.process(element.clauses, **kw)})"
 
 
 @dataclass(frozen=True)

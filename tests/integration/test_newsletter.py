@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,10 +97,22 @@ def test_a_suppression_key_is_required() -> None:
             newsletter.create("newsletter", settings, context())
 
 
-def test_an_import_finds_a_subscriber_whose_address_differs_in_non_ascii_case(harness: SqlHarness) -> None:
-    # SQLite's own lower() folds only ASCII: without the shared fold this would subscribe twice.
+def test_only_ascii_case_is_folded_so_a_kelvin_sign_is_not_the_ascii_neighbour(harness: SqlHarness) -> None:
+    """str.lower() and PostgreSQL's lower() make U+212A an ASCII k: an erasure for the Kelvin-sign
+    address deleted kelvin@x.fr's subscription, someone else's."""
     importer = newsletter.NewsletterImporter(harness.engine, KEY.encode())
-    first = importer.import_subscribers([{"email": "ÉLODIE.Ÿ@EXAMPLE.FR"}], source="trade_show", now=AS_OF)
-    assert first == newsletter.ImportReport(imported=1)
-    again = importer.import_subscribers([{"email": " élodie.ÿ@example.fr "}], source="partner_form", now=AS_OF)
-    assert again == newsletter.ImportReport(already_subscribed=1)
+    first = importer.import_subscribers([{"email": "kelvin@x.fr"}, {"email": "ÉLODIE@X.FR"}], source="trade_show",
+                                        now=AS_OF)
+    assert first == newsletter.ImportReport(imported=2)
+    again = importer.import_subscribers([{"email": " Kelvin@X.FR "}, {"email": "ÉLODIE@x.fr"}, {"email": "élodie@x.fr"},
+                                         {"email": "\u212aelvin@x.fr"}], source="partner_form", now=AS_OF)
+    assert again == newsletter.ImportReport(already_subscribed=2, imported=2)
+
+    kelvin_sign = Subject(request_id="r", subject_ref="x", customer_id="C-none", emails=("\u212aELVIN@x.fr",))
+    writer = MemoryExportWriter()
+    assert harness.connector.export(kelvin_sign, writer).outcome == "exported"
+    assert [r["email"] for r in json.loads(writer.files["subscribers.json"])] == ["\u212aelvin@x.fr"]
+    assert harness.connector.erase(kelvin_sign).outcome == "erased"
+    with harness.engine.connect() as conn:
+        left = sorted(conn.execute(sa.text("SELECT email FROM subscribers")).scalars())
+    assert left == sorted(["kelvin@x.fr", "ÉLODIE@X.FR", "élodie@x.fr"])

@@ -5,6 +5,9 @@ The expected digests were computed independently (``printf '%s' VALUE | sha256su
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from connectors.google_ads import (
@@ -14,6 +17,7 @@ from connectors.google_ads import (
     normalize_phone,
     sha256_hex,
 )
+from worker.core.identifiers import keyed_hash, normalise_email
 
 VECTORS = {
     "marie.dupont@example.fr": "5c90285452dff6c6cfa9163f35b0078e5b116976f3216ba662e5c66399f43918",
@@ -72,3 +76,18 @@ def test_phone_without_country_code_or_digits_is_refused(raw: str) -> None:
 def test_hashes_are_lowercase_hex_of_64_chars() -> None:
     digest = sha256_hex(normalize_email("X@Y.Z"))
     assert len(digest) == 64 and digest == digest.lower() and int(digest, 16) >= 0
+
+
+def test_email_normalisation_lowers_ascii_only() -> None:
+    """Google documents trim and lower case; a Kelvin sign must not hash as someone else's ASCII k."""
+    assert normalize_email("\u212aevin@x.fr") == "\u212aevin@x.fr" != normalize_email("Kevin@x.fr")
+    assert normalize_email(" ÉLODIE@Example.FR ") == "Élodie@example.fr"
+
+
+def test_keyed_hashes_of_ascii_emails_are_unchanged_and_the_kelvin_sign_is_its_own() -> None:
+    """Tombstones and suppression lists made before ASCII-only folding must still match."""
+    key = b"tombstone-key-0123456789"
+    before = "hmac-sha256:" + hmac.new(key, b"marie.dupont@example.fr", hashlib.sha256).hexdigest()
+    assert keyed_hash(key, "email", " Marie.Dupont@EXAMPLE.fr\t") == before
+    assert keyed_hash(key, "email", "\u212aelvin@x.fr") != keyed_hash(key, "email", "kelvin@x.fr")
+    assert normalise_email("\u00a0\u212aELVIN@X.FR ") == "\u212aelvin@x.fr"

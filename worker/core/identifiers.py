@@ -3,17 +3,27 @@
 One normalisation and one HMAC for every list of keyed hashes: the newsletter's suppression list
 (per system, keyed by its ``suppression_key``) and the tombstones of erased subjects (for every
 internal system, keyed by ``verification.tombstone_key``). Same value, same key: same hash, so a
-hash can be matched again later but never read back. Emails ignore whitespace and case; phones are
-E.164 as given, trimmed; customer ids and vendor ids are exact.
+hash can be matched again later but never read back. Emails ignore whitespace and ASCII case; phones
+are E.164 as given, trimmed; customer ids and vendor ids are exact.
+
+Only A-Z are lowered, never other letters. ``str.lower`` (and PostgreSQL's ``lower`` under most
+collations) maps the Kelvin sign to an ASCII k and folds other letters onto addresses that belong to
+someone else: an erasure for "\u212aelvin@x.fr" deleted kelvin@x.fr's subscription. A non-ASCII address
+now matches only itself up to ASCII case; ``connectors.sql_config.normalised_email_sql`` is the SQL
+twin. ASCII addresses normalise as they always did, so existing tombstones and suppression hashes
+still match.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import string
 
 WHITESPACE = (" ", "\t", "\n", "\r", "\u00a0")
 PREFIX = "hmac-sha256:"
+ASCII_UPPER, ASCII_LOWER = string.ascii_uppercase, string.ascii_lowercase
+_ASCII_FOLD = str.maketrans(ASCII_UPPER, ASCII_LOWER)
 
 
 def strip_whitespace(value: str) -> str:
@@ -22,8 +32,12 @@ def strip_whitespace(value: str) -> str:
     return value
 
 
+def ascii_lower(value: str) -> str:
+    return value.translate(_ASCII_FOLD)
+
+
 def normalise_email(value: str) -> str:
-    return strip_whitespace(value).lower()
+    return ascii_lower(strip_whitespace(value))
 
 
 def normalise(kind: str, value: str) -> str:
