@@ -8,6 +8,11 @@ Here an ended call is put on a queue, in the order the calls end, and the loop t
 The threads are daemons: a call still running when the worker exits (after its drain) is cut off with the
 process, like a call under a ``SIGKILL``. Its lease runs out and the task is run again, which every system's
 connector allows (calls are idempotent).
+
+A call that never returns (a vendor or S3 trickling its reply) cannot be killed in Python: past its deadline
+the executor ``abandon``s it. Its outcome, if it ever comes, is dropped, and a spare thread takes its place
+(up to ``spare`` at once), so one stuck call does not cost the worker a slot for good. Past ``spare`` the
+slot is ``lost`` until the call returns, and the executor claims that much less.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -26,17 +32,29 @@ class CallPool(Generic[Call, Outcome]):
     """Runs ``run(call)`` on one of ``size`` threads for each submitted call. ``run`` must not raise: its
     failures are outcomes (the executor turns every exception into a ``Fail`` event)."""
 
-    def __init__(self, size: int, run: Callable[[Call], Outcome], *, name: str) -> None:
+    def __init__(self, size: int, run: Callable[[Call], Outcome], *, name: str, spare: int = 0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._run = run
+        self._name = name
+        self._spare = spare
+        self._monotonic = monotonic
+        # Guards the calls on threads and the abandoned ones: a call's end and its abandonment may race.
+        self._lock = threading.Lock()
+        # id(call) -> (call, when it started), in the order the calls started (the oldest first).
+        self._running: dict[int, tuple[Call, float]] = {}
+        # id(call) -> whether a spare thread replaced the one it holds; removed when the call returns.
+        self._abandoned: dict[int, bool] = {}
+        self._given_up = 0
+        self.lost = 0  # abandoned calls still holding their thread with no spare in its place
         self._calls: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self._ended: collections.deque[tuple[Call, Outcome]] = collections.deque()
         self._closed = False
         self._submitted = 0
         self._taken = 0
         self.call_ended = threading.Event()  # set whenever a call returns
-        self.threads = [threading.Thread(target=self._serve, name=f"{name}_{i}", daemon=True) for i in range(size)]
-        for thread in self.threads:
-            thread.start()
+        self.threads: list[threading.Thread] = []
+        for _ in range(size):
+            self._add_thread()
 
     def submit(self, call: Call) -> None:
         self._submitted += 1
@@ -50,8 +68,34 @@ class CallPool(Generic[Call, Outcome]):
         return taken
 
     def running(self) -> int:
-        """Calls submitted that have not ended yet (queued or on a thread)."""
-        return self._submitted - self._taken - len(self._ended)
+        """Calls submitted that have not ended yet (queued or on a thread), abandoned ones aside."""
+        return self._submitted - self._taken - self._given_up - len(self._ended)
+
+    def abandoned(self) -> int:
+        """Abandoned calls that have not returned yet: each holds a thread."""
+        return len(self._abandoned)
+
+    def abandon_overdue(self, seconds: float) -> list[tuple[Call, float]]:
+        """Gives up on every call that has run ``seconds`` or more: its outcome will never be taken. Returns
+        them, with how long each ran. A call that ended meanwhile is not among them (``take`` has it)."""
+        now = self._monotonic()
+        overdue: list[tuple[Call, float]] = []
+        with self._lock:
+            for key, (call, started) in self._running.items():
+                if now - started < seconds:
+                    break  # the calls are in the order they started: the rest are younger
+                if key in self._abandoned:
+                    continue
+                replaced = len(self._abandoned) - self.lost < self._spare
+                self._abandoned[key] = replaced
+                if replaced:
+                    self.threads = [t for t in self.threads if t.is_alive()]  # spares whose call came back
+                    self._add_thread()
+                else:
+                    self.lost += 1
+                self._given_up += 1
+                overdue.append((call, now - started))
+        return overdue
 
     def wait(self, timeout: float) -> bool:
         """Blocks until a call ends or ``timeout`` passes; True if one ended."""
@@ -65,13 +109,31 @@ class CallPool(Generic[Call, Outcome]):
         for _ in self.threads:
             self._calls.put(None)
 
+    def _add_thread(self) -> None:
+        thread = threading.Thread(target=self._serve, name=f"{self._name}_{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
     def _serve(self) -> None:
         while True:
             call = self._calls.get()
             if call is None or self._closed:
                 return
-            self._ended.append((call, self._run(call)))
+            key = id(call)
+            with self._lock:
+                self._running[key] = (call, self._monotonic())
+            outcome = self._run(call)
+            with self._lock:
+                del self._running[key]
+                replaced = self._abandoned.pop(key, None)
+                if replaced is None:
+                    self._ended.append((call, outcome))
+                elif not replaced:
+                    self.lost -= 1  # this thread serves again: its slot is back
             # Not held while this thread waits: a call carries its subject's personal data, and a thousand
             # idle threads would keep the last thousand subjects alive.
-            del call
-            self.call_ended.set()
+            del call, outcome
+            if replaced:
+                return  # a spare took this thread's place when its call was abandoned
+            if replaced is None:
+                self.call_ended.set()

@@ -96,6 +96,7 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
         clock=clock, exports=exports, crash=crash, on_outcome=on_outcome,
         identity=identity, identity_kinds=settings.identity_kinds, verifier=verifier,
         skip=VendorRetention({sid: s.keeps_data_days for sid, s in settings.systems.items()}),
+        call_timeout=settings.worker.call_timeout_seconds,
     )
     extra: dict[str, Any] = {} if producer_factory is None else {"producer_factory": producer_factory}
     relay = Relay(store, producer_config(settings.kafka), clock=clock, crash=crash,

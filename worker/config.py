@@ -91,6 +91,10 @@ class WorkerSettings(_Frozen):
     # A lost lease costs no attempt; this many lost in a row fail the task (worker_lost_repeatedly),
     # so that a call which kills its worker every time cannot crash-loop the fleet.
     max_lease_losses: int = Field(default=20, ge=1)
+    # A connector call (or export packaging) still running this long is abandoned: a retryable call_timeout,
+    # and its slot goes to other work. Client timeouts bound each read, not a whole call, so a reply
+    # trickled byte by byte would otherwise hold its slot forever. Keep it above the longest honest call.
+    call_timeout_seconds: float = Field(default=300.0, ge=1, le=86_400)
     poll_seconds: float = Field(default=0.2, gt=0)
     # Commands consumed and recorded per loop turn (one store transaction for a run of valid commands).
     batch_size: int = Field(default=500, ge=1, le=10_000)

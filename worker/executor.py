@@ -3,7 +3,13 @@
 ``tick`` (from the main loop) never blocks on a connector: calls run in a thread pool bounded per system
 (``concurrency``) and overall (``max_in_flight``), results are written back on a later tick, and backoff
 is a due time in the store. Every call holds a lease renewed by ``tick``; a result whose lease was lost
-is never recorded. A restarted worker reclaims its dead incarnation's leases at once."""
+is never recorded. A restarted worker reclaims its dead incarnation's leases at once.
+
+A call still running ``call_timeout`` seconds after it started is abandoned: its attempt is recorded as a
+retryable ``call_timeout`` (the lease goes with it), and its slot goes to other work. The thread cannot be
+stopped, so the call may still reach the vendor: that is safe because every connector call is idempotent
+(an erasure or an export done twice leaves the same result), and the retry waits at least ``call_timeout``
+more, so the two seldom overlap. Whatever it returns late is dropped by the pool, never recorded."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from worker import failpoints, states
+from worker import failpoints, metrics, states
 from worker.callpool import CallPool
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
@@ -51,6 +57,7 @@ CLAIM_IDLE = timedelta(milliseconds=100)
 # How often a worker looks for a subject's request held after its turn came (a race between two workers'
 # transactions; ``worker.store.turns``): the most such a request can wait beyond its turn.
 TURNS_SWEEP_SECONDS = 15.0
+CALL_TIMEOUT = "call_timeout"
 
 
 class Executor:
@@ -60,7 +67,7 @@ class Executor:
         exports: ExportPackager | None = None, crash: failpoints.Failpoints | None = None,
         on_outcome: Callable[[ClaimedTask, states.Event, float, Finished | None], None] | None = None,
         identity: IdentityLookup | None = None, identity_kinds: Sequence[str] = (),
-        skip: Callable[[ClaimedTask, datetime], Result | None] | None = None,
+        skip: Callable[[ClaimedTask, datetime], Result | None] | None = None, call_timeout: float | None = None,
     ) -> None:
         self.store = store
         self.skip = skip  # confirms a task without a call, e.g. worker.retention.vendorkeep
@@ -78,7 +85,14 @@ class Executor:
         self.on_outcome = on_outcome
         # All threads start now: started on demand, a new one came at each new high of calls at once, and a
         # worker's memory crept up for hours (bench/README.md, RSS +15.7 % over 200,000 requests).
-        self.pool: CallPool[ClaimedTask, Outcome] = CallPool(max_in_flight, self._call, name="oubli-call")
+        # As many spares as slots: a vendor that hangs every call at most doubles the threads; past that, the
+        # slots of calls still hung stay lost (``_launch`` claims less) until those calls return.
+        self.pool: CallPool[ClaimedTask, Outcome] = CallPool(max_in_flight, self._call, name="oubli-call",
+                                                              spare=max_in_flight)
+        self.call_timeout = call_timeout
+        # Looked at a few times per deadline, at most once a second: a scan takes the pool's lock.
+        self.deadline_every = min(1.0, call_timeout / 4) if call_timeout else 0.0
+        self.next_deadline_check = time.monotonic()
         # (request_id, system) -> the call's task and when it started; a task is in flight at most once.
         self.in_flight: dict[tuple[str, str], tuple[ClaimedTask, datetime]] = {}
         self.ended: list[tuple[ClaimedTask, Outcome]] = []  # taken from the pool, not recorded yet
@@ -100,6 +114,7 @@ class Executor:
         publish the receipts it wrote before it claims)."""
         now = self.clock()
         self._reclaim_once(now)
+        self._abandon_overdue()
         self._harvest(now)
         if now - self.last_renewal > self.lease / 3 and self.in_flight:
             self.store.renew_leases([task for task, _ in self.in_flight.values()], now + self.lease)
@@ -120,6 +135,10 @@ class Executor:
         if released:
             self.claim_after = None
             log.info("held_turns_released", tasks=released)
+
+    def capacity_lost(self) -> bool:
+        """Every slot is held by an abandoned call that has not returned: this worker can start nothing."""
+        return self.pool.lost >= self.max_in_flight
 
     def busy(self) -> int:
         return len(self.in_flight)
@@ -158,8 +177,21 @@ class Executor:
             log.warning("worker_id_in_use", worker_id=self.store.actor)
         self.reclaimed = True
 
+    def _abandon_overdue(self) -> None:
+        if self.call_timeout is None or time.monotonic() < self.next_deadline_check:
+            return
+        self.next_deadline_check = time.monotonic() + self.deadline_every
+        for task, seconds in self.pool.abandon_overdue(self.call_timeout):
+            message = f"no answer within {self.call_timeout:g} s: the call was abandoned"
+            # A floor on the backoff: the abandoned call gets another full deadline to end before the retry.
+            event = states.Fail(CALL_TIMEOUT, message, retryable=True, retry_after=self.call_timeout)
+            self.ended.append((task, (event, TaskUpdate())))
+            log.warning("call_abandoned", request_id=task.request_id, system=task.system, attempt=task.attempt,
+                        seconds=round(seconds, 1), abandoned=self.pool.abandoned(), slots_lost=self.pool.lost)
+        metrics.CALLS_ABANDONED.set(self.pool.abandoned())
+
     def _launch(self, now: datetime) -> int:
-        room = self.max_in_flight - len(self.in_flight)
+        room = self.max_in_flight - len(self.in_flight) - self.pool.lost
         if room <= 0:
             return 0
         # A claim that found nothing is not repeated on every turn of a busy loop (one transaction each):

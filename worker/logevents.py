@@ -35,6 +35,8 @@ EVENTS: Final[Mapping[str, str]] = {
     # Executor (worker.executor)
     "system_call_finished": "one connector call ended: a failure, retry or pending at info, a confirmation at debug",
     "calls_recorded": "the results of one harvest were recorded in one transaction: how many of each kind",
+    "call_abandoned": "a call ran past worker.call_timeout_seconds: recorded as a retryable call_timeout, its "
+                      "slot freed; the thread stays until the call returns, and its late result is dropped",
     "connector_bug": "a connector raised an unexpected exception; treated as retryable",
     "leases_reclaimed": "tasks whose worker's lease expired were taken back",
     "worker_id_in_use": "another live worker holds this worker id's leases",

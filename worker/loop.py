@@ -367,9 +367,10 @@ class Loop:
         return time.monotonic() - self.last_loop < 60
 
     def _ready(self) -> bool:
-        """Not ready while the store is out, intake is held on a record, or a step that does the work keeps failing
-        (the gauges, read every 15 s, may miss a turn during a rebalance: that is no reason to drop readiness)."""
-        stalled = self.store_stall.active or self.intake_stall.active or any(
+        """Not ready while the store is out, intake is held on a record, a step that does the work keeps failing
+        (the gauges, read every 15 s, may miss a turn during a rebalance: that is no reason to drop readiness), or
+        abandoned calls that never returned hold every slot."""
+        stalled = self.store_stall.active or self.intake_stall.active or self.executor.capacity_lost() or any(
             stall.active for name, stall in self.step_stalls.items() if name != "gauges")
         return self._live() and not stalled and not self.stopping
 

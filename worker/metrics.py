@@ -66,6 +66,9 @@ OUTBOX_PENDING = Gauge("oubli_outbox_pending", "Records waiting in the outbox to
                        registry=REGISTRY)
 OUTBOX_OLDEST = Gauge("oubli_outbox_oldest_seconds", "Age of the oldest record waiting in the outbox (0 when empty)",
                       registry=REGISTRY)
+CALLS_ABANDONED = Gauge("oubli_calls_abandoned",
+                        "Connector calls abandoned past worker.call_timeout_seconds that have not returned yet "
+                        "(each holds a thread)", registry=REGISTRY)
 IN_FLIGHT = Gauge("oubli_calls_in_flight", "Connector calls running now", registry=REGISTRY)
 INTAKE_PAUSED = Gauge("oubli_intake_paused",
                       "1 while intake is held: the store is unreachable or a command could not be recorded",

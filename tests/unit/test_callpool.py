@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from devkit import fakes
 from devkit.pipeline import subject_command
 from tests.unit.test_loop import World
 from worker.callpool import CallPool
-from worker.store.schema import tasks
+from worker.store.schema import audit_events, tasks
 
 
 def _until(done: Any, limit: float = 5.0) -> None:
@@ -120,4 +121,91 @@ def test_a_connector_that_raises_fails_its_task_without_its_message_and_the_work
     assert all(t.is_alive() for t in world.loop.executor.pool.threads)
     connector.erase = real  # type: ignore[method-assign]
     world.until(lambda: any(r["status"] == "completed" for r in world.receipts()), limit=20)
+    world.loop.close()
+
+
+def test_a_call_past_its_deadline_is_abandoned_a_spare_takes_its_thread_and_its_late_outcome_is_dropped() -> None:
+    release = threading.Event()
+    pool: CallPool[str, str] = CallPool(1, lambda name: (release.wait(5) if name == "hung" else None, name)[1],
+                                        name="t", spare=1)
+    pool.submit("hung")
+    _until(lambda: pool.running() == 1 and pool.abandon_overdue(3600) == [])
+    time.sleep(0.02)
+    (abandoned,) = pool.abandon_overdue(0.01)
+    assert abandoned[0] == "hung" and abandoned[1] >= 0.01
+    assert pool.abandon_overdue(0.01) == []  # given up on once
+    assert pool.running() == 0 and pool.abandoned() == 1 and pool.lost == 0
+    pool.submit("next")  # served by the spare while the hung call holds its thread
+    _until(lambda: pool.running() == 0 and len(pool._ended) == 1)
+    assert pool.take(10) == [("next", "next")]
+    release.set()
+    _until(lambda: pool.abandoned() == 0)
+    assert pool.take(10) == [] and pool.running() == 0
+    _until(lambda: sum(t.is_alive() for t in pool.threads) == 1)  # the replaced thread ended with its call
+    pool.shutdown()
+
+
+def test_past_its_spares_an_abandoned_call_holds_its_slot_as_lost_until_it_returns() -> None:
+    release = threading.Event()
+    pool: CallPool[str, str] = CallPool(1, lambda name: (release.wait(5), name)[1], name="t", spare=0)
+    pool.submit("hung")
+    _until(lambda: len(pool._running) == 1)
+    time.sleep(0.02)
+    assert [call for call, _ in pool.abandon_overdue(0.01)] == ["hung"]
+    assert pool.lost == 1 and len(pool.threads) == 1
+    release.set()
+    _until(lambda: pool.lost == 0 and pool.abandoned() == 0)
+    pool.submit("again")  # the same thread serves again
+    _until(lambda: len(pool._ended) == 1)
+    assert pool.take(10) == [("again", "again")]
+    pool.shutdown()
+
+
+def test_a_hung_call_times_out_retries_later_and_other_systems_go_on_meanwhile(tmp_path: Path) -> None:
+    """One slot in all (max_in_flight 1), held by a call that never answers: past call_timeout_seconds its
+    attempt is a retryable call_timeout, another system's request completes, the retry completes its own, and
+    the hung call's late answer is recorded nowhere."""
+    world = World(tmp_path, systems=("alpha", "beta"), worker={"max_in_flight": 1, "call_timeout_seconds": 1})
+    executor = world.loop.executor
+    executor.call_timeout = executor.deadline_every = 0.2  # the setting's floor is 1 s: keep the test fast
+    world.loop.start()
+    connector = executor.connectors["alpha"]
+    real, release, calls = connector.erase, threading.Event(), []
+
+    def hang_first(subject: Any) -> Any:
+        calls.append(subject.request_id)
+        if len(calls) == 1:
+            release.wait(10)
+        return real(subject)
+
+    connector.erase = hang_first  # type: ignore[method-assign]
+    hung, healthy = subject_command(systems=["alpha"]), subject_command(systems=["beta"])
+    world.send(hung, partition=0)
+    world.until(lambda: len(calls) == 1)
+    world.send(healthy, partition=1)
+
+    def status(command: dict[str, Any]) -> str | None:
+        found = [r["status"] for r in world.receipts() if r["request_id"] == command["request_id"]]
+        return found[-1] if found else None
+
+    world.until(lambda: status(healthy) == "completed" and status(hung) == "completed", limit=5)
+    assert not release.is_set() and executor.pool.abandoned() == 1 and world.loop._ready()
+    with world.loop.engine.connect() as conn:
+        trail = conn.execute(sa.select(audit_events.c.action, audit_events.c.error_code).where(
+            audit_events.c.request_id == hung["request_id"], audit_events.c.system == "alpha")
+            .order_by(audit_events.c.id)).all()
+    assert [tuple(t) for t in trail if t.action != "claimed"][-2:] == [("fail", "call_timeout"), ("confirm", None)]
+    retrying = [r for r in world.receipts() if r["request_id"] == hung["request_id"] and r["status"] == "in_progress"]
+    assert any(s["state"] == "retrying" for r in retrying for s in r["systems"])
+    receipts = len(world.receipts())
+
+    release.set()  # the vendor answers at last: the effect is repeated (idempotent), the result dropped
+    world.until(lambda: executor.pool.abandoned() == 0)
+    world.turn(5)
+    assert fakes.effect_count(world.effects_url, hung["request_id"], "erase", "alpha") == 2
+    with world.loop.engine.connect() as conn:
+        confirms = conn.execute(sa.select(sa.func.count()).select_from(audit_events).where(
+            audit_events.c.request_id == hung["request_id"], audit_events.c.action == "confirm",
+            audit_events.c.system == "alpha")).scalar_one()
+    assert confirms == 1 and len(world.receipts()) == receipts
     world.loop.close()

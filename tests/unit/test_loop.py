@@ -23,13 +23,16 @@ from worker.store.schema import requests
 
 
 class World:
-    def __init__(self, tmp_path: Path, *, partitions: int = 6, **system: Any) -> None:
+    def __init__(self, tmp_path: Path, *, partitions: int = 6, systems: tuple[str, ...] = ("alpha",),
+                 worker: dict[str, Any] | None = None, **system: Any) -> None:
+        """``systems`` are fakes sharing one effects table (and ``system``'s settings); ``worker`` overrides
+        worker settings."""
         self.effects_url = f"sqlite:///{tmp_path / 'alpha.db'}"
         raw = raw_settings(store_url=f"sqlite:///{tmp_path / 'store.db'}", bootstrap="127.0.0.1:1",
-                           systems={"alpha": {"connector": "devkit.fakes",
-                                              "settings": {"url": self.effects_url, **system}}})
+                           systems={name: {"connector": "devkit.fakes",
+                                           "settings": {"url": self.effects_url, **system}} for name in systems})
         raw["kafka"]["commit_interval_seconds"] = 3600  # commits only when a test makes one happen
-        raw["worker"].update(store_retry_max_seconds=0.001, batch_size=50)
+        raw["worker"].update(store_retry_max_seconds=0.001, batch_size=50, **(worker or {}))
         self.settings = config.build(raw, env={})
         self.topics = self.settings.kafka.topics
         self.broker = MemBroker(partitions)
