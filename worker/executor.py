@@ -24,7 +24,7 @@ import structlog
 from worker import failpoints, metrics, states
 from worker.callpool import CallPool
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
-from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, Throttled
+from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, StagingLost, Throttled
 from worker.core.limits import set_call_priority
 from worker.core.timefmt import iso
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, VERIFY_TASK, is_internal
@@ -34,8 +34,13 @@ from worker.store.repository import ClaimedTask, Finished, Store, TaskUpdate
 log = structlog.get_logger("oubli.executor")
 
 
+class StagedExport(ExportWriter, Protocol):
+    def seal(self) -> None:
+        """Records what the connector staged, once its export returned (the packager checks against it)."""
+
+
 class ExportPackager(Protocol):
-    def writer(self, request_id: str, system: str) -> ExportWriter: ...
+    def writer(self, request_id: str, system: str) -> StagedExport: ...
 
     def build_package(self, request_id: str, records: Mapping[str, int], now: datetime) -> Any: ...
 
@@ -287,7 +292,9 @@ class Executor:
         else:
             if self.exports is None:
                 raise PermanentError("exports are not configured on this worker", code="not_configured")
-            result = connector.export(task.subject, self.exports.writer(task.request_id, task.system))
+            writer = self.exports.writer(task.request_id, task.system)
+            result = connector.export(task.subject, writer)
+            writer.seal()
         if isinstance(result, Pending):
             return states.AwaitVendor(result.vendor_ref, result.poll_after), TaskUpdate()
         return _confirmation(result)
@@ -308,7 +315,12 @@ class Executor:
             raise PermanentError("exports are not configured on this worker", code="not_configured")
         _, task_rows, _ = self.store.get(task.request_id)
         records = {row["system"]: row["records"] for row in task_rows if not is_internal(row["system"])}
-        info = self.exports.build_package(task.request_id, records, self.clock())
+        try:
+            info = self.exports.build_package(task.request_id, records, self.clock())
+        except StagingLost as exc:
+            # Those systems export again; this step, due only once every system confirmed, waits for them.
+            self.store.restage(task.request_id, exc.systems, exc.message, self.clock())
+            raise
         # The package holds everything now; a rebuild after a crash reuses it without the staging copies.
         self.exports.discard_staging(task.request_id)
         export = {

@@ -92,6 +92,13 @@ class LeaseExpired:
 
 
 @dataclass(frozen=True)
+class StagingLost:
+    """A confirmed export's staged files were lost before the package held them: the export is done again."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class OperatorRetry:
     pass
 
@@ -101,7 +108,7 @@ class OperatorConfirm:
     pass
 
 
-Event = Claim | Confirm | AwaitVendor | Fail | LeaseExpired | OperatorRetry | OperatorConfirm
+Event = Claim | Confirm | AwaitVendor | Fail | LeaseExpired | StagingLost | OperatorRetry | OperatorConfirm
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,10 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
             return _replace(task, state=SystemState.RETRYING, next_attempt_at=now, attempts=max(task.attempts - 1, 0),
                             lease_losses=task.lease_losses + 1, error_code="lease_expired",
                             error_message="the worker running this task stopped")
+        case StagingLost(message=message) if state is SystemState.CONFIRMED:
+            # The system did its part: the redo gives the attempt back, as a lost lease does.
+            return _replace(task, state=SystemState.RETRYING, next_attempt_at=now, attempts=max(task.attempts - 1, 0),
+                            outcome=None, confirmed_at=None, error_code="export_staging_lost", error_message=message)
         case OperatorRetry() if state in {SystemState.FAILED, SystemState.RETRYING, SystemState.WAITING_VENDOR}:
             return _replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None,
                             lease_losses=0)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from worker.core.errors import ConfigError, PermanentError
+from worker.core.errors import ConfigError, PermanentError, StagingLost
 from worker.export import ExportStore
 
 pytestmark = pytest.mark.s3
@@ -207,3 +207,63 @@ def test_files_larger_than_a_part_stream_through_multipart(store: ExportStore, s
     assert hashlib.sha256(body).hexdigest() == info.sha256
     archive = zipfile.ZipFile(io.BytesIO(body))
     assert archive.read("call_recordings/recordings/long.wav") == payload
+
+
+def _staged_versions(s3_client: Any, bucket: str, part: str) -> list[dict[str, str]]:
+    listed = s3_client.list_object_versions(Bucket=bucket, Prefix="exports/staging/")
+    return [{"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in [*listed.get("Versions", []), *listed.get("DeleteMarkers", [])] if part in v["Key"]]
+
+
+def _lose(s3_client: Any, bucket: str, part: str) -> None:
+    """What a lifecycle expiry (or a store that restarted empty) does to staged objects: every version goes."""
+    s3_client.delete_objects(Bucket=bucket, Delete={"Objects": _staged_versions(s3_client, bucket, part)})
+
+
+def _package_exists(s3_client: Any, bucket: str) -> bool:
+    return bool(s3_client.list_objects_v2(Bucket=bucket, Prefix="exports/packages/").get("KeyCount"))
+
+
+def stage_sealed(store: ExportStore) -> None:
+    for system, name in (("orders_db", "orders"), ("call_recordings", "recordings/call-1.wav")):
+        writer = store.writer(REQUEST, system)
+        writer.write_stream(name, io.BytesIO(system.encode() * 100))
+        writer.seal()
+
+
+@pytest.mark.parametrize("lost", ["staging/", "call_recordings/", "call_recordings.json"])
+def test_staged_files_lost_before_packaging_fail_it_naming_the_system_and_publish_nothing(
+        store: ExportStore, s3_client: Any, s3_bucket: str, lost: str) -> None:
+    """Every file, only one system's files (its record left), or everything of a system that wrote no record."""
+    stage_sealed(store)
+    if lost == "call_recordings.json":
+        _lose(s3_client, s3_bucket, "call_recordings")
+    else:
+        _lose(s3_client, s3_bucket, lost)
+    with pytest.raises(StagingLost) as caught:
+        store.build_package(REQUEST, {"orders_db": 2, "call_recordings": 4}, NOW)
+    assert caught.value.code == "export_staging_lost"
+    expected = ("call_recordings", "orders_db") if lost == "staging/" else ("call_recordings",)
+    assert caught.value.systems == expected and REQUEST not in caught.value.message
+    assert not _package_exists(s3_client, s3_bucket)
+
+
+def test_a_staged_file_that_changed_size_or_content_fails_packaging(store: ExportStore, s3_client: Any,
+                                                                   s3_bucket: str) -> None:
+    stage_sealed(store)
+    key = f"exports/staging/{REQUEST}/orders_db/orders"
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * 900)  # same size, other bytes
+    with pytest.raises(StagingLost) as caught:
+        store.build_package(REQUEST, {"orders_db": 2, "call_recordings": 4}, NOW)
+    assert caught.value.systems == ("orders_db",) and not _package_exists(s3_client, s3_bucket)
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"short")
+    with pytest.raises(StagingLost):
+        store.build_package(REQUEST, {"orders_db": 2, "call_recordings": 4}, NOW)
+
+
+def test_a_sealed_staging_with_every_file_packages_without_its_records(store: ExportStore) -> None:
+    stage_sealed(store)
+    info = store.build_package(REQUEST, {"orders_db": 2, "call_recordings": 4, "facebook": 0}, NOW)
+    names = zipfile.ZipFile(io.BytesIO(download(info.url))).namelist()
+    assert "orders_db/orders" in names and "call_recordings/recordings/call-1.wav" in names
+    assert not [n for n in names if n.endswith(("orders_db.json", "call_recordings.json"))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from devkit import fakes
 from devkit.pipeline import Receipts, subject_command
 from devkit.pipeline import export_worker as running_export_worker
 from worker.app import Worker
+from worker.store.schema import audit_events, tasks
 from worker.support import publish_command
 
 
@@ -70,3 +72,52 @@ def test_an_export_submitted_before_an_erasure_finishes_before_the_erasure_touch
     first_claim = min(e["at"] for e in audit if e["action"] == "claimed")
     export_request, _, _ = worker.store.get(export["request_id"])
     assert first_claim >= export_request["completed_at"]
+
+
+@pytest.fixture
+def slow_sibling_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator[tuple[Worker, Receipts, Any]]:
+    systems = {
+        "alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}},
+        "beta": {"connector": "devkit.fakes", "settings": {"url": pg_url, "transient_failures": 4}},
+    }
+    with running_export_worker(systems, store_url=pg_url, bootstrap=kafka_bootstrap, bucket=s3_bucket) as running:
+        yield running
+
+
+def test_staged_files_lost_while_another_system_retries_are_exported_again_never_completed_without_them(
+    slow_sibling_worker: Any, s3_client: Any, s3_bucket: str,
+) -> None:
+    """alpha stages its file and confirms; beta keeps the package waiting while it retries; meanwhile the store
+    loses alpha's staging (an expiry, an S3 that restarted empty). No `completed` may come without alpha's file:
+    alpha exports again, and the package holds it."""
+    worker, receipts, settings = slow_sibling_worker
+    command = subject_command("export")
+    request_id = command["request_id"]
+    publish_command(settings.kafka, command)
+
+    def state(system: str) -> str | None:
+        with worker.engine.connect() as conn:
+            return conn.execute(sa.select(tasks.c.state).where(tasks.c.request_id == request_id,
+                                                               tasks.c.system == system)).scalar_one_or_none()
+
+    deadline = time.monotonic() + 30
+    while state("alpha") != "confirmed":
+        assert time.monotonic() < deadline, "alpha never confirmed"
+        worker.run_once()
+    assert (receipts.latest(request_id) or {}).get("status") != "completed"
+    listed = s3_client.list_object_versions(Bucket=s3_bucket)
+    lost = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in listed.get("Versions", [])
+            if f"staging/{request_id}/alpha" in v["Key"]]
+    assert any("/alpha/" in item["Key"] for item in lost)
+    s3_client.delete_objects(Bucket=s3_bucket, Delete={"Objects": lost})
+
+    done = receipts.wait(request_id, {"completed", "action_required"}, step=worker.run_once)
+    assert done["status"] == "completed"
+    with urllib.request.urlopen(done["export"]["url"], timeout=10) as response:  # noqa: S310 - our presigned URL
+        names = zipfile.ZipFile(io.BytesIO(response.read())).namelist()
+    assert "alpha/alpha.json" in names and "beta/beta.json" in names
+    with worker.engine.connect() as conn:
+        redone = conn.execute(sa.select(audit_events.c.system).where(
+            audit_events.c.request_id == request_id, audit_events.c.error_code == "export_staging_lost",
+            audit_events.c.action == "staginglost")).scalars().all()
+    assert redone == ["alpha"]

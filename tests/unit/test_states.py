@@ -21,6 +21,7 @@ EVENTS: dict[str, states.Event] = {
     "fail_permanent": states.Fail("permanent", "HTTP 403", retryable=False),
     "throttled": states.Fail("throttled", "rate limit", retryable=True, retry_after=0.5, counts_as_attempt=False),
     "lease_expired": states.LeaseExpired(),
+    "staging_lost": states.StagingLost("export: staged files of alpha are gone; they export again"),
     "operator_retry": states.OperatorRetry(),
     "operator_confirm": states.OperatorConfirm(),
 }
@@ -36,6 +37,7 @@ LEGAL: dict[tuple[SystemState, str], SystemState] = {
     (S.RUNNING, "fail_permanent"): S.FAILED,
     (S.RUNNING, "throttled"): S.RETRYING,
     (S.RUNNING, "lease_expired"): S.RETRYING,
+    (S.CONFIRMED, "staging_lost"): S.RETRYING,
     (S.FAILED, "operator_retry"): S.PENDING,
     (S.RETRYING, "operator_retry"): S.PENDING,
     (S.WAITING_VENDOR, "operator_retry"): S.PENDING,
@@ -215,3 +217,10 @@ def test_the_fast_replace_matches_dataclasses_replace_and_refuses_an_unknown_fie
         fast.attempts = 3  # type: ignore[misc]
     with pytest.raises(TypeError, match="attempt"):
         states._replace(task, attempt=3)
+
+
+def test_lost_staging_reopens_a_confirmed_export_at_once_and_gives_its_attempt_back() -> None:
+    confirmed = TaskState(state=S.CONFIRMED, attempts=2, outcome="exported", confirmed_at=NOW)
+    after = states.transition(confirmed, EVENTS["staging_lost"], NOW, NO_JITTER)
+    assert (after.state, after.attempts, after.next_attempt_at) == (S.RETRYING, 1, NOW)
+    assert (after.outcome, after.confirmed_at, after.error_code) == (None, None, "export_staging_lost")

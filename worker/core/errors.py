@@ -64,6 +64,17 @@ class QuotaDeferred(RetryableError):
     code = "quota_deferred"
 
 
+class StagingLost(RetryableError):
+    """Files an export staged are gone before they were packaged (an expiry, a store that lost them): the
+    ``systems`` that staged them must export again."""
+
+    code = "export_staging_lost"
+
+    def __init__(self, message: str, *, systems: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.systems = systems
+
+
 class InvalidCommand(OubliError):
     """A command that cannot be accepted. It goes to the DLQ with ``code`` as its stable error code."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.core.errors import StagingLost
 from worker.core.s3errors import s3_error
 from worker.export.multipart import MultipartSink
 from worker.export.readme import PackagedSystem, render
@@ -63,8 +64,10 @@ def write_package(
     files: list[StagedFile],
     records: Mapping[str, int],
     now: datetime,
+    checksums: Mapping[str, str] | None = None,
 ) -> MultipartSink:
-    """Writes the ZIP to ``key`` and returns the completed sink (its sha256, size and version)."""
+    """Writes the ZIP to ``key`` and returns the completed sink (its sha256, size and version). A staged file
+    whose sha256 differs from ``checksums`` (by key) raises ``StagingLost``: nothing is published."""
     generated_at = now.astimezone(UTC).replace(microsecond=0)
     stamp = generated_at.timetuple()[:6]
     extra = {
@@ -74,7 +77,7 @@ def write_package(
     }
     with MultipartSink(client, settings.bucket, key, part_size=settings.part_size, extra_args=extra) as sink:
         with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-            manifest_files = _copy_files(client, settings.bucket, archive, files, stamp)
+            manifest_files = _copy_files(client, settings.bucket, archive, files, stamp, checksums or {})
             systems = _systems(files, records, manifest_files)
             manifest = {
                 "schema_version": 1,
@@ -94,7 +97,8 @@ def write_package(
 
 
 def _copy_files(
-    client: Any, bucket: str, archive: zipfile.ZipFile, files: list[StagedFile], stamp: tuple[int, ...]
+    client: Any, bucket: str, archive: zipfile.ZipFile, files: list[StagedFile], stamp: tuple[int, ...],
+    checksums: Mapping[str, str],
 ) -> dict[str, list[dict[str, Any]]]:
     listed: dict[str, list[dict[str, Any]]] = {}
     for staged in files:
@@ -110,6 +114,9 @@ def _copy_files(
                 digest.update(chunk)
                 size += len(chunk)
                 entry.write(chunk)
+        if checksums.get(staged.key, digest.hexdigest()) != digest.hexdigest():
+            raise StagingLost(f"export: a staged file of {staged.system} changed after it was staged",
+                              systems=(staged.system,))
         listed.setdefault(staged.system, []).append({"name": path, "size_bytes": size, "sha256": digest.hexdigest()})
     return listed
 

@@ -2,8 +2,11 @@
 
 A staged file lives at ``{prefix}staging/{request_id}/{system}/{name}`` with server-side
 encryption. Writing the same name again replaces it, so a retried export converges on the same
-staging area. Nothing is held whole in memory: rows are spooled to a temporary file (in memory up
-to a few MiB) and streams are copied part by part.
+staging area. Once the connector returns, ``seal`` writes the list of what it staged (names, sizes,
+sha256) to ``{prefix}staging/{request_id}/{system}.json``: the packager checks the files against it, so
+that files lost meanwhile are noticed rather than left out of the package. Nothing is held whole in
+memory: rows are spooled to a temporary file (in memory up to a few MiB) and streams are copied part
+by part.
 """
 
 from __future__ import annotations
@@ -85,6 +88,14 @@ class StagingWriter:
         self._client = client
         self._settings = settings
         self.base = f"{settings.prefix}staging/{check_request_id(request_id)}/{check_system(system)}/"
+        self.record_key = record_key(self.base)
+        self.written: dict[str, dict[str, Any]] = {}
+
+    def seal(self) -> None:
+        """Records what was staged. Written last, so an expiry by age takes it after the files, not before."""
+        files = [{"name": name, **meta} for name, meta in sorted(self.written.items())]
+        body = json.dumps({"files": files}).encode()
+        self._upload_chunks_at(self.record_key, iter([body]), "application/json")
 
     def write_json(self, name: str, data: Any) -> None:
         name = check_name(name if "." in name.rsplit("/", 1)[-1] else f"{name}.json")
@@ -107,17 +118,27 @@ class StagingWriter:
         self._upload_chunks(name, iter(lambda: stream.read(CHUNK), b""), content_type)
 
     def _upload_chunks(self, name: str, chunks: Iterator[bytes], content_type: str) -> None:
+        size, sha256 = self._upload_chunks_at(self.base + name, chunks, content_type)
+        self.written[name] = {"size_bytes": size, "sha256": sha256}
+
+    def _upload_chunks_at(self, key: str, chunks: Iterator[bytes], content_type: str) -> tuple[int, str]:
         extra = {**self._settings.sse_args(), "ContentType": content_type}
         with MultipartSink(
             self._client,
             self._settings.bucket,
-            self.base + name,
+            key,
             part_size=self._settings.part_size,
             extra_args=extra,
         ) as sink:
             for chunk in chunks:
                 sink.write(chunk)
             sink.complete()
+        return sink.size, sink.sha256
+
+
+def record_key(base: str) -> str:
+    """Where a system's staging record lives: next to its folder, so it is never taken for a staged file."""
+    return base.removesuffix("/") + ".json"
 
 
 def _spool_rows(rows: Iterable[Mapping[str, Any]], spool: IO[bytes]) -> list[str]:

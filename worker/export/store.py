@@ -1,9 +1,11 @@
 """The export store: staging per request and system, then one ZIP package per request (S3).
 
 ``writer(request_id, system)`` stages a connector's files (clearing an earlier attempt's first);
-``build_package`` streams them into one idempotent package and returns a presigned url no later than
-the signing credentials' expiry; ``discard_staging`` and ``forget`` delete, every version. Calls may
-block on S3 and raise ``RetryableError``/``PermanentError`` naming request ids and S3 codes only."""
+``build_package`` checks them against each system's staging record (``StagingLost`` when some are gone:
+no package leaves out what a system exported) and streams them into one idempotent package, and returns
+a presigned url no later than the signing credentials' expiry; ``discard_staging`` and ``forget`` delete,
+every version. Calls may block on S3 and raise ``RetryableError``/``PermanentError`` naming request ids
+and S3 codes only."""
 
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from worker.core.errors import RetryableError
+from worker.core.errors import RetryableError, StagingLost
 from worker.core.s3errors import error_code, s3_error
 from worker.export import lifecycle
-from worker.export.package import fingerprint, list_staged, write_package
+from worker.export.package import StagedFile, fingerprint, list_staged, write_package
 from worker.export.settings import ExportSettings, export_settings
 from worker.export.signing import signing_expiry
-from worker.export.staging import StagingWriter, check_request_id
+from worker.export.staging import StagingWriter, check_request_id, record_key
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 # A url that would die within minutes (the signing session is about to end and could not be
@@ -59,6 +61,7 @@ class ExportStore:
         writer = StagingWriter(self._client, self.settings, request_id, system)
         if fresh:
             self._delete_versions(writer.base)
+            self._delete_versions(writer.record_key, exact=True)  # names files of the attempt just cleared
         return writer
 
     def package_key(self, request_id: str) -> str:
@@ -72,8 +75,9 @@ class ExportStore:
         previous = self._read_sidecar(key)
         if previous is not None and (previous["inputs"] == inputs or not files) and self._still_there(key, previous):
             return self._info(key, previous, now)
+        checksums = self._check_staged(request_id, files, records)
         self._abort_stale_uploads(key)
-        sink = write_package(self._client, self.settings, key, request_id, files, records, now)
+        sink = write_package(self._client, self.settings, key, request_id, files, records, now, checksums)
         if sink.version_id is not None:
             self._delete_versions(key, keep=sink.version_id)
         done = {
@@ -115,6 +119,30 @@ class ExportStore:
                 self._lifecycle_done = True
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _check_staged(self, request_id: str, files: list[StagedFile], records: Mapping[str, int]) -> dict[str, str]:
+        """Raises ``StagingLost`` naming each system whose staged files are not all there, at the sizes its
+        staging record gives; returns the recorded sha256 of each staged file (by key). Without a record
+        (staged by an earlier version), a system that reported records must have staged something."""
+        staging = self._staging(request_id)
+        present = {f.key: f.size for f in files}
+        lost: list[str] = []
+        checksums: dict[str, str] = {}
+        for system in sorted(set(records) | {f.system for f in files}):
+            base = f"{staging}{system}/"
+            record = self._read_json(record_key(base), "reading an export staging record")
+            if record is None:
+                if records.get(system, 0) > 0 and not any(key.startswith(base) for key in present):
+                    lost.append(system)
+                continue
+            expected = {base + f["name"]: f for f in record.get("files", [])}
+            if any(present.get(k) != int(f["size_bytes"]) for k, f in expected.items()):
+                lost.append(system)
+            checksums.update({k: str(f["sha256"]) for k, f in expected.items()})
+        if lost:
+            raise StagingLost(f"export: staged files of {', '.join(lost)} are gone; they export again",
+                              systems=tuple(lost))
+        return checksums
+
     def _staging(self, request_id: str) -> str:
         return f"{self.settings.prefix}staging/{check_request_id(request_id)}/"
 
@@ -150,14 +178,17 @@ class ExportStore:
         )
 
     def _read_sidecar(self, key: str) -> dict[str, Any] | None:
+        return self._read_json(self._sidecar(key), "reading the export package record")
+
+    def _read_json(self, key: str, doing: str) -> dict[str, Any] | None:
         try:
-            body = self._client.get_object(Bucket=self.settings.bucket, Key=self._sidecar(key))["Body"]
+            body = self._client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
             with body:
                 data = json.loads(body.read())
         except Exception as exc:
             if error_code_of(exc) in {"NoSuchKey", "404"}:
                 return None
-            raise s3_error(exc, "reading the export package record") from None
+            raise s3_error(exc, doing) from None
         return data if isinstance(data, dict) else None
 
     def _still_there(self, key: str, done: Mapping[str, Any]) -> bool:

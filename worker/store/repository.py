@@ -34,6 +34,7 @@ from worker.store.records import (
     subject_json,
     task_state,
 )
+from worker.store.restage import Restage
 from worker.store.schema import audit_events, outbox, requests, tasks
 from worker.store.sets import among
 
@@ -54,7 +55,7 @@ __all__ = ["OPEN_STATUSES", "ClaimedTask", "Finished", "NewCommand", "NotFound",
            "TaskUpdate"]
 
 
-class Store(Claims):
+class Store(Claims, Restage):
     # --- intake ----------------------------------------------------------------------------
 
     def record_command(
