@@ -89,19 +89,6 @@ def test_invalid_config_errors_do_not_quote_values() -> None:
     assert "s3cr3t" not in str(caught.value) and "worker.max_in_flight" in str(caught.value)
 
 
-def test_library_logs_are_json_redacted_and_kept_quiet_even_at_debug() -> None:
-    import logging
-
-    stream = io.StringIO()
-    logs.configure(level="DEBUG", stream=stream)
-    assert logging.getLogger("botocore.endpoint").getEffectiveLevel() == logging.WARNING
-    logging.getLogger("botocore.endpoint").debug("PUT /recordings/C-100234/call.wav")
-    logging.getLogger("kafka.client").warning("delivery to marie@example.fr failed")
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["logger"] for line in lines] == ["kafka.client"]
-    assert "marie" not in stream.getvalue() and lines[0]["level"] == "warning"
-
-
 def test_a_broker_outage_s_reconnect_failures_are_one_line_a_minute_with_a_count() -> None:
     """librdkafka reports each failed reconnect of each client (22 lines a second in an outage): the log keeps
     the first of each kind, then one a minute saying how many it held back; other kinds pass meanwhile."""
@@ -124,3 +111,16 @@ def test_a_broker_outage_s_reconnect_failures_are_one_line_a_minute_with_a_count
     assert len(events) == 3, events
     assert "more like it" not in events[0] and "(299 more like it in the last 60 s)" in events[1]
     assert events[2].startswith("MAXPOLL")
+
+
+def test_library_logs_are_json_redacted_and_kept_quiet_even_at_debug() -> None:
+    import logging
+
+    stream = io.StringIO()
+    logs.configure(level="DEBUG", stream=stream)
+    assert logging.getLogger("botocore.endpoint").getEffectiveLevel() == logging.WARNING
+    logging.getLogger("botocore.endpoint").debug("PUT /recordings/C-100234/call.wav")
+    logging.getLogger("kafka.client").warning("delivery to marie@example.fr failed")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["kafka.client"]
+    assert "marie" not in stream.getvalue() and lines[0]["level"] == "warning"
