@@ -328,7 +328,8 @@ def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | Non
           timeout: float, as_json: bool) -> None:
     """Emit erasure commands for data past its retention period (config: retention.rules).
 
-    Prints counts per rule, never who. Exits 1 if a rule failed or a command was not acknowledged.
+    Prints counts per rule, never who. Exits 1 if a rule failed, a command was not acknowledged, or a
+    subject could not be named in a valid command (``invalid``: the data needs a person).
     """
     from worker import retention
     from worker.core.timefmt import parse
@@ -350,7 +351,11 @@ def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | Non
                              max_per_run=max_per_run, capacities=capacities)
     _emit(report.as_dict(), as_json, format_sweep(report))
     if not report.ok:
-        click.echo("error: a rule failed or a command was not acknowledged; the next sweep emits it again", err=True)
+        invalid = sum(rule.invalid for rule in report.rules)
+        reasons = [f"{invalid} expired subject(s) no valid command can name (docs/runbook.md)"] if invalid else []
+        if any(rule.error or rule.failed for rule in report.rules):
+            reasons.append("a rule failed or a command was not acknowledged; the next sweep emits it again")
+        click.echo("error: " + "; ".join(reasons), err=True)
         ctx.exit(1)
 
 
@@ -364,6 +369,8 @@ def format_sweep(report: SweepReport) -> str:
             notes.append("limit reached: the rest waits for the next run")
         if rule.dropped_identifiers:
             notes.append(f"{rule.dropped_identifiers} unusable emails/phones left out")
+        if rule.invalid:
+            notes.append(f"{rule.invalid} subject(s) no valid command can name: a person must erase them")
         if rule.error:
             notes.append(f"error: {rule.error}")
         lines.append(f"{rule.rule:<28} {rule.expired:>8} {rule.kept:>8} {rule.invalid:>8} {rule.emitted:>10} "

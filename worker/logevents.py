@@ -57,6 +57,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "rate_limits_unavailable": "the store's shared rate limits are unreachable; the local limits apply",
     # Retention sweep (worker.retention)
     "retention_rule_swept": "one retention rule was swept (counts only)",
+    "retention_subjects_invalid": "a rule's expired subjects no valid command can name, left for a person (a count)",
     # Verification and the resurrection scan (worker.verification)
     "verified": "an erasure's verification found nothing left in any checked system; tombstones laid (counts)",
     "verification_failed": "an erasure's verification found data left: those systems reopened as failed",

@@ -164,6 +164,31 @@ def _passes_compiled(name: str, document: Any) -> bool:
     return True
 
 
+@cache
+def _part_validator(name: str, pointer: str) -> Callable[[Any], Any]:
+    node: Any = schemas.load(name)
+    for step in pointer.strip("/").split("/"):
+        node = node[step]
+    return fastjsonschema.compile(node)
+
+
+def fits(name: str, pointer: str, value: Any) -> bool:
+    """Whether ``value`` alone passes the part of the schema at ``pointer`` (a JSON pointer without
+    ``$ref``, e.g. ``/$defs/id``), and ``text_problem`` finds nothing in it.
+
+    For senders that build commands from stored data (the retention sweep, the resurrection scan,
+    the web callback): they leave out a value the worker would refuse, rather than send a command
+    that would be dead-lettered whole. Checked against the schema itself, so it cannot drift from it.
+    """
+    if text_problem(value) is not None:
+        return False
+    try:
+        _part_validator(name, pointer)(value)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
+
+
 def keyed_digest(key: bytes, value: str) -> str:
     return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 

@@ -209,8 +209,9 @@ def topic_size(settings: Settings, topic: str) -> int:
 
 
 def counts(result: Result) -> dict[str, dict[str, Any]]:
-    assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    # A subject no valid command can name ("not-an-email") is left for a person: the run says so by its exit code.
+    assert result.exit_code == (1 if any(r["invalid"] for r in report["rules"]) else 0), result.output
     return {r.pop("rule"): r for r in report["rules"]}
 
 
@@ -272,10 +273,42 @@ def test_sweep_emits_exactly_the_expired_subjects_and_a_second_run_the_same_comm
     assert sorted(p.value for p in again) == sorted([p.value for p in published] * 2)  # byte for byte
 
     human = world.sweep()
-    assert human.exit_code == 0
+    assert human.exit_code == 1  # "not-an-email" is left for a person, every run, and the run says so
+    assert "error: 1 expired subject(s) no valid command can name" in human.output
+    assert "a rule failed" not in human.output
     assert "inactive-accounts" in human.output and "emitted" in human.output
     for result in (first, second, human):
         assert_nothing_personal(result.output)
+
+
+def test_stored_values_no_command_can_carry_are_left_out_and_the_rule_carries_on(world: World) -> None:
+    # Control characters the schema refuses: a customer id ("A-6" sorts first, so it is the run's first
+    # command) and an email. Neither may cost the other subjects their erasure, nor reach the worker.
+    engine = sa.create_engine(world.urls["orders_db"], poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(orders.customers), [
+            {"customer_id": cid, "email": email, "phone": phone, "classification": "individual",
+             "first_name": "Odd", "created_at": ago(2000), "last_login_at": ago(1100)}
+            for cid, email, phone in (("A-6\x7f", "a6@example.fr", None),
+                                      ("C-CTRL", " h20\x01@x.fr ", "+33699999999"))])
+    engine.dispose()
+    result = world.sweep("--json")
+    assert result.exit_code == 1  # a person must deal with A-6; everyone else was swept
+    rule = counts(result)["inactive-accounts"]
+    assert (rule["expired"], rule["kept"], rule["invalid"], rule["emitted"], rule["failed"], rule["error"]) == (
+        7, 2, 1, 4, 0, None)
+    assert rule["dropped_identifiers"] == 2  # C-BADPHONE's phone, C-CTRL's email
+    assert "no valid command can name" in result.output
+    published = read_commands(world.settings)  # each one checked against command.v1
+    by_customer = {p.command["subject"]["customer_id"]: p.command for p in published}
+    assert set(by_customer) >= {"C-OLD-1", "C-OLD-2", "C-BADPHONE", "C-CTRL"} and "A-6\x7f" not in by_customer
+    assert "emails" not in by_customer["C-CTRL"]["subject"]
+    assert by_customer["C-CTRL"]["subject"]["phones"] == ["+33699999999"]
+    for record in published:  # what the worker's intake does with each: nothing dead-lettered
+        messages.parse(record.command, value=record.value, signature=record.headers[messages.SIGNATURE_HEADER],
+                       signing_secret=SIGNING_SECRET.encode(), known_systems=frozenset(world.settings.systems))
+    assert_nothing_personal(result.output + result.stderr)
+    assert "h20" not in result.output and "A-6" not in result.output
 
 
 def test_dry_run_and_limit_publish_nothing_and_cap_each_rule(world: World) -> None:

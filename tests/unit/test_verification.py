@@ -16,7 +16,7 @@ from devkit.shop_schemas import orders as orders_schema
 from tests import verification_fakes
 from worker import states
 from worker.config import Topics
-from worker.core.connector import ConnectorContext, IdentifierSource, Subject, Verifier
+from worker.core.connector import ConnectorContext, IdentifierSource, Sighting, Subject, Verifier
 from worker.core.identifiers import keyed_hash
 from worker.receipts import VERIFY_TASK
 from worker.store import db
@@ -226,3 +226,62 @@ def test_an_erasure_of_fewer_than_every_system_is_verified_but_lays_no_tombstone
     assert [e["system"] for e in events if e["action"] == "verified"] == ["loyalty"]
     assert vstore.tombstone_count(NOW) == 0
     connector.close()
+
+
+class _EveryoneErased:
+    """A store whose tombstones match every identifier: one erased subject per (kind, value) seen."""
+
+    def __init__(self) -> None:
+        self.linked: list[str] = []
+
+    def purge_tombstones(self, now: datetime) -> int:
+        return 0
+
+    def tombstone_count(self, now: datetime) -> int:
+        return 1
+
+    def matches(self, hashes: Any, now: datetime) -> dict[tuple[str, str], Any]:
+        from worker.store.verification import Tombstone
+
+        return {pair: Tombstone(request_id=f"r-{pair[1][-8:]}", subject_ref=None) for pair in hashes}
+
+    def resurrections(self, originals: Any) -> dict[str, tuple[int, bool]]:
+        return {}
+
+    def link_resurrection(self, original: str, new_request_id: str, where: str, now: datetime) -> None:
+        self.linked.append(new_request_id)
+
+    def record_scan(self, counts: Any) -> None:
+        pass
+
+
+class _Rows:
+    def __init__(self, *rows: tuple[tuple[str, str], ...]) -> None:
+        self.rows = rows
+
+    def sightings(self) -> Any:
+        return (Sighting("customers", row) for row in self.rows)
+
+
+def test_the_scan_leaves_out_values_no_command_can_carry_and_counts_subjects_it_cannot_name() -> None:
+    from worker import messages
+
+    store = _EveryoneErased()
+    scan = Scan(store, tombstone_key=KEY, subject_key=b"subject-key-0123456789", clock=lambda: NOW)  # type: ignore[arg-type]
+    source = _Rows(
+        (("customer_id", "H-6\x7f"),),  # a customer id the schema refuses, and nothing else: nobody to name
+        (("email", " h20\x01@x.fr "),),  # an email with a control character: likewise
+        (("email", "ok.one@example.fr "),),  # fine once trimmed
+        (("phone", "+33611111111"),),
+    )
+    publisher = _Publisher()
+    report = scan.run({"crm": source}, publisher)  # type: ignore[dict-item]
+    assert (report.subjects, report.emitted, report.failed, report.invalid) == (4, 2, 0, 2)
+    assert report.dropped_identifiers == 2
+    assert not report.ok  # a person must look at the two: the exit code says so
+    assert len(publisher.sent) == 2 == len(store.linked)
+    for command in publisher.sent:  # every command the scan publishes is one the worker accepts
+        assert messages.schema_errors("command.v1", command) == []
+    assert sorted(e for c in publisher.sent for e in c["subject"].get("emails", [])) == ["ok.one@example.fr"]
+    shown = repr(report.as_dict())
+    assert "H-6" not in shown and "h20" not in shown and "ok.one" not in shown

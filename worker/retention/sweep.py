@@ -21,7 +21,7 @@ from worker.core.limits import Capacity
 from worker.core.timefmt import iso
 from worker.planning import SystemCost, sweep_cost
 from worker.retention import sources
-from worker.retention.commands import erasure, schema_problems
+from worker.retention.commands import erasure, schema_problems, subject_problems
 from worker.retention.sources import Databases, Expired, Period
 from worker.support import CommandPublisher
 
@@ -36,7 +36,9 @@ class RuleReport:
     rule: str
     expired: int = 0  # subjects past the period (as far as the scan went: see ``limited``)
     kept: int = 0  # kept by an ``unless`` check
-    invalid: int = 0  # no valid command.v1 could be built (e.g. a contact-form "email" that is not one)
+    # No valid command.v1 can name the subject (its customer id, or the email that is its key, is not one
+    # the schema accepts): nothing is sent for it, every run, until a person fixes the data.
+    invalid: int = 0
     emitted: int = 0  # acknowledged by the broker (a dry run: would be emitted)
     failed: int = 0  # not acknowledged
     dropped_identifiers: int = 0  # emails and phones command.v1 would refuse, left out of commands
@@ -56,7 +58,7 @@ class SweepReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.error is None and r.failed == 0 for r in self.rules)
+        return all(r.error is None and r.failed == 0 and r.invalid == 0 for r in self.rules)
 
     def as_dict(self) -> dict[str, Any]:
         return {"as_of": iso(self.as_of), "dry_run": self.dry_run, "ok": self.ok,
@@ -94,6 +96,8 @@ def sweep(settings: Settings, *, as_of: datetime, dry_run: bool = False, limit: 
             if left is not None:
                 left -= run.sent
             log.info("retention_rule_swept", dry_run=dry_run, **asdict(report))
+            if report.invalid:  # counted by rule, never named: the log and the output carry no value
+                log.warning("retention_subjects_invalid", rule=rule.name, invalid=report.invalid)
     finally:
         if publisher is not None:
             publisher.flush()
@@ -118,7 +122,7 @@ class _RuleRun:
     def __init__(self, rule: RetentionRule, settings: Settings, databases: Databases,
                  publisher: CommandPublisher | None, report: RuleReport, as_of: datetime, limit: int | None) -> None:
         self.rule, self.databases, self.publisher, self.report = rule, databases, publisher, report
-        self.as_of, self.limit, self.sent, self.checked = as_of, limit, 0, False
+        self.as_of, self.limit, self.sent = as_of, limit, 0
         self.subject_key = settings.subject_key.get_secret_value().encode()
         self.grace_days = rule.grace_days if rule.grace_days is not None else settings.retention.grace_days
         self.systems = settings.systems
@@ -152,14 +156,12 @@ class _RuleRun:
                                        requested_at=sources.expires_at(expired, self.period), emails=emails,
                                        phones=phones, grace_days=self.grace_days)
             self.report.dropped_identifiers += dropped
-            if command is None:
+            problems = schema_problems(command) if command is not None else []
+            if problems and not subject_problems(problems):  # the rule's own fields: every command would fail
+                raise ConfigError(f"retention rule {self.rule.name} builds invalid commands: {problems[0]}")
+            if command is None or problems:  # this subject's data only: the rule carries on with the others
                 self.report.invalid += 1
                 continue
-            if not self.checked:  # the first command of a run against all of command.v1: a bad rule fails early
-                problems = schema_problems(command)
-                if problems:
-                    raise ConfigError(f"retention rule {self.rule.name} builds invalid commands: {problems[0]}")
-                self.checked = True
             self.sent += 1
             self._count_without_call(expired)
             if self.publisher is None:

@@ -1,7 +1,8 @@
 """``oubli verify``: the resurrection scan, and how ``oubli status`` shows a request's verification.
 
 Prints counts by system and table, never who. Exit codes as every command's (docs/operations.md):
-1 when a system could not be scanned or an erasure was not acknowledged, 5 without a tombstone key.
+1 when a system could not be scanned, an erasure was not acknowledged or a subject found again could not be
+named in a valid command, 5 without a tombstone key.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ def verify(ctx: click.Context, dry_run: bool, timeout: float, as_json: bool) -> 
     report = wiring.scan(ctx.obj["settings"], dry_run=dry_run, timeout=timeout)
     click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True) if as_json else format_scan(report))
     if not report.ok:
-        click.echo("error: a system could not be scanned or an erasure was not acknowledged; the next run "
-                   "sends it again", err=True)
+        reasons = [f"{report.invalid} subject(s) found again no valid command can name (docs/runbook.md)"] \
+            if report.invalid else []
+        if report.errors or report.failed:
+            reasons.append("a system could not be scanned or an erasure was not acknowledged; the next run "
+                           "sends it again")
+        click.echo("error: " + "; ".join(reasons), err=True)
         ctx.exit(1)
 
 
@@ -49,7 +54,8 @@ def format_scan(report: ScanReport) -> str:
     lines += [f"{system:<20} {table:<28} {rows:>10}" for (system, table), rows in sorted(report.found.items())]
     lines += [f"{system:<20} error: {error}" for system, error in sorted(report.errors.items())]
     lines.append(f"erased subjects found again: {report.subjects}; erasures {verb}: {report.emitted}; "
-                 f"already being erased: {report.skipped}; failed: {report.failed}")
+                 f"already being erased: {report.skipped}; failed: {report.failed}; "
+                 f"no valid command: {report.invalid}; unusable values left out: {report.dropped_identifiers}")
     return "\n".join(lines)
 
 

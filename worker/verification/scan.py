@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,13 +22,10 @@ from worker.core.connector import IdentifierSource, Sighting
 from worker.core.errors import OubliError
 from worker.core.identifiers import keyed_hash
 from worker.core.timefmt import iso
-from worker.retention.commands import usable
+from worker.retention.commands import EMAIL, ID, PHONE, fits, schema_problems, usable
 from worker.store.verification import ScanCounts, Tombstone, VerificationStore
 
 log = structlog.get_logger("oubli.verification")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-_PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
-_CUSTOMER_ID = re.compile(r"^[^\s\x00-\x1f]{1,128}$")
 
 
 @dataclass
@@ -54,13 +50,15 @@ class ScanReport:
     subjects: int = 0  # erased subjects found again
     emitted: int = 0  # erasures acknowledged by the broker (a dry run: would be sent)
     skipped: int = 0  # subjects whose previous resurrection erasure is still open
-    failed: int = 0  # erasures not acknowledged, or not valid commands
+    failed: int = 0  # erasures not acknowledged
+    invalid: int = 0  # subjects found again that no valid command can name (every value found is unusable)
+    dropped_identifiers: int = 0  # values found that command.v1 would refuse, left out of the erasures
     errors: dict[str, str] = field(default_factory=dict)  # system -> what failed (no values)
     finished_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.failed
+        return not self.errors and not self.failed and not self.invalid
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +66,7 @@ class ScanReport:
             "ok": self.ok, "tombstones": self.tombstones, "purged": self.purged, "scanned": self.scanned,
             "found": [{"system": s, "table": t, "rows": n} for (s, t), n in sorted(self.found.items())],
             "subjects": self.subjects, "emitted": self.emitted, "skipped": self.skipped, "failed": self.failed,
+            "invalid": self.invalid, "dropped_identifiers": self.dropped_identifiers,
             "errors": [{"system": s, "error": e} for s, e in sorted(self.errors.items())],
         }
 
@@ -149,9 +148,10 @@ class Scan:
             if open_:
                 report.skipped += 1
                 continue
-            command = self._command(original, count, found)
-            if messages.schema_errors("command.v1", command):
-                report.failed += 1
+            command, dropped = self._command(original, count, found)
+            report.dropped_identifiers += dropped
+            if command is None or schema_problems(command):
+                report.invalid += 1  # the same data gives the same answer every run: a person must act
                 continue
             where = ", ".join(f"{s}.{t}" for s, t in sorted(found.places))
             if publisher is None:
@@ -171,13 +171,18 @@ class Scan:
             else:
                 report.failed += 1
 
-    def _command(self, original: str, count: int, found: _Found) -> dict[str, Any]:
-        ids = sorted(v for v in found.values.get("customer_id", ()) if _CUSTOMER_ID.match(v))
+    def _command(self, original: str, count: int, found: _Found) -> tuple[dict[str, Any] | None, int]:
+        """The erasure, or None when no value found can go into one; and how many values were left out."""
+        found_ids = {v.strip() for v in found.values.get("customer_id", ())} - {""}
+        ids = sorted(v for v in found_ids if fits(v, ID))
+        emails, dropped_emails = usable(sorted(found.values.get("email", ())), EMAIL)
+        phones, dropped_phones = usable(sorted(found.values.get("phone", ())), PHONE)
+        dropped = len(found_ids) - len(ids) + dropped_emails + dropped_phones
+        if not (ids or emails or phones):  # a pseudonym alone would erase nothing and report it done
+            return None, dropped
         # Known only by email or phone (a re-imported newsletter entry): a stable pseudonymous id.
         pseudonym = "anon-" + messages.keyed_digest(self.subject_key, "resurrection:" + original)[:32]
         customer_id = ids[0] if ids else pseudonym
-        emails, _ = usable(sorted(found.values.get("email", ())), _EMAIL)
-        phones, _ = usable(sorted(found.values.get("phone", ())), _PHONE)
         where = ", ".join(f"{s}.{t}" for s, t in sorted(found.places))
         # The same run of the same data gives the same command, so an interrupted run that is started
         # again the same day sends a duplicate the worker ignores, never a conflicting one.
@@ -190,4 +195,4 @@ class Scan:
             request_id=str(uuid.uuid5(namespace, f"{original}:{count}")), requested_at=day,
         )
         command["priority"] = "background"
-        return command
+        return command, dropped
