@@ -66,4 +66,6 @@ EVENTS: Final[Mapping[str, str]] = {
     "web_callback_refused": "a vendor callback was refused (bad signature, too old...)",
     "web_callback_failed": "a vendor callback could not be handled now; the vendor retries",
     "web_callback_answered": "a vendor callback was handled",
+    "web_callback_needs_person": "a callback's customer cannot go into a valid command: answered, not published; "
+                                 "a person erases it (the request id, never the value; see docs/runbook.md)",
 }

@@ -85,7 +85,8 @@ LOOP_ERRORS = Counter("oubli_loop_errors_total",
 WEB_REQUESTS = Counter("oubli_web_requests_total", "HTTP requests answered by oubli web, by route and status code",
                        ["route", "status"], registry=REGISTRY)
 WEB_CALLBACKS = Counter("oubli_web_deletion_callbacks_total",
-                        "Meta data deletion callbacks, by result (started, repeated, no_data, refused_*, failed)",
+                        "Meta data deletion callbacks, by result (started, repeated, no_data, needs_person, "
+                        "refused_*, failed)",
                         ["result"], registry=REGISTRY)
 # The resurrection scan (`oubli verify`, a CronJob): its own process sets these at the end of a run, and every
 # worker sets them from the store's record of the last run, so /metrics shows them between runs.

@@ -200,3 +200,43 @@ def test_an_account_email_with_whitespace_around_it_reaches_the_command_trimmed(
     [(command, _headers)] = web_env.commands(settings)
     assert command["subject"]["emails"] == ["second@example.fr"]
     assert command["subject"]["phones"] == ["+33612345678"]
+
+
+def test_a_customer_no_command_can_carry_gets_a_code_and_a_person_is_told(
+        pg_url: str, pg_schema_urls: Callable[[], str], kafka_bootstrap: str) -> None:
+    from worker.metrics import REGISTRY
+
+    orders_url = pg_schema_urls()
+    settings, services = web_env.build(pg_url, orders_url, kafka_bootstrap)
+    engine = sa.create_engine(orders_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:  # a customer id with a space: command.v1 refuses it, whatever is retried
+        conn.execute(sa.text("INSERT INTO customers (customer_id, email, classification, created_at) "
+                             "VALUES ('H 8', 'h.eight@example.fr', 'individual', :now)"), {"now": utcnow()})
+        conn.execute(sa.text("INSERT INTO customer_identifiers (customer_id, kind, value, recorded_at) "
+                             "VALUES ('H 8', 'facebook_user_id', '30003', :now)"), {"now": utcnow()})
+    engine.dispose()
+
+    def needs_person() -> float:
+        return REGISTRY.get_sample_value("oubli_web_deletion_callbacks_total", {"result": "needs_person"}) or 0.0
+
+    before = needs_person()
+    with TestClient(create_app(services)) as client, capture_logs() as logs:
+        answer = post(client, web_env.signed_request("30003"))
+        assert answer.status_code == 200, answer.text  # not 503: Meta would retry for ever, and nobody learn
+        code = answer.json()["confirmation_code"]
+        assert answer.json()["url"] == f"https://privacy.example.test/status/{code}"
+        again = post(client, web_env.signed_request("30003"))  # Meta, or the person, calling again
+        assert again.status_code == 200 and again.json() == answer.json()
+        page = client.get(f"/status/{code}", headers={"accept-language": "en-GB,en;q=0.9"})
+    assert page.status_code == 200 and "one of our systems needs our team" in page.text
+    assert web_env.commands(settings) == []  # nothing the worker would dead-letter
+    with services.engine.connect() as conn:
+        [row] = conn.execute(sa.select(web_confirmations)).mappings().all()
+    assert row["request_id"] and row["published_at"] is None
+    told = [e for e in logs if e["event"] == "web_callback_needs_person"]
+    assert [e["request_id"] for e in told] == [row["request_id"]] * 2
+    assert told[0]["problems"] == ["$.subject.customer_id: pattern violated"]
+    assert needs_person() - before == 2
+    shown = repr(logs) + page.text
+    assert "H 8" not in shown and "h.eight" not in shown and "30003" not in shown
+    services.engine.dispose()

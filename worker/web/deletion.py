@@ -5,6 +5,10 @@ The same user calling again while their request is open, or within the signed_re
 does not know gets a code whose page says no data was held; no command is published for them.
 A command is published after its confirmation row is recorded; a row left unpublished (broker down)
 is published again by the user's next call, under the same request id.
+
+A customer whose stored id no valid command can carry (``H 8``) is a person's job, not an outage: Meta
+gets its code (a 503 would only make it retry for ever), the row stays unpublished, its page says the
+team is on it, and ``web_callback_needs_person`` names the request id for the runbook.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from worker import messages, support
 from worker.config import Settings
 from worker.web import codes
@@ -24,6 +30,9 @@ from worker.web.identity import Customer, FacebookIdentity
 from worker.web.signed import SignedRequest
 
 REASON = "data deletion request received through Facebook"
+log = structlog.get_logger("oubli.web")
+_EMAIL = "/properties/subject/properties/emails/items"
+_PHONE = "/properties/subject/properties/phones/items"
 
 
 class PublishFailed(RuntimeError):
@@ -33,7 +42,7 @@ class PublishFailed(RuntimeError):
 @dataclass(frozen=True)
 class Outcome:
     code: str
-    result: str  # started, repeated, no_data (metrics label)
+    result: str  # started, repeated, no_data, needs_person (metrics label)
 
     def __repr__(self) -> str:
         return f"Outcome(result={self.result!r})"
@@ -91,26 +100,38 @@ class DeletionCallback:
             return self._repeat(stored, signed.user_id)
         if customer is None:
             return Outcome(code, "no_data")
-        self._send(stored, signed.user_id, customer)
-        return Outcome(code, "started")
+        sent = self._send(stored, signed.user_id, customer)
+        return Outcome(code, "started" if sent else "needs_person")
 
     def _repeat(self, confirmation: Confirmation, user_id: str) -> Outcome:
+        result = "repeated"
         if confirmation.request_id is not None and confirmation.published_at is None:
             customer = self._identity.customer(user_id)
-            if customer is not None:
-                self._send(confirmation, user_id, customer)
+            if customer is not None and not self._send(confirmation, user_id, customer):
+                result = "needs_person"
         code = codes.unseal(confirmation.sealed_code, self._key, user_id, confirmation.generation)
-        return Outcome(code, "repeated")
+        return Outcome(code, result)
 
-    def _send(self, confirmation: Confirmation, user_id: str, customer: Customer) -> None:
+    def _send(self, confirmation: Confirmation, user_id: str, customer: Customer) -> bool:
+        """Publishes the erasure; False when no valid command can carry this customer (a person must act).
+
+        An email or phone the schema refuses is left out and the rest goes; the customer id cannot be.
+        """
         assert confirmation.request_id is not None
+        emails = [e for e in customer.emails if messages.fits("command.v1", _EMAIL, e)]
+        phones = [p for p in customer.phones if messages.fits("command.v1", _PHONE, p)]
         command = support.build_command(
-            kind="erasure", customer_id=customer.customer_id, emails=customer.emails, phones=customer.phones,
+            kind="erasure", customer_id=customer.customer_id, emails=emails, phones=phones,
             identifiers={"facebook_user_id": [user_id]}, systems=self._settings.web.erasure_systems,
             requested_by=self._settings.web.requested_by, reason=REASON, request_id=confirmation.request_id,
             requested_at=confirmation.created_at,
         )
-        if messages.schema_errors("command.v1", command):
-            raise PublishFailed("the command would be rejected")  # no detail: paths may name the data
+        bad_text = messages.text_problem(command)
+        problems = [bad_text] if bad_text is not None else messages.schema_errors("command.v1", command)
+        if problems:  # paths and validator names only (``schema_errors``), never the values
+            log.warning("web_callback_needs_person", request_id=confirmation.request_id, problems=problems[:5],
+                        dropped_identifiers=len(customer.emails) + len(customer.phones) - len(emails) - len(phones))
+            return False
         self._publish(command)
         self._confirmations.mark_published(confirmation.code_hash, self._clock())
+        return True

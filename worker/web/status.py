@@ -66,7 +66,10 @@ def build(settings: Settings, confirmation: Confirmation, receipt: Mapping[str, 
         return StatusView(phase="no_data", message=text("status_no_data", lang),
                           dates=[(text("checked_on", lang), day(confirmation.created_at, lang))],
                           steps=_steps("completed", lang))
-    status = receipt["status"] if receipt else "accepted"
+    # Recorded, never published, and the person holds its code: only a callback whose customer no valid
+    # command can carry gets there (``deletion``), and the team handles it by hand, as for action_required.
+    by_hand = receipt is None and confirmation.published_at is None
+    status = receipt["status"] if receipt else "action_required" if by_hand else "accepted"
     phase = _PHASE_OF_STATUS.get(status, "in_progress")
     received = _date(receipt["requested_at"]) if receipt else aware(confirmation.created_at)
     due = _date(receipt["due_at"]) if receipt else add_months(aware(confirmation.created_at), 1)
