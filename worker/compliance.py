@@ -19,6 +19,7 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from worker.core.csvcells import spreadsheet_safe
 from worker.core.timefmt import aware, iso, parse, utcnow
 from worker.receipts import is_internal
 from worker.states import TERMINAL_STATUSES, RequestStatus
@@ -161,13 +162,14 @@ CSV_FIELDS: Sequence[str] = ("request_id", "kind", "subject_ref", "status", "req
 
 
 def to_csv(report: Report) -> str:
+    """One row per request; text cells a spreadsheet would evaluate are quoted (``worker.core.csvcells``)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(CSV_FIELDS), lineterminator="\n")
     writer.writeheader()
     for line in report.lines:
         row = _line_dict(line, report.generated_at)
         row["systems"] = "; ".join(f"{system}={outcome}" for system, outcome in line.systems)
-        writer.writerow(row)
+        writer.writerow({k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in row.items()})
     return out.getvalue()
 
 

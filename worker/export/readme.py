@@ -251,10 +251,14 @@ _HEADINGS: dict[str, Text] = {
     "controller": _t("Data controller", "Responsable du traitement"),
     "contents": _t("Contents", "Contenu"),
     "contents_note": _t(
-        "One folder per system. Tables are given as JSON and as CSV (UTF-8). manifest.json lists every "
+        "One folder per system. Tables are given as JSON and as CSV (UTF-8). In the CSV files, a text that "
+        "starts with =, +, -, @, a tab or a carriage return begins with an added ' so that a spreadsheet "
+        "shows it rather than runs it; the JSON files hold every value exactly. manifest.json lists every "
         "file with its SHA-256 checksum.",
-        "Un dossier par système. Les tables sont fournies en JSON et en CSV (UTF-8). manifest.json liste "
-        "chaque fichier avec son empreinte SHA-256.",
+        "Un dossier par système. Les tables sont fournies en JSON et en CSV (UTF-8). Dans les fichiers CSV, "
+        "un texte qui commence par =, +, -, @, une tabulation ou un retour chariot est précédé d'une ' "
+        "ajoutée, pour qu'un tableur l'affiche au lieu de l'exécuter ; les fichiers JSON contiennent chaque "
+        "valeur à l'identique. manifest.json liste chaque fichier avec son empreinte SHA-256.",
     ),
     "records": _t("records", "enregistrements"),
     "none": _t("no data held", "aucune donnée détenue"),

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import IO, Any, BinaryIO
 from uuid import UUID
 
+from worker.core.csvcells import spreadsheet_safe
 from worker.core.errors import PermanentError
 from worker.export.multipart import MultipartSink
 from worker.export.settings import ExportSettings
@@ -73,7 +74,8 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value
+        # The subject opens the CSV in a spreadsheet; name.json beside it keeps the value exactly as held.
+        return spreadsheet_safe(value)
     if isinstance(value, int | float | Decimal | UUID):
         return str(value)
     if isinstance(value, datetime | date | time):
