@@ -22,9 +22,10 @@ from worker.core.errors import ConfigError
 from worker.core.timefmt import iso, utcnow
 from worker.deadletter.replay import dlq
 from worker.metrics import VERSION
+from worker.operators import name_option, note_option
 from worker.store import db
 from worker.store.repository import Store
-from worker.support import CONFIG, NOT_FOUND, USAGE, CliError, cli_error
+from worker.support import CONFIG, NOT_FOUND, USAGE, CliError, cli_error, printable
 from worker.verification.cli import status_lines, verification_events, verify
 
 if TYPE_CHECKING:
@@ -48,18 +49,42 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
 
 
 class _Commands(click.Group):
-    """Turns a command's Kafka, store, not-found and config failures into their exit code and one line."""
+    """Turns a command's Kafka, store, not-found and config failures into their exit code and one line;
+    refuses undecodable arguments and keeps the operator's control characters off the terminal."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        # Bytes that are not UTF-8 reach Python as lone surrogates ("\udcff"), which no driver, encoder or
+        # terminal takes. Every command's arguments are here, before any is parsed.
+        if any(_undecodable(arg) for arg in args):
+            raise CliError("an argument is not valid UTF-8 (check the terminal's or the script's encoding)", USAGE)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:
+            raise _printable(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as exc:
+            raise _printable(exc) from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
             error = cli_error(exc)
             if error is None:
                 raise  # a bug: logged as one JSON line (logs.install_excepthooks), exit 1
             raise error from None
+
+
+def _undecodable(arg: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in arg)
+
+
+def _printable(exc: click.ClickException) -> click.ClickException:
+    """click quotes the offending value in its usage errors (an unknown command, a bad --limit)."""
+    exc.message = printable(exc.message)  # type: ignore[misc]  # click declares it Final; we only clean it
+    return exc
 
 
 @click.group(cls=_Commands)
@@ -214,7 +239,8 @@ def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> N
 @cli.command()
 @click.argument("request_id")
 @click.option("--system", help="Only this system (default: every failed system).")
-@click.option("--by", "actor", required=True, help="Your name, for the audit trail.")
+@click.option("--by", "actor", required=True, callback=name_option,
+              help="Your name or handle, for the audit trail (not an email or a phone number).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def retry(ctx: click.Context, request_id: str, system: str | None, actor: str, as_json: bool) -> None:
@@ -228,16 +254,24 @@ def retry(ctx: click.Context, request_id: str, system: str | None, actor: str, a
 @cli.command()
 @click.argument("request_id")
 @click.option("--system", required=True)
-@click.option("--by", "actor", required=True, help="Your name, recorded in the audit trail.")
-@click.option("--note", required=True, help="Why this system is confirmed by hand (no personal data).")
+@click.option("--by", "actor", required=True, callback=name_option,
+              help="Your name or handle, recorded in the audit trail and sent in the receipt as confirmed_by "
+              "(not an email or a phone number).")
+@click.option("--note", required=True, callback=note_option, metavar="TEXT",
+              help="Why this system is confirmed by hand, at most 1000 characters; emails and phone numbers in it "
+              "are redacted before it is stored.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: str, as_json: bool) -> None:
+def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: tuple[str, bool],
+            as_json: bool) -> None:
     """Confirm a system by hand, for example after the vendor confirmed by email."""
+    text, redacted = note
     store = _store(_settings(ctx), actor)
-    store.operator_confirm(request_id, system, actor=actor, note=note, now=utcnow())  # NotFound 3, conflict 1
-    _emit({"request_id": request_id, "system": system, "confirmed_by": actor}, as_json,
-          f"{system} manually confirmed by {actor}")
+    store.operator_confirm(request_id, system, actor=actor, note=text, now=utcnow())  # NotFound 3, conflict 1
+    _emit({"request_id": request_id, "system": system, "confirmed_by": actor, "note": text,
+           "note_redacted": redacted}, as_json,
+          f"{system} manually confirmed by {actor}"
+          + (f"\nnote stored with personal data redacted: {printable(text)}" if redacted else ""))
 
 
 @cli.command("requests")

@@ -138,7 +138,13 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class; ours varies
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {printable(self.format_message())}", err=True)
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (C0 and C1 controls, escape sequences,
+    bidi overrides, surrogate escapes of undecodable bytes) written as its Python escape instead."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def cli_error(exc: BaseException) -> CliError | None:

@@ -176,3 +176,60 @@ def test_log_level_is_a_setting_and_store_errors_carry_their_sqlstate() -> None:
     line = support.cli_error(error)
     assert line is not None and line.exit_code == support.UNAVAILABLE
     assert line.message == "the store is unavailable (Dropped, SQLSTATE 57P01)"
+
+
+def _run_bytes(*args: bytes | str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([OUBLI, *args], capture_output=True, timeout=timeout, check=False)  # noqa: S603
+
+
+def test_an_argument_that_is_not_utf8_is_a_usage_error_for_every_command(tmp_path: Path, pg_url: str) -> None:
+    """Python hands such bytes over as surrogate escapes, which no driver or encoder takes: exit 2, one line."""
+    cfg = str(_config(tmp_path, store_url=pg_url,
+                      kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"}))
+    for args in ((b"status", b"r-\xff"), (b"receipt", b"\xff", b"--timeout", b"1"),
+                 (b"requests", b"--customer-id", b"C-\xff"),
+                 (b"submit", b"--kind", b"erasure", b"--customer-id", b"\xffC"),
+                 (b"confirm", b"r-1", b"--system", b"a", b"--by", b"s", b"--note", b"\xff")):
+        result = _run_bytes("--config", cfg, *args)
+        assert result.returncode == support.USAGE, (args, result.stderr)
+        stderr = result.stderr.decode("utf-8")  # nothing but UTF-8: the raw byte is not echoed
+        line = _only_json_and_one_error_line(stderr)
+        assert "UTF-8" in line and "\\udcff" not in line and "uncaught_exception" not in stderr
+
+
+def test_error_lines_never_echo_control_characters(tmp_path: Path) -> None:
+    local = _config(tmp_path, store_url=f"sqlite:///{tmp_path / 'store.db'}")
+    assert _run("--config", str(local), "migrate").returncode == 0
+    for args in (("status", "r-\x1b]0;owned\x07\x1b[2J"), ("status", "r-\u009b31m"),
+                 ("requests", "--limit", "\x1b[31m"), ("confirm", "r-\x1b[1m", "--system", "a", "--by", "s",
+                                                       "--note", "n")):
+        result = _run("--config", str(local), *args)
+        assert result.returncode in (support.USAGE, support.NOT_FOUND), (args, result.stderr)
+        assert not [c for c in result.stderr if c not in "\n" and not c.isprintable()], repr(result.stderr)
+
+
+def test_dlq_commands_exit_4_quickly_when_the_broker_or_the_store_is_down(tmp_path: Path,
+                                                                          kafka_bootstrap: str) -> None:
+    port = closed_port()
+    down = _config(tmp_path, store_url=f"postgresql+psycopg://u:p@127.0.0.1:{port}/db",
+                   kafka={"bootstrap_servers": f"127.0.0.1:{port}"})
+    for args in (("dlq", "summary"), ("dlq", "replay", "--by", "ops"), ("dlq", "replay", "--dry-run", "--json")):
+        started = time.monotonic()
+        result = _run("--config", str(down), *args)
+        assert result.returncode == support.UNAVAILABLE, (args, result.stderr)
+        assert _only_json_and_one_error_line(result.stderr).startswith("error: the broker is unavailable")
+        assert time.monotonic() - started < 30, args
+
+    from devkit.pipeline import raw_settings, settings_from, subject_command
+    from tests.integration.test_dlq import dead_letter
+
+    raw = raw_settings(store_url=f"postgresql+psycopg://u:p@127.0.0.1:{port}/db", bootstrap=kafka_bootstrap,
+                       systems={})
+    settings = settings_from(raw)
+    from worker import kafka as kafka_module
+
+    kafka_module.ensure_topics(settings.kafka)
+    dead_letter(settings, subject_command(), "unknown_system")
+    store_down = _run("--config", str(_config(tmp_path, **raw)), "dlq", "replay", "--by", "ops")
+    assert store_down.returncode == support.UNAVAILABLE, store_down.stderr
+    assert _only_json_and_one_error_line(store_down.stderr).startswith("error: the store is unavailable (")

@@ -168,3 +168,34 @@ def test_requests_shows_an_erasure_waiting_behind_an_earlier_request_of_its_subj
     waits = {r["request_id"]: r["waits_for"] for r in listed["requests"]}
     assert waits == {export: None, erasure: export, other: None}
     assert f"behind:     {export}" in local.oubli("requests").output
+
+
+def test_an_operator_note_is_redacted_and_by_is_a_name_not_an_email_or_phone(tmp_path: Path) -> None:
+    """The audit trail is kept indefinitely and confirmed_by goes to the receipts topic: no personal data."""
+    local = LocalStore(tmp_path, ("alpha", "beta"))
+    request_id = record(local.store, {"alpha": 1, "beta": 1}, customer_id="C-note-1")
+    note = "customer jean.martin@gmail.com +33611223344 confirmed by phone"
+
+    for by in ("jean.martin@gmail.com", "+33611223344", "x" * 129, "sre\x1b[31m", "  "):
+        for args in (("confirm", request_id, "--system", "alpha", "--note", "ok"), ("retry", request_id),
+                     ("dlq", "replay", "--code", "unknown_system")):
+            refused = local.oubli(*args, "--by", by)
+            assert refused.exit_code == 2, (args, by, refused.output)
+            assert refused.stderr.startswith("error: ") and "--by" in refused.stderr
+            assert "gmail" not in refused.stderr and "33611223344" not in refused.stderr
+    too_long = local.oubli("confirm", request_id, "--system", "alpha", "--by", "sre", "--note", "n" * 1001)
+    assert too_long.exit_code == 2 and "1000" in too_long.stderr, too_long.output
+
+    confirmed = local.oubli("confirm", request_id, "--system", "alpha", "--by", "sre-jean", "--note", note, "--json")
+    assert confirmed.exit_code == 0, confirmed.output
+    assert json.loads(confirmed.stdout)["note_redacted"] is True and "gmail" not in confirmed.output
+    audit = json.loads(local.oubli("status", request_id, "--json", "--audit").stdout)["audit"]
+    (detail,) = [e["detail"] for e in audit if e["action"] == "operatorconfirm"]
+    assert detail == "customer [redacted] [redacted] confirmed by phone"
+    retried = local.oubli("retry", request_id, "--by", "  sre-jean ")
+    assert retried.exit_code == 0, retried.output
+    other = record(local.store, {"alpha": 1}, customer_id="C-note-2")
+    human = local.oubli("confirm", other, "--system", "alpha", "--by", "dpo", "--note", "called +33 6 11 22 33 44")
+    assert human.exit_code == 0 and "note stored with personal data redacted: called [redacted]" in human.stdout
+    plain = local.oubli("confirm", request_id, "--system", "beta", "--by", "sre-jean", "--note", "vendor letter")
+    assert plain.exit_code == 0 and "redacted" not in plain.output, plain.output

@@ -23,6 +23,7 @@ from worker.config import KafkaSettings, Settings
 from worker.core.timefmt import iso
 from worker.deadletter.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
 from worker.deadletter.topic import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
+from worker.operators import name_option
 from worker.support import FAILED, UNAVAILABLE, CliError
 
 # -- replay ----------------------------------------------------------------------------------------------------------
@@ -208,8 +209,9 @@ def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
               "Default: every code but conflicting_duplicate.")
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed, and list the new request ids it "
               "would use; publish nothing, move no cursor.")
-@click.option("--by", "actor", metavar="NAME",
-              help="Your name, sent as x-oubli-replayed-by. Required unless --dry-run.")
+@click.option("--by", "actor", metavar="NAME", callback=name_option,
+              help="Your name or handle (not an email or a phone number), sent as x-oubli-replayed-by and kept in "
+              "the new requests' audit trail. Required unless --dry-run.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to read the DLQ and get acknowledgements.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -243,11 +245,8 @@ def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, ac
     too_large, ...) only comes back to the DLQ.
     """
     selected = _codes(codes)
-    actor = actor.strip() if actor else None
     if not dry_run and not actor:
         raise click.UsageError("--by NAME is required (unless --dry-run)")
-    if actor and (len(actor) > 128 or not actor.isprintable()):
-        raise click.BadParameter("at most 128 printable characters", param_hint="--by")
     settings = _settings(ctx)
     store = StoreIndex(settings.store_url)
     reissuer = Reissuer(store.lookup, subject_key=settings.subject_key.get_secret_value().encode(),

@@ -1,0 +1,69 @@
+"""What an operator types into the audit trail: ``--by`` (who) and ``--note`` (why).
+
+Both are kept indefinitely in ``audit_events``, shown by ``oubli status --audit`` and the support page,
+and ``--by`` of ``oubli confirm`` becomes the receipt's ``confirmed_by`` on the receipts topic, which
+must never carry personal data. So ``--by`` is a handle (``sre-jean``, ``dpo``), refused when it looks
+like an email or a phone number; a note goes through the logs' redaction (``worker.logs.scrub``) before
+it is stored. Both columns have a size; a value over it is refused, never cut.
+"""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from worker import logs
+from worker.support import USAGE, CliError
+
+NAME_MAX = 128  # audit_events.actor, tasks.confirmed_by, receipt.v1's confirmed_by
+NOTE_MAX = 1000  # audit_events.detail
+# local@domain without a dot in the domain is still an address ("jean@corp"); a leading @ is a chat handle.
+_AT_ADDRESS = re.compile(r"\S@\S")
+
+
+class Refused(ValueError):
+    """Why a value cannot go into the audit trail; names no part of the value."""
+
+
+def operator_name(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise Refused("must not be empty")
+    if len(name) > NAME_MAX:
+        raise Refused(f"at most {NAME_MAX} characters")
+    if not name.isprintable():
+        raise Refused("must not hold control characters")
+    if _AT_ADDRESS.search(name) or logs.scrub(name) != name:
+        raise Refused("a name or handle, not an email address or a phone number (it goes to the receipts topic)")
+    return name
+
+
+def operator_note(value: str) -> tuple[str, bool]:
+    """The note as stored, and whether the redaction replaced something in it."""
+    if len(value) > NOTE_MAX:
+        raise Refused(f"at most {NOTE_MAX} characters")
+    note = logs.scrub(value)
+    if len(note) > NOTE_MAX:  # "[redacted]" is longer than some of what it replaces
+        raise Refused(f"at most {NOTE_MAX} characters once personal data is redacted")
+    return note, note != value
+
+
+def name_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """click callback for every ``--by``: a usage error (exit 2) when ``operator_name`` refuses it."""
+    if value is None:
+        return None
+    try:
+        return operator_name(value)
+    except Refused as exc:
+        raise CliError(f"{param.opts[0]}: {exc}", USAGE) from None
+
+
+def note_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, bool] | None:
+    """click callback for ``--note``: the note as stored, and whether something was redacted."""
+    if value is None:
+        return None
+    try:
+        return operator_note(value)
+    except Refused as exc:
+        raise CliError(f"{param.opts[0]}: {exc}", USAGE) from None
