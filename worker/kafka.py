@@ -16,6 +16,11 @@ from worker.config import KafkaSettings
 COMMAND_PARTITIONS = 6
 
 
+# How long a CLI command waits for a first metadata answer before it calls the broker unreachable
+# (exit 4). A reachable broker answers in milliseconds; librdkafka keeps retrying a closed port until then.
+METADATA_TIMEOUT = 10.0
+
+
 def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     return {
         **kafka.client,

@@ -95,7 +95,7 @@ def read_receipt(settings: KafkaSettings, request_id: str, *, timeout: float = 1
         "enable.partition.eof": True,
     })
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        metadata = consumer.list_topics(topic, timeout=min(timeout, kafka.METADATA_TIMEOUT)).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise KafkaException(f"topic {topic} is not available")
         partition = kafka.partition_for(key, len(metadata.partitions))

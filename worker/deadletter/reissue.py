@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from worker import messages
 from worker.deadletter.topic import REPLAY_OF, DeadLetter, DlqError, Headers
 from worker.store import db
+from worker.store.faults import is_outage
 from worker.store.schema import requests
 
 CONFLICT = "conflicting_duplicate"
@@ -138,6 +139,8 @@ class StoreIndex:
                     found.update({row.request_id: Known(row.status, row.body_digest) for row in rows})
                 conn.rollback()
         except sa.exc.SQLAlchemyError as exc:
+            if is_outage(exc):
+                raise  # the store is down, not misnamed: the CLI's exit 4 (worker.support.cli_error)
             reason = type(getattr(exc, "orig", None) or exc).__name__
             raise DlqError(f"cannot read requests from the store {self._shown()} ({reason}): is store_url the "
                            "worker's, and migrated?") from None

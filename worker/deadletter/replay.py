@@ -24,7 +24,7 @@ from worker.core.timefmt import iso
 from worker.deadletter.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
 from worker.deadletter.topic import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
 from worker.operators import name_option
-from worker.support import FAILED, UNAVAILABLE, CliError
+from worker.support import FAILED, CliError
 
 # -- replay ----------------------------------------------------------------------------------------------------------
 
@@ -161,11 +161,9 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, DlqError):
-        return exc.message
-    error = exc.args[0] if exc.args else None
-    return f"Kafka: {error.name() if isinstance(error, KafkaError) else error}"
+def _reason(exc: DlqError) -> str:
+    # A KafkaException is left to worker.cli: the broker is unreachable or refused, exit 4 (as oubli receipt).
+    return exc.message
 
 
 def _codes(values: Iterable[str]) -> frozenset[str] | None:
@@ -193,8 +191,8 @@ def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
     settings = _settings(ctx).kafka
     try:
         partitions, codes = summarize(settings, timeout=timeout)
-    except (DlqError, KafkaException) as exc:
-        raise CliError(_reason(exc), UNAVAILABLE if isinstance(exc, KafkaException) else FAILED) from None
+    except DlqError as exc:
+        raise CliError(_reason(exc), FAILED) from None
     total = sum(c.count for c in codes)
     lines = [f"{settings.topics.dlq}: {total} records in {partitions} partitions",
              f"{'code':<28} {'count':>6} {'unreplayed':>10}  {'first':<24} {'source':<28} {'last':<24} source"]
@@ -256,10 +254,9 @@ def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, ac
     try:
         report = replay(settings.kafka, codes=selected, by=actor, dry_run=dry_run, timeout=timeout,
                         reissuer=reissuer)
-    except (DlqError, KafkaException) as exc:
+    except DlqError as exc:
         raise CliError(f"{_reason(exc)}; a code whose cursor did not move is sent again by the next run (harmless: "
-                       "request_id is the idempotency key)",
-                       UNAVAILABLE if isinstance(exc, KafkaException) else FAILED) from None
+                       "request_id is the idempotency key)", FAILED) from None
     finally:
         store.close()
     _emit(report.as_dict(), as_json, _format_replay(report, settings.kafka))

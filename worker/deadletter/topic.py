@@ -127,10 +127,10 @@ class DlqReader:
 
     def watermarks(self) -> dict[int, tuple[int, int]]:
         """Low and high watermark of every partition, captured now: the end of this read."""
-        try:
-            metadata = self.consumer.list_topics(self.topic, timeout=self.timeout).topics.get(self.topic)
-        except KafkaException as exc:
-            raise DlqError(f"cannot reach the brokers for {self.topic}: {exc.args[0] if exc.args else exc}") from None
+        # Unreachable brokers raise KafkaException (exit 4, as for oubli receipt), within the bounded wait
+        # of a metadata request rather than the whole --timeout meant for reading the topic.
+        metadata = self.consumer.list_topics(self.topic, timeout=min(self.timeout, kafka.METADATA_TIMEOUT)
+                                             ).topics.get(self.topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise DlqError(f"topic {self.topic} is not available"
                            + (f" ({metadata.error.name()})" if metadata is not None and metadata.error else ""))
