@@ -220,6 +220,14 @@ def sign(value: bytes, secret: bytes) -> str:
     return hmac.new(secret, value, hashlib.sha256).hexdigest()
 
 
+def could_be_request_id(text: str) -> bool:
+    """Whether any stored request can have this id: what the schema's ``id`` or ``peek_request_id`` lets
+    through. Anything else (a NUL, which PostgreSQL refuses; whitespace; a control character; a lone
+    surrogate) is looked up nowhere."""
+    return 0 < len(text) <= 128 and not any(
+        c.isspace() or c < " " or c == "\x7f" or "\ud800" <= c <= "\udfff" for c in text)
+
+
 def peek_request_id(document: Any) -> str | None:
     """The request id if it is well-formed enough to name a receipt, else None."""
     if not isinstance(document, dict):

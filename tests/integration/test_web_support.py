@@ -59,3 +59,26 @@ def test_search_by_customer_id_is_a_post_and_never_echoes_the_id(env: Any) -> No
     none = client.post("/support/search", data={"customer_id": "C-999999"}, headers=AUTH)
     assert none.status_code == 200 and request_id not in none.text and "C-999999" not in none.text
     assert client.get("/support/search", headers=AUTH).status_code == 405
+
+
+def test_a_request_id_that_cannot_be_one_is_404_without_the_store(env: Any) -> None:
+    _request_id, client = env
+    for bad in ("a%00b", "a%0Ab", "a%1Bb", "a%20b", "x" * 129):
+        assert client.get(f"/support/requests/{bad}", headers=AUTH).status_code == 404, bad
+
+
+def test_an_unexpected_error_is_a_counted_500_without_detail(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.metrics import WEB_REQUESTS
+    from worker.web import app as web_app
+
+    request_id, client = env
+
+    def broken(_receipt: Any) -> str:
+        raise RuntimeError("no match for marie.dupont@example.fr")
+
+    monkeypatch.setattr(web_app, "format_receipt", broken)
+    counted = WEB_REQUESTS.labels(route="/support/", status="500")
+    before = counted._value.get()
+    answer = client.get(f"/support/requests/{request_id}", headers=AUTH)
+    assert answer.status_code == 500 and "example.fr" not in answer.text and "RuntimeError" not in answer.text
+    assert counted._value.get() == before + 1

@@ -165,3 +165,15 @@ def test_the_identity_lookup_trims_what_the_shop_stored_and_still_refuses_what_i
         "102": ((), ()),
         "103": ((), ()),  # a control character inside is not whitespace to trim
     }
+
+
+def test_a_signed_payload_nested_too_deep_is_malformed_not_a_crash() -> None:
+    payload = "[" * 1500 + "]" * 1500
+    encoded = signed.b64encode(payload.encode())
+    import hashlib
+    import hmac
+
+    value = f"{signed.b64encode(hmac.new(SECRET, encoded.encode(), hashlib.sha256).digest())}.{encoded}"
+    with pytest.raises(signed.BadSignedRequest) as refused:
+        verify(value)
+    assert refused.value.reason == "malformed"

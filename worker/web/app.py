@@ -76,12 +76,24 @@ class _AccessMetrics:
         route = next((p for p in ("/facebook/data-deletion", "/status/", "/support/", "/static/") if
                       path.startswith(p)), path if path in ("/healthz", "/readyz", "/metrics", "/support") else "other")
 
+        started = False
+
         async def counting(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 WEB_REQUESTS.labels(route=route, status=str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, counting)
+        try:
+            await self.app(scope, receive, counting)
+        except Exception as exc:
+            # Left to Starlette and uvicorn, the 500 is written outside this middleware, so it is never
+            # counted. The body says nothing: the exception's text could quote a request or a row.
+            log.error("web_unexpected_error", route=route, error_type=type(exc).__name__, exc_info=True)
+            if started:
+                raise
+            await PlainTextResponse("internal error\n", status_code=500)(scope, receive, counting)
 
 
 def create_app(services: Services) -> Starlette:
@@ -181,6 +193,8 @@ def create_app(services: Services) -> Starlette:
         if support_user(request) is None:
             return unauthorised()
         request_id = request.path_params["request_id"]
+        if not messages.could_be_request_id(request_id):
+            return page("support_request.html", 404, lang="en", receipt=None, request_id=None)
         try:
             row, _tasks, events = await run_in_threadpool(store.get, request_id)
             receipt = await run_in_threadpool(store.receipt, request_id)

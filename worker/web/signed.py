@@ -66,7 +66,7 @@ def verify(signed_request: str, secret: bytes, *, now: float, max_age: float, sk
         raise BadSignedRequest("bad_signature")
     try:
         payload = json.loads(_b64decode(encoded_payload))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested past the stack
         raise BadSignedRequest("malformed") from None
     if not isinstance(payload, dict):
         raise BadSignedRequest("malformed")
