@@ -1,24 +1,33 @@
-"""HTTP for vendor connectors: bounded timeouts, https only, and errors that carry no personal data.
+"""HTTP for vendor connectors: a deadline and a size cap on every call, https only, and errors that
+carry no personal data.
 
 No URL (vendor URLs hold emails and ids) goes into an exception, a ``Result`` or a log line; a filter
 on the ``httpx`` logger keeps only scheme and host. ``classify``: transport errors, 408 and 5xx are
 retryable, 429 too with ``retry_after``; 401/403 and other 4xx are permanent. Connectors look at
-vendor error codes first."""
+vendor error codes first.
+
+``VendorHttp.send`` bounds the whole exchange (connect, send, headers, body) by ``timeout_seconds``
+and the decoded body by ``max_response_bytes`` (4 MiB): a vendor that trickles bytes or answers a
+decompression bomb costs one call's time and at most the cap in memory, then a retryable error."""
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import functools
 import logging
 import re
 import ssl
-from collections.abc import Mapping
+import time
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
+import httpcore
 import httpx
 
 from worker.core.errors import ConnectorError, PermanentError, RetryableError
@@ -28,6 +37,7 @@ if TYPE_CHECKING:  # connectors.vendor builds on this module
 
 T = TypeVar("T")
 _CODE = re.compile(r"^[A-Za-z0-9_.:/#-]{1,64}$")
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # these JSON APIs answer in kilobytes
 
 
 class _OriginOnly(logging.Filter):
@@ -60,8 +70,9 @@ def _tls_context() -> ssl.SSLContext:
 @dataclass(frozen=True)
 class HttpSettings:
     base_url: str
-    timeout: float = 10.0
+    timeout: float = 10.0  # the whole exchange, not each read
     connect_timeout: float = 5.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # decoded
 
     @classmethod
     def parse(cls, opts: Options, default_base_url: str) -> HttpSettings:
@@ -73,7 +84,8 @@ class HttpSettings:
             raise opts.error("base_url", "must use https (allow_insecure_http is for tests and demos only)")
         timeout = opts.number("timeout_seconds", 10.0, minimum=0.001)
         connect = opts.number("connect_timeout_seconds", 5.0, minimum=0.001)
-        return cls(base_url, timeout, min(timeout, connect))
+        cap = int(opts.number("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, minimum=1024))
+        return cls(base_url, timeout, min(timeout, connect), cap)
 
 
 MAX_RETRY_AFTER = 86_400.0  # a day: a broken header must not silence a vendor until restart
@@ -142,8 +154,120 @@ def classify(system: str, op: str, response: httpx.Response, now: datetime,
     return PermanentError(f"{label}: the vendor rejected the request", code="vendor_rejected")
 
 
+# The end of the vendor call this thread is making (``time.monotonic``), read by every socket operation.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("vendor_call_deadline", default=None)
+
+
+def _within_deadline(timeout: float | None, expired: type[Exception]) -> float | None:
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the call's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """Each read and write waits at most until the call's deadline: httpx's own timeouts bound one
+    read, so a vendor sending a byte a second (headers or body) would otherwise hold the call forever."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,
+                                                     _within_deadline(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(
+            host, port, _within_deadline(timeout, httpcore.ConnectTimeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(
+            path, _within_deadline(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _transport() -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(verify=_tls_context())
+    # httpx takes no network backend, so its pool is rebuilt with the same settings and ours
+    # (httpx.Limits' defaults; http/1.1 only, as httpx's default).
+    limits = httpx.Limits()
+    transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - see above
+        ssl_context=_tls_context(), max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_DeadlineBackend())
+    return transport
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Decoder:
+    """Decodes at most ``cap`` bytes of a body, whatever its compression ratio.
+
+    httpx's decoders inflate each received chunk whole: 64 KiB of a gzip bomb become 64 MiB at once.
+    Here ``max_length`` stops zlib at the cap.
+    """
+
+    def __init__(self, encoding: str, cap: int) -> None:
+        self.cap = cap
+        self.size = 0
+        self._raw = encoding in ("", "identity")
+        self._deflate = encoding == "deflate"
+        self._zlib = None if self._raw else zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+        self._first = True
+
+    def feed(self, data: bytes) -> bytes:
+        if self._zlib is None:
+            return self._count(data)
+        if self._first and self._deflate:
+            self._first = False
+            if len(data) >= 2 and (data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31):
+                # No zlib header: a raw deflate stream, as some servers send for "deflate".
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        out = self._count(self._zlib.decompress(data, self.cap + 1 - self.size))
+        parts = [out]
+        while self._zlib.unconsumed_tail:
+            parts.append(self._count(self._zlib.decompress(self._zlib.unconsumed_tail, self.cap + 1 - self.size)))
+        return b"".join(parts)
+
+    def _count(self, data: bytes) -> bytes:
+        self.size += len(data)
+        if self.size > self.cap:
+            raise _TooLarge
+        return data
+
+
+_DECODABLE = {"", "identity", "gzip", "deflate"}
+
+
 class VendorHttp:
-    """One pooled ``httpx.Client`` per connector, with a timeout on every call."""
+    """One pooled ``httpx.Client`` per connector; every call has a deadline and a size cap."""
 
     def __init__(self, system: str, settings: HttpSettings, *, headers: Mapping[str, str] | None = None,
                  auth: httpx.Auth | None = None) -> None:
@@ -151,26 +275,62 @@ class VendorHttp:
         self.settings = settings
         self._client = httpx.Client(
             base_url=settings.base_url,
+            # Per operation; the deadline of the whole call (``send``) is the same number.
             timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
-            headers={"user-agent": "oubli/0.1", "accept": "application/json", **(headers or {})},
+            headers={"user-agent": "oubli/0.1", "accept": "application/json",
+                     "accept-encoding": "gzip, deflate", **(headers or {})},
             auth=auth,
             follow_redirects=False,  # a redirect could carry credentials to another host
-            verify=_tls_context(),
+            transport=_transport(),
         )
 
     def send(self, method: str, path: str, *, op: str, **kwargs: Any) -> httpx.Response:
-        """Returns the response, whatever its status; raises ``RetryableError`` on transport failure.
+        """Returns the response, read whole, whatever its status.
 
-        ``path`` may hold personal data: it is never put in an error. ``op`` names the operation.
+        Raises ``RetryableError`` on transport failure, when the call outlives ``timeout_seconds``,
+        or when the decoded body exceeds ``max_response_bytes``. Too large is retryable: the cap
+        bounds what a retry costs, and what sends such a reply (an error page from a proxy, a
+        vendor's incident) tends to pass; one that does not runs out of attempts and reaches a
+        person as ``action_required``. ``path`` may hold personal data: it is never put in an
+        error. ``op`` names the operation.
         """
+        token = _DEADLINE.set(time.monotonic() + self.settings.timeout)
         try:
-            return self._client.request(method, path, **kwargs)
+            with self._client.stream(method, path, **kwargs) as response:
+                body = self._read(response, op)
         except httpx.TimeoutException:
             raise RetryableError(f"{self.system}: {op} timed out after {self.settings.timeout:g}s",
                                  code="timeout") from None
         except httpx.TransportError as exc:
             raise RetryableError(f"{self.system}: {op} could not reach the vendor ({type(exc).__name__})",
                                  code="connection") from None
+        finally:
+            _DEADLINE.reset(token)
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=body, request=response.request,
+                              extensions=response.extensions)
+
+    def _read(self, response: httpx.Response, op: str) -> bytes:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in _DECODABLE:  # we offer gzip and deflate only
+            raise RetryableError(f"{self.system}: {op} got a reply in an encoding we did not offer",
+                                 code="vendor_protocol")
+        decoder = _Decoder(encoding, self.settings.max_response_bytes)
+        chunks = []
+        try:
+            for raw in response.iter_raw():
+                chunks.append(decoder.feed(raw))
+                # The socket operations keep to the deadline; this covers what happens between them.
+                _within_deadline(None, httpx.ReadTimeout)
+        except _TooLarge:
+            raise RetryableError(f"{self.system}: {op} got HTTP {response.status_code} with a reply over "
+                                 f"{self.settings.max_response_bytes} bytes (max_response_bytes)",
+                                 code="vendor_reply_too_large") from None
+        except zlib.error:
+            raise RetryableError(f"{self.system}: {op} got HTTP {response.status_code} with a reply that "
+                                 "does not decode", code="vendor_protocol") from None
+        return b"".join(chunks)
 
     def close(self) -> None:
         self._client.close()
