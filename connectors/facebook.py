@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
+from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after, safe_code
 from connectors.vendor import Options, PerTargetConnector, build_gate, valid_ids
 from worker.core.connector import Connector, ConnectorContext, Result, Subject
 from worker.core.errors import PermanentError, RetryableError
@@ -28,6 +28,9 @@ _THROTTLE_CODES = {4, 17, 32, 341, 613, *range(80000, 80015)}
 _TRANSIENT_CODES = {1, 2}
 _TOKEN_CODES = {102, 190}
 _PERMISSION_CODES = {3, 10, *range(200, 300)}
+# What a message may quote: the documented codes (a vendor's undocumented number could be a user id).
+_DOCUMENTED_CODES = {100, 803, *_THROTTLE_CODES, *_TRANSIENT_CODES, *_TOKEN_CODES, *_PERMISSION_CODES}
+_DOCUMENTED_SUBCODES = {33, 458, 459, 460, 463, 464, 467, 490, 492}
 _OP = "permissions revoke"
 
 
@@ -69,7 +72,9 @@ class FacebookConnector(PerTargetConnector[str]):
         error = body.get("error")
         error = error if isinstance(error, dict) else {}
         code, subcode = _int(error.get("code")), _int(error.get("error_subcode"))
-        label = f"{self.system}: {_OP} got HTTP {response.status_code} (graph error {code}/{subcode})"
+        shown = (f"{safe_code(code, response, documented=_DOCUMENTED_CODES) or '?'}/"
+                 f"{safe_code(subcode, response, documented=_DOCUMENTED_SUBCODES) or '-'}")
+        label = f"{self.system}: {_OP} got HTTP {response.status_code} (graph error {shown})"
         if code == 100 and subcode == 33:
             return "none"
         if code in _THROTTLE_CODES or response.status_code == 429:
@@ -87,8 +92,7 @@ class FacebookConnector(PerTargetConnector[str]):
                                  code="vendor_rejected")
         if response.is_success:
             raise PermanentError(f"{label}: unexpected answer", code="vendor_protocol")
-        raise classify(self.system, _OP, response, self.context.now(),
-                       f"graph:{code}/{subcode}" if code is not None else None)
+        raise classify(self.system, _OP, response, self.context.now(), f"graph:{shown}" if code is not None else None)
 
     def _watch_usage(self, response: httpx.Response) -> None:
         """Pauses this app's calls before Meta starts refusing them (``X-App-Usage`` near 100%)."""

@@ -129,17 +129,20 @@ class GoogleAdsConnector(VendorConnector):
         if response.status_code == 404:
             return self.erase(subject)  # the vendor forgot the request: removing again is harmless
         self._raise_for(response, "request status retrieve")
-        listed = json_body(response).get("requestStatusPerDestination") or ()
+        listed = json_body(response).get("requestStatusPerDestination")
+        if not isinstance(listed, list):  # else a proxy's HTML 200 would keep us polling for weeks
+            raise PermanentError(f"{self.system}: request status retrieve got HTTP {response.status_code} without "
+                                 "the documented answer", code="vendor_protocol")
         statuses = [status for status in listed if isinstance(status, dict)]
         states = {s.get("requestStatus") for s in statuses}
         if "FAILED" in states:
-            raise PermanentError(f"{self.system}: the vendor failed the removal ({_reason(statuses)})",
+            raise PermanentError(f"{self.system}: the vendor failed the removal ({_reason(statuses, response)})",
                                  code="vendor_job_failed")
         if not statuses or states - {"SUCCESS", "PARTIAL_SUCCESS"}:
             return Pending(vendor_ref, poll_after=self._poll_after)
         if "PARTIAL_SUCCESS" in states:
             raise NeedsPersonError(f"{self.system}: the vendor removed only part of the request "
-                                   f"({_reason(statuses)}); check it in Google Ads",
+                                   f"({_reason(statuses, response)}); check it in Google Ads",
                                    code="vendor_job_partial")
         return Result("requested", vendor_ref=vendor_ref,
                       detail=f"removal processed for {len(statuses)} user list(s)")
@@ -156,11 +159,11 @@ class GoogleAdsConnector(VendorConnector):
         super().close()
 
 
-def _reason(statuses: list[dict[str, Any]]) -> str:
+def _reason(statuses: list[dict[str, Any]], response: httpx.Response) -> str:
     for status in statuses:
         info = status.get("errorInfo")
         for count in (info.get("errorCounts") or ()) if isinstance(info, dict) else ():
-            if isinstance(count, dict) and (code := safe_code(count.get("reason"))):
+            if isinstance(count, dict) and (code := safe_code(count.get("reason"), response)):
                 return code
     return "no reason given"
 

@@ -23,14 +23,14 @@ GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, 
 def google_error_code(response: httpx.Response) -> str | None:
     error = json_body(response).get("error")
     if not isinstance(error, dict):
-        return safe_code(error)  # the token endpoint answers {"error": "invalid_grant"}
+        return safe_code(error, response)  # the token endpoint answers {"error": "invalid_grant"}
     for detail in error.get("details") or ():
         if isinstance(detail, dict) and detail.get("reason"):
-            return safe_code(detail["reason"])
+            return safe_code(detail["reason"], response)
     for item in error.get("errors") or ():
         if isinstance(item, dict) and item.get("reason"):
-            return safe_code(item["reason"])
-    return safe_code(error.get("status"))
+            return safe_code(item["reason"], response)
+    return safe_code(error.get("status"), response)
 
 
 class GoogleCredentials:

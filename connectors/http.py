@@ -4,7 +4,7 @@ carry no personal data.
 No URL (vendor URLs hold emails and ids) goes into an exception, a ``Result`` or a log line; a filter
 on the ``httpx`` logger keeps only scheme and host. ``classify``: transport errors, 408 and 5xx are
 retryable, 429 too with ``retry_after``; 401/403 and other 4xx are permanent. Connectors look at
-vendor error codes first.
+vendor error codes first, and take them only through ``safe_code``.
 
 ``VendorHttp.send`` bounds the whole exchange (connect, send, headers, body) by ``timeout_seconds``
 and the decoded body by ``max_response_bytes`` (4 MiB): a vendor that trickles bytes or answers a
@@ -15,16 +15,17 @@ from __future__ import annotations
 import contextvars
 import email.utils
 import functools
+import json
 import logging
 import re
 import ssl
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import certifi
 import httpcore
@@ -36,7 +37,12 @@ if TYPE_CHECKING:  # connectors.vendor builds on this module
     from connectors.vendor import Options
 
 T = TypeVar("T")
-_CODE = re.compile(r"^[A-Za-z0-9_.:/#-]{1,64}$")
+# Letters and underscores only: a digit could be an id or a phone number, ``@`` and ``.`` an address.
+_CODE = re.compile(r"^[A-Za-z][A-Za-z_]{0,63}$")
+_SENT_TOKEN = re.compile(r"[^\s\"'/?&=,;:{}\[\]()]+")
+_NOT_LETTERS = re.compile(r"[^a-z]+")
+_WORD = re.compile(r"[a-z]{4,}")  # shorter pieces of what we sent are in too many honest codes
+_HASH = re.compile(r"^[0-9a-f]{32,}$")  # its letter runs are noise, not a piece of an identifier
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # these JSON APIs answer in kilobytes
 
 
@@ -124,10 +130,64 @@ def _retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     return None
 
 
-def safe_code(value: object) -> str | None:
-    """A vendor error code fit for a message: a short token, or nothing (never free text)."""
-    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
-    return text if _CODE.match(text) else None
+def safe_code(value: object, response: httpx.Response, *, documented: Collection[int] = ()) -> str | None:
+    """A vendor error code fit for a message, or ``None``. Every vendor code goes through here.
+
+    Error bodies are the vendor's to fill, and vendors echo what they were sent (a Shopimind 400
+    answered ``{"error": "<the customer id of the URL>"}``). So a code must have a shape no
+    identifier has (letters and underscores), must not be part of anything the request carried in
+    its path, query or body values (compared on letters alone: ``marie_dupont`` is part of
+    ``marie.dupont@…``), and must not contain a word of four letters or more of one (``dupont``).
+    A number passes only if the connector lists it in ``documented`` (Graph API codes) and the
+    request did not carry it.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    sent = _sent_tokens(response)
+    if isinstance(value, int):
+        return str(value) if value in documented and str(value) not in sent else None
+    if not _CODE.match(value):
+        return None
+    letters = _NOT_LETTERS.sub("", value.lower())
+    for token in sent:
+        lowered = token.lower()
+        if letters in _NOT_LETTERS.sub("", lowered):
+            return None
+        words = () if _HASH.match(lowered) else _WORD.findall(lowered)
+        if any(word in letters for word in words):
+            return None
+    return value
+
+
+def _sent_tokens(response: httpx.Response) -> set[str]:
+    """The values the request carried: path segments, query and form values, JSON strings and numbers."""
+    try:
+        request = response.request
+    except RuntimeError:  # a response built by hand, as in tests
+        return set()
+    texts = [unquote(request.url.path)] + [value for _, value in request.url.params.multi_items()]
+    try:
+        body = request.content.decode("utf-8", "replace")
+    except httpx.RequestNotRead:
+        body = ""
+    if body:
+        try:
+            texts.extend(_json_values(json.loads(body)))
+        except ValueError:
+            texts.extend(value for _, value in parse_qsl(body, keep_blank_values=True))
+    return {token for text in texts for token in _SENT_TOKEN.findall(text)}
+
+
+def _json_values(node: object) -> Iterator[str]:
+    """Values only: the keys (``productDestinationId``) are the vendor's words, and its codes use them."""
+    if isinstance(node, dict):
+        for item in node.values():
+            yield from _json_values(item)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _json_values(item)
+    elif isinstance(node, str | int | float) and not isinstance(node, bool):
+        yield str(node)
 
 
 def json_body(response: httpx.Response) -> dict[str, Any]:

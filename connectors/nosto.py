@@ -66,7 +66,7 @@ class NostoConnector(PerTargetConnector[str]):
         if response.is_success:
             return ""
         body = json_body(response)
-        code = safe_code(body.get("code") or body.get("type") or body.get("error"))
+        code = safe_code(body.get("code") or body.get("type") or body.get("error"), response)
         raise classify(self.system, op, response, self.context.now(), code)
 
 

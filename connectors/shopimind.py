@@ -1,14 +1,16 @@
 """Shopimind: delete the subject's customer records (bulk, asynchronous: outcome ``requested``);
 export what ``getCustomer`` returns.
 
-The API key travels in the ``spm-api-key`` header. What Shopimind documents, and what is assumed
-where it does not: docs/architecture.md."""
+The API key travels in the ``spm-api-key`` header. A 2xx counts only with the documented answer
+(``sent_count`` and ``rejected_count`` for a delete, ``data`` for a get); any other is
+``vendor_protocol``. What Shopimind documents, and what is assumed where it does not:
+docs/architecture.md."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 import httpx
@@ -53,10 +55,14 @@ class ShopimindConnector(VendorConnector):
         return Result("requested", detail=f"deletion queued for {len(ids)} customer id(s)")
 
     def _accepted(self, response: httpx.Response, op: str) -> None:
+        """Only the documented answer acknowledges: a proxy's HTML page or an empty 200 deleted nothing."""
         if not response.is_success:
             raise self._error(response, op)
-        rejected = json_body(response).get("rejected_count")
-        if isinstance(rejected, int) and rejected > 0:
+        body = json_body(response)
+        sent, rejected = body.get("sent_count"), body.get("rejected_count")
+        if not (_count(sent) and _count(rejected)):
+            raise self._unexpected(response, op)
+        if rejected > 0:
             raise PermanentError(f"{self.system}: {op} got HTTP {response.status_code}: the vendor "
                                  f"rejected {rejected} identifier(s) as invalid", code="vendor_rejected")
 
@@ -69,7 +75,9 @@ class ShopimindConnector(VendorConnector):
             if not response.is_success:
                 raise self._error(response, "customer get")
             data = json_body(response).get("data")
-            if isinstance(data, dict) and data:
+            if not isinstance(data, dict):  # else an HTML 200 would report that Shopimind holds nothing
+                raise self._unexpected(response, "customer get")
+            if data:
                 rows.append(data)
         if not rows:
             return Result("not_found", detail="shopimind holds no customer record for the known ids")
@@ -78,7 +86,15 @@ class ShopimindConnector(VendorConnector):
 
     def _error(self, response: httpx.Response, op: str) -> ConnectorError:
         body = json_body(response)
-        return classify(self.system, op, response, self.context.now(), safe_code(body.get("error")))
+        return classify(self.system, op, response, self.context.now(), safe_code(body.get("error"), response))
+
+    def _unexpected(self, response: httpx.Response, op: str) -> PermanentError:
+        return PermanentError(f"{self.system}: {op} got HTTP {response.status_code} without the documented "
+                              "answer", code="vendor_protocol")
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:

@@ -95,3 +95,12 @@ def test_export_is_not_supported(fb: FacebookStandIn) -> None:
     result = connector.export(make_subject(), MemoryExportWriter())
     assert isinstance(result, Result) and result.outcome == "not_supported"
     connector.close()
+
+
+def test_an_undocumented_graph_code_is_never_quoted_it_could_be_the_user_id(fb: FacebookStandIn) -> None:
+    connector = build("facebook", fb, FakeClock())
+    fb.fail_next(1, status=400, body={"error": {"code": 10229, "error_subcode": 10229, "message": "x"}})
+    with pytest.raises(PermanentError) as caught:
+        connector.erase(make_subject(identifiers={"facebook_user_id": ["10229"]}))
+    assert "10229" not in str(caught.value) and "?/-" in str(caught.value)
+    connector.close()

@@ -132,3 +132,14 @@ def test_blank_addresses_are_skipped_not_hashed(ads: DataManagerStandIn) -> None
     assert isinstance(result, Result) and result.outcome == "not_found" and ads.count() == 0
     assert repr(connector) == "GoogleAdsConnector(system='google_ads')"
     connector.close()
+
+
+def test_a_status_answered_without_the_documented_list_is_a_protocol_error(ads: DataManagerStandIn) -> None:
+    connector = build("google_ads", ads, FakeClock())
+    pending = connector.erase(_marie())
+    assert isinstance(pending, Pending)
+    ads.fail_next(1, status=200, body=b"<html>maintenance</html>")
+    with pytest.raises(PermanentError) as caught:
+        connector.poll(_marie(), pending.vendor_ref)
+    assert caught.value.code == "vendor_protocol"
+    connector.close()

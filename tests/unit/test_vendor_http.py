@@ -29,12 +29,52 @@ def test_retry_after_in_seconds_or_http_date(headers: dict[str, str], seconds: f
     assert parse_retry_after(httpx.Headers(headers), NOW) == seconds
 
 
+def _answer_to(method: str, url: str, **kwargs: object) -> httpx.Response:
+    return httpx.Response(400, request=httpx.Request(method, url, **kwargs))  # type: ignore[arg-type]
+
+
 def test_vendor_codes_are_short_tokens_never_free_text() -> None:
-    assert safe_code("RESOURCE_EXHAUSTED") == "RESOURCE_EXHAUSTED"
-    assert safe_code(190) == "190"
-    assert safe_code("Object with ID '10229' does not exist") is None
-    assert safe_code("marie@example.fr") is None
-    assert safe_code(True) is None and safe_code(None) is None
+    response = _answer_to("GET", "https://x/v1/customers/88")
+    assert safe_code("RESOURCE_EXHAUSTED", response) == "RESOURCE_EXHAUSTED"
+    assert safe_code("dailyLimitExceeded", response) == "dailyLimitExceeded"
+    assert safe_code("Object with ID '10229' does not exist", response) is None
+    assert safe_code("marie@example.fr", response) is None
+    assert safe_code(True, response) is None and safe_code(None, response) is None
+    assert safe_code(190, response) is None  # a number passes only when documented
+    assert safe_code(190, response, documented={190}) == "190"
+
+
+_SHOPIMIND = _answer_to("DELETE", "https://x/v1/customers/dupont")
+_NOSTO = _answer_to("DELETE", "https://x/v1/customers/redact/marie.dupont%40example.fr")
+_BULK = _answer_to("POST", "https://x/v1/customers/bulk-delete",
+                   json=[{"customer_id": "Jean_Martin"}, {"customer_id": "88"}])
+
+
+@pytest.mark.parametrize(("response", "echo"), [
+    (_SHOPIMIND, "88"), (_SHOPIMIND, "C-100234"), (_SHOPIMIND, "+33612345678"), (_SHOPIMIND, "cust_1"),
+    (_SHOPIMIND, "a1b2c3"), (_SHOPIMIND, "dupont"), (_SHOPIMIND, "DUPONT"), (_SHOPIMIND, "dupont_unknown"),
+    (_SHOPIMIND, "unknownDupont"), (_NOSTO, "marie"), (_NOSTO, "marie_dupont"), (_NOSTO, "MARIE_DUPONT_EXAMPLE_FR"),
+    (_NOSTO, "unknown_Dupont"), (_BULK, "Jean_Martin"), (_BULK, "martin"), (_BULK, "no_jean_here"),
+])
+def test_a_code_that_could_be_an_identifier_is_never_echoed(response: httpx.Response, echo: str) -> None:
+    assert safe_code(echo, response) is None
+    assert safe_code(190, _answer_to("DELETE", "https://x/v25.0/190/permissions"), documented={190}) is None
+
+
+def test_documented_codes_still_pass_next_to_the_request_they_answer() -> None:
+    ads = _answer_to("POST", "https://x/v1/audienceMembers:remove", json={
+        "destinations": [{"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"},
+                          "productDestinationId": "555"}],
+        "audienceMembers": [{"userData": {"userIdentifiers": [{"emailAddress": "ab" * 32}]}}], "encoding": "HEX"})
+    for code in ("INVALID_PRODUCT_DESTINATION_ID", "INVALID_HEX_ENCODING", "INVALID_ARGUMENT", "PERMISSION_DENIED"):
+        assert safe_code(code, ads) == code
+    analytics = _answer_to("POST", "https://x/analytics/v3/userDeletion/userDeletionRequests:upsert", json={
+        "kind": "analytics#userDeletionRequest", "id": {"type": "CLIENT_ID", "userId": "123.456"},
+        "propertyId": "123456789"})
+    for code in ("invalid", "invalidParameter", "dailyLimitExceeded", "rateLimitExceeded", "RESOURCE_EXHAUSTED"):
+        assert safe_code(code, analytics) == code
+    token = _answer_to("POST", "https://x/token", data={"grant_type": "refresh_token", "client_id": "abc"})
+    assert safe_code("invalid_grant", token) == "invalid_grant"
 
 
 @pytest.mark.parametrize(("status", "kind", "code"), [

@@ -12,7 +12,7 @@ from devkit.standins.harness import FakeClock, build, fresh_limiters, make_subje
 from devkit.standins.nosto import API_TOKEN, NostoStandIn
 from tests.conformance import MemoryExportWriter
 from worker.core.connector import ConnectorContext, Pending, Result
-from worker.core.errors import ConfigError
+from worker.core.errors import ConfigError, PermanentError
 
 pytestmark = pytest.mark.timeout(30)
 standin = NostoStandIn.fixture()
@@ -77,4 +77,16 @@ def test_logs_never_carry_the_address_or_the_token(standin: NostoStandIn, caplog
     assert "HTTP Request" in text  # httpx logged the call ...
     assert "secret.person" not in text and "secret.person%40" not in text  # ... without the path
     assert API_TOKEN not in text
+    connector.close()
+
+
+@pytest.mark.parametrize("echo", ["marie", "marie_dupont", "DUPONT"])
+def test_an_error_code_echoing_part_of_the_address_never_reaches_the_message(standin: NostoStandIn,
+                                                                              echo: str) -> None:
+    connector = build("nosto", standin, FakeClock())
+    standin.fail_next(2, status=400, body={"code": echo})
+    with pytest.raises(PermanentError) as caught:
+        connector.erase(make_subject(emails=["marie.dupont@example.fr"]))
+    assert "HTTP 400" in str(caught.value) and "marie" not in str(caught.value).lower()
+    assert "dupont" not in str(caught.value).lower()
     connector.close()

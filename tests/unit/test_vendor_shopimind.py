@@ -10,7 +10,7 @@ from devkit.standins.harness import FakeClock, MemoryIdentity, build, fresh_limi
 from devkit.standins.shopimind import ShopimindStandIn
 from tests.conformance import MemoryExportWriter
 from worker.core.connector import Result
-from worker.core.errors import PermanentError
+from worker.core.errors import PermanentError, RetryableError
 
 pytestmark = pytest.mark.timeout(30)
 spm = ShopimindStandIn.fixture()
@@ -75,4 +75,41 @@ def test_ids_that_could_escape_the_path_are_refused_before_any_call(spm: Shopimi
     with pytest.raises(PermanentError) as caught:
         connector.erase(make_subject(identifiers={"shopimind_customer_id": [bad]}))
     assert bad not in str(caught.value) and spm.count() == 0
+    connector.close()
+
+
+@pytest.mark.parametrize("customer_id", ["88", "dupont", "Jean_Martin"])
+@pytest.mark.parametrize(("status", "kind"), [(400, PermanentError), (503, RetryableError)])
+def test_an_error_body_echoing_the_customer_id_never_reaches_the_message(
+        spm: ShopimindStandIn, customer_id: str, status: int, kind: type[Exception]) -> None:
+    connector = build("shopimind", spm, FakeClock())
+    for echo in (customer_id, customer_id.upper(), f"unknown_{customer_id}"):
+        spm.fail_next(1, status=status, body={"statusCode": status, "error": echo, "message": echo})
+        with pytest.raises(kind) as caught:
+            connector.erase(make_subject(identifiers={"shopimind_customer_id": [customer_id]}))
+        assert f"HTTP {status}" in str(caught.value)
+        assert customer_id.lower() not in str(caught.value).lower()
+    connector.close()
+
+
+@pytest.mark.parametrize("body", [b"<html><body>Welcome</body></html>", b"",
+                                  {"statusCode": 200, "sent_count": 1, "rejected_count": "lots"},
+                                  {"statusCode": 200}, [1, 2]])
+def test_a_2xx_without_the_documented_counts_is_no_acknowledgement(spm: ShopimindStandIn, body: object) -> None:
+    connector = build("shopimind", spm, FakeClock())
+    for ids in (["cust_1"], ["cust_1", "cust_2"]):  # DELETE, then bulk-delete
+        spm.fail_next(1, status=200, body=body)
+        with pytest.raises(PermanentError) as caught:
+            connector.erase(make_subject(identifiers={"shopimind_customer_id": ids}))
+        assert caught.value.code == "vendor_protocol" and "cust_" not in str(caught.value)
+    connector.close()
+
+
+def test_an_export_answered_without_data_is_no_empty_record(spm: ShopimindStandIn) -> None:
+    spm.seed("cust_1")
+    connector = build("shopimind", spm, FakeClock())
+    spm.fail_next(1, status=200, body=b"<html>maintenance</html>")
+    with pytest.raises(PermanentError) as caught:
+        connector.export(make_subject(identifiers={"shopimind_customer_id": ["cust_1"]}), MemoryExportWriter())
+    assert caught.value.code == "vendor_protocol"
     connector.close()
