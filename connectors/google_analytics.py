@@ -14,7 +14,7 @@ from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
 from connectors.vendor import Options, PerTargetConnector, build_gate, resolve_ids
 from worker.core.connector import Connector, ConnectorContext, Result, Subject
-from worker.core.errors import QuotaDeferred, RetryableError
+from worker.core.errors import PermanentError, QuotaDeferred, RetryableError
 from worker.core.limits import RateSpec
 
 DEFAULT_BASE_URL = "https://www.googleapis.com/analytics/v3"
@@ -65,8 +65,12 @@ class GoogleAnalyticsConnector(PerTargetConnector[tuple[str, str]]):
         response = self.call("POST", "/userDeletion/userDeletionRequests:upsert", op=_OP,
                              json=body, headers=self._credentials.headers())
         if response.is_success:
+            # The documented answer is the request resource, stamped; a proxy's HTML 200 accepted nothing.
             stamp = json_body(response).get("deletionRequestTime")
-            return stamp if isinstance(stamp, str) and len(stamp) <= 40 else ""
+            if not isinstance(stamp, str) or not stamp:
+                raise PermanentError(f"{self.system}: {_OP} got HTTP {response.status_code} without the documented "
+                                     "answer", code="vendor_protocol")
+            return stamp if len(stamp) <= 40 else ""
         code = google_error_code(response)
         if response.status_code in (403, 429) and code in _DAILY_REASONS:
             wait = self.gate.exhaust_quotas()

@@ -126,3 +126,12 @@ def test_bad_settings_are_refused_without_echoing_values(
         build("google_analytics", ga, FakeClock(), None, **overrides)
     assert problem in str(caught.value)
     assert "standin-client-secret" not in str(caught.value)
+
+
+def test_a_2xx_without_the_deletion_request_is_no_acknowledgement(ga: GoogleAnalyticsStandIn) -> None:
+    connector = build("google_analytics", ga, FakeClock())
+    ga.fail_next(1, status=200, body=b"<html>proxy says hello</html>")
+    with pytest.raises(PermanentError) as caught:
+        connector.erase(make_subject(identifiers={"ga_client_id": ["111.222"]}))
+    assert caught.value.code == "vendor_protocol" and "111.222" not in str(caught.value)
+    connector.close()
