@@ -10,6 +10,8 @@ it is stored. Both columns have a size; a value over it is refused, never cut.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 
@@ -20,6 +22,7 @@ NAME_MAX = 128  # audit_events.actor, tasks.confirmed_by, receipt.v1's confirmed
 NOTE_MAX = 1000  # audit_events.detail
 # local@domain without a dot in the domain is still an address ("jean@corp"); a leading @ is a chat handle.
 _AT_ADDRESS = re.compile(r"\S@\S")
+T = TypeVar("T")
 
 
 class Refused(ValueError):
@@ -49,21 +52,19 @@ def operator_note(value: str) -> tuple[str, bool]:
     return note, note != value
 
 
-def name_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """click callback for every ``--by``: a usage error (exit 2) when ``operator_name`` refuses it."""
-    if value is None:
-        return None
-    try:
-        return operator_name(value)
-    except Refused as exc:
-        raise CliError(f"{param.opts[0]}: {exc}", USAGE) from None
+def _option(check: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str | None], T | None]:
+    """A click callback that runs ``check`` on the value: a usage error (exit 2) when it refuses it."""
+
+    def callback(_ctx: click.Context, param: click.Parameter, value: str | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except Refused as exc:
+            raise CliError(f"{param.opts[0]}: {exc}", USAGE) from None
+
+    return callback
 
 
-def note_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, bool] | None:
-    """click callback for ``--note``: the note as stored, and whether something was redacted."""
-    if value is None:
-        return None
-    try:
-        return operator_note(value)
-    except Refused as exc:
-        raise CliError(f"{param.opts[0]}: {exc}", USAGE) from None
+name_option = _option(operator_name)  # every --by
+note_option = _option(operator_note)  # --note: the note as stored, and whether something was redacted

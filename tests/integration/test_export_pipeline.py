@@ -21,14 +21,20 @@ from worker.store.schema import audit_events, tasks
 from worker.support import publish_command
 
 
-@pytest.fixture
-def export_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator[tuple[Worker, Receipts, Any]]:
+def _alpha_and_beta(pg_url: str, kafka_bootstrap: str, s3_bucket: str,
+                    **beta: Any) -> Iterator[tuple[Worker, Receipts, Any]]:
+    """A worker with two fake systems: alpha plain, beta with ``beta``'s settings."""
     systems = {
         "alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}},
-        "beta": {"connector": "devkit.fakes", "settings": {"url": pg_url, "polls": 3}},
+        "beta": {"connector": "devkit.fakes", "settings": {"url": pg_url, **beta}},
     }
     with running_export_worker(systems, store_url=pg_url, bootstrap=kafka_bootstrap, bucket=s3_bucket) as running:
         yield running
+
+
+@pytest.fixture
+def export_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator[tuple[Worker, Receipts, Any]]:
+    yield from _alpha_and_beta(pg_url, kafka_bootstrap, s3_bucket, polls=3)
 
 
 def test_export_completes_with_a_presigned_package_whose_sha256_matches(export_worker: Any) -> None:
@@ -76,12 +82,7 @@ def test_an_export_submitted_before_an_erasure_finishes_before_the_erasure_touch
 
 @pytest.fixture
 def slow_sibling_worker(pg_url: str, kafka_bootstrap: str, s3_bucket: str) -> Iterator[tuple[Worker, Receipts, Any]]:
-    systems = {
-        "alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}},
-        "beta": {"connector": "devkit.fakes", "settings": {"url": pg_url, "transient_failures": 4}},
-    }
-    with running_export_worker(systems, store_url=pg_url, bootstrap=kafka_bootstrap, bucket=s3_bucket) as running:
-        yield running
+    yield from _alpha_and_beta(pg_url, kafka_bootstrap, s3_bucket, transient_failures=4)
 
 
 def test_staged_files_lost_while_another_system_retries_are_exported_again_never_completed_without_them(
