@@ -68,5 +68,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "web_callback_answered": "a vendor callback was handled",
     "web_callback_needs_person": "a callback's customer cannot go into a valid command: answered, not published; "
                                  "a person erases it (the request id, never the value; see docs/runbook.md)",
+    "web_callback_more_accounts": "a callback's Facebook id is linked to more than one customer account: the first "
+                                  "is being erased, a person erases the others (docs/runbook.md)",
     "web_unexpected_error": "oubli web met an error it does not expect (a bug): answered 500 without detail",
 }

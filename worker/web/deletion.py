@@ -101,6 +101,12 @@ class DeletionCallback:
         if customer is None:
             return Outcome(code, "no_data")
         sent = self._send(stored, signed.user_id, customer)
+        if sent and customer.other_accounts:
+            # The first account's erasure is under way; the others would be left with their data and a
+            # completed request on the person's page: a person erases them, under the logged request id.
+            log.warning("web_callback_more_accounts", request_id=stored.request_id,
+                        other_accounts=customer.other_accounts)
+            return Outcome(code, "needs_person")
         return Outcome(code, "started" if sent else "needs_person")
 
     def _repeat(self, confirmation: Confirmation, user_id: str) -> Outcome:

@@ -18,6 +18,7 @@ from worker.config import Settings
 from worker.core.errors import ConfigError
 
 KIND = "facebook_user_id"
+MAX_ACCOUNTS = 100  # linked accounts counted per Facebook id; past it the count says "at least"
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
 
@@ -31,6 +32,8 @@ class Customer:
     customer_id: str = field(repr=False)
     emails: tuple[str, ...] = field(default=(), repr=False)
     phones: tuple[str, ...] = field(default=(), repr=False)
+    # Other accounts linked to the same Facebook id: one command names one customer, so a person erases them.
+    other_accounts: int = 0
 
 
 class FacebookIdentity:
@@ -54,18 +57,19 @@ class FacebookIdentity:
         ids, customers = self._ids, self._customers
         try:
             with self._engine.connect() as conn:
-                customer_id = conn.execute(sa.select(ids.c.customer_id)
-                                           .where(ids.c.kind == KIND, ids.c.value == user_id)
-                                           .order_by(ids.c.customer_id).limit(1)).scalar()
-                if customer_id is None:
+                linked = conn.execute(sa.select(ids.c.customer_id).distinct()
+                                      .where(ids.c.kind == KIND, ids.c.value == user_id)
+                                      .order_by(ids.c.customer_id).limit(MAX_ACCOUNTS)).scalars().all()
+                if not linked:
                     return None
+                customer_id = linked[0]
                 account = conn.execute(sa.select(customers.c.email, customers.c.phone)
                                        .where(customers.c.customer_id == customer_id)).first()
         except sa.exc.SQLAlchemyError:
             raise IdentityUnavailable("the identity system did not answer") from None
         email, phone = (account[0], account[1]) if account is not None else (None, None)
         return Customer(customer_id=str(customer_id), emails=_usable(email, _EMAIL, 254),
-                        phones=_usable(phone, _E164, 16))
+                        phones=_usable(phone, _E164, 16), other_accounts=len(linked) - 1)
 
     def close(self) -> None:
         self._engine.dispose()
