@@ -189,9 +189,12 @@ def submit(ctx: click.Context, kind: str, customer_id: str, emails: tuple[str, .
         systems=systems or None, requested_by=requested_by, reason=reason, request_id=request_id,
     )
     problems = messages.schema_errors("command.v1", command)
+    settings = _settings(ctx)
+    unknown = [f"systems[{i}]" for i, system in enumerate(systems) if system not in settings.systems]
+    if unknown:  # the worker would reject it as unknown_system: say so here, by position as the worker does
+        problems.append(f"{', '.join(unknown)}: not a system configured here ({len(unknown)} of {len(systems)})")
     if problems:
         raise CliError("the command would be rejected: " + "; ".join(problems), USAGE)
-    settings = _settings(ctx)
     secret = settings.signing_secret.get_secret_value().encode() if settings.signing_secret else None
     support.publish_command(settings.kafka, command, signing_secret=secret)
     _emit({"request_id": command["request_id"]}, as_json, f"submitted {kind} {command['request_id']}")

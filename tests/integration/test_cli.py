@@ -39,6 +39,8 @@ def test_support_commands_with_human_and_json_output(pg_url: str, kafka_bootstra
     request_id = json.loads(submitted.output)["request_id"]
     bad = oubli("submit", "--kind", "erasure", "--customer-id", "C-cli-2", "--phone", "0612")
     assert bad.exit_code != 0 and "would be rejected" in bad.output
+    unknown = oubli("submit", "--kind", "erasure", "--customer-id", "C-cli-3", "--system", "alpha", "--system", "nope")
+    assert unknown.exit_code == 2 and "systems[1]: not a system configured here (1 of 2)" in unknown.output
 
     worker = Worker(settings, migrate=True, serve_http=False)
     worker.start()
