@@ -202,24 +202,33 @@ def test_an_account_email_with_whitespace_around_it_reaches_the_command_trimmed(
     assert command["subject"]["phones"] == ["+33612345678"]
 
 
-def test_a_customer_no_command_can_carry_gets_a_code_and_a_person_is_told(
-        pg_url: str, pg_schema_urls: Callable[[], str], kafka_bootstrap: str) -> None:
-    from worker.metrics import REGISTRY
-
-    orders_url = pg_schema_urls()
-    settings, services = web_env.build(pg_url, orders_url, kafka_bootstrap)
+def _link_accounts(orders_url: str, facebook_user_id: str, accounts: dict[str, str]) -> None:
+    """Customer accounts (id -> email) in the identity system, each linked to ``facebook_user_id``."""
     engine = sa.create_engine(orders_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:  # a customer id with a space: command.v1 refuses it, whatever is retried
-        conn.execute(sa.text("INSERT INTO customers (customer_id, email, classification, created_at) "
-                             "VALUES ('H 8', 'h.eight@example.fr', 'individual', :now)"), {"now": utcnow()})
-        conn.execute(sa.text("INSERT INTO customer_identifiers (customer_id, kind, value, recorded_at) "
-                             "VALUES ('H 8', 'facebook_user_id', '30003', :now)"), {"now": utcnow()})
+    with engine.begin() as conn:
+        for customer_id, email in accounts.items():
+            conn.execute(sa.text("INSERT INTO customers (customer_id, email, classification, created_at) "
+                                 "VALUES (:c, :e, 'individual', :now)"),
+                         {"c": customer_id, "e": email, "now": utcnow()})
+            conn.execute(sa.text("INSERT INTO customer_identifiers (customer_id, kind, value, recorded_at) "
+                                 "VALUES (:c, 'facebook_user_id', :f, :now)"),
+                         {"c": customer_id, "f": facebook_user_id, "now": utcnow()})
     engine.dispose()
 
-    def needs_person() -> float:
-        return REGISTRY.get_sample_value("oubli_web_deletion_callbacks_total", {"result": "needs_person"}) or 0.0
 
-    before = needs_person()
+def _needs_person() -> float:
+    from worker.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("oubli_web_deletion_callbacks_total", {"result": "needs_person"}) or 0.0
+
+
+def test_a_customer_no_command_can_carry_gets_a_code_and_a_person_is_told(
+        pg_url: str, pg_schema_urls: Callable[[], str], kafka_bootstrap: str) -> None:
+    orders_url = pg_schema_urls()
+    settings, services = web_env.build(pg_url, orders_url, kafka_bootstrap)
+    # A customer id with a space: command.v1 refuses it, whatever is retried.
+    _link_accounts(orders_url, "30003", {"H 8": "h.eight@example.fr"})
+    before = _needs_person()
     with TestClient(create_app(services)) as client, capture_logs() as logs:
         answer = post(client, web_env.signed_request("30003"))
         assert answer.status_code == 200, answer.text  # not 503: Meta would retry for ever, and nobody learn
@@ -236,7 +245,7 @@ def test_a_customer_no_command_can_carry_gets_a_code_and_a_person_is_told(
     told = [e for e in logs if e["event"] == "web_callback_needs_person"]
     assert [e["request_id"] for e in told] == [row["request_id"]] * 2
     assert told[0]["problems"] == ["$.subject.customer_id: pattern violated"]
-    assert needs_person() - before == 2
+    assert _needs_person() - before == 2
     shown = repr(logs) + page.text
     assert "H 8" not in shown and "h.eight" not in shown and "30003" not in shown
     services.engine.dispose()
@@ -246,24 +255,10 @@ def test_a_facebook_id_linked_to_two_accounts_erases_the_first_and_a_person_is_t
         pg_url: str, pg_schema_urls: Callable[[], str], kafka_bootstrap: str) -> None:
     """One command names one customer. The second account was left with its data while the person's page
     said completed: now the first is erased and the log names the request for a person to erase the other."""
-    from worker.metrics import REGISTRY
-
     orders_url = pg_schema_urls()
     settings, services = web_env.build(pg_url, orders_url, kafka_bootstrap)
-    engine = sa.create_engine(orders_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
-        for customer_id in ("H-14", "H-15"):
-            conn.execute(sa.text("INSERT INTO customers (customer_id, email, classification, created_at) "
-                                 "VALUES (:c, :e, 'individual', :now)"),
-                         {"c": customer_id, "e": f"{customer_id.lower()}@example.fr", "now": utcnow()})
-            conn.execute(sa.text("INSERT INTO customer_identifiers (customer_id, kind, value, recorded_at) "
-                                 "VALUES (:c, 'facebook_user_id', '30004', :now)"), {"c": customer_id, "now": utcnow()})
-    engine.dispose()
-
-    def needs_person() -> float:
-        return REGISTRY.get_sample_value("oubli_web_deletion_callbacks_total", {"result": "needs_person"}) or 0.0
-
-    before = needs_person()
+    _link_accounts(orders_url, "30004", {"H-14": "h-14@example.fr", "H-15": "h-15@example.fr"})
+    before = _needs_person()
     with TestClient(create_app(services)) as client, capture_logs() as logs:
         answer = post(client, web_env.signed_request("30004"))
     assert answer.status_code == 200, answer.text
@@ -271,6 +266,6 @@ def test_a_facebook_id_linked_to_two_accounts_erases_the_first_and_a_person_is_t
     assert command["subject"]["customer_id"] == "H-14"
     told = [e for e in logs if e["event"] == "web_callback_more_accounts"]
     assert [(e["request_id"], e["other_accounts"]) for e in told] == [(command["request_id"], 1)]
-    assert needs_person() - before == 1
+    assert _needs_person() - before == 1
     assert "H-15" not in repr(logs) and "h-15" not in repr(logs)
     services.engine.dispose()
