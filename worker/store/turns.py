@@ -34,21 +34,20 @@ def held_at_intake(conn: sa.Connection, subject_refs: Sequence[str]) -> list[boo
     return held
 
 
-def _turns_of(subjects: sa.Select[tuple[str]] | sa.ColumnElement[bool]) -> sa.Select[tuple[int]]:
-    """The seq of each subject's earliest open request: whose turn it is."""
-    condition = requests.c.subject_ref.in_(subjects) if isinstance(subjects, sa.Select) else subjects
-    return (sa.select(sa.func.min(requests.c.seq))
-            .where(condition, requests.c.status.in_(OPEN_STATUSES))
-            .group_by(requests.c.subject_ref))
+def _release(conn: sa.Connection, subjects: sa.ColumnElement[bool]) -> int:
+    """Releases the held tasks of the earliest open request of each subject ``subjects`` selects: its turn."""
+    turns = (sa.select(sa.func.min(requests.c.seq))
+             .where(subjects, requests.c.status.in_(OPEN_STATUSES))
+             .group_by(requests.c.subject_ref))
+    return conn.execute(tasks.update().where(tasks.c.held, tasks.c.request_seq.in_(turns))
+                        .values(held=False)).rowcount
 
 
 def release_turns(conn: sa.Connection, subject_refs: Collection[str]) -> int:
     """Requests of these subjects ended (inside this transaction): releases the next one of each, if held."""
     if not subject_refs:
         return 0
-    turns = _turns_of(among(conn, requests.c.subject_ref, sorted(subject_refs)))
-    return conn.execute(tasks.update().where(tasks.c.held, tasks.c.request_seq.in_(turns))
-                        .values(held=False)).rowcount
+    return _release(conn, among(conn, requests.c.subject_ref, sorted(subject_refs)))
 
 
 def release_missed_turns(conn: sa.Connection) -> int:
@@ -56,5 +55,4 @@ def release_missed_turns(conn: sa.Connection) -> int:
     subjects that have held tasks (``ix_tasks_held``), so it costs nothing when none are."""
     held_subjects = (sa.select(requests.c.subject_ref).distinct()
                      .where(requests.c.seq.in_(sa.select(tasks.c.request_seq).where(tasks.c.held))))
-    return conn.execute(tasks.update().where(tasks.c.held, tasks.c.request_seq.in_(_turns_of(held_subjects)))
-                        .values(held=False)).rowcount
+    return _release(conn, requests.c.subject_ref.in_(held_subjects))
