@@ -19,12 +19,34 @@ import sqlalchemy as sa
 
 from devkit import services
 from devkit.netproxy import Proxy
+from tests.kafka_janitor import TopicJanitor
 from worker.store import db
 
 TIERS = ("unit", "integration", "e2e")
 # A fixture's name -> the service it needs. db_url's PostgreSQL param carries its own mark.
 SERVICE_FIXTURES = {"kafka_bootstrap": "kafka", "pg_url": "postgres", "pg_schema_urls": "postgres",
                     "proxied_store": "postgres", "s3_client": "s3", "s3_bucket": "s3"}
+
+
+_janitor = TopicJanitor(services.KAFKA_BOOTSTRAP)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _janitor.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    failures = _janitor.finish()
+    _janitor.uninstall()
+    if failures:
+        print(f"\nkafka_janitor: {len(failures)} topics not deleted: {failures[:3]}")
+
+
+@pytest.fixture(autouse=True)
+def _delete_created_topics() -> Iterator[None]:
+    """Deletes the topics the test created on the shared broker (tests/kafka_janitor.py says why)."""
+    yield
+    _janitor.sweep()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
