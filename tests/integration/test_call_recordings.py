@@ -6,6 +6,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -181,10 +182,15 @@ def test_locked_and_held_recordings_are_retained_with_a_date(s3_client: Any, loc
 
 def test_more_than_a_thousand_versions_are_deleted_in_batches(s3_client: Any, s3_bucket: str) -> None:
     customer = "C-3000"
-    for n in range(520):
+
+    def two_versions(n: int) -> None:
         key = f"recordings/{customer}/2026/01/CALL-{n}.wav"
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"a")
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"b")
+
+    # Eight at a time: one by one, the 1,040 uploads were most of this test's minute in the suite.
+    with ThreadPoolExecutor(8) as uploads:
+        list(uploads.map(two_versions, range(520)))
     assert len(versions_under(s3_client, s3_bucket, f"recordings/{customer}/")) == 1040
     connector = connector_for(s3_bucket)
     calls: list[int] = []
