@@ -1,4 +1,4 @@
-"""Recovery in seconds under fire: 120 SIGKILLs at random instants while erasures and exports run across
+"""Recovery in seconds under fire: 80 SIGKILLs at random instants while erasures and exports run across
 all ten systems. Every request completes, with one distinct terminal receipt, and every system's effect
 is applied once (what "once" means per system: ``devkit/chaos.py``). ``bench/chaos.py`` runs the same
 scenario (200 kills by default) and prints the kill-to-completion times."""
@@ -12,9 +12,10 @@ import pytest
 
 from devkit.chaos import Chaos
 
-# The pace of the kills follows the workers' start-up (a second or two each): 120 keep the suite within
-# its time budget; every kind of kill (early, mid-call, same or new worker_id) still happens dozens of times.
-KILLS = 120
+# The pace of the kills follows the workers' start-up (a second or two each): 80 keep the suite within
+# its time budget (CI's 25 minutes; 120 took 145 s of it), and every kind of kill (early, mid-call, same
+# or new worker_id) still happens dozens of times. bench/chaos.py runs 200.
+KILLS = 80
 REQUESTS = 60
 
 
