@@ -187,6 +187,28 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
     raise IllegalTransition(state, event)
 
 
+# Error codes of an attempt whose call may have reached the system though no result was recorded: its
+# worker died under it (``lease_expired``), it was abandoned past its deadline, or the connector raised
+# something unexpected part-way.
+RESULT_UNKNOWN_CODES = frozenset({"lease_expired", "call_timeout", "unexpected_error"})
+UNKNOWN_EARLIER_ATTEMPT = ("nothing was left to erase: an earlier attempt, whose result was lost, may have "
+                           "erased it")
+
+
+def settle_erasure_outcome(kind: str, before: TaskState, event: Event) -> tuple[Event, str | None]:
+    """An erasure that finds nothing after an attempt whose result was lost is not ``not_found``.
+
+    ``not_found`` tells the controller that no data was held. An idempotent erasure retried after its worker
+    died mid-call (or after a call abandoned past its deadline) finds nothing precisely because the lost attempt
+    erased it: the system's data is gone by our hand, so the confirmation is ``erased``, with a detail that
+    says why. Returns the event to apply and that detail (None when nothing changes).
+    """
+    if kind == "erasure" and isinstance(event, Confirm) and event.outcome == "not_found" \
+            and (before.lease_losses > 0 or before.error_code in RESULT_UNKNOWN_CODES):
+        return Confirm("erased", event.vendor_ref), UNKNOWN_EARLIER_ATTEMPT
+    return event, None
+
+
 def _await_vendor(task: TaskState, vendor_ref: str, poll_after: float, now: datetime,
                   policy: RetryPolicy) -> TaskState:
     since = task.waiting_since or now

@@ -249,3 +249,39 @@ def test_a_call_whose_worker_dies_under_it_again_and_again_ends_in_action_requir
     assert stores[-1].receipt(request_id)["status"] == "action_required"
     stores[-1].operator_retry(request_id, None, actor="ops", now=now)
     assert _task(stores[-1], request_id)["lease_losses"] == 0
+
+
+def test_an_erasure_that_finds_nothing_after_a_lost_attempt_is_erased_not_not_found(db_url: str) -> None:
+    """A worker killed mid-erasure (after the system acted, before its result was stored): the retry finds
+    nothing left, because the lost attempt erased it. The receipt and the audit trail must not tell the
+    controller that no data was held (``not_found``); an export's ``not_found`` and a first attempt's stay."""
+    dead, alive = _store(db_url, "dead"), _store(db_url, "alive")
+    now = utcnow()
+    lease = timedelta(seconds=LEASE)
+    erasure = record(dead, {"slow": 3}, now=now, customer_id="C-lost")
+    export = record(dead, {"slow": 3}, now=now, customer_id="C-lost-export", kind="export")
+    fresh = record(dead, {"slow": 3}, now=now, customer_id="C-fresh")
+    held = dead.claim_due(now=now, lease_until=now + lease, limits={"slow": 3}, room=3)
+    assert {t.request_id for t in held} == {erasure, export, fresh}
+    later = now + lease + timedelta(seconds=1)
+    taken = {t.request_id: t for t in alive.claim_due(now=later, lease_until=later + lease, limits={"slow": 3},
+                                                     room=3)}
+    assert set(taken) == {erasure, export, fresh}
+    for request_id in (erasure, export):
+        assert alive.finish(taken[request_id], states.Confirm("not_found"), TaskUpdate(), later) is not None
+
+    receipt = alive.receipt(erasure)
+    [system] = [s for s in receipt["systems"] if s["system"] == "slow"]
+    assert system["outcome"] == "erased"
+    assert system["detail"] == states.UNKNOWN_EARLIER_ATTEMPT
+    confirm = [e for e in alive.get(erasure)[2] if e["action"] == "confirm"]
+    assert [e["detail"] for e in confirm] == [f"erased: {states.UNKNOWN_EARLIER_ATTEMPT}"]
+    # An export reads: finding nothing on the retry still means nothing was held.
+    assert [s["outcome"] for s in alive.receipt(export)["systems"] if s["system"] == "slow"] == ["not_found"]
+
+    # A first attempt that finds nothing is what not_found is for.
+    other = record(alive, {"slow": 3}, now=later, customer_id="C-never-held")
+    [first] = [t for t in alive.claim_due(now=later, lease_until=later + lease, limits={"slow": 3}, room=3)
+               if t.request_id == other]
+    assert alive.finish(first, states.Confirm("not_found"), TaskUpdate(), later) is not None
+    assert [s["outcome"] for s in alive.receipt(other)["systems"] if s["system"] == "slow"] == ["not_found"]

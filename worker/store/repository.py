@@ -7,6 +7,7 @@ actions and reads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -297,6 +298,9 @@ class Store(Claims, Restage):
                     or row["lease_owner"] != self.actor:
                 continue  # the lease was lost: another worker owns the task now
             before = task_state(row)
+            event, note = states.settle_erasure_outcome(request["kind"], before, event)
+            if note is not None:
+                update = dataclasses.replace(update, detail=f"{update.detail}; {note}"[:500] if update.detail else note)
             after = states.transition(before, event, now, self.policy)
             version = row["version"]
             row.update(task_values(version, after, update))
@@ -305,7 +309,8 @@ class Store(Claims, Restage):
             audits.append(self._audit_row(claimed.request_id, claimed.system, now, type(event).__name__.lower(),
                                           from_state=before.state, to_state=after.state, attempt=after.attempts,
                                           error_code=error_code,
-                                          detail=after.error_message if error_code else after.outcome))
+                                          detail=after.error_message if error_code
+                                          else f"{after.outcome}: {note}" if note else after.outcome))
             change = changes.setdefault(claimed.request_id, {})
             subject = change.get("subject_json", request["subject_json"])
             if update.identifiers is not None and subject is not None:
