@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from devkit.pipeline import record
@@ -21,6 +22,7 @@ from worker.core.timefmt import utcnow
 from worker.executor import Executor
 from worker.store import db
 from worker.store.identity import IdentityLock
+from worker.store.records import StoreConflict
 from worker.store.repository import Store, TaskUpdate
 from worker.store.schema import tasks
 
@@ -285,3 +287,33 @@ def test_an_erasure_that_finds_nothing_after_a_lost_attempt_is_erased_not_not_fo
                if t.request_id == other]
     assert alive.finish(first, states.Confirm("not_found"), TaskUpdate(), later) is not None
     assert [s["outcome"] for s in alive.receipt(other)["systems"] if s["system"] == "slow"] == ["not_found"]
+
+
+def test_an_operator_cannot_take_a_task_from_under_a_live_call(db_url: str) -> None:
+    """``oubli confirm`` (or ``retry``) while a worker's call runs is refused: accepting it dropped the call's
+    result and, as it ended the export, let the subject's erasure start while the export's call still ran
+    (invariant 7). Once the lease has run out (the worker died), the operator may confirm."""
+    worker, operator = _store(db_url, "pod-1"), _store(db_url, "sre")
+    now = utcnow()
+    lease = timedelta(seconds=LEASE)
+    export = record(worker, {"slow": 3}, now=now, customer_id="C-op", kind="export", systems=["slow"])
+    erasure = record(worker, {"slow": 3}, now=now, customer_id="C-op", systems=["slow"])
+    [call] = worker.claim_due(now=now, lease_until=now + lease, limits={"slow": 3}, room=3)
+    assert call.request_id == export
+    for act in (lambda: operator.operator_confirm(export, "slow", actor="sre", note="vendor letter", now=now),
+                lambda: operator.operator_retry(export, "slow", actor="sre", now=now)):
+        with pytest.raises(StoreConflict, match="running"):
+            act()
+    assert _task(operator, export)["lease_owner"] == "pod-1"
+    assert worker.claim_due(now=now, lease_until=now + lease, limits={"slow": 3}, room=3) == [], \
+        "the erasure started while the export's call ran"
+    assert worker.finish(call, states.Confirm("exported"), TaskUpdate(records=1), now) is not None
+    assert _task(operator, export)["outcome"] == "exported"
+
+    # A task whose worker died (its lease ran out) can be confirmed by hand.
+    [second] = worker.claim_due(now=now, lease_until=now + lease, limits={"slow": 3}, room=3)
+    assert second.request_id == erasure
+    later = now + lease + timedelta(seconds=1)
+    operator.operator_confirm(erasure, "slow", actor="sre", note="vendor letter", now=later)
+    assert _task(operator, erasure)["outcome"] == "manually_confirmed"
+    assert worker.finish(second, states.Confirm("erased"), TaskUpdate(), later) is None

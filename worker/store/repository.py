@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from worker import receipts, states
-from worker.core.timefmt import aware
+from worker.core.timefmt import aware, iso
 from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
@@ -385,6 +385,13 @@ class Store(Claims, Restage):
     def _operate(self, conn: sa.Connection, row: Mapping[str, Any], event: states.Event, actor: str,
                  now: datetime, update: TaskUpdate, note: str | None = None) -> None:
         before = task_state(row)
+        lease = aware(row["lease_expires_at"]) if row["lease_expires_at"] is not None else None
+        if before.state is SystemState.RUNNING and lease is not None and lease > now:
+            # A worker is calling the system right now. Taking the task from under it would drop the call's
+            # real result and, if that ends the request, start the subject's next request (an erasure after
+            # an export) while the call still runs. A dead worker's lease expires within lease_seconds.
+            raise StoreConflict(f"system {row['system']} is running (attempt {before.attempts}) under a live "
+                                f"lease until {iso(lease)}: wait for its result, then retry or confirm")
         try:
             after = states.transition(before, event, now, self.policy)
         except states.IllegalTransition as exc:
