@@ -6,8 +6,8 @@ list), and finding the calls that had ended meant scanning every call in flight.
 Here an ended call is put on a queue, in the order the calls end, and the loop takes the lot at once.
 
 The threads are daemons: a call still running when the worker exits (after its drain) is cut off with the
-process, like a call under a ``SIGKILL``. Its lease runs out and the task is run again, which every system's
-connector allows (calls are idempotent).
+process, like a call under a ``SIGKILL``. Its lease is handed back at shutdown (``Executor.shutdown``; after a
+``SIGKILL`` it runs out) and the task is run again, which every system's connector allows (calls are idempotent).
 
 A call that never returns (a vendor or S3 trickling its reply) cannot be killed in Python: past its deadline
 the executor ``abandon``s it. Its outcome, if it ever comes, is dropped, and a spare thread takes its place

@@ -63,6 +63,8 @@ CLAIM_IDLE = timedelta(milliseconds=100)
 # transactions; ``worker.store.turns``): the most such a request can wait beyond its turn.
 TURNS_SWEEP_SECONDS = 15.0
 CALL_TIMEOUT = "call_timeout"
+# After shutdown, how long a handed-back lease still holds: the process exits well within it.
+HAND_BACK_SECONDS = 2.0
 
 
 class Executor:
@@ -161,7 +163,19 @@ class Executor:
         self.claim_after = None
 
     def shutdown(self) -> None:
-        """Called after draining: anything still running keeps its lease and is redone elsewhere."""
+        """Called after draining: anything still running is handed back, to be redone elsewhere.
+
+        Its call dies with the process (the pool's threads are daemons). Its lease ends ``HAND_BACK_SECONDS``
+        from now, time for the process to exit, instead of up to ``lease_seconds`` after the last renewal:
+        on a rolling restart the new pod has a new worker_id and cannot reclaim the old one's leases at once.
+        """
+        if self.in_flight:
+            try:
+                handed = self.store.hand_back([task for task, _ in self.in_flight.values()],
+                                              self.clock() + timedelta(seconds=HAND_BACK_SECONDS))
+                log.info("leases_handed_back", tasks=handed)
+            except Exception as exc:  # noqa: BLE001 - the store is down: the leases run out by themselves
+                log.warning("leases_not_handed_back", error_type=type(exc).__name__)
         self.pool.shutdown()
         self.identity_lock.release()
 

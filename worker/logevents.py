@@ -39,6 +39,10 @@ EVENTS: Final[Mapping[str, str]] = {
                       "slot freed; the thread stays until the call returns, and its late result is dropped",
     "connector_bug": "a connector raised an unexpected exception; treated as retryable",
     "leases_reclaimed": "tasks whose worker's lease expired were taken back",
+    "leases_handed_back": "at shutdown, calls still running after the drain: their leases end in seconds, so "
+                          "another worker takes them over at once",
+    "leases_not_handed_back": "at shutdown, the store was unreachable: the leases of calls still running expire "
+                              "after worker.lease_seconds instead",
     "worker_id_in_use": "another live worker holds this worker id's leases",
     "held_turns_released": "a subject's next request was still held after the one ahead of it ended (a race "
                            "between two workers' transactions): its tasks are released now (worker.store.turns)",

@@ -317,3 +317,27 @@ def test_an_operator_cannot_take_a_task_from_under_a_live_call(db_url: str) -> N
     operator.operator_confirm(erasure, "slow", actor="sre", note="vendor letter", now=later)
     assert _task(operator, erasure)["outcome"] == "manually_confirmed"
     assert worker.finish(second, states.Confirm("erased"), TaskUpdate(), later) is None
+
+
+def test_a_call_still_running_after_the_drain_is_handed_back_at_shutdown(pg_url: str) -> None:
+    """SIGTERM: a call longer than drain_seconds dies with the process. Its lease is handed back as the worker
+    shuts down, so a worker with another id (a rolling restart's new pod) takes it over in seconds, not a whole
+    lease later; never before the dying process has had time to exit."""
+    clock = Clock()
+    store, other = _store(pg_url, "pod-old"), _store(pg_url, "pod-new")
+    request_id = record(store, {"slow": 3}, now=clock(), customer_id="C-drain")
+    slow = Blocking()
+    executor = _executor(store, slow, clock)
+    _until(lambda: slow.started == 1, executor.tick)
+    [(old, _)] = executor.in_flight.values()
+    executor.shutdown()
+    limits = {"slow": 4}
+    assert other.claim_due(now=clock() + timedelta(seconds=1), lease_until=clock() + timedelta(seconds=LEASE),
+                           limits=limits, room=4) == [], "taken over while the old process may still be exiting"
+    soon = clock() + timedelta(seconds=3)
+    [taken] = other.claim_due(now=soon, lease_until=soon + timedelta(seconds=LEASE), limits=limits, room=4)
+    assert taken.request_id == request_id
+    slow.release.set()
+    assert store.finish(old, states.Confirm("erased"), TaskUpdate(), soon) is None
+    actions = [e["action"] for e in other.get(request_id)[2] if e["system"] == "slow"]
+    assert actions == ["claimed", "lease_expired", "claimed"]

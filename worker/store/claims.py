@@ -306,6 +306,19 @@ class Claims(StoreBase):
             return self._update_many(conn, tasks, ("request_id", "system"), ("lease_expires_at",), rows,
                                      guard="version", owner=self.actor)
 
+    def hand_back(self, claimed: Iterable[ClaimedTask], until: datetime) -> int:
+        """At shutdown, once the drain is over: the leases of calls still running end at ``until``, a moment
+        after this process is gone, not a whole lease later. Another worker then takes them over in seconds,
+        as it does a SIGKILLed worker's (audited ``lease_expired``). The version moves on, as in
+        ``reclaim_own_leases``, so nothing of this incarnation can renew or record them any more."""
+        rows = [{"request_id": t.request_id, "system": t.system, "_version": t.version, "lease_expires_at": until,
+                 "version": t.version + 1} for t in claimed]
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            return self._update_many(conn, tasks, ("request_id", "system"), ("lease_expires_at", "version"), rows,
+                                     guard="version", owner=self.actor)
+
     def reclaim_own_leases(self, now: datetime) -> int:
         """Ends, at once, the leases held under this worker's id: they belong to a dead incarnation.
 
