@@ -52,6 +52,19 @@ class Message:
     key: bytes | None
     headers: Sequence[tuple[str, bytes]]
     source: str  # topic/partition/offset, for the DLQ header and logs
+    # The Kafka client's error name (``_BAD_COMPRESSION``) when it could not read the record at ``source`` at all:
+    # there is no key, value or header to look at, only the place to name in a DLQ row.
+    unreadable: str | None = None
+
+
+# What a record the client could not read is dead-lettered as. A record batch that decompresses past the
+# consumer's ``receive.message.max.bytes`` (a few KiB on the wire, 100 MB and more inflated: a compression bomb)
+# fails as _BAD_COMPRESSION, like a corrupt one; anything else the client cannot parse is undecodable.
+UNREADABLE_CODES = {
+    "_BAD_COMPRESSION": ("too_large", "the Kafka client could not decompress the record batch holding this record "
+                                      "(larger than receive.message.max.bytes once decompressed, or corrupt); the "
+                                      "record is still in the commands topic at x-oubli-source"),
+}
 
 
 class Intake:
@@ -118,7 +131,7 @@ class Intake:
     def _prepare(self, message: Message) -> NewCommand | None:
         """The command to record, or None when the message needs ``handle``'s care (rejection, DLQ)."""
         try:
-            if not self._authentic(message):
+            if message.unreadable is not None or not self._authentic(message):
                 return None
             command = self._parse(message)
             targets = self._targets(command)
@@ -166,6 +179,10 @@ class Intake:
         return IntakeResult.ACCEPTED if recorded is Recorded.NEW else IntakeResult.DUPLICATE
 
     def _handle(self, message: Message, now: datetime) -> IntakeResult:
+        if message.unreadable is not None:
+            code, text = UNREADABLE_CODES.get(message.unreadable, (
+                "invalid_json", f"the Kafka client could not read this record ({message.unreadable})"))
+            return self._reject(message, InvalidCommand(code, text), now, trusted=False)
         # Authenticity first: until it is proven, nothing in the command (its request_id, its replay
         # headers) may reach the store, so an unsigned command cannot squat an id.
         if not self._authentic(message):

@@ -41,6 +41,10 @@ SHUTDOWN_MARGIN_SECONDS = 10.0
 # Of that margin, kept for committing offsets, leaving the group and aborting an open transaction
 # (broker calls with their own short timeouts) after the relay had its turn.
 LEAVE_RESERVE_SECONDS = 3.0
+# Consumer errors that name a record the client cannot read, however often it fetches it again: librdkafka
+# retries the same fetch forever, so the partition would stall behind it. Such a record is dead-lettered at
+# its offset and skipped like any other bad command (``Loop._unreadable``).
+UNREADABLE = frozenset({KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG})
 
 
 class Loop:
@@ -67,6 +71,9 @@ class Loop:
         self.offsets_pending = False
         self.offsets_unconfirmed = False  # a background commit was sent since the last one waited for
         self.assigned: list[TopicPartition] = []
+        # (topic, partition) -> the next offset this consumer fetches there, as far as the loop knows: after the
+        # last record it was handed, or where the loop last seeked. Places an unreadable record (``_unreadable``).
+        self.positions: dict[tuple[str, int], int] = {}
         worker = self.settings.worker
         self.health = (HealthServer(worker.http_host, worker.http_port, live=self._live, ready=self._ready)
                        if serve_http else None)
@@ -173,16 +180,40 @@ class Loop:
                 if size > 1:
                     batch += self.consumer.consume(num_messages=size - 1, timeout=0)
         records: list[Record] = []
+        unreadable: set[tuple[str, int]] = set()
         for message in batch:
             error = message.error()
             if error is None:
                 records.append(message)
+                self.positions[(str(message.topic()), message.partition() or 0)] = (message.offset() or 0) + 1
             elif error.fatal():
                 raise KafkaException(error)
+            elif error.code() in UNREADABLE and message.partition() is not None and (message.offset() or 0) >= 0:
+                where = (str(message.topic()), message.partition() or 0)
+                if where not in unreadable:  # a second report in one batch is the same record, before the seek
+                    unreadable.add(where)
+                    records.append(self._unreadable(message, error))
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer_error", code=error.name(), retriable=error.retriable())
         if records:
             self._record(records)
+
+    def _unreadable(self, message: Record, error: KafkaError) -> Unreadable:
+        """The record a read error stands for. librdkafka reports the offset of the record *batch* it could not
+        decompress, and reports it again after a seek into that batch, so the record at fault is the later of
+        that offset and where this consumer fetches from (which the loop knows, or the group's committed offset
+        after an assignment or a restart): one DLQ row per offset of the batch, none twice."""
+        topic, partition = str(message.topic()), message.partition() or 0
+        position = self.positions.get((topic, partition))
+        if position is None:
+            try:
+                committed = self.consumer.committed([TopicPartition(topic, partition)], timeout=10)
+                position = committed[0].offset if committed and committed[0].offset >= 0 else None
+            except KafkaException:
+                position = None
+        offset = max(message.offset() or 0, position or 0)
+        log.warning("record_unreadable", source=f"{topic}/{partition}/{offset}", code=error.name())
+        return Unreadable(topic, partition, offset, error.name())
 
     def _wait_for_work(self) -> float:
         """With no command in hand: waits for a call in flight to end, if any; returns how long ``poll`` may
@@ -211,8 +242,11 @@ class Loop:
             self.intake_stall.recovered()
             self.crash.hit(failpoints.AFTER_RECORD)
             last = {(m.topic(), m.partition()): m for m in recorded}  # a partition's offset covers its prefix
-            for message in last.values():
-                self.consumer.store_offsets(message)
+            self.consumer.store_offsets(offsets=[
+                TopicPartition(str(m.topic()), m.partition() or 0, (m.offset() or 0) + 1) for m in last.values()])
+            for message in recorded:
+                if isinstance(message, Unreadable):  # dead-lettered: fetch on past it, or the client retries it forever
+                    self._seek(message.topic(), message.partition(), message.offset() + 1)
             self.offsets_pending = True
             self.executor.nudge()  # new tasks are due: claim on this turn, not after the idle pause
             for result in outcome.results:
@@ -245,8 +279,12 @@ class Loop:
         for message in batch[first:]:
             rewind.setdefault((str(message.topic()), message.partition() or 0), message.offset() or 0)
         for (topic, partition), offset in rewind.items():
-            self.consumer.seek(TopicPartition(topic, partition, offset))
+            self._seek(topic, partition, offset)
         self._hold_intake(True)
+
+    def _seek(self, topic: str, partition: int, offset: int) -> None:
+        self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.positions[(topic, partition)] = offset
 
     def _hold_intake(self, hold: bool) -> None:
         if hold:
@@ -294,6 +332,8 @@ class Loop:
         self._commit()
         gone = {(p.topic, p.partition) for p in partitions}
         self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in gone]
+        for where in gone:
+            self.positions.pop(where, None)  # the next owner starts from the committed offset
         for partition in partitions:
             # The new owner reports this partition's lag now; a stale copy here would count it twice.
             with contextlib.suppress(KeyError):  # never measured here
@@ -375,11 +415,41 @@ class Loop:
         return self._live() and not stalled and not self.stopping
 
 
+class Unreadable:
+    """A ``Record`` in place of one the client could not read: only its place, no key, value or headers."""
+
+    def __init__(self, topic: str, partition: int, offset: int, code: str) -> None:
+        self._topic, self._partition, self._offset, self.code = topic, partition, offset, code
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> None:
+        return None
+
+    def value(self) -> None:
+        return None
+
+    def headers(self) -> None:
+        return None
+
+    def error(self) -> None:
+        return None
+
+
 def _source(message: Record) -> str:
     return f"{message.topic()}/{message.partition()}/{message.offset()}"
 
 
 def _incoming(message: Record) -> Message:
+    if isinstance(message, Unreadable):
+        return Message(value=None, key=None, headers=[], source=_source(message), unreadable=message.code)
     try:
         received = message.headers() or []
         pairs = received.items() if isinstance(received, dict) else received
