@@ -34,8 +34,16 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     }
 
 
+# How often the consumer asks the broker for the topics' metadata. librdkafka's default, 5 minutes, is how long a
+# command published to a partition added to the commands topic (kafka-topics --alter --partitions) would wait
+# before any worker is assigned it. One metadata request every few seconds costs the broker nothing.
+# ``kafka.client`` may set it otherwise.
+METADATA_REFRESH_MS = 5000
+
+
 def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
     return {
+        "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         **kafka.client,
         "bootstrap.servers": kafka.bootstrap_servers,
         "logger": logs.librdkafka_logger(),
