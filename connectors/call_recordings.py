@@ -9,6 +9,7 @@ the customer id) appears in an error or a result. Settings and rationale: docs/a
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,11 +90,23 @@ def parse(system_id: str, raw: Mapping[str, Any]) -> RecordingsSettings:
     )
 
 
+def _seconds(client: Mapping[str, Any], key: str, default: float) -> float:
+    """A timeout: a finite number of seconds above zero (an infinite one is no deadline at all)."""
+    value = client.get(key, default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not 0 < seconds < math.inf:
+        raise ConfigError(f"call_recordings: {key} must be a finite number of seconds above 0")
+    return seconds
+
+
 def make_client(settings: RecordingsSettings) -> Any:
     c = settings.client
     config = Config(
-        connect_timeout=float(c.get("connect_timeout_s", 5)),
-        read_timeout=float(c.get("read_timeout_s", 30)),
+        connect_timeout=_seconds(c, "connect_timeout_s", 5),
+        read_timeout=_seconds(c, "read_timeout_s", 30),
         retries={"total_max_attempts": 1},  # the orchestrator retries; never nest retries
         signature_version="s3v4",
     )

@@ -25,5 +25,12 @@ def build(system_id: str, connector_name: str, settings: Mapping[str, Any], cont
     create = getattr(module, "create", None)
     if create is None:
         raise ConfigError(f"system {system_id}: connectors.{connector_name} has no create()")
-    connector: Connector = create(system_id, settings, context)
+    try:
+        connector: Connector = create(system_id, settings, context)
+    except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+        # A setting of the wrong shape that the connector's own checks let through (``float("inf")`` into an int,
+        # a string where a mapping goes): the worker refuses to start, with a message and exit code 5, instead of
+        # a traceback. The type only: a settings value may be a secret.
+        raise ConfigError(f"system {system_id}: its settings are invalid ({type(exc).__name__} while building the "
+                          f"{connector_name} connector)") from exc
     return connector

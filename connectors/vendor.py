@@ -10,6 +10,7 @@ references already expanded (so numbers may arrive as strings). Parsing fails wi
 from __future__ import annotations
 
 import abc
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,8 +91,10 @@ class Options:
             number = float(value)
         except (TypeError, ValueError):
             raise self.error(key, "must be a number") from None
-        if isinstance(value, bool) or not number >= minimum:
-            raise self.error(key, f"must be a number >= {minimum:g}")
+        # ``not >=`` also refuses NaN; infinity would pass it and then mean no deadline (timeout_seconds), no cap
+        # (max_response_bytes) or an OverflowError far from here (daily_quota, rate_limit).
+        if isinstance(value, bool) or not number >= minimum or not math.isfinite(number):
+            raise self.error(key, f"must be a finite number >= {minimum:g}")
         return number
 
     def flag(self, key: str, default: bool = False) -> bool:

@@ -1,0 +1,50 @@
+"""Connector settings an operator can get wrong: the worker refuses them at start with a clear ConfigError (exit 5),
+never with a traceback, never by running without a deadline.
+
+``.inf`` is valid YAML for a number, and ``float("inf")`` passed every ``>= minimum`` check: ``timeout_seconds:
+.inf`` left vendor calls with no deadline at all, ``daily_quota``/``max_response_bytes: .inf`` crashed the start
+with an OverflowError traceback (exit 1), and ``rate_limit.per_second: .inf`` started a worker whose gauges step
+then failed every second."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from connectors import registry
+from worker.core.connector import ConnectorContext
+from worker.core.errors import ConfigError
+
+SHOPIMIND = {"api_key": "k"}
+GA = {"property_id": "123456789", "access_token": "t"}
+
+
+def _now() -> datetime:
+    return datetime(2026, 12, 4, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("connector", "settings"), [
+    ("shopimind", {**SHOPIMIND, "timeout_seconds": math.inf}),
+    ("shopimind", {**SHOPIMIND, "connect_timeout_seconds": "inf"}),
+    ("shopimind", {**SHOPIMIND, "max_response_bytes": math.inf}),
+    ("shopimind", {**SHOPIMIND, "rate_limit": {"per_second": math.inf}}),
+    ("shopimind", {**SHOPIMIND, "rate_limit": {"per_second": 1, "burst": "Infinity"}}),
+    ("shopimind", {**SHOPIMIND, "timeout_seconds": math.nan}),
+    ("google_analytics", {**GA, "daily_quota": math.inf}),
+    ("call_recordings", {"bucket": "b", "read_timeout_s": math.inf}),
+    ("call_recordings", {"bucket": "b", "connect_timeout_s": -1}),
+    ("call_recordings", {"bucket": "b", "connect_timeout_s": "soon"}),
+])
+def test_non_finite_or_malformed_numbers_are_refused_at_start(connector: str, settings: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        registry.build("probe", connector, settings, ConnectorContext(now=_now))
+    assert "probe" in str(refused.value) or "call_recordings" in str(refused.value)
+
+
+def test_a_setting_of_the_wrong_shape_is_a_config_error_naming_the_system_not_a_traceback() -> None:
+    with pytest.raises(ConfigError, match="system probe"):
+        registry.build("probe", "devkit.fakes", {"url": "sqlite://", "transient_failures": [1]},
+                       ConnectorContext(now=_now))
