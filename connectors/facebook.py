@@ -113,4 +113,7 @@ def _int(value: Any) -> int | None:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    return FacebookConnector(system_id, Options(system_id, settings), context)
+    opts = Options(system_id, settings)
+    connector = FacebookConnector(system_id, opts, context)
+    opts.refuse_unused("facebook")
+    return connector

@@ -169,4 +169,7 @@ def _reason(statuses: list[dict[str, Any]], response: httpx.Response) -> str:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    return GoogleAdsConnector(system_id, Options(system_id, settings), context)
+    opts = Options(system_id, settings)
+    connector = GoogleAdsConnector(system_id, opts, context)
+    opts.refuse_unused("google_ads")
+    return connector

@@ -91,4 +91,7 @@ class GoogleAnalyticsConnector(PerTargetConnector[tuple[str, str]]):
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    return GoogleAnalyticsConnector(system_id, Options(system_id, settings), context)
+    opts = Options(system_id, settings)
+    connector = GoogleAnalyticsConnector(system_id, opts, context)
+    opts.refuse_unused("google_analytics")
+    return connector

@@ -78,4 +78,7 @@ def _tagged(kind: str, result: CallResult) -> CallResult:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    return NostoConnector(system_id, Options(system_id, settings), context)
+    opts = Options(system_id, settings)
+    connector = NostoConnector(system_id, opts, context)
+    opts.refuse_unused("nosto")
+    return connector

@@ -98,4 +98,7 @@ def _count(value: object) -> TypeGuard[int]:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    return ShopimindConnector(system_id, Options(system_id, settings), context)
+    opts = Options(system_id, settings)
+    connector = ShopimindConnector(system_id, opts, context)
+    opts.refuse_unused("shopimind")
+    return connector

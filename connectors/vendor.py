@@ -58,8 +58,24 @@ class Options:
         self.system = system
         self._raw = raw
         self._prefix = prefix
+        self._read: set[str] = set()  # every key asked for, present or not
+        self._sections: list[Options] = []
+
+    def unused(self) -> list[str]:
+        """Keys of the settings (and of the sections read) that nothing asked for, with their prefix."""
+        mine = [f"{self._prefix}{key}" for key in self._raw if key not in self._read]
+        return sorted(mine + [key for section in self._sections for key in section.unused()])
+
+    def refuse_unused(self, connector: str) -> None:
+        """Raises ``ConfigError`` naming the keys no read asked for: a typo (``rate_limt``) would otherwise be
+        ignored in silence, and the vendor's defaults used in its place. Called once the connector is built."""
+        unused = self.unused()
+        if unused:
+            raise ConfigError(f"system {self.system}: the {connector} connector has no setting "
+                              f"{', '.join(str(key)[:64] for key in unused[:10])}")
 
     def _get(self, key: str, default: Any) -> Any:
+        self._read.add(key)
         value = self._raw.get(key, default)
         if value is _MISSING or value is None:
             if default is _MISSING:
@@ -71,6 +87,7 @@ class Options:
         return ConfigError(f"system {self.system}: setting {self._prefix}{key} {problem}")
 
     def has(self, key: str) -> bool:
+        self._read.add(key)
         return self._raw.get(key) is not None
 
     def text(self, key: str, default: Any = _MISSING) -> str:
@@ -118,7 +135,9 @@ class Options:
         value = self._get(key, default)
         if not isinstance(value, Mapping):
             raise self.error(key, "must be a mapping")
-        return Options(self.system, value, f"{self._prefix}{key}.")
+        section = Options(self.system, value, f"{self._prefix}{key}.")
+        self._sections.append(section)
+        return section
 
 
 DEFAULT_BACKGROUND_SHARE = 0.6

@@ -48,3 +48,17 @@ def test_a_setting_of_the_wrong_shape_is_a_config_error_naming_the_system_not_a_
     with pytest.raises(ConfigError, match="system probe"):
         registry.build("probe", "devkit.fakes", {"url": "sqlite://", "transient_failures": [1]},
                        ConnectorContext(now=_now))
+
+
+@pytest.mark.parametrize(("connector", "settings", "named"), [
+    ("shopimind", {**SHOPIMIND, "rate_limt": {"per_second": 1}}, "rate_limt"),  # the vendor's default rate instead
+    ("shopimind", {**SHOPIMIND, "rate_limit": {"per_secnd": 0.5}}, "rate_limit.per_secnd"),
+    ("google_analytics", {**GA, "daily_qouta": 100}, "daily_qouta"),
+    ("nosto", {"api_token": "t", "timeout_second": 3}, "timeout_second"),
+])
+def test_a_vendor_setting_nothing_reads_is_refused_by_name(
+    connector: str, settings: dict[str, Any], named: str,
+) -> None:
+    """A typo'd optional key was ignored in silence, so the operator's limit or deadline never applied."""
+    with pytest.raises(ConfigError, match=f"system probe: the {connector} connector has no setting {named}"):
+        registry.build("probe", connector, settings, ConnectorContext(now=_now))
