@@ -124,7 +124,13 @@ def worker(ctx: click.Context, migrate: bool) -> None:
     """Run the worker until SIGTERM."""
     from worker.app import Worker
 
-    Worker(_settings(ctx), migrate=migrate).run()
+    settings = _settings(ctx)
+    if not settings.systems:
+        # Every command would be rejected as no_systems: a terminal receipt for each customer's request, and a
+        # config that lost its systems (a values file that did not render) would look like a healthy worker.
+        raise CliError("the config names no systems: the worker would reject every command as no_systems; "
+                       "configure at least one under systems:", CONFIG)
+    Worker(settings, migrate=migrate).run()
 
 
 @cli.command()

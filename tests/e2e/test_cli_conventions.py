@@ -138,7 +138,8 @@ def test_unavailable_store_and_broker_exit_4_with_one_clean_line(tmp_path: Path)
 def test_the_worker_logs_only_json_lines_when_the_broker_is_down(tmp_path: Path) -> None:
     path = _config(tmp_path, store_url=f"sqlite:///{tmp_path / 'store.db'}",
                    kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"},
-                   worker={"http_port": 0, "drain_seconds": 1})
+                   worker={"http_port": 0, "drain_seconds": 1},
+                   systems={"shopimind": {"connector": "shopimind", "settings": {"api_key": "k"}}})
     worker = subprocess.Popen([OUBLI, "--config", str(path), "worker", "--migrate"],  # noqa: S603
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)
@@ -150,6 +151,15 @@ def test_the_worker_logs_only_json_lines_when_the_broker_is_down(tmp_path: Path)
     names = [e["event"] for e in events]
     assert "worker_started" in names and "worker_stopped" in names
     assert any(e["logger"] == "oubli.librdkafka" for e in events)  # librdkafka's complaints, as JSON
+
+
+def test_the_worker_refuses_to_start_without_a_system(tmp_path: Path) -> None:
+    """With no system every command would be rejected (a terminal receipt) as no_systems: exit 5, one line."""
+    path = _config(tmp_path, store_url=f"sqlite:///{tmp_path / 'store.db'}",
+                   kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"}, worker={"http_port": 0})
+    result = _run("--config", str(path), "worker", "--migrate", timeout=30)
+    assert result.returncode == support.CONFIG, result.stderr
+    assert _only_json_and_one_error_line(result.stderr).startswith("error: the config names no systems")
 
 
 def test_an_uncaught_error_is_one_redacted_json_line() -> None:
