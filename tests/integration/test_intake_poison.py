@@ -303,3 +303,26 @@ def test_the_validator_really_checks_date_time_formats() -> None:
     assert not checker.conforms("2026-13-01T00:00:00Z", "date-time")
     assert messages.schema_errors("command.v1", command(requested_at="2026-13-01T00:00:00Z")) == [
         "$.requested_at: format violated"]
+
+
+def test_a_dead_letter_too_large_to_publish_is_stored_as_a_reference(harness: Harness) -> None:
+    """A value past the broker's default message.max.bytes (here a 3 MB one, as a compressed record inflates to) is
+    kept as its size and sha256, not whole: whole, it went into the store, back out to the relay and into the
+    producer, five to six times its size in the worker's memory, only for the broker to refuse it."""
+    import hashlib
+
+    from worker.deadletter.topic import REFERENCE
+
+    big = b'{"x": "' + b"a" * 3_000_000 + b'"}'
+    outcome = harness.send(big, headers=[("h", b"sender's"), (REFERENCE, b"sha256:forged")], key=b"C-100234")
+    assert outcome.code == "too_large"
+    [row] = outcome.dead_letters
+    body = json.loads(row.value or b"")
+    assert body["size_bytes"] == len(big) and body["sha256"] == hashlib.sha256(big).hexdigest()
+    headers = dict(row.headers)
+    assert headers[REFERENCE] == f"sha256:{body['sha256']}".encode() and "h" not in headers
+    assert row.key is None and b"C-100234" not in row.headers_json.encode()
+
+    small = b'{"x": "' + b"a" * 100_000 + b'"}'  # too large for a command, small enough to keep as it came
+    [kept] = harness.send(small, key=b"C-1").dead_letters
+    assert kept.value == small and REFERENCE not in dict(kept.headers)

@@ -8,6 +8,7 @@ actions and reads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -40,6 +41,11 @@ from worker.store.schema import audit_events, outbox, requests, tasks
 from worker.store.sets import among
 
 _DLQ_OWN_HEADERS = frozenset({ERROR_CODE, ERROR_MESSAGE, SOURCE, REFERENCE})
+# A dead letter whose value is larger than this is stored as a reference (its size and sha256), as the relay
+# would replace it once the broker refused it (``worker.refusals``): under the broker's default message.max.bytes
+# (1 MiB), far above any command (64 KiB). A record that inflated to 90 MB otherwise went into the store whole, was
+# read back by the relay and handed to the producer: five to six times its size in the worker's memory.
+DLQ_INLINE_MAX_BYTES = 1_000_000
 
 # The columns a result may change, written in bulk (``StoreBase._update_many``).
 FINISH_COLUMNS = ("state", "attempts", "next_attempt_at", "outcome", "vendor_ref", "error_code", "error_message",
@@ -238,10 +244,11 @@ class Store(Claims, Restage):
             # like the DLQ's own are the DLQ's alone: a sender's forged error code would mislead `oubli dlq`, and
             # a forged reference would let the relay drop the record the broker refuses instead of standing in.
             sent = ((k.encode("utf-8", "backslashreplace").decode(), v or b"") for k, v in headers)
-            dlq_headers = [*((k, v) for k, v in sent if k not in _DLQ_OWN_HEADERS),
-                           (ERROR_CODE, code.encode()),
-                           (ERROR_MESSAGE, message[:1000].encode("utf-8", "backslashreplace")),
-                           (SOURCE, source.encode("utf-8", "backslashreplace"))]
+            own = [(ERROR_CODE, code.encode()), (ERROR_MESSAGE, message[:1000].encode("utf-8", "backslashreplace")),
+                   (SOURCE, source.encode("utf-8", "backslashreplace"))]
+            dlq_headers = [*((k, v) for k, v in sent if k not in _DLQ_OWN_HEADERS), *own]
+            if raw is not None and len(raw) > DLQ_INLINE_MAX_BYTES:
+                key, raw, dlq_headers = None, *_reference(raw, key, dlq_headers, own)
             conn.execute(outbox.insert().values(
                 topic=self.topics.dlq, key=key, value=raw, created_at=now,
                 # ensure_ascii (the default) escapes NUL and every non-ASCII character: the text is ASCII.
@@ -414,3 +421,14 @@ class Store(Claims, Restage):
     def receipt(self, request_id: str) -> dict[str, Any]:
         request, task_rows, _ = self.get(request_id)
         return receipts.render(request, task_rows)
+
+
+def _reference(value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]],
+               own: Sequence[tuple[str, bytes]]) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of a reference record for a dead letter too large to keep (as ``refusals.stand_in``
+    writes one): sizes and the sha256 of the value, the DLQ's own headers, nothing of the sender's. The command
+    itself is still in the commands topic at its ``x-oubli-source`` offset."""
+    digest = hashlib.sha256(value).hexdigest()
+    body = {"oubli_dlq_reference": 1, "kafka_error": None, "sha256": digest, "size_bytes": len(value),
+            "key_bytes": len(key or b""), "header_bytes": sum(len(k) + len(v) for k, v in headers)}
+    return json.dumps(body, sort_keys=True).encode(), [*own, (REFERENCE, f"sha256:{digest}".encode())]
