@@ -31,6 +31,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "command_rejected": "a command failed validation: rejected receipt and/or DLQ",
     "command_poison": "a message could not be handled at all and goes to the DLQ",
     "headers_unreadable": "a message's headers could not be decoded: it is taken in without them",
+    "record_unreadable": "the Kafka client cannot read a record (a compression bomb): dead-lettered and skipped",
     "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",
     # Executor (worker.executor)
     "system_call_finished": "one connector call ended: a failure, retry or pending at info, a confirmation at debug",

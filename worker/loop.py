@@ -242,8 +242,12 @@ class Loop:
             self.intake_stall.recovered()
             self.crash.hit(failpoints.AFTER_RECORD)
             last = {(m.topic(), m.partition()): m for m in recorded}  # a partition's offset covers its prefix
-            self.consumer.store_offsets(offsets=[
-                TopicPartition(str(m.topic()), m.partition() or 0, (m.offset() or 0) + 1) for m in last.values()])
+            for message in last.values():
+                if isinstance(message, Unreadable):  # no client message to store: its place, past it
+                    self.consumer.store_offsets(offsets=[
+                        TopicPartition(message.topic(), message.partition(), message.offset() + 1)])
+                else:
+                    self.consumer.store_offsets(message)
             for message in recorded:
                 if isinstance(message, Unreadable):  # dead-lettered: fetch on past it, or the client retries it forever
                     self._seek(message.topic(), message.partition(), message.offset() + 1)
