@@ -33,6 +33,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "headers_unreadable": "a message's headers could not be decoded: it is taken in without them",
     "record_unreadable": "the Kafka client cannot read a record (a compression bomb): dead-lettered and skipped",
     "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",
+    "dead_letter_redelivered": "a dead-lettered record came again (crash before its offset commit): no 2nd DLQ row",
     # Executor (worker.executor)
     "system_call_finished": "one connector call ended: a failure, retry or pending at info, a confirmation at debug",
     "calls_recorded": "the results of one harvest were recorded in one transaction: how many of each kind",

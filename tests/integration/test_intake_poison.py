@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from structlog.testing import capture_logs
 
 import schemas
-from tests.intake_harness import KNOWN_CODES, Harness
+from tests.intake_harness import KNOWN_CODES, NOW, Harness
 from worker import messages
 from worker.core.errors import StoreUnavailable
 from worker.deadletter.topic import REPLAY_OF, REPLAYED_BY, REPLAYED_FROM
-from worker.intake import IntakeResult
+from worker.intake import IntakeResult, Message
 from worker.support import build_command
 
 SECRET = b"intake-signing-secret"
@@ -326,3 +326,22 @@ def test_a_dead_letter_too_large_to_publish_is_stored_as_a_reference(harness: Ha
     small = b'{"x": "' + b"a" * 100_000 + b'"}'  # too large for a command, small enough to keep as it came
     [kept] = harness.send(small, key=b"C-1").dead_letters
     assert kept.value == small and REFERENCE not in dict(kept.headers)
+
+
+def test_a_record_redelivered_after_a_crash_is_dead_lettered_once(harness: Harness) -> None:
+    """A worker killed between recording a batch and committing its offsets gets the same records again on restart
+    (or its partitions' next owner does): each bad one used to get a second DLQ record."""
+    source = "privacy.commands/3/41"
+    garbage = Message(value=b"not json", key=b"C-1", headers=[], source=source)
+    rejected = Message(value=json.dumps(command(kind="ERASURE")).encode(), key=b"C-1", headers=[],
+                       source="privacy.commands/3/42")
+    for _ in range(2):
+        harness.intake.handle(garbage, NOW)
+        harness.intake.handle(rejected, NOW)
+    harness.intake.handle_batch([garbage, rejected], NOW)
+    sources = [dict(row.headers)["x-oubli-source"].decode() for row in harness.dead_letters()]
+    assert sorted(sources) == [source, "privacy.commands/3/42"]
+    assert [r["status"] for r in harness.receipts()] == ["rejected"]
+    # Another record at the same place (a topic deleted and created again) is a dead letter of its own.
+    harness.intake.handle(Message(value=b"other garbage", key=b"C-1", headers=[], source=source), NOW)
+    assert len(harness.dead_letters()) == 3

@@ -11,10 +11,13 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker import receipts, states
 from worker.core.timefmt import aware, iso
@@ -37,7 +40,7 @@ from worker.store.records import (
     task_state,
 )
 from worker.store.restage import Restage
-from worker.store.schema import audit_events, outbox, requests, tasks
+from worker.store.schema import audit_events, dead_letters, outbox, requests, tasks
 from worker.store.sets import among
 
 _DLQ_OWN_HEADERS = frozenset({ERROR_CODE, ERROR_MESSAGE, SOURCE, REFERENCE})
@@ -46,6 +49,11 @@ _DLQ_OWN_HEADERS = frozenset({ERROR_CODE, ERROR_MESSAGE, SOURCE, REFERENCE})
 # (1 MiB), far above any command (64 KiB). A record that inflated to 90 MB otherwise went into the store whole, was
 # read back by the relay and handed to the producer: five to six times its size in the worker's memory.
 DLQ_INLINE_MAX_BYTES = 1_000_000
+# How long a dead letter's fingerprint is kept (``dead_letters``): a redelivery comes within seconds of the record
+# (the offset commit it missed), or after a consumer group is reset by hand, which may well mean to do it again.
+DEAD_LETTER_MEMORY = timedelta(days=7)
+
+log = structlog.get_logger("oubli.store")
 
 # The columns a result may change, written in bulk (``StoreBase._update_many``).
 FINISH_COLUMNS = ("state", "attempts", "next_attempt_at", "outcome", "vendor_ref", "error_code", "error_message",
@@ -225,6 +233,9 @@ class Store(Claims, Restage):
         receipts topic is compacted, so a stray record would overwrite its real state.
         """
         with self.engine.begin() as conn:
+            if not self._first_dead_letter(conn, source=source, key=key, raw=raw, now=now):
+                log.info("dead_letter_redelivered", code=code, source=source)
+                return False  # the same record, redelivered: its DLQ row (and any receipt) was written then
             receipted = False
             if request_id is not None:
                 known = conn.execute(
@@ -255,6 +266,22 @@ class Store(Claims, Restage):
                 headers_json=json.dumps([(k, v.decode("latin-1")) for k, v in dlq_headers]),
             ))
             return receipted
+
+    @staticmethod
+    def _first_dead_letter(conn: sa.Connection, *, source: str, key: bytes | None, raw: bytes | None,
+                           now: datetime) -> bool:
+        """Notes the record as dead-lettered; False if it already was (a redelivery after a crash)."""
+        digest = hashlib.sha256()
+        for part in (source.encode("utf-8", "backslashreplace"), key, raw):
+            digest.update(b"-" if part is None else len(part).to_bytes(8, "big") + part)
+        values = {"fingerprint": digest.hexdigest(), "created_at": now}
+        # ON CONFLICT: two workers may meet the same record around a rebalance; the loser writes nothing.
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        noted = conn.execute(insert(dead_letters).values(values).on_conflict_do_nothing()
+                             .returning(dead_letters.c.fingerprint)).first() is not None
+        if noted:
+            conn.execute(dead_letters.delete().where(dead_letters.c.created_at < now - DEAD_LETTER_MEMORY))
+        return noted
 
     def finish(self, claimed: ClaimedTask, event: states.Event, update: TaskUpdate, now: datetime) -> Finished | None:
         """Records a connector call's result. None if the lease was lost (another worker owns it now)."""

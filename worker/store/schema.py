@@ -113,6 +113,16 @@ outbox = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
 )
 
+# One row per dead-lettered record (``Store.record_invalid``): the sha256 of where it was (topic/partition/offset),
+# its key and its value. A record redelivered after a crash between its recording and the offset commit is then
+# dead-lettered once, not twice; a different record at the same place (a recreated topic) has another fingerprint.
+# Nothing personal: a hash of a whole record. Rows older than ``DEAD_LETTER_MEMORY`` are pruned as new ones come.
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("created_at", Timestamp, nullable=False, index=True),
+)
+
 leases = sa.Table(
     "leases", metadata,
     sa.Column("name", sa.String(64), primary_key=True),
