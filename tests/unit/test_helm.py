@@ -5,18 +5,21 @@ runs once as a whole; the other tests render the chart with chosen values and ch
 production cluster depends on: probes, security context, grace period versus drain, hooks, KEDA,
 the schema's refusals, and that the ConfigMap holds a config the worker itself accepts.
 
-helm is built into .cache/bin by ``scripts/helm-check --install-only`` (``make test`` runs it).
-Without it these tests are skipped on a developer's machine and fail when ``CI=true``.
+helm is built into .cache/bin by ``scripts/helm-check --install-only`` (``make test`` runs it; CI starts
+it beside the suite, and the ``helm`` fixture waits for that build). Without it these tests are skipped
+on a developer's machine and fail when ``CI=true``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,34 @@ def _missing(message: str) -> None:
     pytest.skip(message)
 
 
+# scripts/helm-check holds these locks while it builds helm or promtool (and until it exits).
+BUILD_LOCKS = (CACHED_HELM.with_name("helm.lock"), CACHED_HELM.with_name("promtool.lock"))
+BUILD_WAIT_SECONDS = 1200.0
+
+
+def wait_for_tool_builds(locks: tuple[Path, ...] = BUILD_LOCKS, timeout: float = BUILD_WAIT_SECONDS) -> None:
+    """Waits while a ``scripts/helm-check`` builds the tools: CI starts that build beside the suite, which
+    reaches these tests minutes later, and a half-built binary must not be run."""
+    deadline = time.monotonic() + timeout
+    for lock in locks:
+        if not lock.exists():
+            continue
+        with lock.open("a") as held:
+            while True:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return  # the checks below then say what is missing
+                    time.sleep(1)
+                    continue
+                fcntl.flock(held, fcntl.LOCK_UN)
+                break
+
+
 @pytest.fixture(scope="module")
 def helm() -> str:
+    wait_for_tool_builds()
     found = str(CACHED_HELM) if CACHED_HELM.exists() else shutil.which("helm")
     if found is None:
         _missing("helm is not installed; build it with `scripts/helm-check --install-only`")
@@ -541,3 +570,20 @@ def test_schema_is_valid_and_accepts_the_shipped_values() -> None:
     jsonschema.validate(defaults, schema)
     assert schema["additionalProperties"] is False
     assert schema["properties"]["config"]["additionalProperties"] is False
+
+
+def test_the_chart_tests_wait_for_a_tool_build_in_progress(tmp_path: Path) -> None:
+    lock, built = tmp_path / "helm.lock", tmp_path / "built"
+    lock.touch()
+    builder = subprocess.Popen(["flock", str(lock), "sh", "-c", f"sleep 1; touch {built}"])
+    with lock.open("a") as probe:  # until the builder holds the lock
+        while True:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                break
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            time.sleep(0.01)
+    wait_for_tool_builds((lock, tmp_path / "absent.lock"), timeout=60)
+    assert built.exists(), "returned while the build still held its lock"
+    assert builder.wait(10) == 0
