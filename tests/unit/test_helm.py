@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ import jsonschema
 import pytest
 import yaml
 
+from connectors import registry
 from worker import config as oubli_config
+from worker.core.connector import ConnectorContext
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "oubli"
@@ -356,7 +359,8 @@ def test_configmap_holds_a_config_the_worker_accepts(docs_fixture: str, request:
     texts = {m["data"]["oubli.yaml"] for m in maps}
     assert len(texts) == 1
     text = texts.pop()
-    env = {name: f"value-of-{name}" for name in ENV_REF.findall(text)}
+    env = {name: "postgresql+psycopg://u:p@db.example/db" if name.endswith("_URL") else f"value-of-{name}"
+           for name in ENV_REF.findall(text)}
     assert "OUBLI_SUBJECT_KEY" in env
     settings = oubli_config.build(yaml.safe_load(text), env=env)
     assert settings.subject_key.get_secret_value() == "value-of-OUBLI_SUBJECT_KEY"
@@ -364,6 +368,11 @@ def test_configmap_holds_a_config_the_worker_accepts(docs_fixture: str, request:
     if docs_fixture == "all_on_docs":
         assert len(settings.systems) == 5
         assert settings.kafka.client["sasl.password"] == "value-of-KAFKA_PASSWORD"
+    # Each connector takes its settings as the chart renders them: a key it does not read (a daily quota
+    # under rate_limit, say) is refused at start, and the values must not ship one.
+    context = ConnectorContext(now=lambda: datetime.now(UTC))
+    for system_id, system in settings.systems.items():
+        registry.build(system_id, system.connector, system.settings, context)
 
 
 def test_secrets_are_only_referenced(all_on_docs: list[dict[str, Any]]) -> None:
