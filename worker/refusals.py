@@ -7,12 +7,9 @@ is transient: the relay sends the same records again, in order."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from confluent_kafka import KafkaError
 
-from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
+from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE, reference
 from worker.store.outbox import Headers, OutboxRecord
 
 REFUSALS = frozenset({
@@ -36,19 +33,12 @@ def is_stand_in(record: OutboxRecord) -> bool:
 
 def stand_in(record: OutboxRecord, error: KafkaError) -> tuple[bytes, Headers]:
     """The stand-in's value and headers for a refused DLQ record."""
-    value = record.value or b""
-    digest = hashlib.sha256(value).hexdigest()
-    body = {
-        "oubli_dlq_reference": 1,
-        "kafka_error": error.name(),
-        "sha256": digest,
-        "size_bytes": len(value),
-        "key_bytes": len(record.key or b""),
-        "header_bytes": sum(len(name) + len(_bytes(v)) for name, v in record.headers),
-    }
+    value, pointer = reference(record.value or b"", key_bytes=len(record.key or b""),
+                               header_bytes=sum(len(name) + len(_bytes(v)) for name, v in record.headers),
+                               kafka_error=error.name())
     headers: Headers = [(name, v) for name, v in record.headers if name in _KEPT]
-    headers.append((REFERENCE, f"sha256:{digest}".encode()))
-    return json.dumps(body, sort_keys=True).encode(), headers
+    headers.append((REFERENCE, pointer))
+    return value, headers
 
 
 def _bytes(value: str | bytes | None) -> bytes:

@@ -7,6 +7,8 @@ reads the error message, which may quote the input."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +35,15 @@ ERROR_MESSAGE = "x-oubli-error-message"
 SOURCE = "x-oubli-source"
 # Marks a DLQ record that stands in for a command the broker refused (``worker.refusals``).
 REFERENCE = "x-oubli-dlq-reference"
+
+
+def reference(value: bytes, *, key_bytes: int, header_bytes: int, kafka_error: str | None) -> tuple[bytes, bytes]:
+    """A stand-in's value for a dead letter too large to keep, and its ``REFERENCE`` header: sizes and the sha256
+    of the value, nothing of the sender's. ``kafka_error`` is why the broker refused it (None: never sent)."""
+    digest = hashlib.sha256(value).hexdigest()
+    body = {"oubli_dlq_reference": 1, "kafka_error": kafka_error, "sha256": digest, "size_bytes": len(value),
+            "key_bytes": key_bytes, "header_bytes": header_bytes}
+    return json.dumps(body, sort_keys=True).encode(), f"sha256:{digest}".encode()
 REPLAYED_FROM = "x-oubli-replayed-from"
 REPLAYED_BY = "x-oubli-replayed-by"
 REPLAY_OF = "x-oubli-replay-of"  # on a reissued replay: the request_id it replaces (reissue.py)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker import receipts, states
 from worker.core.timefmt import aware, iso
-from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE
+from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE, reference
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
 from worker.store import turns
@@ -450,12 +450,12 @@ class Store(Claims, Restage):
         return receipts.render(request, task_rows)
 
 
+
 def _reference(value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]],
                own: Sequence[tuple[str, bytes]]) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """The value and headers of a reference record for a dead letter too large to keep (as ``refusals.stand_in``
-    writes one): sizes and the sha256 of the value, the DLQ's own headers, nothing of the sender's. The command
-    itself is still in the commands topic at its ``x-oubli-source`` offset."""
-    digest = hashlib.sha256(value).hexdigest()
-    body = {"oubli_dlq_reference": 1, "kafka_error": None, "sha256": digest, "size_bytes": len(value),
-            "key_bytes": len(key or b""), "header_bytes": sum(len(k) + len(v) for k, v in headers)}
-    return json.dumps(body, sort_keys=True).encode(), [*own, (REFERENCE, f"sha256:{digest}".encode())]
+    """The value and headers of a reference record for a dead letter too large to keep (as the relay's stand-in
+    for one the broker refused): the DLQ's own headers, nothing of the sender's. The command itself is still in
+    the commands topic at its ``x-oubli-source`` offset."""
+    body, pointer = reference(value, key_bytes=len(key or b""), header_bytes=sum(len(k) + len(v) for k, v in headers),
+                              kafka_error=None)
+    return body, [*own, (REFERENCE, pointer)]
