@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after, safe_code
-from connectors.vendor import Options, PerTargetConnector, build_gate, valid_ids
+from connectors.vendor import Options, PerTargetConnector, build_gate, create_refusing_unused, valid_ids
 from worker.core.connector import Connector, ConnectorContext, Result, Subject
 from worker.core.errors import PermanentError, RetryableError
 from worker.core.limits import RateSpec
@@ -113,7 +113,4 @@ def _int(value: Any) -> int | None:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    opts = Options(system_id, settings)
-    connector = FacebookConnector(system_id, opts, context)
-    opts.refuse_unused("facebook")
-    return connector
+    return create_refusing_unused(FacebookConnector, "facebook", system_id, settings, context)

@@ -16,7 +16,7 @@ import httpx
 
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.vendor import Options, VendorConnector, build_gate
+from connectors.vendor import Options, VendorConnector, build_gate, create_refusing_unused
 from worker.core.connector import CallResult, Connector, ConnectorContext, Pending, Result, Subject
 from worker.core.errors import NeedsPersonError, PermanentError
 from worker.core.identifiers import ascii_lower
@@ -169,7 +169,4 @@ def _reason(statuses: list[dict[str, Any]], response: httpx.Response) -> str:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    opts = Options(system_id, settings)
-    connector = GoogleAdsConnector(system_id, opts, context)
-    opts.refuse_unused("google_ads")
-    return connector
+    return create_refusing_unused(GoogleAdsConnector, "google_ads", system_id, settings, context)

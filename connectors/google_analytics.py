@@ -12,7 +12,7 @@ from typing import Any
 
 from connectors.google_auth import GoogleCredentials, google_error_code
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, parse_retry_after
-from connectors.vendor import Options, PerTargetConnector, build_gate, resolve_ids
+from connectors.vendor import Options, PerTargetConnector, build_gate, create_refusing_unused, resolve_ids
 from worker.core.connector import Connector, ConnectorContext, Result, Subject
 from worker.core.errors import PermanentError, QuotaDeferred, RetryableError
 from worker.core.limits import RateSpec
@@ -91,7 +91,4 @@ class GoogleAnalyticsConnector(PerTargetConnector[tuple[str, str]]):
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    opts = Options(system_id, settings)
-    connector = GoogleAnalyticsConnector(system_id, opts, context)
-    opts.refuse_unused("google_analytics")
-    return connector
+    return create_refusing_unused(GoogleAnalyticsConnector, "google_analytics", system_id, settings, context)

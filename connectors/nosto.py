@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.vendor import Options, PerTargetConnector, VendorConnector, build_gate
+from connectors.vendor import Options, PerTargetConnector, VendorConnector, build_gate, create_refusing_unused
 from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
 from worker.core.identifiers import ascii_lower
 from worker.core.limits import RateSpec
@@ -78,7 +78,4 @@ def _tagged(kind: str, result: CallResult) -> CallResult:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    opts = Options(system_id, settings)
-    connector = NostoConnector(system_id, opts, context)
-    opts.refuse_unused("nosto")
-    return connector
+    return create_refusing_unused(NostoConnector, "nosto", system_id, settings, context)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from connectors.http import HttpSettings, VendorHttp, classify, json_body, safe_code
-from connectors.vendor import Options, VendorConnector, build_gate, valid_ids
+from connectors.vendor import Options, VendorConnector, build_gate, create_refusing_unused, valid_ids
 from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Result, Subject
 from worker.core.errors import ConnectorError, PermanentError
 from worker.core.limits import RateSpec
@@ -98,7 +98,4 @@ def _count(value: object) -> TypeGuard[int]:
 
 
 def create(system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
-    opts = Options(system_id, settings)
-    connector = ShopimindConnector(system_id, opts, context)
-    opts.refuse_unused("shopimind")
-    return connector
+    return create_refusing_unused(ShopimindConnector, "shopimind", system_id, settings, context)

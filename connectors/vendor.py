@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 from zoneinfo import ZoneInfoNotFoundError
@@ -21,7 +21,7 @@ import httpx
 
 from connectors.http import VendorHttp, parse_retry_after
 from connectors.ratelimit import REGISTRY, Gate
-from worker.core.connector import CallResult, ConnectorContext, ExportWriter, Pending, Result, Subject
+from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
 from worker.core.errors import ConfigError, OubliError, PermanentError, QuotaDeferred, RetryableError, Throttled
 from worker.core.limits import Capacity, QuotaSpec, RateSpec
 
@@ -140,6 +140,14 @@ class Options:
         return section
 
 
+
+def create_refusing_unused(make: Callable[[str, Options, ConnectorContext], Connector], connector: str,
+                           system_id: str, settings: Mapping[str, Any], context: ConnectorContext) -> Connector:
+    """A vendor connector's ``create``: builds it from its settings, then refuses any key it did not read."""
+    opts = Options(system_id, settings)
+    built = make(system_id, opts, context)
+    opts.refuse_unused(connector)
+    return built
 DEFAULT_BACKGROUND_SHARE = 0.6
 
 
