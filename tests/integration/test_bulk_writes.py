@@ -1,6 +1,7 @@
 """Bulk updates against the real PostgreSQL, both ways (``StoreBase._update_many``): bound arrays for a few
 rows, COPY into a temporary staging table for many. Each writes exactly the rows whose version guard and
-lease owner match, and the staging table starts every transaction empty. A role that may not create
+lease owner match, and the staging table starts every transaction empty. A session creates each staging table
+once, and again after a rollback took it away. A role that may not create
 temporary tables keeps every bulk update on arrays."""
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from worker import states
 from worker.config import Topics
 from worker.core.timefmt import utcnow
 from worker.store import db
-from worker.store.base import STAGED_UPDATE_ROWS, StoreBase, _may_stage, _staging_table
+from worker.store import staging as staging_tables
+from worker.store.base import STAGED_UPDATE_ROWS, StoreBase, _may_stage
 from worker.store.claims import CLAIM_COLUMNS
 from worker.store.repository import Store
 from worker.store.schema import audit_events, tasks
@@ -57,7 +59,7 @@ def test_a_bulk_update_writes_exactly_the_guarded_rows(pg_url: str, count: int) 
         with conn.begin():
             # The staging table (if this size used one) starts empty: the first transaction's rows are gone.
             if count >= STAGED_UPDATE_ROWS:
-                staging = _staging_table(conn, tasks, ["request_id", "system", *CLAIM_COLUMNS, "_version"],
+                staging = staging_tables.table(conn, tasks, ["request_id", "system", *CLAIM_COLUMNS, "_version"],
                                          ["request_id", "system", *CLAIM_COLUMNS, "version"])
                 assert conn.execute(sa.text(f'SELECT count(*) FROM "{staging}"')).scalar_one() == 0
             renewed = [{"request_id": r["request_id"], "system": r["system"], "_version": r["version"] + 1,
@@ -151,3 +153,57 @@ def test_arrays_go_in_binary_and_keep_every_value_exactly(pg_url: str) -> None:
                               .where(audit_events.c.action == "probe").order_by(audit_events.c.id)).all()
     engine.dispose()
     assert [tuple(r) for r in stored] == [(v, None if i % 2 else v) for i, v in enumerate(odd)]
+
+
+def test_a_session_creates_its_staging_table_once_and_again_after_a_rollback(pg_url: str) -> None:
+    engine = db.create_engine(pg_url, pool_size=1)
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="staging-test")
+    now = utcnow()
+    for i in range(STAGED_UPDATE_ROWS):
+        record(store, {"alpha": 3}, now=now, customer_id=f"C-staging-{uuid.uuid4().hex[:8]}-{i}")
+    creates: list[str] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("CREATE TEMPORARY TABLE"):
+            creates.append(statement)
+
+    def renew(conn: sa.Connection, *, fail: bool = False) -> int:
+        rows = [dict(r) for r in conn.execute(sa.select(tasks.c.request_id, tasks.c.system, tasks.c.version)
+                                              .where(tasks.c.system == "alpha")).mappings()]
+        assert len(rows) >= STAGED_UPDATE_ROWS
+        written = StoreBase._update_many(conn, tasks, ("request_id", "system"), ("lease_expires_at",),
+                                         [{**r, "_version": r["version"], "lease_expires_at": now} for r in rows],
+                                         guard="version")
+        if fail:
+            raise RuntimeError("the step failed after its bulk update")
+        return written
+
+    with engine.connect() as conn:
+        with conn.begin():
+            assert renew(conn) >= STAGED_UPDATE_ROWS
+        with conn.begin():
+            assert renew(conn) >= STAGED_UPDATE_ROWS
+        assert len(creates) == 1  # the second transaction used the table the first one committed
+
+        # A transaction that creates the table and rolls back takes the table with it: the next one creates it.
+        conn.execute(sa.text("DISCARD TEMP"))
+        conn.commit()
+        staging_tables.forget(conn)
+        with pytest.raises(RuntimeError), conn.begin():
+            renew(conn, fail=True)
+        assert len(creates) == 2
+        with conn.begin():
+            assert renew(conn) >= STAGED_UPDATE_ROWS
+        assert len(creates) == 3
+
+        # Dropped behind the session's back: one failed try, then the table is created again.
+        conn.execute(sa.text("DISCARD TEMP"))
+        conn.commit()
+        with pytest.raises(sa.exc.ProgrammingError), conn.begin():
+            renew(conn)
+        with conn.begin():
+            assert renew(conn) >= STAGED_UPDATE_ROWS
+        assert len(creates) == 4
+    engine.dispose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 from worker import receipts, states
 from worker.config import Topics
 from worker.states import RequestStatus, SystemState, TaskState
+from worker.store import staging as staging_tables
 from worker.store import turns
 from worker.store.outbox import Outbox
 from worker.store.records import NotFound, StoreConflict, TaskUpdate
@@ -207,7 +207,7 @@ class StoreBase:
             # rows in C, where it built text arrays element by element in Python (measured: 82 against 127 ms
             # for 3,000 task rows). Arrays now go in binary (``db.create_engine``), and the two measured the
             # same in the loop (bench/README.md, sixth round). Few rows do not repay the table's extra statement.
-            staging = _staging_table(conn, table, names, sources)
+            staging = staging_tables.table(conn, table, names, sources)
             _copy_rows(conn, f'COPY "{staging}" FROM STDIN', names, rows)
             source = f'"{staging}" AS v'
         else:
@@ -250,17 +250,6 @@ def _may_stage(conn: sa.Connection) -> bool:
     return bool(allowed)
 
 
-def _staging_table(conn: sa.Connection, table: sa.Table, names: Sequence[str], sources: Sequence[str]) -> str:
-    """A temporary table with ``names`` typed as ``table``'s ``sources``, created if missing. It is the
-    session's own (no other connection sees it), and ``ON COMMIT DELETE ROWS`` empties it at each commit, so
-    every transaction finds it empty. Asked for every time: a rolled-back transaction may have created it."""
-    name = "staging_" + hashlib.sha256("|".join([table.name, *names, *sources]).encode()).hexdigest()[:16]
-    select = ", ".join(f'"{source}" AS "{target}"' for source, target in zip(sources, names, strict=True))
-    conn.execute(sa.text(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{name}" ON COMMIT DELETE ROWS AS '  # noqa: S608
-                         f'SELECT {select} FROM "{table.name}" WITH NO DATA'))
-    return name
-
-
 def _copy_rows(conn: sa.Connection, statement: str, names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """``COPY ... FROM STDIN`` on the transaction's own connection, with the driver's errors raised as
     SQLAlchemy's (so ``faults.is_outage`` sorts them as for any statement) and a broken connection
@@ -272,6 +261,8 @@ def _copy_rows(conn: sa.Connection, statement: str, names: Sequence[str], rows: 
             for row in rows:
                 copy.write_row(list(map(row.get, names)))
     except psycopg.Error as exc:
+        if isinstance(exc, psycopg.errors.UndefinedTable):
+            staging_tables.forget(conn)
         broken = bool(raw.closed or raw.broken)
         if broken:
             conn.invalidate(exc)

@@ -21,7 +21,7 @@ from worker.states import RequestStatus, SystemState
 from worker.store import turns
 from worker.store.base import StoreBase, dicts
 from worker.store.records import OPEN_STATUSES, ClaimedTask, StoreConflict, TaskUpdate, subject_of, task_state
-from worker.store.schema import CLAIMABLE_PREDICATE, audit_events, requests, tasks
+from worker.store.schema import CLAIMABLE_PREDICATE, RUNNING_PREDICATE, audit_events, requests, tasks
 from worker.store.sets import among, pairs_among
 
 CLAIMABLE_VALUES = sorted(s.value for s in states.CLAIMABLE)  # also the predicate of ix_tasks_claim
@@ -78,6 +78,21 @@ def _running_statement() -> sa.Select[Any]:
                       sa.func.count().filter(expired).label("expired"))
             .where(tasks.c.state == SystemState.RUNNING)
             .group_by(tasks.c.system))
+
+
+# The same on PostgreSQL, an index range per system. The single scan above is a bitmap scan there, which
+# visits every entry a finished task left in ``ix_tasks_running`` until vacuum: 30,000 heap tuples and 1.8 ms
+# a claim after a burst, where an index-only scan per system marks those entries dead as it passes them, so
+# the next claim skips them (0.1 ms).
+RUNNING_PG = sa.text(f"""
+SELECT w.system, r.n, r.expired
+FROM unnest(CAST(:systems AS text[])) AS w(system)
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE tasks.lease_expires_at >= :now) AS n,
+           count(*) FILTER (WHERE tasks.lease_expires_at < :now) AS expired
+    FROM tasks WHERE tasks.system = w.system AND tasks.{RUNNING_PREDICATE}
+) AS r
+""")  # noqa: S608 - a constant; every value is a bound parameter
 
 
 @functools.cache
@@ -169,7 +184,8 @@ class Claims(StoreBase):
                 keys = sorted({_lock_key(f"claim:{system}") for system in limits})
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) "
                                      "AS k ORDER BY 1) AS ordered"), {"keys": keys})
-            counts = conn.execute(_running_statement(), {"now": now}).all()
+            counts = (conn.execute(RUNNING_PG, {"now": now, "systems": sorted(limits)}).all() if postgres
+                      else conn.execute(_running_statement(), {"now": now}).all())
             running = {row.system: row.n for row in counts}
             expired = {row.system for row in counts if row.expired}
             wanted = {s: min(room, limit - running.get(s, 0)) for s, limit in limits.items()}

@@ -14,6 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg.types.array import ListBinaryDumper
 
+from worker.store import staging
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -83,6 +85,7 @@ def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = N
                 cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
         dbapi_connection.commit()
 
+    staging.track(engine)
     return engine
 
 
