@@ -153,7 +153,8 @@ def test_the_waiting_scan_probes_siblings_by_key_and_never_compiles(pg_url: str)
         # Costs as if the store were huge, where the planner preferred hashing: the plan must not change.
         conn.execute(sa.text("SET LOCAL cpu_operator_cost = 10"))
         plan = "\n".join(conn.execute(sa.text("EXPLAIN " + WAITING_PG.text),
-                                      {"now": utcnow(), "systems": systems, "limits": [1000] * len(systems)})
+                                      {"now": utcnow(), "systems": systems, "limits": [1000] * len(systems),
+                                       "total": 4000})
                          .scalars())
     assert "SubPlan" in plan
     assert "hashed" not in plan.lower()

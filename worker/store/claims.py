@@ -155,6 +155,7 @@ CROSS JOIN LATERAL (
     LIMIT w.n
 ) AS c
 ORDER BY c.background, c.due_at ASC NULLS LAST, c.request_seq
+LIMIT :total
 """)  # noqa: S608 - constants only; every value is a bound parameter
 
 
@@ -192,7 +193,7 @@ class Claims(StoreBase):
             wanted = {s: n for s, n in wanted.items() if n > 0}
             if not wanted:
                 return []
-            candidates = self._candidates(conn, now, wanted, extra=len(held), expired=expired)
+            candidates = self._candidates(conn, now, wanted, room, extra=len(held), expired=expired)
             if not candidates:
                 return []
             return self._claim_rows(conn, candidates, now, lease_until, wanted, room, held)
@@ -204,9 +205,10 @@ class Claims(StoreBase):
             sa.and_(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now),
         )
 
-    def _candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int],
+    def _candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int], room: int,
                     extra: int, expired: Collection[str]) -> list[tuple[str, str]]:
-        """The (request_id, system) pairs to try, in claim order, at most ``wanted[system] + extra`` each.
+        """The (request_id, system) pairs to try, in claim order, at most ``wanted[system] + extra`` each
+        (on PostgreSQL also ``room + extra`` in all, besides expired leases).
 
         Expired leases (``expired`` names the systems that have some) come from a scan of the running tasks
         (few: at most the fleet's calls in flight).
@@ -217,8 +219,10 @@ class Claims(StoreBase):
         lapsed = [s for s in systems if s in expired]
         expired_rows = conn.execute(_expired_statement(), {"now": now, "systems": lapsed}).all() if lapsed else []
         if conn.dialect.name == "postgresql":
-            rows = conn.execute(WAITING_PG, {"now": now, "systems": list(systems),
-                                                      "limits": [wanted[s] + extra for s in systems]}).all()
+            # No more in all than the turn has room for: each candidate is locked and read in full next, and
+            # ten systems' own limits offered 160 for a turn with room for 64.
+            rows = conn.execute(WAITING_PG, {"now": now, "systems": list(systems), "total": room + extra,
+                                             "limits": [wanted[s] + extra for s in systems]}).all()
         else:
             limits = {f"n{i}": wanted[system] + extra for i, system in enumerate(systems)}
             rows = conn.execute(_waiting_statement(systems), {"now": now, **limits}).all()
@@ -289,8 +293,9 @@ class Claims(StoreBase):
         accepted = {r["request_id"] for r in rows if r["request_status"] == RequestStatus.ACCEPTED}
         opened = sorted({t.request_id for t in claimed} & accepted)
         if opened:
-            conn.execute(requests.update().where(among(conn, requests.c.request_id, opened),
-                                                 requests.c.status == RequestStatus.ACCEPTED)
+            # By key alone: the rows are locked, so their status is the one read. A status test here let the
+            # planner pick the status index on a young store and read every accepted request (1.2 ms a claim).
+            conn.execute(requests.update().where(among(conn, requests.c.request_id, opened))
                          .values(status=RequestStatus.IN_PROGRESS, updated_at=now))
             audits += [self._audit_row(r, None, now, "status_changed", from_state=RequestStatus.ACCEPTED,
                                        to_state=RequestStatus.IN_PROGRESS) for r in opened]
