@@ -84,18 +84,21 @@ class DbCounters:
             if self.statements_ok:
                 conn.execute(sa.text("SELECT pg_stat_statements_reset()"))
 
-    def read(self) -> tuple[float, float]:
+    def read(self) -> tuple[float, float, float]:
+        """Statements, commits, and the cluster's WAL syncs (the durable commits: a read-only statement outside a
+        transaction counts as a commit in ``pg_stat_database`` but syncs nothing)."""
         with self.engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
             commits = conn.execute(sa.text(
                 "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")).scalar_one()
+            syncs = conn.execute(sa.text("SELECT wal_sync FROM pg_stat_wal")).scalar_one()
             statements = float("nan")
             if self.statements_ok:
                 statements = conn.execute(sa.text(
                     "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
                     "WHERE d.datname = current_database() AND s.query !~* '^\\s*(begin|commit|rollback)' "
                     "AND s.query !~* 'pg_stat'")).scalar_one()
-        return float(statements), float(commits)
+        return float(statements), float(commits), float(syncs)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -361,7 +364,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             for round_ in range(rounds):
                 burst = commands(args.requests, args.systems)
                 counters.reset()
-                statements0, commits0 = counters.read()
+                statements0, commits0, syncs0 = counters.read()
                 cpu0 = sum(cpu_seconds(p.pid) for p, _ in workers)
                 split = CpuSplit([p.pid for p, _ in workers])
                 started = time.monotonic()
@@ -371,7 +374,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 elapsed = (max(done) if complete else time.monotonic()) - started
                 cpu = sum(cpu_seconds(p.pid) for p, _ in workers) - cpu0
                 cpu_split = split.per_request(len(done))
-                statements1, commits1 = counters.read()
+                statements1, commits1, syncs1 = counters.read()
                 latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
                 rss.append(sum(rss_mb(p.pid) for p, _ in workers))
                 if args.soak:
@@ -393,7 +396,8 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             result.update(
                 requests=args.requests, completed=n, elapsed=elapsed, rate=n / elapsed,
                 transitions=transitions / elapsed, statements=(statements1 - statements0) / max(n, 1),
-                commits=(commits1 - commits0) / max(n, 1), cpu_ms=cpu * 1000 / max(n, 1),
+                commits=(commits1 - commits0) / max(n, 1), syncs=(syncs1 - syncs0) / max(n, 1),
+                cpu_ms=cpu * 1000 / max(n, 1),
                 p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), rss=rss, cpu_split=cpu_split,
                 no_accepted=sum(1 for k in sent if k not in watch.accepted),
                 two_ends=sum(1 for k in sent if len(watch.terminal.get(k, ())) > 1), outbox_left=pending,
@@ -466,7 +470,7 @@ def floor_run(args: argparse.Namespace, directory: Path, *, writes: bool = False
             if not watch.wait(list(warm), 60):
                 sys.exit(f"the floor did not answer:\n{log_path.read_text(errors='replace')[-2000:]}")
             counters.reset()
-            statements0, commits0 = counters.read()
+            statements0, commits0, syncs0 = counters.read()
             cpu0 = cpu_seconds(process.pid)
             split = CpuSplit([process.pid])
             started = time.monotonic()
@@ -476,7 +480,7 @@ def floor_run(args: argparse.Namespace, directory: Path, *, writes: bool = False
             elapsed = (max(done) if complete else time.monotonic()) - started
             cpu = cpu_seconds(process.pid) - cpu0
             cpu_split = split.per_request(len(done))
-            statements1, commits1 = counters.read()
+            statements1, commits1, syncs1 = counters.read()
             latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
         finally:
             process.terminate()
@@ -487,7 +491,8 @@ def floor_run(args: argparse.Namespace, directory: Path, *, writes: bool = False
     return {"config": "writes" if writes else "floor", "requests": args.requests, "completed": n,
             "elapsed": elapsed, "rate": n / elapsed,
             "transitions": float("nan"), "statements": (statements1 - statements0) / max(n, 1),
-            "commits": (commits1 - commits0) / max(n, 1), "cpu_ms": cpu * 1000 / max(n, 1),
+            "commits": (commits1 - commits0) / max(n, 1), "syncs": (syncs1 - syncs0) / max(n, 1),
+            "cpu_ms": cpu * 1000 / max(n, 1),
             "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "cpu_split": cpu_split}
 
 
@@ -633,6 +638,7 @@ def show(result: dict[str, Any]) -> None:
     flag = "" if result["completed"] == result["requests"] else "  INCOMPLETE"
     line = (f"  {result['config']:7} {result['rate']:8.1f} req/s  {result['transitions']:8.0f} transitions/s  "
             f"{result['statements']:6.2f} stmts/req  {result['commits']:6.3f} commits/req  "
+            f"{result.get('syncs', float('nan')):6.3f} WAL syncs/req  "
             f"{result['cpu_ms']:6.2f} CPU ms/req  p50 {result['p50']:.3f}s  p99 {result['p99']:.3f}s  "
             f"({result['completed']} in {result['elapsed']:.1f}s){flag}")
     print(line, flush=True)
