@@ -1,6 +1,8 @@
 """An in-memory Kafka for the loop's unit tests: topics with partitions and offsets, consumer groups with
 committed offsets and cooperative rebalances (callbacks fired inside ``consume``), pause/resume/seek,
-``consume`` batches, and a transactional producer (records visible on commit, as ``read_committed``).
+``consume`` batches, and a transactional producer (records visible on commit, as ``read_committed``). A record
+batch the client cannot read (``append_unreadable``) is reported as librdkafka does: an error at the batch's base
+offset, from any position inside it, on every fetch, and the position does not move.
 
 It implements ``worker.broker.Consumer``/``Producer`` as the loop and the outbox relay use them;
 tests/integration/test_broker_contract.py runs the same assertions against it and real Kafka.
@@ -31,6 +33,7 @@ class MemRecord:
     _value: bytes | None
     _headers: Headers | None
     _error: KafkaError | None = None
+    _unreadable_base: int | None = None  # stored in a batch the client cannot read, which starts there
 
     def topic(self) -> str:
         return self._topic
@@ -93,6 +96,15 @@ class MemBroker:
         record = MemRecord(topic, partition, len(log), key_bytes, _bytes(value), pairs)
         log.append(record)
         return record
+
+    def append_unreadable(self, topic: str, partition: int, count: int) -> range:
+        """Writes one record batch of ``count`` records that no client can read (a compression bomb); returns
+        its offsets."""
+        self.create_topic(topic)
+        log = self.logs[topic][partition]
+        base = len(log)
+        log += [MemRecord(topic, partition, base + i, None, None, None, _unreadable_base=base) for i in range(count)]
+        return range(base, base + count)
 
     def records(self, topic: str) -> list[MemRecord]:
         """Every record of ``topic``, partition by partition, in log order."""
@@ -205,6 +217,17 @@ class MemConsumer:
             log = self.broker.logs[tp[0]][tp[1]]
             position = self.positions[tp]
             taken = log[position:position + num_messages - len(batch)]
+            unreadable = [i for i, record in enumerate(taken) if record._unreadable_base is not None]
+            if unreadable:  # what comes before the bad batch, then its error; the fetch goes no further
+                bad = taken[unreadable[0]]
+                taken = taken[:unreadable[0]]
+                base = bad._unreadable_base or 0
+                error = KafkaError(KafkaError._BAD_COMPRESSION, "decompression failed")
+                batch.extend([*taken, MemRecord(bad._topic, bad._partition, base, None, None, None, error)])
+                self.positions[tp] = position + len(taken)
+                if len(batch) >= num_messages:
+                    break
+                continue
             batch.extend(taken)
             self.positions[tp] = position + len(taken)
             if len(batch) >= num_messages:
