@@ -49,6 +49,7 @@ class BadBatch:
     asked: int | None = None  # the offset probed, whose answer is awaited
     asked_at: float = 0.0
     probes: int = 0  # fetches spent, for the log
+    code: str = ""  # the client's error name (``_BAD_COMPRESSION``), carried to the dead letters
 
     @property
     def boundary(self) -> int | None:
@@ -60,11 +61,12 @@ class BadBatch:
         return self.boundary is not None and self.first >= self.boundary
 
 
-def start(base: int, position: int | None, high: int | None) -> BadBatch:
+def start(base: int, position: int | None, high: int | None, code: str = "") -> BadBatch:
     """The client reported base offset ``base`` for a batch it cannot read, fetching from ``position``; ``high``
     is the partition's high watermark (None: unknown), read after the report, so the whole batch lies below it."""
     first = max(base, position or 0)
-    return BadBatch(base=base, first=first, inside=first, beyond=high if high is not None and high > first else None)
+    return BadBatch(base=base, first=first, inside=first, beyond=high if high is not None and high > first else None,
+                    code=code)
 
 
 def next_probe(batch: BadBatch) -> int | None:

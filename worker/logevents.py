@@ -31,7 +31,9 @@ EVENTS: Final[Mapping[str, str]] = {
     "command_rejected": "a command failed validation: rejected receipt and/or DLQ",
     "command_poison": "a message could not be handled at all and goes to the DLQ",
     "headers_unreadable": "a message's headers could not be decoded: it is taken in without them",
-    "record_unreadable": "the Kafka client cannot read a record (a compression bomb): dead-lettered and skipped",
+    "record_unreadable": "the Kafka client cannot read a record batch (a compression bomb): its end is sought, "
+                         "then every record of it is dead-lettered and skipped",
+    "unreadable_batch_skipped": "every record of an unreadable batch is dead-lettered: the partition goes on past it",
     "dead_letter_failed": "writing a message to the DLQ failed; it is retried, never skipped",
     "dead_letter_redelivered": "a dead-lettered record came again (crash before its offset commit): no 2nd DLQ row",
     # Executor (worker.executor)
