@@ -17,6 +17,8 @@ from worker import kafka
 from worker.config import KafkaSettings
 
 PARTITIONS = 3
+# The consumer's cap that makes ``Side.send_unreadable``'s batch a bomb (the worker's is 100 MB by default).
+CAPPED_CLIENT = {"receive.message.max.bytes": "1000000", "fetch.max.bytes": "500000", "message.max.bytes": "400000"}
 
 
 class Side:
@@ -39,11 +41,12 @@ class Side:
             kafka._wait_for_leaders(admin, [name])
         return name
 
-    def consumer(self, group: str) -> Any:
+    def consumer(self, group: str, client_config: dict[str, str] | None = None) -> Any:
         if self.memory is not None:
             client: Any = self.memory.consumer({"group.id": group})
         else:
-            settings = KafkaSettings(bootstrap_servers=self.bootstrap or "", group_id=group, session_timeout_ms=6000)
+            settings = KafkaSettings(bootstrap_servers=self.bootstrap or "", group_id=group, session_timeout_ms=6000,
+                                     client=client_config or {})
             client = Consumer(kafka.consumer_config(settings))
         self.clients.append(client)
         return client
@@ -62,6 +65,19 @@ class Side:
         for key, value in records:
             producer.produce(topic, key=key, value=value, headers=[("h", b"v")])
         assert producer.flush(10) == 0
+
+    def send_unreadable(self, topic: str, partition: int, count: int) -> None:
+        """One record batch of ``count`` records that a client capped with ``CAPPED_CLIENT`` cannot read: a zstd
+        batch whose first record inflates past the cap (1.5 MB of one byte, a few hundred bytes on the wire)."""
+        if self.memory is not None:
+            self.memory.append_unreadable(topic, partition, count)
+            return
+        producer = Producer({"bootstrap.servers": self.bootstrap, "compression.type": "zstd", "linger.ms": 1000,
+                             "message.max.bytes": 10_000_000, "batch.size": 10_000_000})
+        producer.produce(topic, partition=partition, value=b"a" * 1_500_000)
+        for i in range(count - 1):
+            producer.produce(topic, partition=partition, value=f"caught-{i}".encode())
+        assert producer.flush(30) == 0
 
     def until(self, consumer: Any, done: Callable[[list[Any]], bool], *, batch: int = 100) -> list[Any]:
         """Consumes batches until ``done`` holds for everything consumed (at once in memory)."""
@@ -154,6 +170,40 @@ def test_seek_rewinds_and_pause_holds_a_partition(side: Side) -> None:
     assert [m for m in consumer.consume(num_messages=10, timeout=0.5) if m.error() is None] == []
     consumer.resume(consumer.assignment())
     assert [m.offset() for m in side.until(consumer, lambda g: len(g) >= 3)] == [2, 3, 4]
+
+
+def test_an_unreadable_batch_is_reported_at_its_base_offset_from_anywhere_inside_it(side: Side) -> None:
+    """What worker.badbatch relies on: the client reports a batch it cannot read by its base offset, again on every
+    fetch and after a seek to any offset inside it, and a seek past the batch reads on from there."""
+    topic, group = side.topic(), f"g-{uuid.uuid4().hex[:8]}"
+    partition = 1
+    producer = side.producer()
+    producer.produce(topic, partition=partition, value=b"before")
+    assert producer.flush(10) == 0
+    side.send_unreadable(topic, partition, 5)  # offsets 1..5
+    producer.produce(topic, partition=partition, value=b"after")  # offset 6
+    assert producer.flush(10) == 0
+    consumer = side.consumer(group, CAPPED_CLIENT)
+    consumer.subscribe([topic])
+
+    def first_answer(seek_to: int | None) -> tuple[int, str | None]:
+        """The first thing the partition hands back after a seek: (offset, error name)."""
+        if seek_to is not None:
+            consumer.seek(TopicPartition(topic, partition, seek_to))
+        deadline = time.monotonic() + max(side.patience, 0.001)
+        while True:
+            for message in consumer.consume(num_messages=100, timeout=0.2):
+                if message.partition() == partition and message.topic() == topic:
+                    error = message.error()
+                    return message.offset(), error.name() if error is not None else None
+            assert time.monotonic() < deadline, "no answer"
+
+    assert first_answer(None) == (0, None)
+    assert first_answer(None) == (1, "_BAD_COMPRESSION")
+    assert first_answer(None) == (1, "_BAD_COMPRESSION")  # fetched again: the position does not move
+    for inside in (2, 5):
+        assert first_answer(inside) == (1, "_BAD_COMPRESSION")
+    assert first_answer(6) == (6, None)
 
 
 def test_a_joining_member_takes_partitions_after_the_revoke_callback_committed(side: Side) -> None:
