@@ -41,7 +41,8 @@ def _messages(n: int) -> list[Message]:
 def _buffers(engine: sa.Engine) -> tuple[int, int, float]:
     """(buffers of the index scan, buffers in all, execution ms) of the waiting-task statement."""
     text = re.sub(r":(\w+)", r"%(\1)s", WAITING_PG.text)
-    params: dict[str, Any] = {"now": utcnow(), "systems": SYSTEMS, "limits": [100] * len(SYSTEMS)}
+    params: dict[str, Any] = {"now": utcnow(), "systems": SYSTEMS, "limits": [100] * len(SYSTEMS),
+                              "total": 100 * len(SYSTEMS)}
     with engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + text, params)

@@ -195,9 +195,13 @@ class StoreBase:
         names = [*keys, *columns, *([f"_{guard}"] if guard is not None else [])]
         sources = [*keys, *columns, *([guard] if guard is not None else [])]
         conditions = [f't."{k}" = v."{k}"' for k in keys]
+        # The first key (which leads the table's primary key or a unique index) also against its own values:
+        # otherwise the planner, on a store that grew faster than its statistics, joined by hashing a scan of
+        # the whole table (4.5 ms a claim after a 5,000-request burst) instead of probing the index.
+        conditions.append(f't."{keys[0]}" = ANY(CAST(:leading AS {_pg_array_type(table.c[keys[0]].type)}))')
+        parameters: dict[str, Any] = {"leading": sorted({r[keys[0]] for r in rows})}
         if guard is not None:
             conditions.append(f't."{guard}" = v."_{guard}"')
-        parameters: dict[str, Any] = {}
         if owner is not None:
             conditions.append('t."lease_owner" = :owner')
             parameters["owner"] = owner
