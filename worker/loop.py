@@ -20,12 +20,13 @@ import sqlalchemy as sa
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from worker import badbatch, failpoints, memory, metrics, planning, states
+from worker import failpoints, memory, metrics, planning, states
 from worker.broker import Consumer, Record
 from worker.compose import Parts
 from worker.core.errors import StoreUnavailable
 from worker.health import HealthServer
 from worker.intake import Message
+from worker.reading import Reader, Unreadable
 from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site, error_sqlstate
 from worker.store import reports
 from worker.store.faults import is_outage
@@ -41,11 +42,6 @@ SHUTDOWN_MARGIN_SECONDS = 10.0
 # Of that margin, kept for committing offsets, leaving the group and aborting an open transaction
 # (broker calls with their own short timeouts) after the relay had its turn.
 LEAVE_RESERVE_SECONDS = 3.0
-# Consumer errors that name a record batch the client cannot read, however often it fetches it again: librdkafka
-# retries the same fetch forever, so the partition would stall behind it. Every record of such a batch is
-# dead-lettered at its offset and skipped like any other bad command (``Loop._bad_batch``, ``worker.badbatch``).
-UNREADABLE = frozenset({KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG})
-WATERMARK_TIMEOUT_SECONDS = 5.0
 
 
 class Loop:
@@ -72,12 +68,7 @@ class Loop:
         self.offsets_pending = False
         self.offsets_unconfirmed = False  # a background commit was sent since the last one waited for
         self.assigned: list[TopicPartition] = []
-        # (topic, partition) -> the next offset this consumer fetches there, as far as the loop knows: after the
-        # last record it was handed, or where the loop last seeked. Places an unreadable batch (``_bad_batch``).
-        self.positions: dict[tuple[str, int], int] = {}
-        # (topic, partition) -> the unreadable batch there being measured or dead-lettered. Until it is done, the
-        # partition's records are dropped (fetched again from the batch's end) and its offset stays put.
-        self.bad_batches: dict[tuple[str, int], badbatch.BadBatch] = {}
+        self.reader = Reader(consumer, chunk=self.settings.worker.batch_size)
         worker = self.settings.worker
         self.health = (HealthServer(worker.http_host, worker.http_port, live=self._live, ready=self._ready)
                        if serve_http else None)
@@ -183,78 +174,9 @@ class Loop:
                 batch = [first]
                 if size > 1:
                     batch += self.consumer.consume(num_messages=size - 1, timeout=0)
-        records: list[Record] = []
-        for message in batch:
-            self._take(message, records)
-        records += self._probe_bad_batches()
+        records = self.reader.take(batch, held=self.intake_held)
         if records:
             self._record(records)
-
-    def _take(self, message: Record, records: list[Record]) -> None:
-        """Adds a consumed record to ``records``, or hands it to its partition's bad batch (an answer to a probe,
-        or a refetch: nothing of that partition is recorded before the batch's end), or starts one."""
-        error = message.error()
-        where = (str(message.topic()), message.partition() or 0)
-        bad = self.bad_batches.get(where)
-        if error is None:
-            if bad is not None:
-                self.bad_batches[where] = badbatch.observe(bad, message.offset() or 0, error_base=None)
-            else:
-                records.append(message)
-                self.positions[where] = (message.offset() or 0) + 1
-        elif error.fatal():
-            raise KafkaException(error)
-        elif error.code() in UNREADABLE and message.partition() is not None and (message.offset() or 0) >= 0:
-            if bad is not None:
-                self.bad_batches[where] = badbatch.observe(bad, message.offset() or 0, error_base=message.offset())
-            else:
-                self._bad_batch(where, message.offset() or 0, error)
-        elif error.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer_error", code=error.name(), retriable=error.retriable())
-
-    def _bad_batch(self, where: tuple[str, int], base: int, error: KafkaError) -> None:
-        """Starts measuring the unreadable batch at ``base``. librdkafka reports the *base* offset of the record
-        batch it could not decompress, and reports it again after a seek into that batch, so its first record
-        not yet dead-lettered is the later of that offset and where this consumer fetches from (which the loop
-        knows, or the group's committed offset after an assignment or a restart): one DLQ row per offset of the
-        batch, none twice."""
-        topic, partition = where
-        position = self.positions.get(where)
-        if position is None:
-            try:
-                committed = self.consumer.committed([TopicPartition(topic, partition)], timeout=10)
-                position = committed[0].offset if committed and committed[0].offset >= 0 else None
-            except KafkaException:
-                position = None
-        try:
-            # Read now, after the report: the whole batch lies below it. Offsets at or past it need no fetch.
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                          timeout=WATERMARK_TIMEOUT_SECONDS) or (None, None)
-        except KafkaException:
-            high = None  # probes past the log's end then time out: slower, as right
-        bad = badbatch.start(base, position, high, error.name())
-        self.bad_batches[where] = bad
-        log.warning("record_unreadable", source=f"{topic}/{partition}/{bad.first}", code=error.name())
-
-    def _probe_bad_batches(self) -> list[Record]:
-        """Sends each partition's next probe, or, once its batch's end is known, the next chunk of its dead
-        letters (``_record`` seeks past the batch when the last is recorded)."""
-        now = time.monotonic()
-        dead: list[Record] = []
-        for where, bad in list(self.bad_batches.items()):
-            if self.intake_held:  # paused: no answer can come, and nothing may be recorded
-                self.bad_batches[where] = badbatch.waiting(bad, now)
-                continue
-            bad = badbatch.expired(bad, now)
-            probe = badbatch.next_probe(bad)
-            if probe is not None:
-                self._seek(*where, probe)
-                bad = badbatch.asked(bad, probe, now)
-            self.bad_batches[where] = bad
-            topic, partition = where
-            dead += [Unreadable(topic, partition, offset, bad.code)
-                     for offset in badbatch.dead_letters(bad, self.settings.worker.batch_size)]
-        return dead
 
     def _wait_for_work(self) -> float:
         """With no command in hand: waits for a call in flight to end, if any; returns how long ``poll`` may
@@ -287,7 +209,7 @@ class Loop:
                 if isinstance(message, Unreadable):  # no client message to store: its place, past it
                     self.consumer.store_offsets(offsets=[
                         TopicPartition(message.topic(), message.partition(), message.offset() + 1)])
-                    self._dead_lettered((message.topic(), message.partition()), message.offset() + 1)
+                    self.reader.dead_lettered((message.topic(), message.partition()), message.offset() + 1)
                 else:
                     self.consumer.store_offsets(message)
             self.offsets_pending = True
@@ -296,19 +218,6 @@ class Loop:
                 metrics.COMMANDS.labels(result.value).inc()
         if outcome.outage is not None:
             self._intake_failed(batch, len(recorded), outcome.outage)
-
-    def _dead_lettered(self, where: tuple[str, int], upto: int) -> None:
-        """The dead letters of a partition's bad batch before ``upto`` are recorded; after its last, the consumer
-        fetches on past the batch, or the client would report it forever."""
-        bad = self.bad_batches.get(where)
-        if bad is None:
-            return
-        bad = self.bad_batches[where] = badbatch.recorded(bad, upto)
-        if bad.finished and bad.boundary is not None:
-            del self.bad_batches[where]
-            self._seek(*where, bad.boundary)
-            log.warning("unreadable_batch_skipped", source=f"{where[0]}/{where[1]}/{bad.base}",
-                        next_offset=bad.boundary, probes=bad.probes)
 
     def _intake_failed(self, batch: Sequence[Record], first: int, exc: Exception) -> None:
         """Not recorded, so not acknowledged: rewind to ``batch[first]`` and hold intake, for a bounded time.
@@ -335,15 +244,9 @@ class Loop:
         for message in batch[first:]:
             rewind.setdefault((str(message.topic()), message.partition() or 0), message.offset() or 0)
         for (topic, partition), offset in rewind.items():
-            self._seek(topic, partition, offset)
-            # Measured again from there: a probe's answer would now come from the rewound position, and could
-            # pass a record before the batch that is not recorded yet.
-            self.bad_batches.pop((topic, partition), None)
+            self.reader.seek(topic, partition, offset)
+            self.reader.rewound((topic, partition))
         self._hold_intake(True)
-
-    def _seek(self, topic: str, partition: int, offset: int) -> None:
-        self.consumer.seek(TopicPartition(topic, partition, offset))
-        self.positions[(topic, partition)] = offset
 
     def _hold_intake(self, hold: bool) -> None:
         if hold:
@@ -392,8 +295,7 @@ class Loop:
         gone = {(p.topic, p.partition) for p in partitions}
         self.assigned = [p for p in self.assigned if (p.topic, p.partition) not in gone]
         for where in gone:
-            self.positions.pop(where, None)  # the next owner starts from the committed offset
-            self.bad_batches.pop(where, None)  # and measures the batch again: the DLQ keeps no row twice
+            self.reader.revoked(where)
         for partition in partitions:
             # The new owner reports this partition's lag now; a stale copy here would count it twice.
             with contextlib.suppress(KeyError):  # never measured here
@@ -473,34 +375,6 @@ class Loop:
         stalled = self.store_stall.active or self.intake_stall.active or self.executor.capacity_lost() or any(
             stall.active for name, stall in self.step_stalls.items() if name != "gauges")
         return self._live() and not stalled and not self.stopping
-
-
-class Unreadable:
-    """A ``Record`` in place of one the client could not read: only its place, no key, value or headers."""
-
-    def __init__(self, topic: str, partition: int, offset: int, code: str) -> None:
-        self._topic, self._partition, self._offset, self.code = topic, partition, offset, code
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> None:
-        return None
-
-    def value(self) -> None:
-        return None
-
-    def headers(self) -> None:
-        return None
-
-    def error(self) -> None:
-        return None
 
 
 def _source(message: Record) -> str:

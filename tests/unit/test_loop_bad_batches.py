@@ -75,7 +75,7 @@ def test_a_bad_batch_is_measured_in_a_few_fetches_and_dead_lettered_once_while_o
     assert world.stored() == {0: 102, 1: 5}
     assert len(made) <= 2 * 100 .bit_length() + 2 and made[-1] == 101  # the probes, then past the batch
     world.turn(3)
-    assert sum(dead_letters(world).values()) == 100 and not world.loop.bad_batches
+    assert sum(dead_letters(world).values()) == 100 and not world.loop.reader.bad_batches
     world.loop._commit()
     assert world.committed(0) == 102
 
@@ -126,7 +126,7 @@ def test_a_store_outage_while_dead_lettering_rewinds_and_measures_again_without_
 
     world.loop.intake.handle_batch = outage_on_the_second_chunk  # type: ignore[method-assign]
     world.until(lambda: calls["n"] >= 3)
-    assert world.stored() == {0: 61} and not world.loop.bad_batches  # acknowledged up to what was recorded
+    assert world.stored() == {0: 61} and not world.loop.reader.bad_batches  # acknowledged up to what was recorded
     world.until(lambda: world.requests() == 2)
     assert dead_letters(world) == {f"0/{offset}": 1 for offset in bad}
     assert world.stored() == {0: 122}
@@ -137,13 +137,13 @@ def test_a_revoked_partition_is_measured_again_by_its_next_owner(tmp_path: Path)
     first.loop.start()
     _, bad = send_around(first, 0, 40)
     first.turn(3)
-    (probing,) = first.loop.bad_batches.values()
+    (probing,) = first.loop.reader.bad_batches.values()
     assert probing.asked is not None and probing.boundary is None  # mid-probe
     parts = compose.build(first.settings, migrate=False, producer_factory=first.broker.producer)
     peer = Loop(parts, first.broker.consumer({"group.id": first.group}))
     peer.start()
     first.loop.close()  # hands the partition over mid-probe, with the offset recorded before the batch
-    assert not first.loop.bad_batches and first.committed(0) == 1
+    assert not first.loop.reader.bad_batches and first.committed(0) == 1
     first.loop = peer
     first.until(lambda: first.requests() == 2)
     assert dead_letters(first) == {f"0/{offset}": 1 for offset in bad}
