@@ -14,6 +14,7 @@ more, so the two seldom overlap. Whatever it returns late is dropped by the pool
 from __future__ import annotations
 
 import dataclasses
+import errno
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -63,6 +64,7 @@ CLAIM_IDLE = timedelta(milliseconds=100)
 # transactions; ``worker.store.turns``): the most such a request can wait beyond its turn.
 TURNS_SWEEP_SECONDS = 15.0
 CALL_TIMEOUT = "call_timeout"
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # After shutdown, how long a handed-back lease still holds: the process exits well within it.
 HAND_BACK_SECONDS = 2.0
 
@@ -272,10 +274,19 @@ class Executor:
         except (PermanentError, NeedsPersonError) as exc:
             outcome = states.Fail(exc.code, exc.message, retryable=False), TaskUpdate()
         except BaseException as exc:  # noqa: BLE001 - a connector bug (even a sys.exit) must not kill the worker
-            # The message of an arbitrary exception may quote personal data: keep only its type.
-            outcome = states.Fail("unexpected_error", f"{task.system} raised {type(exc).__name__}",
-                                  retryable=True), TaskUpdate()
-            log.error("connector_bug", request_id=task.request_id, system=task.system, error_type=type(exc).__name__)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                # The worker's own disk (an export's staging files), not the connector: an operator's to fix,
+                # and the call can succeed once there is room, so it is retried like any outage.
+                code = errno.errorcode[exc.errno]
+                outcome = states.Fail("disk_full", f"{task.system}: no space left on the worker's disk ({code})",
+                                      retryable=True), TaskUpdate()
+                log.error("disk_full", request_id=task.request_id, system=task.system, errno=code)
+            else:
+                # The message of an arbitrary exception may quote personal data: keep only its type.
+                outcome = states.Fail("unexpected_error", f"{task.system} raised {type(exc).__name__}",
+                                      retryable=True), TaskUpdate()
+                log.error("connector_bug", request_id=task.request_id, system=task.system,
+                          error_type=type(exc).__name__)
         self.crash.hit(failpoints.AFTER_CONNECTOR)
         return outcome
 

@@ -42,6 +42,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "call_abandoned": "a call ran past worker.call_timeout_seconds: recorded as a retryable call_timeout, its "
                       "slot freed; the thread stays until the call returns, and its late result is dropped",
     "connector_bug": "a connector raised an unexpected exception; treated as retryable",
+    "disk_full": "a call ran out of space on the worker's disk (ENOSPC or EDQUOT): retried like an outage; free "
+                 "space or grow the volume",
     "leases_reclaimed": "tasks whose worker's lease expired were taken back",
     "leases_handed_back": "at shutdown, calls still running after the drain: their leases end in seconds, so "
                           "another worker takes them over at once",

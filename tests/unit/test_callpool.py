@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 
 from devkit import fakes
 from devkit.pipeline import subject_command
@@ -119,6 +121,38 @@ def test_a_connector_that_raises_fails_its_task_without_its_message_and_the_work
     assert row["state"] == "retrying"
     assert row["error_message"] == f"alpha raised {failure.__name__}"
     assert all(t.is_alive() for t in world.loop.executor.pool.threads)
+    connector.erase = real  # type: ignore[method-assign]
+    world.until(lambda: any(r["status"] == "completed" for r in world.receipts()), limit=20)
+    world.loop.close()
+
+
+def test_a_full_disk_is_a_retryable_disk_full_not_a_connector_bug(tmp_path: Path) -> None:
+    """An export's staging files fill the worker's disk: the operator's to fix, said as such (an error code and a
+    log event of its own), and the call succeeds once there is room."""
+    world = World(tmp_path)
+    world.loop.store.policy = dataclasses.replace(world.loop.store.policy, base_seconds=2.0, max_seconds=2.0)
+    world.loop.start()
+    connector = world.loop.executor.connectors["alpha"]
+    real = connector.erase
+    full = OSError(errno.ENOSPC, "No space left on device", "/var/oubli/staging/marie.dupont@example.fr.json")
+    connector.erase = lambda subject: (_ for _ in ()).throw(full)  # type: ignore[method-assign]
+    command = subject_command(systems=["alpha"])
+    with structlog.testing.capture_logs() as logs:
+        world.send(command, partition=0)
+
+        def stored() -> dict[str, Any]:
+            with world.loop.engine.connect() as conn:
+                row = conn.execute(sa.select(tasks).where(tasks.c.request_id == command["request_id"],
+                                                          tasks.c.system == "alpha")).mappings().first()
+            return dict(row) if row else {}
+
+        world.until(lambda: stored().get("error_code") == "disk_full")
+    row = stored()
+    assert row["state"] == "retrying"
+    assert row["error_message"] == "alpha: no space left on the worker's disk (ENOSPC)"  # no path: it may be personal
+    events = [entry["event"] for entry in logs]
+    assert "disk_full" in events and "connector_bug" not in events
+    assert "marie.dupont" not in repr(logs)
     connector.erase = real  # type: ignore[method-assign]
     world.until(lambda: any(r["status"] == "completed" for r in world.receipts()), limit=20)
     world.loop.close()
