@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -194,6 +195,37 @@ def test_only_the_current_lease_token_renews_the_lease_and_deletes_rows(pg_url: 
     assert restarted.outbox.renew_lease(new, now=now, ttl=ttl)
     assert restarted.outbox.delete(ids, held=new)
     assert store.outbox.batch(10) == []
+    engine.dispose()
+
+
+def test_deleting_published_rows_skips_the_wal_flush_and_only_that_transaction_does(pg_url: str) -> None:
+    """A lost delete only publishes rows again, so its commit need not wait for the disk; every other transaction
+    on the same pooled connection (results, intake) still does."""
+    engine = db.create_engine(pg_url, pool_size=1)
+
+    @sa.event.listens_for(engine, "connect")
+    def _durable(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("SET synchronous_commit = on")  # the test cluster's default is off, for speed
+        dbapi_connection.commit()
+
+    db.migrate(engine)
+    store = Store(engine, topics=TOPICS, policy=states.RetryPolicy(), actor="w1")
+    now, held = utcnow(), Held("outbox-relay", "sync-test")
+    _record(store, now)
+    ids = [r.id for r in store.outbox.batch(10)]
+    assert ids and store.outbox.acquire_lease(held.name, now=now, ttl=timedelta(seconds=15), token=held.token)
+    at_commit: list[str] = []
+
+    @sa.event.listens_for(engine, "commit")
+    def _seen(conn: sa.Connection) -> None:
+        at_commit.append(conn.connection.driver_connection.execute("SHOW synchronous_commit").fetchone()[0])
+
+    assert store.outbox.delete(ids, held=held)
+    assert at_commit == ["off"]
+    _record(store, now)  # a durable transaction on the same connection
+    assert at_commit == ["off", "on"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
     engine.dispose()
 
 
