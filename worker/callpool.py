@@ -75,6 +75,13 @@ class CallPool(Generic[Call, Outcome]):
         """Abandoned calls that have not returned yet: each holds a thread."""
         return len(self._abandoned)
 
+    def abandoned_calls(self) -> list[Call]:
+        """The abandoned calls that have not returned yet: they may still be at work on their system."""
+        if not self._abandoned:  # the usual case, read without the lock: a loop turn asks every time
+            return []
+        with self._lock:
+            return [call for key, (call, _) in self._running.items() if key in self._abandoned]
+
     def abandon_overdue(self, seconds: float) -> list[tuple[Call, float]]:
         """Gives up on every call that has run ``seconds`` or more: its outcome will never be taken. Returns
         them, with how long each ran. A call that ended meanwhile is not among them (``take`` has it)."""

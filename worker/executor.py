@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -219,7 +220,7 @@ class Executor:
         # until a result, a nudge or CLAIM_IDLE later (a retry's backoff may end meanwhile).
         if self.claim_after is not None and time.monotonic() < self.claim_after[0] and now < self.claim_after[1]:
             return 0
-        claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self.limits, room=room,
+        claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self._limits_left(), room=room,
                                        held=self.in_flight.keys())
         for task in claimed[:room]:
             self.in_flight[(task.request_id, task.system)] = (task, now)
@@ -227,6 +228,16 @@ class Executor:
         # Both clocks: a test's injected clock that jumps ahead claims at once, a frozen one waits real time.
         self.claim_after = None if claimed else (time.monotonic() + CLAIM_IDLE.total_seconds(), now + CLAIM_IDLE)
         return len(claimed)
+
+    def _limits_left(self) -> Mapping[str, int]:
+        """Each system's concurrency less this worker's abandoned calls to it that have not returned. The
+        store no longer counts them (their attempt was recorded as call_timeout), but a hung call still holds
+        a connection at the system: without this, every deadline would hand a system that hangs one more
+        call, past its limit, until the worker's spare threads ran out."""
+        hung = Counter(task.system for task in self.pool.abandoned_calls())
+        if not hung:
+            return self.limits
+        return {system: limit - hung[system] for system, limit in self.limits.items()}
 
     def _harvest(self, now: datetime) -> None:
         self.ended += self.pool.take(HARVEST_BATCH - len(self.ended))
