@@ -26,11 +26,20 @@ def is_internal(system: str) -> bool:
     return system.startswith("_")
 
 
+# What an internal step is called when its failure is the request's error.
+_STEP_NAMES = {IDENTITY_TASK: "reading the subject's vendor ids", PACKAGE_TASK: "the export package",
+               VERIFY_TASK: "the erasure's verification"}
+_MESSAGE_MAX = 1000  # receipt.v1's bound on an error message
+
+
 def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """``updated_at`` is the store's, so a re-sent receipt of an unchanged request is byte-identical."""
+    tasks = list(tasks)
     error = None
     if request["error_code"]:
         error = {"code": request["error_code"], "message": request["error_message"] or ""}
+    elif request["status"] == "action_required":
+        error = _step_error(tasks)
     return {
         "schema_version": 1,
         "request_id": request["request_id"],
@@ -45,6 +54,18 @@ def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]]) -> di
         "export": json.loads(request["export_json"]) if request["export_json"] else None,
         "error": error,
     }
+
+
+def _step_error(tasks: list[Mapping[str, Any]]) -> dict[str, str] | None:
+    """The error of a failed internal step. Steps have no entry among the receipt's systems, so without this an
+    ``action_required`` receipt whose cause is a step would show every system confirmed or pending, and no
+    reason: the reader (support, the requesting service) could not tell what needs a person."""
+    for task in sorted(tasks, key=lambda t: t["system"]):
+        if is_internal(task["system"]) and task["state"] == "failed" and task["error_code"]:
+            name = _STEP_NAMES.get(task["system"], task["system"])
+            message = f"{name} failed: {task['error_message'] or task['error_code']}"
+            return {"code": task["error_code"], "message": message[:_MESSAGE_MAX]}
+    return None
 
 
 def _system(task: Mapping[str, Any]) -> dict[str, Any]:
