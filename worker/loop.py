@@ -105,7 +105,9 @@ class Loop:
         self._guarded("relay", self.relay.tick)
         self._guarded("executor", self.executor.launch)
         self._guarded("relay", self.relay.tick)
-        metrics.IN_FLIGHT.set(self.executor.busy())
+        # Calls still running, not calls whose results wait to be recorded: during a store outage those wait
+        # for as long as it lasts, and counting them would show connectors stuck that have long returned.
+        metrics.IN_FLIGHT.set(self.executor.calls_running())
         self._maybe_commit()
         if time.monotonic() - self.last_gauges >= GAUGE_SECONDS:
             self._guarded("gauges", self._refresh_gauges)

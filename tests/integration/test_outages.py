@@ -9,6 +9,7 @@ from typing import Any
 from devkit import fakes
 from devkit.netproxy import Proxy
 from devkit.pipeline import Receipts, raw_settings, settings_from, subject_command
+from worker import metrics
 from worker.app import Worker
 from worker.support import publish_command
 
@@ -47,3 +48,34 @@ def test_a_database_outage_pauses_intake_and_loses_nothing(
         worker.close()
     for command in [before, *during]:
         assert fakes.effect_count(pg_url, command["request_id"], "erase") == 1
+
+
+def test_calls_that_returned_during_a_store_outage_are_not_counted_as_running(
+    proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str,
+) -> None:
+    """Their results wait for the store; the calls themselves are over, and oubli_calls_in_flight says so."""
+    store_url, proxy = proxied_store
+    systems: dict[str, Any] = {"alpha": {"connector": "devkit.fakes",
+                                         "settings": {"url": pg_url, "delay_seconds": 0.5}}}
+    settings = settings_from(raw_settings(store_url=store_url, bootstrap=kafka_bootstrap, systems=systems))
+    worker = Worker(settings, serve_http=False)
+    worker.start()
+    try:
+        commands = [subject_command() for _ in range(2)]
+        for command in commands:
+            publish_command(settings.kafka, command)
+        deadline = time.monotonic() + 60
+        while worker.executor.calls_running() < 2:
+            assert time.monotonic() < deadline, "the calls did not start"
+            worker.run_once()
+        worker.run_once()
+        assert metrics.REGISTRY.get_sample_value("oubli_calls_in_flight") == 2
+        proxy.cut()
+        deadline = time.monotonic() + 3  # the calls (0.5 s) return meanwhile; their results cannot be recorded
+        while time.monotonic() < deadline:
+            worker.run_once()
+        assert worker.executor.calls_running() == 0
+        assert metrics.REGISTRY.get_sample_value("oubli_calls_in_flight") == 0
+        proxy.heal()
+    finally:
+        worker.close()
