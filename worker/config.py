@@ -25,22 +25,42 @@ _SYSTEM_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FORBIDDEN_KAFKA_KEYS = {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
 
 
+# Kafka's own rule for a topic name (and "." or ".." alone are refused too).
+_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+# Like a command's ids: it is stored in 128-character columns (leases, the audit trail's actor), so a longer one
+# would make every claim and every receipt fail at run time instead of the worker refusing to start.
+_WORKER_ID = r"^[^\s\x00-\x1f\x7f]{1,128}$"
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No inf or nan anywhere: every number here ends in a timedelta, a sleep, a bind or a librdkafka setting,
+    # where inf raises OverflowError at run time (a traceback, not a config error) and nan compares false to
+    # every bound. Each number also has an upper bound, for the same reason.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Topics(_Frozen):
-    commands: str = "privacy.commands"
-    receipts: str = "privacy.receipts"
-    dlq: str = "privacy.commands.dlq"
+    commands: str = Field(default="privacy.commands", pattern=_TOPIC)
+    receipts: str = Field(default="privacy.receipts", pattern=_TOPIC)
+    dlq: str = Field(default="privacy.commands.dlq", pattern=_TOPIC)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Topics:
+        names = (self.commands, self.receipts, self.dlq)
+        if any(name in (".", "..") for name in names):
+            raise ValueError("a topic may not be named . or ..")
+        # A receipt or a dead letter written to the commands topic would be consumed as a command.
+        if len(set(names)) != len(names):
+            raise ValueError("commands, receipts and dlq must be three different topics")
+        return self
 
 
 class KafkaSettings(_Frozen):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "oubli-worker"
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    group_id: str = Field(default="oubli-worker", min_length=1, max_length=255)
     topics: Topics = Topics()
-    session_timeout_ms: int = 45000
-    commit_interval_seconds: float = 1.0
+    session_timeout_ms: int = Field(default=45000, ge=1, le=3_600_000)  # librdkafka's range
+    commit_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Extra librdkafka settings (SASL/TLS). Secrets belong in ${ENV} references.
     client: dict[str, str] = Field(default_factory=dict)
 
@@ -60,15 +80,15 @@ class SystemSettings(_Frozen):
     settings: dict[str, Any] = Field(default_factory=dict)
     # How long the system itself keeps a subject's data (e.g. GA event data retention): a background
     # erasure of a subject inactive for longer is confirmed not_found without a call (worker/retention/vendorkeep.py).
-    keeps_data_days: int | None = Field(default=None, ge=1)
+    keeps_data_days: int | None = Field(default=None, ge=1, le=36_500)
 
     def __repr__(self) -> str:  # settings may hold credentials
         return f"SystemSettings(connector={self.connector!r}, concurrency={self.concurrency})"
 
 
 class RetrySettings(_Frozen):
-    base_seconds: float = Field(default=2.0, gt=0)
-    max_seconds: float = Field(default=3600.0, gt=0)
+    base_seconds: float = Field(default=2.0, gt=0, le=86_400)
+    max_seconds: float = Field(default=3600.0, gt=0, le=30 * 86_400)
 
 
 class S3Settings(_Frozen):
@@ -79,32 +99,32 @@ class S3Settings(_Frozen):
 
 
 class WorkerSettings(_Frozen):
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    max_in_flight: int = Field(default=64, ge=1)
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", pattern=_WORKER_ID)
+    max_in_flight: int = Field(default=64, ge=1, le=10_000)
     # A task's lease: renewed every third of it while the call runs, so it bounds only how long a
     # dead worker's tasks wait for another worker (its own restart reclaims them at once). It must
     # outlast the longest stall of the main loop, which renews: two thirds of it, 20 s by default.
-    lease_seconds: float = Field(default=30.0, ge=3)
+    lease_seconds: float = Field(default=30.0, ge=3, le=3600)
     # An async vendor job still unfinished this long after it was submitted fails its task
     # (vendor_wait_expired), so that a person looks at it.
-    vendor_wait_days: float = Field(default=14.0, gt=0)
+    vendor_wait_days: float = Field(default=14.0, gt=0, le=3650)
     # A lost lease costs no attempt; this many lost in a row fail the task (worker_lost_repeatedly),
     # so that a call which kills its worker every time cannot crash-loop the fleet.
-    max_lease_losses: int = Field(default=20, ge=1)
+    max_lease_losses: int = Field(default=20, ge=1, le=10_000)
     # A connector call (or export packaging) still running this long is abandoned: a retryable call_timeout,
     # and its slot goes to other work. Client timeouts bound each read, not a whole call, so a reply
     # trickled byte by byte would otherwise hold its slot forever. Keep it above the longest honest call.
     call_timeout_seconds: float = Field(default=300.0, ge=1, le=86_400)
-    poll_seconds: float = Field(default=0.2, gt=0)
+    poll_seconds: float = Field(default=0.2, gt=0, le=60)
     # Commands consumed and recorded per loop turn (one store transaction for a run of valid commands).
     batch_size: int = Field(default=500, ge=1, le=10_000)
-    drain_seconds: float = Field(default=20.0, ge=0)
+    drain_seconds: float = Field(default=20.0, ge=0, le=3600)
     http_host: str = "0.0.0.0"  # noqa: S104 - probes and metrics must be reachable from the kubelet
-    http_port: int = 8080
+    http_port: int = Field(default=8080, ge=0, le=65535)
     # A store outage holds intake, tried again after 1 s, 2 s, 4 s ... up to store_retry_max_seconds. Past
     # store_outage_exit_seconds the worker exits non-zero: Kubernetes restarts it and its partitions move.
-    store_retry_max_seconds: float = Field(default=30.0, gt=0)
-    store_outage_exit_seconds: float = Field(default=300.0, gt=0)
+    store_retry_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    store_outage_exit_seconds: float = Field(default=300.0, gt=0, le=7 * 86_400)
 
 
 class VerificationSettings(_Frozen):
@@ -228,14 +248,14 @@ class WebSettings(_Frozen):
     port: int = Field(default=8000, ge=0, le=65535)
     public_base_url: str = "http://127.0.0.1:8000"  # the status links Meta shows the person start with it
     facebook_app_secret: SecretStr | None = None  # None: the callback answers 404
-    signed_request_max_age_seconds: int = Field(default=3600, ge=10)
-    clock_skew_seconds: int = Field(default=300, ge=0)
+    signed_request_max_age_seconds: int = Field(default=3600, ge=10, le=30 * 86_400)
+    clock_skew_seconds: int = Field(default=300, ge=0, le=86_400)
     max_body_bytes: int = Field(default=8192, ge=512, le=1_048_576)
     support_tokens: tuple[SecretStr, ...] = ()  # bearer tokens for /support
     support_proxy_header: str | None = None  # e.g. X-Auth-Request-Email, set by a trusted OIDC proxy only
     trusted_proxies: str = "127.0.0.1"  # whose X-Forwarded-For gives the client IP (uvicorn's forwarded_allow_ips)
-    rate_per_minute: float = Field(default=30.0, gt=0)  # per client IP, on the public endpoints
-    rate_burst: int = Field(default=10, ge=1)
+    rate_per_minute: float = Field(default=30.0, gt=0, le=1_000_000)  # per client IP, on the public endpoints
+    rate_burst: int = Field(default=10, ge=1, le=1_000_000)
     erasure_systems: tuple[str, ...] | None = Field(default=None, min_length=1)  # None: every configured system
     requested_by: str = "facebook-data-deletion"
     retailer: str = "VET SECURITE"  # as the pages name the controller
@@ -268,7 +288,8 @@ class Settings(_Frozen):
     export: dict[str, Any] = Field(default_factory=dict)
     verification: VerificationSettings = VerificationSettings()
     worker: WorkerSettings = WorkerSettings()
-    due_days_default: int | None = None  # None: one calendar month (GDPR Art. 12(3))
+    # None: one calendar month (GDPR Art. 12(3)). Bounded so that a typo cannot make every command out_of_range.
+    due_days_default: int | None = Field(default=None, ge=1, le=3650)
     failpoints: frozenset[str] = frozenset()  # tests only: crash the process at named points
     retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
@@ -279,6 +300,15 @@ class Settings(_Frozen):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("subject_key")
+    @classmethod
+    def _subject_key_not_empty(cls, value: SecretStr) -> SecretStr:
+        # "${OUBLI_SUBJECT_KEY:-}" left unset: an empty HMAC key is one anyone has, and every subject_ref made
+        # with it could be reversed by hashing customer ids.
+        if not value.get_secret_value():
+            raise ValueError("subject_key is empty")
+        return value
 
     @field_validator("systems")
     @classmethod
