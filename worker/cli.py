@@ -25,7 +25,7 @@ from worker.metrics import VERSION
 from worker.operators import name_option, note_option
 from worker.store import db
 from worker.store.repository import Store
-from worker.support import CONFIG, NOT_FOUND, USAGE, CliError, cli_error, printable
+from worker.support import CONFIG, COUNT, NOT_FOUND, USAGE, CliError, Seconds, cli_error, printable
 from worker.verification.cli import status_lines, verification_events, verify
 
 if TYPE_CHECKING:
@@ -156,8 +156,8 @@ def migrate(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--partitions", default=kafka.COMMAND_PARTITIONS, show_default=True)
-@click.option("--replication", default=1, show_default=True)
+@click.option("--partitions", default=kafka.COMMAND_PARTITIONS, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--replication", default=1, show_default=True, type=click.IntRange(1, 32_767))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def topics(ctx: click.Context, partitions: int, replication: int, as_json: bool) -> None:
@@ -209,7 +209,7 @@ def submit(ctx: click.Context, kind: str, customer_id: str, emails: tuple[str, .
 @cli.command()
 @click.argument("request_id")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--timeout", default=10.0, show_default=True)
+@click.option("--timeout", default=10.0, show_default=True, type=Seconds())
 @click.pass_context
 def receipt(ctx: click.Context, request_id: str, as_json: bool, timeout: float) -> None:
     """Show the latest receipt of a request, from the compacted receipts topic."""
@@ -294,7 +294,7 @@ def confirm(ctx: click.Context, request_id: str, system: str, actor: str, note: 
 @click.option("--at-risk", "at_risk", is_flag=True,
               help="Project when each open request is served at the rate- or quota-limited systems; "
               "show those that will miss their due date first, and why.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=50, show_default=True, type=COUNT)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, system: str | None,
@@ -360,11 +360,12 @@ def _at_risk(settings: Settings, system: str | None, limit: int, as_json: bool) 
 @click.option("--dry-run", is_flag=True, help="Count what would be emitted, per rule; publish nothing.")
 @click.option("--as-of", "as_of", metavar="DATE|DATETIME",
               help="Sweep as of this moment (ISO 8601; UTC unless an offset is given). Default: now.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most N commands per rule in this run.")
-@click.option("--max-per-run", "max_per_run", type=click.IntRange(min=1),
+@click.option("--limit", type=COUNT, help="At most N commands per rule in this run.")
+@click.option("--max-per-run", "max_per_run", type=COUNT,
               help="At most N commands in this run, all rules together: spreads a first sweep over days "
               "(size it to what the limited systems' reserved quota serves between two runs).")
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker's acknowledgements.")
+@click.option("--timeout", default=120.0, show_default=True, type=Seconds(),
+              help="Seconds to wait for the broker's acknowledgements.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def sweep(ctx: click.Context, dry_run: bool, as_of: str | None, limit: int | None, max_per_run: int | None,

@@ -141,6 +141,27 @@ class CliError(click.ClickException):
         click.echo(f"error: {printable(self.format_message())}", err=True)
 
 
+class Seconds(click.ParamType[float]):
+    """A wait in seconds: finite, above zero, at most a day. click's FloatRange lets ``nan`` through (it compares
+    false to both bounds), and a timeout of nan, inf or -1 reached librdkafka as a broker failure (exit 4)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail("not a number of seconds", param, ctx)
+        if not 0 < seconds <= 86_400:  # false for nan as well
+            self.fail("must be more than 0 and at most 86400 seconds", param, ctx)
+        return seconds
+
+
+# A count of rows or commands: past it, a store's LIMIT overflows its integer type (an "is its schema up to
+# date?" failure, exit 1, for what is a usage error).
+COUNT = click.IntRange(1, 1_000_000)
+
+
 def printable(text: str) -> str:
     """``text`` with every character a terminal would act on (C0 and C1 controls, escape sequences,
     bidi overrides, surrogate escapes of undecodable bytes) written as its Python escape instead."""

@@ -24,7 +24,7 @@ from worker.core.timefmt import iso
 from worker.deadletter.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
 from worker.deadletter.topic import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
 from worker.operators import name_option
-from worker.support import FAILED, CliError
+from worker.support import FAILED, CliError, Seconds
 
 # -- replay ----------------------------------------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ def dlq() -> None:
 
 
 @dlq.command()
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to read the whole topic.")
+@click.option("--timeout", default=60.0, show_default=True, type=Seconds(), help="Seconds to read the whole topic.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
@@ -210,7 +210,8 @@ def summary(ctx: click.Context, timeout: float, as_json: bool) -> None:
 @click.option("--by", "actor", metavar="NAME", callback=name_option,
               help="Your name or handle (not an email or a phone number), sent as x-oubli-replayed-by and kept in "
               "the new requests' audit trail. Required unless --dry-run.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to read the DLQ and get acknowledgements.")
+@click.option("--timeout", default=60.0, show_default=True, type=Seconds(),
+              help="Seconds to read the DLQ and get acknowledgements.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def replay_command(ctx: click.Context, codes: tuple[str, ...], dry_run: bool, actor: str | None, timeout: float,

@@ -15,6 +15,7 @@ import click
 
 from worker.core.timefmt import iso
 from worker.store.verification import RESURRECTED_AS, RESURRECTION_OF, VERIFICATION_FAILED
+from worker.support import Seconds
 from worker.verification.scan import ScanReport
 
 _SHOWN = ("verified", VERIFICATION_FAILED, "tombstoned", RESURRECTION_OF, RESURRECTED_AS)
@@ -22,7 +23,8 @@ _SHOWN = ("verified", VERIFICATION_FAILED, "tombstoned", RESURRECTION_OF, RESURR
 
 @click.command("verify")
 @click.option("--dry-run", is_flag=True, help="Count what is back, per system and table; publish and change nothing.")
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker's acknowledgements.")
+@click.option("--timeout", default=120.0, show_default=True, type=Seconds(),
+              help="Seconds to wait for the broker's acknowledgements.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def verify(ctx: click.Context, dry_run: bool, timeout: float, as_json: bool) -> None:
