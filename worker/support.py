@@ -4,6 +4,7 @@ CLI command's failure means for the script that ran it (exit codes, one ``error:
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -157,6 +158,8 @@ class Seconds(click.ParamType[float]):
         return seconds
 
 
+_PROPERTY = re.compile(r'configuration property:? "([a-z0-9._-]{1,100})"')
+
 # A count of rows or commands: past it, a store's LIMIT overflows its integer type (an "is its schema up to
 # date?" failure, exit 1, for what is a usage error).
 COUNT = click.IntRange(1, 1_000_000)
@@ -185,6 +188,12 @@ def cli_error(exc: BaseException) -> CliError | None:
     if isinstance(exc, KafkaException):
         error = exc.args[0] if exc.args else None
         name = error.name() if isinstance(error, KafkaError) else error
+        if isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG:
+            # librdkafka refused a client setting (kafka.client) before any connection: a config error, not an
+            # outage. Its text may quote the value (a password), so only the property's name is kept.
+            found = _PROPERTY.search(error.str())
+            where = f" {found.group(1)}" if found else ""
+            return CliError(f"kafka.client: the Kafka client refused the setting{where} ({name})", CONFIG)
         return CliError(f"the broker is unavailable or refused: {name}", UNAVAILABLE)
     if isinstance(exc, StoreUnavailable | StalledTooLong) or is_outage(exc):
         sqlstate = error_sqlstate(exc)

@@ -91,3 +91,18 @@ def test_the_cli_exits_5_with_one_line_on_a_hostile_setting(tmp_path: Path) -> N
     assert result.exit_code == 5, result.output
     assert "worker.http_port" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("client", "named"), [
+    ({"no.such.prop": "1"}, "no.such.prop"),
+    ({"linger.ms": "secret-looking-value"}, "queue.buffering.max.ms"),  # librdkafka names the alias it maps to
+])
+def test_a_kafka_client_setting_librdkafka_refuses_is_a_config_error_not_an_outage(
+        tmp_path: Path, client: dict[str, str], named: str) -> None:
+    """It was "the broker is unavailable or refused: _INVALID_ARG", exit 4: a page for an outage that is a typo."""
+    path = tmp_path / "oubli.yaml"
+    path.write_text(yaml.safe_dump(_with({"kafka": {"bootstrap_servers": "127.0.0.1:1", "client": client}})))
+    result = CliRunner().invoke(cli, ["--config", str(path), "topics"], catch_exceptions=False)
+    assert result.exit_code == 5, result.output
+    assert f"kafka.client: the Kafka client refused the setting {named}" in result.output
+    assert "secret-looking-value" not in result.output
