@@ -208,6 +208,25 @@ def test_replay_headers_are_honoured_when_signing_is_off(harness: Harness) -> No
     assert f"carried out as {new['request_id']}" in harness.audit_text()
 
 
+@pytest.mark.parametrize(("headers", "kept"), [
+    ([(REPLAYED_FROM, b"Marie Dupont, 12 rue de la Paix"), (REPLAYED_BY, b"ops")],
+     "replayed from an unreadable source by ops"),
+    ([(REPLAYED_FROM, b"t.dlq/0/5"), (REPLAYED_BY, CANARY_EMAIL.encode())],
+     "replayed from t.dlq/0/5 by an unnamed operator"),
+    ([(REPLAYED_FROM, b"t.dlq/0/5 +33611122233"), (REPLAYED_BY, b"+33611122233")],
+     "replayed from an unreadable source by an unnamed operator"),
+])
+def test_replay_headers_carry_no_personal_data_into_the_audit_trail(
+        harness: Harness, headers: list[tuple[str, bytes]], kept: str) -> None:
+    """The audit trail outlives the subject's purge: a header in any other shape than ``oubli dlq replay`` gives it
+    is named there, not copied (it was copied whole, 300 characters of a sender's free text)."""
+    assert harness.send_json(command(), headers=headers).result is IntakeResult.ACCEPTED
+    audit = harness.audit_text()
+    assert kept in audit
+    for personal in (CANARY_EMAIL, "+33611122233", "Dupont"):
+        assert personal not in audit
+
+
 def test_an_unexpected_exception_is_an_internal_error_naming_only_its_type(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*_: Any) -> str:

@@ -25,7 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from worker import kafka
+from worker import kafka, logs
 from worker.config import KafkaSettings
 from worker.core.errors import OubliError
 from worker.core.timefmt import iso
@@ -47,6 +47,8 @@ def reference(value: bytes, *, key_bytes: int, header_bytes: int, kafka_error: s
 REPLAYED_FROM = "x-oubli-replayed-from"
 REPLAYED_BY = "x-oubli-replayed-by"
 REPLAY_OF = "x-oubli-replay-of"  # on a reissued replay: the request_id it replaces (reissue.py)
+_SOURCE_SHAPE = re.compile(r"^[A-Za-z0-9._-]{1,249}/[0-9]{1,10}/[0-9]{1,20}$")  # topic/partition/offset
+_AT_ADDRESS = re.compile(r"\S@\S")  # as worker.operators refuses in --by
 # What the DLQ added (or an earlier replay did): never sent back to the commands topic.
 _DROPPED = {ERROR_CODE, ERROR_MESSAGE, SOURCE, REPLAYED_FROM, REPLAYED_BY, REPLAY_OF}
 CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -88,14 +90,23 @@ class DeadLetter:
 
 def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
     """For intake to add to the audit trail of a command a replay sent: which request, from which DLQ record, by
-    whom. Only ids, an offset and an operator name (the headers ``replay_headers`` sets), cut to size."""
+    whom. Only ids, an offset and an operator name (the headers ``replay_headers`` sets), cut to size.
+
+    The audit trail outlives the subject's purge, and without a signing secret these headers are whatever the
+    sender wrote. So each is kept only in the shape ``replay_headers`` gives it (a topic/partition/offset, a
+    handle that is no email address or phone number); anything else is named, never copied."""
     values = dict(headers)
     source = values.get(REPLAYED_FROM)
     if source is None:
         return None
     of = _header_text(values.get(REPLAY_OF), 128)
-    return (f"replay of {of} from " if of else "replayed from ") + (
-        f"{_header_text(source, 300)} by {_header_text(values.get(REPLAYED_BY), 128) or 'unknown'}")
+    where = _header_text(source, 300)
+    if not _SOURCE_SHAPE.match(where):
+        where = "an unreadable source"
+    by = _header_text(values.get(REPLAYED_BY), 128).strip()
+    if not by or _AT_ADDRESS.search(by) or logs.scrub(by) != by:
+        by = "an unnamed operator" if by else "unknown"
+    return (f"replay of {of} from " if of else "replayed from ") + f"{where} by {by}"
 
 
 def replay_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
