@@ -25,7 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from worker import kafka, logs
+from worker import kafka, logs, messages
 from worker.config import KafkaSettings
 from worker.core.errors import OubliError
 from worker.core.timefmt import iso
@@ -93,13 +93,16 @@ def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
     whom. Only ids, an offset and an operator name (the headers ``replay_headers`` sets), cut to size.
 
     The audit trail outlives the subject's purge, and without a signing secret these headers are whatever the
-    sender wrote. So each is kept only in the shape ``replay_headers`` gives it (a topic/partition/offset, a
-    handle that is no email address or phone number); anything else is named, never copied."""
+    sender wrote. So each is kept only in the shape ``replay_headers`` gives it (a request id, a
+    topic/partition/offset, a handle; none that looks like an email address or a phone number); anything else
+    is named, never copied."""
     values = dict(headers)
     source = values.get(REPLAYED_FROM)
     if source is None:
         return None
     of = _header_text(values.get(REPLAY_OF), 128)
+    if of and (not messages.could_be_request_id(of) or logs.scrub(of) != of):
+        of = "an unreadable request id"
     where = _header_text(source, 300)
     if not _SOURCE_SHAPE.match(where):
         where = "an unreadable source"
@@ -111,7 +114,8 @@ def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
 
 def replay_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
     """The request_id a reissued replay stands in for (``x-oubli-replay-of``), if it is one."""
-    return _header_text(dict(headers).get(REPLAY_OF), 128) or None
+    of = _header_text(dict(headers).get(REPLAY_OF), 128)
+    return of if of and messages.could_be_request_id(of) else None
 
 
 def _header_text(value: bytes | None, limit: int) -> str:
