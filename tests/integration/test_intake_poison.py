@@ -231,6 +231,19 @@ def test_replay_headers_carry_no_personal_data_into_the_audit_trail(
         assert personal not in audit
 
 
+@pytest.mark.parametrize("sender", [CANARY_EMAIL, "+33611122233", "jean@corp"])
+def test_a_requested_by_naming_a_person_by_email_or_phone_is_not_kept(harness: Harness, sender: str) -> None:
+    """The request row and the audit trail outlive the subject's purge: both kept requested_by whole."""
+    body = command(requested_by=sender)
+    assert harness.send_json(body).result is IntakeResult.ACCEPTED
+    assert sender not in harness.audit_text()
+    assert "requested by [redacted]" in harness.audit_text()
+    with harness.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT requested_by FROM requests WHERE request_id = :r"),
+                            {"r": body["request_id"]}).scalar_one() == "[redacted]"
+    assert harness.send_json(body).result is IntakeResult.DUPLICATE  # the digest still covers the original
+
+
 def test_an_unexpected_exception_is_an_internal_error_naming_only_its_type(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*_: Any) -> str:
