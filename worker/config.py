@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from worker.core.errors import ConfigError
 
@@ -301,6 +303,17 @@ class Settings(_Frozen):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("store_url")
+    @classmethod
+    def _store_url_parses(cls, value: str) -> str:
+        # Checked here so that a malformed URL is exit 5 for every command, not a ValueError traceback from the
+        # first engine. Neither the URL nor SQLAlchemy's text is quoted: both can hold the password.
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError) as exc:
+            raise ValueError(f"store_url is not a database URL ({type(exc).__name__})") from None
+        return value
+
     @field_validator("subject_key")
     @classmethod
     def _subject_key_not_empty(cls, value: SecretStr) -> SecretStr:
@@ -323,7 +336,8 @@ class Settings(_Frozen):
         if self.previous_signing_secrets and self.signing_secret is None:
             raise ValueError("previous_signing_secrets needs signing_secret: without it no command is verified")
         # An empty key is a key anyone has: "${OLD:-}" left unset must not accept every command.
-        secrets = (*self.previous_signing_secrets, *([self.signing_secret] if self.signing_secret else []))
+        # "is not None", not truthiness: SecretStr("") is falsy, and compose reads an empty secret as signing off.
+        secrets = (*self.previous_signing_secrets, *([self.signing_secret] if self.signing_secret is not None else []))
         if any(not secret.get_secret_value() for secret in secrets):
             raise ValueError("a signing secret is empty")
         return self

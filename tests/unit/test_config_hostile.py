@@ -106,3 +106,25 @@ def test_a_kafka_client_setting_librdkafka_refuses_is_a_config_error_not_an_outa
     assert result.exit_code == 5, result.output
     assert f"kafka.client: the Kafka client refused the setting {named}" in result.output
     assert "secret-looking-value" not in result.output
+
+
+def test_an_empty_signing_secret_is_refused_not_read_as_signing_off() -> None:
+    """SecretStr("") is falsy: the emptiness check skipped it, and the worker then took unsigned commands."""
+    with pytest.raises(ConfigError, match="a signing secret is empty"):
+        config.build(BASE, env={"OUBLI_SIGNING_SECRET": ""})
+    with pytest.raises(ConfigError, match="a signing secret is empty"):
+        config.build(_with({"signing_secret": ""}), env={})
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://oubli:hunter2@[::1/oubli",
+                                 "postgresql+psycopg://oubli:hunter2@db:hunter2/oubli", "junk", ""])
+def test_a_malformed_store_url_is_a_config_error_that_quotes_nothing(tmp_path: Path, url: str) -> None:
+    """It was a ValueError traceback (exit 1) whose message quoted part of the URL."""
+    with pytest.raises(ConfigError, match="store_url: .*not a database URL") as caught:
+        config.build(BASE, env={"OUBLI_STORE_URL": url})
+    assert "hunter2" not in caught.value.message
+    path = tmp_path / "oubli.yaml"
+    path.write_text(yaml.safe_dump(_with({"store_url": url})))
+    result = CliRunner().invoke(cli, ["--config", str(path), "status", "r-1"], catch_exceptions=False)
+    assert result.exit_code == 5, result.output
+    assert "hunter2" not in result.output
