@@ -21,6 +21,12 @@ def build(system_id: str, connector_name: str, settings: Mapping[str, Any], cont
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing != module_name and not module_name.startswith(missing + "."):
+            # The module exists but one of its own imports does not: naming the connector as missing would send
+            # the operator looking for a typo in the config instead of at the image.
+            raise ConfigError(f"system {system_id}: the {connector_name} connector cannot be loaded: it needs "
+                              f"the module {missing!r}, which is not installed") from exc
         raise ConfigError(f"system {system_id}: no connector module named {connector_name!r}") from exc
     create = getattr(module, "create", None)
     if create is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,3 +63,19 @@ def test_a_vendor_setting_nothing_reads_is_refused_by_name(
     """A typo'd optional key was ignored in silence, so the operator's limit or deadline never applied."""
     with pytest.raises(ConfigError, match=f"system probe: the {connector} connector has no setting {named}"):
         registry.build("probe", connector, settings, ConnectorContext(now=_now))
+
+
+def test_a_connector_whose_own_import_is_missing_is_named_as_such(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was "no connector module named 'vendorpkg.conn'": a typo hunt in the config for a missing dependency."""
+    package = tmp_path / "vendorpkg_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "conn.py").write_text("import no_such_dependency_for_oubli_tests\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="needs the module 'no_such_dependency_for_oubli_tests'"):
+        registry.build("alpha", "vendorpkg_probe.conn", {}, None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no connector module named 'vendorpkg_probe.absent'"):
+        registry.build("alpha", "vendorpkg_probe.absent", {}, None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no connector module named 'absent_connector'"):
+        registry.build("alpha", "absent_connector", {}, None)  # type: ignore[arg-type]
