@@ -25,7 +25,7 @@ from worker.metrics import VERSION
 from worker.operators import name_option, note_option
 from worker.store import db
 from worker.store.repository import Store
-from worker.support import CONFIG, COUNT, NOT_FOUND, USAGE, CliError, Seconds, cli_error, printable
+from worker.support import CONFIG, COUNT, NOT_FOUND, USAGE, CliError, Seconds, cli_error, error_text, printable
 from worker.verification.cli import status_lines, verification_events, verify
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _undecodable(arg: str) -> bool:
 
 def _printable(exc: click.ClickException) -> click.ClickException:
     """click quotes the offending value in its usage errors (an unknown command, a bad --limit)."""
-    exc.message = printable(exc.message)  # type: ignore[misc]  # click declares it Final; we only clean it
+    exc.message = error_text(exc.message)  # type: ignore[misc]  # click declares it Final; we only clean it
     return exc
 
 

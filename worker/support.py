@@ -14,7 +14,7 @@ import click
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from worker import kafka, messages
+from worker import kafka, logs, messages
 from worker.config import KafkaSettings
 from worker.core.errors import ConfigError, OubliError, StoreUnavailable
 from worker.core.timefmt import iso, utcnow
@@ -139,7 +139,7 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class; ours varies
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {printable(self.format_message())}", err=True)
+        click.echo(f"error: {error_text(self.format_message())}", err=True)
 
 
 class Seconds(click.ParamType[float]):
@@ -163,6 +163,13 @@ _PROPERTY = re.compile(r'configuration property:? "([a-z0-9._-]{1,100})"')
 # A count of rows or commands: past it, a store's LIMIT overflows its integer type (an "is its schema up to
 # date?" failure, exit 1, for what is a usage error).
 COUNT = click.IntRange(1, 1_000_000)
+
+
+def error_text(text: str) -> str:
+    """An error line as shown: an email address or a phone number in it (an argument it echoes, say a customer's
+    address typed where a request id goes) redacted as the logs redact it, since a Job's stderr is collected with
+    its logs; and nothing a terminal would act on (``printable``)."""
+    return printable(logs.scrub(text))
 
 
 def printable(text: str) -> str:

@@ -42,3 +42,22 @@ def test_the_largest_count_and_a_day_long_timeout_are_accepted(tmp_path: Path) -
     local = LocalStore(tmp_path)
     assert local.oubli("requests", "--limit", "1000000").exit_code == 0
     assert local.oubli("receipt", "--help").exit_code == 0
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["status", "marie.dupont@example.fr"], 3),
+    (["status", "+33612345678"], 3),
+    (["retry", "marie.dupont@example.fr", "--by", "ops"], 3),
+    (["requests", "--status", "marie.dupont@example.fr"], 2),
+])
+def test_an_error_line_does_not_echo_an_email_or_a_phone_number(tmp_path: Path, args: list[str], code: int) -> None:
+    """A customer's address typed where a request id goes came back whole on stderr, which a Job's logs collect
+    (the JSON log lines beside it are redacted). Request ids keep their shape."""
+    local = LocalStore(tmp_path)
+    result = local.oubli(*args)
+    assert result.exit_code == code, result.output
+    assert "marie.dupont@example.fr" not in result.output
+    assert "33612345678" not in result.output
+    assert "[redacted]" in result.output
+    kept = local.oubli("status", "776237dc-6633-4122-b898-0d2b1f7b8a10")
+    assert "no request 776237dc-6633-4122-b898-0d2b1f7b8a10" in kept.output
