@@ -25,7 +25,18 @@ from worker.metrics import VERSION
 from worker.operators import name_option, note_option
 from worker.store import db
 from worker.store.repository import Store
-from worker.support import CONFIG, COUNT, NOT_FOUND, USAGE, CliError, Seconds, cli_error, error_text, printable
+from worker.support import (
+    CONFIG,
+    COUNT,
+    NOT_FOUND,
+    USAGE,
+    CliError,
+    Seconds,
+    cli_error,
+    error_text,
+    printable,
+    terminal_text,
+)
 from worker.verification.cli import status_lines, verification_events, verify
 
 if TYPE_CHECKING:
@@ -45,7 +56,7 @@ def _store(settings: Settings, actor: str) -> Store:
 
 
 def _emit(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else terminal_text(human))
 
 
 class _Commands(click.Group):
@@ -242,7 +253,7 @@ def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> N
         lines.append("audit:")
         lines += [f"  {iso(e['at'])}  {e['actor']:<24} {e['action']:<16} {e['system'] or '-':<18} "
                   f"{e['from_state'] or ''}->{e['to_state'] or ''} {e['error_code'] or ''}" for e in events]
-    click.echo("\n".join(lines))
+    click.echo(terminal_text("\n".join(lines)))
 
 
 @cli.command()
@@ -328,7 +339,7 @@ def list_requests(ctx: click.Context, statuses: tuple[str, ...], overdue: bool, 
              + (f"\n    behind:     {r.waits_for} (an earlier open request of the same subject)" if r.waits_for else "")
              for r in found]
     lines.append(f"{len(found)} of {total} {'requests' if customer_id else 'open requests'} shown")
-    click.echo("\n".join(lines))
+    click.echo(terminal_text("\n".join(lines)))
 
 
 def _at_risk(settings: Settings, system: str | None, limit: int, as_json: bool) -> None:
@@ -353,7 +364,7 @@ def _at_risk(settings: Settings, system: str | None, limit: int, as_json: bool) 
     where = ", ".join(sorted(capacities)) or "no limited system"
     lines.append(f"{len(late)} of {len(forecasts)} open requests at {where} will miss their due date at today's "
                  "quotas (requests still to come are not counted)")
-    click.echo("\n".join(lines))
+    click.echo(terminal_text("\n".join(lines)))
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from worker.receipts import is_internal
 from worker.states import TERMINAL_STATUSES, RequestStatus
 from worker.store import db
 from worker.store.schema import requests, tasks
+from worker.support import terminal_text
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,6 @@ def report(ctx: click.Context, since: str, until: str, with_requests: bool, outp
     elif output == "json":
         click.echo(json.dumps(built.as_dict(with_requests=with_requests), indent=2, sort_keys=True))
     else:
-        click.echo(to_text(built))
+        click.echo(terminal_text(to_text(built)))
         if with_requests:
             click.echo(to_csv(built), nl=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devkit.pipeline import LocalStore
+from devkit.pipeline import LocalStore, record
 
 HOSTILE = {
     "requests --limit past a bigint": ["requests", "--limit", str(10 ** 20)],
@@ -61,3 +61,16 @@ def test_an_error_line_does_not_echo_an_email_or_a_phone_number(tmp_path: Path, 
     assert "[redacted]" in result.output
     kept = local.oubli("status", "776237dc-6633-4122-b898-0d2b1f7b8a10")
     assert "no request 776237dc-6633-4122-b898-0d2b1f7b8a10" in kept.output
+
+
+def test_a_bidi_override_in_a_request_id_is_shown_escaped_in_human_output(tmp_path: Path) -> None:
+    """The schema lets format characters through an id: "rlo-\\u202etxt.exe" printed raw shows as "rlo-exe.txt" on a
+    support agent's terminal. Error lines escaped it already; ``status`` and ``requests`` printed it as it came."""
+    local = LocalStore(tmp_path)
+    request_id = record(local.store, {"alpha": 3}, customer_id="C-RLO", request_id="rlo-\u202etxt.exe")
+    for args in (["status", request_id, "--audit"], ["requests"]):
+        result = local.oubli(*args)
+        assert result.exit_code == 0, result.output
+        assert "\u202e" not in result.output
+        assert "rlo-\\u202etxt.exe" in result.output
+    assert '"rlo-\\u202etxt.exe"' in local.oubli("status", request_id, "--json").output

@@ -24,7 +24,7 @@ from worker.core.timefmt import iso
 from worker.deadletter.reissue import NAMED_ONLY, Outgoing, Reissuer, StoreIndex, unchanged
 from worker.deadletter.topic import CODE, Cursors, DeadLetter, DlqError, DlqReader, summarize
 from worker.operators import name_option
-from worker.support import FAILED, CliError, Seconds
+from worker.support import FAILED, CliError, Seconds, terminal_text
 
 # -- replay ----------------------------------------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _emit(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else terminal_text(human))
 
 
 def _reason(exc: DlqError) -> str:
