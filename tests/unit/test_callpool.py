@@ -95,33 +95,44 @@ def test_shutdown_drops_the_queued_calls_and_lets_the_running_one_end() -> None:
     assert ran == [0] and not pool.threads[0].is_alive()
 
 
+def _raising_world(tmp_path: Path, failure: BaseException) -> tuple[World, dict[str, Any], Any]:
+    """A started world whose alpha connector raises ``failure`` on erase, a command sent to alpha alone, and a way
+    to put the connector back. A backoff longer than a few loop turns: the retry must not be claimed before the
+    test reads the row."""
+    world = World(tmp_path)
+    world.loop.store.policy = dataclasses.replace(world.loop.store.policy, base_seconds=2.0, max_seconds=2.0)
+    world.loop.start()
+    connector = world.loop.executor.connectors["alpha"]
+    real = connector.erase
+    connector.erase = lambda subject: (_ for _ in ()).throw(failure)  # type: ignore[method-assign]
+    command = subject_command(systems=["alpha"])
+
+    def heal() -> None:
+        connector.erase = real  # type: ignore[method-assign]
+
+    return world, command, heal
+
+
+def _alpha_task(world: World, request_id: str) -> dict[str, Any]:
+    with world.loop.engine.connect() as conn:
+        row = conn.execute(sa.select(tasks).where(tasks.c.request_id == request_id,
+                                                  tasks.c.system == "alpha")).mappings().first()
+    return dict(row) if row else {}
+
+
 @pytest.mark.parametrize("failure", [ValueError, SystemExit])
 def test_a_connector_that_raises_fails_its_task_without_its_message_and_the_worker_goes_on(
         tmp_path: Path, failure: type[BaseException]) -> None:
     """Even ``sys.exit`` in a connector is a retryable ``unexpected_error``: its message may quote personal
     data, so only the exception's type is kept, and the pool's thread lives on."""
-    world = World(tmp_path)
-    # A backoff longer than a few loop turns: the retry must not be claimed before the test reads the row.
-    world.loop.store.policy = dataclasses.replace(world.loop.store.policy, base_seconds=2.0, max_seconds=2.0)
-    world.loop.start()
-    connector = world.loop.executor.connectors["alpha"]
-    real = connector.erase
-    connector.erase = lambda subject: (_ for _ in ()).throw(failure(f"no row for {subject.emails[0]}"))  # type: ignore[method-assign]
-    command = subject_command(systems=["alpha"])
+    world, command, heal = _raising_world(tmp_path, failure("no row for marie.dupont@example.fr"))
     world.send(command, partition=0)
-
-    def stored() -> dict[str, Any]:
-        with world.loop.engine.connect() as conn:
-            row = conn.execute(sa.select(tasks).where(tasks.c.request_id == command["request_id"],
-                                                      tasks.c.system == "alpha")).mappings().first()
-        return dict(row) if row else {}
-
-    world.until(lambda: stored().get("error_code") == "unexpected_error")
-    row = stored()
+    world.until(lambda: _alpha_task(world, command["request_id"]).get("error_code") == "unexpected_error")
+    row = _alpha_task(world, command["request_id"])
     assert row["state"] == "retrying"
     assert row["error_message"] == f"alpha raised {failure.__name__}"
     assert all(t.is_alive() for t in world.loop.executor.pool.threads)
-    connector.erase = real  # type: ignore[method-assign]
+    heal()
     world.until(lambda: any(r["status"] == "completed" for r in world.receipts()), limit=20)
     world.loop.close()
 
@@ -129,31 +140,18 @@ def test_a_connector_that_raises_fails_its_task_without_its_message_and_the_work
 def test_a_full_disk_is_a_retryable_disk_full_not_a_connector_bug(tmp_path: Path) -> None:
     """An export's staging files fill the worker's disk: the operator's to fix, said as such (an error code and a
     log event of its own), and the call succeeds once there is room."""
-    world = World(tmp_path)
-    world.loop.store.policy = dataclasses.replace(world.loop.store.policy, base_seconds=2.0, max_seconds=2.0)
-    world.loop.start()
-    connector = world.loop.executor.connectors["alpha"]
-    real = connector.erase
     full = OSError(errno.ENOSPC, "No space left on device", "/var/oubli/staging/marie.dupont@example.fr.json")
-    connector.erase = lambda subject: (_ for _ in ()).throw(full)  # type: ignore[method-assign]
-    command = subject_command(systems=["alpha"])
+    world, command, heal = _raising_world(tmp_path, full)
     with structlog.testing.capture_logs() as logs:
         world.send(command, partition=0)
-
-        def stored() -> dict[str, Any]:
-            with world.loop.engine.connect() as conn:
-                row = conn.execute(sa.select(tasks).where(tasks.c.request_id == command["request_id"],
-                                                          tasks.c.system == "alpha")).mappings().first()
-            return dict(row) if row else {}
-
-        world.until(lambda: stored().get("error_code") == "disk_full")
-    row = stored()
+        world.until(lambda: _alpha_task(world, command["request_id"]).get("error_code") == "disk_full")
+    row = _alpha_task(world, command["request_id"])
     assert row["state"] == "retrying"
     assert row["error_message"] == "alpha: no space left on the worker's disk (ENOSPC)"  # no path: it may be personal
     events = [entry["event"] for entry in logs]
     assert "disk_full" in events and "connector_bug" not in events
     assert "marie.dupont" not in repr(logs)
-    connector.erase = real  # type: ignore[method-assign]
+    heal()
     world.until(lambda: any(r["status"] == "completed" for r in world.receipts()), limit=20)
     world.loop.close()
 
