@@ -30,6 +30,7 @@ MAX_COMMAND_BYTES = 64 * 1024
 SIGNATURE_HEADER = "x-oubli-signature"
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _AT_ADDRESS = re.compile(r"\S@\S")  # as worker.operators refuses in --by: "jean@corp" is an address too
+_E164 = re.compile(r"\+[0-9]{7,15}")  # a phone number as a command's phones hold it
 
 
 @dataclass(frozen=True)
@@ -230,13 +231,43 @@ def could_be_request_id(text: str) -> bool:
 
 
 def peek_request_id(document: Any) -> str | None:
-    """The request id if it is well-formed enough to name a receipt, else None."""
+    """The request id if it is well-formed enough to name a receipt, and names no person, else None."""
     if not isinstance(document, dict):
         return None
     candidate = document.get("request_id")
-    if isinstance(candidate, str) and 0 < len(candidate) <= 128 and candidate.isprintable() and " " not in candidate:
+    if isinstance(candidate, str) and 0 < len(candidate) <= 128 and candidate.isprintable() and " " not in candidate \
+            and not names_a_person(candidate, document):
         return candidate
     return None
+
+
+def names_a_person(request_id: str, document: Mapping[str, Any]) -> bool:
+    """Whether a request id is personal data: an email address, an E.164 phone number, or one of the
+    subject's own values (its customer_id, an email, a phone, a vendor id) given as the id.
+
+    A request id is the key of the compacted receipts topic and is kept in the request row and the audit
+    trail for good, past the subject's purge; so such a command is refused, and its rejection is not
+    receipted under that id. Only the shapes and the command's own values: an id that merely holds
+    digits (a timestamp, an order number) stays valid."""
+    if _AT_ADDRESS.search(request_id) or _E164.fullmatch(request_id):
+        return True
+    return request_id.strip().casefold() in _subject_values(document.get("subject"))
+
+
+def _subject_values(subject: Any) -> set[str]:
+    """The subject's strings, as far as a document that may not have passed the schema holds them."""
+    if not isinstance(subject, dict):
+        return set()
+    values: list[Any] = [subject.get("customer_id")]
+    for name in ("emails", "phones"):
+        if isinstance(subject.get(name), list):
+            values += subject[name]
+    identifiers = subject.get("identifiers")
+    if isinstance(identifiers, dict):
+        for ids in identifiers.values():
+            if isinstance(ids, list):
+                values += ids
+    return {value.strip().casefold() for value in values if isinstance(value, str)}
 
 
 def decode(value: bytes | None) -> Any:
@@ -315,6 +346,11 @@ def parse(
     problems = schema_errors("command.v1", document)
     if problems:
         raise reject("schema_violation", "the command does not match command.v1: " + "; ".join(problems[:5]))
+    if names_a_person(document["request_id"], document):
+        # ``reject`` names no request id here (peek_request_id refused it): no receipt is keyed by it.
+        raise reject("schema_violation", "$.request_id: an email address, a phone number or one of the subject's "
+                                         "identifiers; a request id is kept on the receipts topic and in the audit "
+                                         "trail for good")
     systems = document.get("systems")
     if systems is not None:
         # Named by position, never by name: a name is the sender's text (``orders_db_marie_dupont``), and this

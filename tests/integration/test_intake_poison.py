@@ -244,6 +244,29 @@ def test_a_requested_by_naming_a_person_by_email_or_phone_is_not_kept(harness: H
     assert harness.send_json(body).result is IntakeResult.DUPLICATE  # the digest still covers the original
 
 
+@pytest.mark.parametrize("request_id", [CANARY_EMAIL, "jean@corp", "+33611122233", CANARY_CUSTOMER,
+                                        CANARY_EMAIL.upper(), "GA.CANARY.1"])
+@pytest.mark.parametrize("valid", [True, False])
+def test_a_request_id_that_is_personal_data_is_refused_and_never_receipted(
+        harness: Harness, request_id: str, valid: bool) -> None:
+    """The request id keys the compacted receipts topic and stays in the request row and the audit trail for
+    good: one that is an email address, a phone number or the subject's own id was published and kept whole."""
+    body = command(request_id=request_id, subject={
+        "customer_id": CANARY_CUSTOMER, "emails": [CANARY_EMAIL], "phones": ["+33611122233"],
+        "identifiers": {"ga_client_id": ["GA.CANARY.1"]}})
+    if not valid:
+        body["kind"] = "ERASURE"  # refused for another reason: still no receipt keyed by the id
+    with capture_logs() as logs:
+        outcome = harness.send_json(body)
+    assert (outcome.result, outcome.code) == (IntakeResult.DEAD_LETTERED, "schema_violation")
+    assert harness.requests() == [] and harness.receipts() == []
+    exposed = json.dumps(logs) + harness.audit_text() + outcome.dead_letters[0].headers_json
+    assert request_id not in exposed and request_id.lower() not in exposed
+    # Ids that merely hold digits, or a part of an identifier, are still ids.
+    for fine in ("20261124100000", "order-2026-12-03-000123", "C-CANARY-777-erasure"):
+        assert harness.send_json(command(request_id=fine)).result is IntakeResult.ACCEPTED
+
+
 def test_an_unexpected_exception_is_an_internal_error_naming_only_its_type(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*_: Any) -> str:
