@@ -206,6 +206,8 @@ def submit(ctx: click.Context, kind: str, customer_id: str, emails: tuple[str, .
         systems=systems or None, requested_by=requested_by, reason=reason, request_id=request_id,
     )
     problems = messages.schema_errors("command.v1", command)
+    if messages.names_a_person(command["request_id"], command):  # the worker refuses it: say so here, as it does
+        problems.append(messages.PERSONAL_REQUEST_ID)
     settings = _settings(ctx)
     unknown = [f"systems[{i}]" for i, system in enumerate(systems) if system not in settings.systems]
     if unknown:  # the worker would reject it as unknown_system: say so here, by position as the worker does

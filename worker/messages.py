@@ -241,6 +241,10 @@ def peek_request_id(document: Any) -> str | None:
     return None
 
 
+PERSONAL_REQUEST_ID = ("$.request_id: an email address, a phone number or one of the subject's identifiers; a "
+                       "request id is kept on the receipts topic and in the audit trail for good")
+
+
 def names_a_person(request_id: str, document: Mapping[str, Any]) -> bool:
     """Whether a request id is personal data: an email address, an E.164 phone number, or one of the
     subject's own values (its customer_id, an email, a phone, a vendor id) given as the id.
@@ -348,9 +352,7 @@ def parse(
         raise reject("schema_violation", "the command does not match command.v1: " + "; ".join(problems[:5]))
     if names_a_person(document["request_id"], document):
         # ``reject`` names no request id here (peek_request_id refused it): no receipt is keyed by it.
-        raise reject("schema_violation", "$.request_id: an email address, a phone number or one of the subject's "
-                                         "identifiers; a request id is kept on the receipts topic and in the audit "
-                                         "trail for good")
+        raise reject("schema_violation", PERSONAL_REQUEST_ID)
     systems = document.get("systems")
     if systems is not None:
         # Named by position, never by name: a name is the sender's text (``orders_db_marie_dupont``), and this

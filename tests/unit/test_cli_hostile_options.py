@@ -74,3 +74,14 @@ def test_a_bidi_override_in_a_request_id_is_shown_escaped_in_human_output(tmp_pa
         assert "\u202e" not in result.output
         assert "rlo-\\u202etxt.exe" in result.output
     assert '"rlo-\\u202etxt.exe"' in local.oubli("status", request_id, "--json").output
+
+
+@pytest.mark.parametrize("request_id", ["marie.dupont@example.fr", "+33612345678", "C-100234"])
+def test_submit_refuses_a_request_id_the_worker_would_refuse_as_personal_data(tmp_path: Path, request_id: str) -> None:
+    """The worker dead-letters such a command (a request id keys the receipts topic): submit published it anyway,
+    or waited 30 s on a broker to say so, and echoed the id."""
+    result = LocalStore(tmp_path).oubli("submit", "--kind", "erasure", "--customer-id", "C-100234",
+                                        "--request-id", request_id)
+    assert result.exit_code == 2, result.output
+    assert "would be rejected" in result.output and "$.request_id" in result.output
+    assert request_id not in result.output
