@@ -122,3 +122,17 @@ def test_staged_files_lost_while_another_system_retries_are_exported_again_never
             audit_events.c.request_id == request_id, audit_events.c.error_code == "export_staging_lost",
             audit_events.c.action == "staginglost")).scalars().all()
     assert redone == ["alpha"]
+
+
+@pytest.mark.parametrize("request_id", ["réq-é/1", "_req#1?x=2", "a" * 128])
+def test_an_export_under_any_valid_request_id_completes(export_worker: Any, request_id: str) -> None:
+    """command.v1 lets a request id hold any printable character but whitespace; the object keys were built from
+    the id as it came and refused one outside [A-Za-z0-9._:-], so such an export failed at every system with
+    export_bad_name, and stayed action_required for good (nothing an operator could retry would change the id)."""
+    worker, receipts, settings = export_worker
+    command = subject_command("export", request_id=request_id)
+    publish_command(settings.kafka, command)
+    done = receipts.wait(request_id, {"completed", "action_required"}, step=worker.run_once)
+    assert done["status"] == "completed", done
+    with urllib.request.urlopen(done["export"]["url"], timeout=10) as response:  # noqa: S310 - our presigned URL
+        assert hashlib.sha256(response.read()).hexdigest() == done["export"]["sha256"]

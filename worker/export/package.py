@@ -73,7 +73,8 @@ def write_package(
     extra = {
         **settings.sse_args(),
         "ContentType": "application/zip",
-        "ContentDisposition": f'attachment; filename="{request_id}.zip"',
+        # The key's name, not the id: an id may hold a quote or non-ASCII text, which this header cannot carry.
+        "ContentDisposition": f'attachment; filename="{key.rsplit("/", 1)[-1]}"',
     }
     with MultipartSink(client, settings.bucket, key, part_size=settings.part_size, extra_args=extra) as sink:
         with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:

@@ -1,7 +1,7 @@
 """Stages what a connector exports as S3 objects, one per file, before the package is built.
 
-A staged file lives at ``{prefix}staging/{request_id}/{system}/{name}`` with server-side
-encryption. Writing the same name again replaces it, so a retried export converges on the same
+A staged file lives at ``{prefix}staging/{request_id}/{system}/{name}`` (the id as ``request_key`` gives
+it) with server-side encryption. Writing the same name again replaces it, so a retried export converges on the same
 staging area. Once the connector returns, ``seal`` writes the list of what it staged (names, sizes,
 sha256) to ``{prefix}staging/{request_id}/{system}.json``: the packager checks the files against it, so
 that files lost meanwhile are noticed rather than left out of the package. Nothing is held whole in
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import re
@@ -35,10 +36,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SYSTEM = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-def check_request_id(request_id: str) -> str:
-    if not _REQUEST_ID.match(request_id):
-        raise PermanentError("export: request id cannot form an object key", code="export_bad_name")
-    return request_id
+def request_key(request_id: str) -> str:
+    """The request id as it goes into an object key: itself when it is plain (what oubli and most senders
+    make), else ``_`` and the sha256 of it.
+
+    command.v1 lets an id hold any printable character but whitespace, and a ``/``, ``?``, ``%`` or a
+    non-ASCII letter in a key would address another folder or break the presigned URL. Refusing such an id
+    here failed every system of an export that intake had accepted, for good. A plain id starts with a
+    letter or a digit, so no id a sender picks can take another id's digest form (and its staging area)."""
+    if _REQUEST_ID.match(request_id):
+        return request_id
+    return "_" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_system(system: str) -> str:
@@ -89,7 +97,7 @@ class StagingWriter:
     def __init__(self, client: Any, settings: ExportSettings, request_id: str, system: str) -> None:
         self._client = client
         self._settings = settings
-        self.base = f"{settings.prefix}staging/{check_request_id(request_id)}/{check_system(system)}/"
+        self.base = f"{settings.prefix}staging/{request_key(request_id)}/{check_system(system)}/"
         self.record_key = record_key(self.base)
         self.written: dict[str, dict[str, Any]] = {}
 

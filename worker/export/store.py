@@ -24,7 +24,7 @@ from worker.export import lifecycle
 from worker.export.package import StagedFile, fingerprint, list_staged, write_package
 from worker.export.settings import ExportSettings, export_settings
 from worker.export.signing import signing_expiry
-from worker.export.staging import StagingWriter, check_request_id, record_key
+from worker.export.staging import StagingWriter, record_key, request_key
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 # A url that would die within minutes (the signing session is about to end and could not be
@@ -65,7 +65,7 @@ class ExportStore:
         return writer
 
     def package_key(self, request_id: str) -> str:
-        return f"{self.settings.prefix}packages/{check_request_id(request_id)}.zip"
+        return f"{self.settings.prefix}packages/{request_key(request_id)}.zip"
 
     def build_package(self, request_id: str, records: Mapping[str, int], now: datetime) -> ExportInfo:
         self.ensure_lifecycle()
@@ -144,7 +144,7 @@ class ExportStore:
         return checksums
 
     def _staging(self, request_id: str) -> str:
-        return f"{self.settings.prefix}staging/{check_request_id(request_id)}/"
+        return f"{self.settings.prefix}staging/{request_key(request_id)}/"
 
     @staticmethod
     def _sidecar(key: str) -> str:
