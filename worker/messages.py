@@ -378,7 +378,7 @@ def parse(
         phones=tuple(subject.get("phones", ())),
         identifiers={k: tuple(v) for k, v in subject.get("identifiers", {}).items()},
         requested_at=requested_at,
-        requested_by=_sender(document["requested_by"]),
+        requested_by=_sender(document["requested_by"], document),
         due_at=due_at,
         systems=tuple(systems) if systems is not None else None,
         reason=document.get("reason"),
@@ -388,11 +388,13 @@ def parse(
     )
 
 
-def _sender(requested_by: str) -> str:
+def _sender(requested_by: str, document: Mapping[str, Any]) -> str:
     """``requested_by`` as the store keeps it: the request row and the audit trail outlive the subject's purge, so
     a sender that names the person by email address or phone number (``requested_by: marie@example.fr`` for a
-    self-service erasure) is recorded as redacted, not kept for good. The body digest still covers the original."""
-    if _AT_ADDRESS.search(requested_by) or logs.scrub(requested_by) != requested_by:
+    self-service erasure), or by the subject's own customer_id or vendor id (``requested_by: C-100234``), is
+    recorded as redacted, not kept for good. The body digest still covers the original."""
+    if _AT_ADDRESS.search(requested_by) or logs.scrub(requested_by) != requested_by \
+            or requested_by.strip().casefold() in _subject_values(document.get("subject")):
         return logs.REDACTED
     return requested_by
 
