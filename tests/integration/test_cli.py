@@ -15,6 +15,7 @@ from worker import states
 from worker.app import Worker
 from worker.cli import cli
 from worker.core.timefmt import utcnow
+from worker.receipts import PACKAGE_TASK, VERIFY_TASK
 from worker.store.repository import TaskUpdate
 
 
@@ -201,3 +202,18 @@ def test_an_operator_note_is_redacted_and_by_is_a_name_not_an_email_or_phone(tmp
     assert human.exit_code == 0 and "note stored with personal data redacted: called [redacted]" in human.stdout
     plain = local.oubli("confirm", request_id, "--system", "beta", "--by", "sre-jean", "--note", "vendor letter")
     assert plain.exit_code == 0 and "redacted" not in plain.output, plain.output
+
+
+def test_an_internal_step_cannot_be_confirmed_by_hand(tmp_path: Path) -> None:
+    """``_verify`` and ``_package`` are oubli's own steps, not systems: confirmed by hand, an erasure completed
+    without its verification (Invariant 13) and an export completed with no package. ``oubli retry`` reruns them."""
+    local = LocalStore(tmp_path)
+    erasure = record(local.store, {"alpha": 1, VERIFY_TASK: 1}, customer_id="C-step-1")
+    export = record(local.store, {"alpha": 1, PACKAGE_TASK: 1}, kind="export", customer_id="C-step-2")
+    for request_id, step in ((erasure, VERIFY_TASK), (export, PACKAGE_TASK)):
+        refused = local.oubli("confirm", request_id, "--system", step, "--by", "sre", "--note", "skip it")
+        assert refused.exit_code == 1 and "internal step" in refused.stderr, refused.output
+        assert local.oubli("confirm", request_id, "--system", "alpha", "--by", "sre", "--note", "ok").exit_code == 0
+        status = json.loads(local.oubli("status", request_id, "--json", "--audit").stdout)
+        assert status["status"] != "completed"
+        assert not [e for e in status["audit"] if e["action"] == "operatorconfirm" and e["system"] == step]

@@ -412,6 +412,11 @@ class Store(Claims, Restage):
             rows = [r for r in self._task_rows(conn, request_id) if r["system"] == system]
             if not rows:
                 raise NotFound(f"request {request_id} has no system {system}")
+            if receipts.is_internal(system):
+                # A person can vouch for a vendor, not for oubli's own step: confirmed by hand, ``_verify`` let an
+                # erasure complete unchecked (Invariant 13) and ``_package`` an export complete with no package.
+                raise StoreConflict(f"{system} is an internal step of oubli, not a system: it cannot be confirmed "
+                                    "by hand; oubli retry runs it again")
             self._operate(conn, rows[0], states.OperatorConfirm(), actor, now, TaskUpdate(confirmed_by=actor),
                           note=note)
             self._refresh_request(conn, request, now, force_receipt=True)
