@@ -220,5 +220,5 @@ def report(ctx: click.Context, since: str, until: str, with_requests: bool, outp
         click.echo(json.dumps(built.as_dict(with_requests=with_requests), indent=2, sort_keys=True))
     else:
         click.echo(terminal_text(to_text(built)))
-        if with_requests:
-            click.echo(to_csv(built), nl=False)
+        if with_requests:  # for a person here, like the lines above: a request id may hold a bidi override
+            click.echo(terminal_text(to_csv(built)), nl=False)

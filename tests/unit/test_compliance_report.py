@@ -135,3 +135,17 @@ def test_export_csv_copies_neutralise_formulas_and_the_json_keeps_the_data_as_is
     assert [r["amount"] for r in rows] == [str(-n - 1) for n in range(len(FORMULAS))]  # numbers stay numbers
     assert {r["plain"] for r in rows} == {"ok"}
     assert spreadsheet_safe("a=b") == "a=b" and spreadsheet_safe("") == ""
+
+
+def test_the_request_lines_of_the_human_report_escape_a_bidi_override(tmp_path: Path) -> None:
+    """``--requests`` in text (the default) is for a person at a terminal, as the summary above it: a request id
+    the schema lets through ("rlo-\\u202etxt.exe") showed there as another id. CSV output stays the data itself."""
+    local = LocalStore(tmp_path)
+    record(local.store, {"alpha": 1}, customer_id="C-report-rlo", request_id="rlo-\u202etxt.exe",
+           requested_at=NOVEMBER + timedelta(days=2))
+    period = ("report", "--since", "2026-11-01", "--until", "2026-12-01", "--requests")
+    human = local.oubli(*period)
+    assert human.exit_code == 0, human.output
+    assert "\u202e" not in human.output and "rlo-\\u202etxt.exe" in human.output
+    machine = local.oubli(*period, "--format", "csv")
+    assert [row["request_id"] for row in csv.DictReader(io.StringIO(machine.output))] == ["rlo-\u202etxt.exe"]
