@@ -10,6 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.metrics import REGISTRY
 
+# How long a connection may send nothing before the server drops it. A probe or a scrape takes milliseconds; a
+# client that connects and stays silent would otherwise hold a thread of the worker's process for good, and
+# enough of them leave it unable to start the threads its work needs.
+IDLE_TIMEOUT_SECONDS = 10.0
+
 
 class HealthServer:
     """``live`` says the loop is turning; ``ready`` says it has its partitions and its store."""
@@ -18,6 +23,8 @@ class HealthServer:
         probes = {"/healthz": live, "/readyz": ready}
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = IDLE_TIMEOUT_SECONDS  # StreamRequestHandler sets it on the socket: a silent client is let go
+
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 if self.path == "/metrics":
                     self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
