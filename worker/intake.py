@@ -83,14 +83,17 @@ class Intake:
         self.identity_enabled = identity_enabled
         self.verify_enabled = verify_enabled  # an erasure's _verify step checks every internal system at the end
 
-    def handle(self, message: Message, now: datetime) -> IntakeResult:
+    def handle(self, message: Message, now: datetime, invalid: InvalidCommand | None = None) -> IntakeResult:
         """Records the message or dead-letters it; raises only ``StoreUnavailable``.
 
         Whatever goes wrong with the record itself (decoding, validation, date arithmetic, hashing,
         a store that refuses its data) ends in the DLQ with a stable code, never in an exception
-        that would stop the worker on the same record forever.
+        that would stop the worker on the same record forever. ``invalid``: why an authentic message was
+        already found invalid (``handle_batch``), so that it is not decoded and validated a second time.
         """
         try:
+            if invalid is not None:
+                return self._reject(message, invalid, now, trusted=True)
             return self._handle(message, now)
         except StoreUnavailable:
             raise
@@ -115,11 +118,11 @@ class Intake:
         try:
             for message in batch:
                 prepared = self._prepare(message)
-                if prepared is None or prepared.command.request_id in in_chunk:
+                if not isinstance(prepared, NewCommand) or prepared.command.request_id in in_chunk:
                     self._record_chunk(chunk, now, results)
                     chunk, in_chunk = [], set()
-                if prepared is None:
-                    results.append(self.handle(message, now))
+                if not isinstance(prepared, NewCommand):
+                    results.append(self.handle(message, now, invalid=prepared))
                 else:
                     chunk.append((message, prepared))
                     in_chunk.add(prepared.command.request_id)
@@ -128,13 +131,17 @@ class Intake:
             return BatchOutcome(results, outage)
         return BatchOutcome(results)
 
-    def _prepare(self, message: Message) -> NewCommand | None:
-        """The command to record, or None when the message needs ``handle``'s care (rejection, DLQ)."""
+    def _prepare(self, message: Message) -> NewCommand | InvalidCommand | None:
+        """The command to record; why an authentic message is invalid (the costly part of a hostile batch: its
+        decoding and validation, done once); or None when the message needs ``handle``'s whole care."""
         try:
             if message.unreadable is not None or not self._authentic(message):
                 return None
-            command = self._parse(message)
-            targets = self._targets(command)
+            try:
+                command = self._parse(message)
+                targets = self._targets(command)
+            except InvalidCommand as invalid:
+                return invalid
             return NewCommand(
                 command=command, subject_ref=messages.subject_ref(self.subject_key, command.customer_id),
                 digest=messages.body_digest(self.subject_key, command.body), targets=targets,
