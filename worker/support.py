@@ -14,7 +14,7 @@ import click
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from worker import kafka, logs, messages
+from worker import jsontext, kafka, logs, messages
 from worker.config import KafkaSettings
 from worker.core.errors import ConfigError, OubliError, StoreUnavailable
 from worker.core.timefmt import iso, utcnow
@@ -121,10 +121,27 @@ def read_receipt(settings: KafkaSettings, request_id: str, *, timeout: float = 1
                 break
         if not found or latest is None:  # never seen, or a tombstone
             return None
-        receipt: dict[str, Any] = json.loads(latest)
-        return receipt
+        return _receipt(latest, request_id, topic, partition)
     finally:
         consumer.close()
+
+
+def _receipt(value: bytes, request_id: str, topic: str, partition: int) -> dict[str, Any]:
+    """The record's receipt, checked against receipt.v1 before anything of it is shown: any producer with write
+    access can put a record under a request id, and the schema is closed so that no personal data gets in."""
+    receipt: Any
+    try:
+        receipt = jsontext.loads(value.decode("utf-8"))  # bounded: a stray record may nest past the stack
+    except ValueError:  # not UTF-8, or not JSON
+        receipt = None
+    problems = messages.schema_errors("receipt.v1", receipt) if isinstance(receipt, dict) else ["$: not an object"]
+    if not problems and receipt["request_id"] != request_id:
+        problems = ["$.request_id: another request's"]
+    if problems:  # paths and rule names only, never the record's values
+        raise CliError(f"the latest record of this request in {topic}/{partition} is not a receipt.v1 "
+                       f"({'; '.join(problems[:3])}): was it written by something other than oubli?", FAILED)
+    checked: dict[str, Any] = receipt
+    return checked
 
 
 # The CLI's exit codes (docs/operations.md, "The CLI's conventions"). 2 is click's own, for usage errors.

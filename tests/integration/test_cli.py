@@ -217,3 +217,44 @@ def test_an_internal_step_cannot_be_confirmed_by_hand(tmp_path: Path) -> None:
         status = json.loads(local.oubli("status", request_id, "--json", "--audit").stdout)
         assert status["status"] != "completed"
         assert not [e for e in status["audit"] if e["action"] == "operatorconfirm" and e["system"] == step]
+
+
+def test_receipt_refuses_a_record_of_the_receipts_topic_that_is_no_receipt(pg_url: str, kafka_bootstrap: str,
+                                                                           tmp_path: Path) -> None:
+    """Any producer with write access can put a record under a request id in the compacted receipts topic. oubli
+    receipt printed whatever JSON it found there (personal data too: receipt.v1 is closed so that none gets in),
+    and crashed on a value that is no JSON object."""
+    from confluent_kafka import Producer
+
+    from worker import kafka
+
+    raw = raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems={})
+    config = tmp_path / "oubli.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    settings = settings_from(raw)
+    producer = Producer(kafka.producer_config(settings.kafka))
+    strays = {"r-text": b"not json", "r-list": b'["x"]', "r-bytes": b"\xff\xfe", "r-deep": b"[" * 100_000,
+              "r-personal": json.dumps({"schema_version": 1, "request_id": "r-personal", "status": "completed",
+                                        "email": "marie.dupont@example.fr", "customer_id": "C-100234"}).encode(),
+              "r-other": _receipt_of("someone-else")}
+    for request_id, value in strays.items():
+        producer.produce(settings.kafka.topics.receipts, key=request_id.encode(), value=value)
+    assert producer.flush(30) == 0
+    runner = CliRunner()
+    for request_id in strays:
+        for extra in ((), ("--json",)):
+            result = runner.invoke(cli, ["--config", str(config), "receipt", request_id, *extra])
+            assert result.exit_code == 1, (request_id, result.output)
+            assert "not a receipt.v1" in result.output and "Traceback" not in result.output
+            assert "marie" not in result.output and "C-100234" not in result.output
+    producer.produce(settings.kafka.topics.receipts, key=b"r-good", value=_receipt_of("r-good"))
+    assert producer.flush(30) == 0
+    shown = runner.invoke(cli, ["--config", str(config), "receipt", "r-good", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["status"] == "rejected", shown.output
+
+
+def _receipt_of(request_id: str) -> bytes:
+    return json.dumps({"schema_version": 1, "request_id": request_id, "kind": None, "subject_ref": None,
+                       "status": "rejected", "requested_at": None, "due_at": None, "updated_at": "2026-11-24T10:00:00Z",
+                       "completed_at": "2026-11-24T10:00:00Z", "systems": [], "export": None,
+                       "error": {"code": "schema_violation", "message": "x"}}).encode()
