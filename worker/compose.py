@@ -27,7 +27,7 @@ from worker.core.connector import Connector, ConnectorContext, IdentityLookup
 from worker.core.errors import ConfigError
 from worker.core.timefmt import utcnow
 from worker.executor import Executor, ExportPackager
-from worker.intake import Intake
+from worker.intake import TURN_SECONDS, Intake
 from worker.outbox import Relay, producer_config
 from worker.retention.vendorkeep import VendorRetention
 from worker.store import db
@@ -83,6 +83,8 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
         due_days_default=settings.due_days_default, export_enabled=exports is not None,
         identity_enabled=identity is not None, previous_secrets=settings.verification_secrets()[1:],
         verify_enabled=verifier is not None,
+        # A third of a lease at most: the loop renews the leases of the calls in flight between batches.
+        turn_seconds=min(TURN_SECONDS, settings.worker.lease_seconds / 3),
     )
     deferral = ReserveDeferral(engine, clock)
 

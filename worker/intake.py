@@ -7,6 +7,7 @@ exception becomes ``internal_error``, a data error ``store_rejected``. Only a st
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ class BatchOutcome:
     """What ``handle_batch`` did: ``results`` for the leading messages that are recorded (committed), in order.
 
     ``outage`` is set when the store failed: the message at ``len(results)`` and every later one were not
-    recorded, so the caller rewinds to it and acknowledges only the prefix.
+    recorded, so the caller rewinds to it and acknowledges only the prefix. Without an outage, ``results``
+    is shorter than the batch when the turn's time ran out (``Intake.turn_seconds``): the caller rewinds the
+    same way, and takes the rest on its next turn.
     """
 
     results: list[IntakeResult]
@@ -67,12 +70,21 @@ UNREADABLE_CODES = {
 }
 
 
+# How long one ``handle_batch`` may go on before it hands the loop back. The loop renews the leases of the calls
+# in flight and serves /healthz between batches: 500 hostile 64 KiB commands cost 10-20 s to decode, validate and
+# dead-letter, and a batch that outlasted the leases (30 s by default) let another worker take over calls that
+# were still running. Each batch records at least one message, so intake always moves on.
+TURN_SECONDS = 5.0
+
+
 class Intake:
     def __init__(
         self, store: Store, *, subject_key: bytes, signing_secret: bytes | None,
         systems: Mapping[str, int], due_days_default: int | None = None, export_enabled: bool = False,
         identity_enabled: bool = False, previous_secrets: Sequence[bytes] = (), verify_enabled: bool = False,
+        turn_seconds: float = TURN_SECONDS,
     ) -> None:
+        self.turn_seconds = turn_seconds
         self.store = store
         self.subject_key = subject_key
         self.signing_secret = signing_secret
@@ -109,14 +121,17 @@ class Intake:
         Consecutive valid commands are recorded together, in one store transaction (``record_commands``).
         Should that transaction fail for its data rather than an outage, its commands are recorded one at
         a time instead, so that one bad record ends in the DLQ alone. A message that does not validate is
-        handled alone, where it stands. Same contract as ``handle`` per message; a store outage ends the
-        batch early (see ``BatchOutcome``).
+        handled alone, where it stands. Same contract as ``handle`` per message; a store outage, or the end of
+        ``turn_seconds``, ends the batch early (see ``BatchOutcome``).
         """
         results: list[IntakeResult] = []
         chunk: list[tuple[Message, NewCommand]] = []
         in_chunk: set[str] = set()  # request ids: a second command of one id goes in the next transaction
+        deadline = time.monotonic() + self.turn_seconds
         try:
             for message in batch:
+                if (results or chunk) and time.monotonic() >= deadline:
+                    break  # the rest is taken on the loop's next turn
                 prepared = self._prepare(message)
                 if not isinstance(prepared, NewCommand) or prepared.command.request_id in in_chunk:
                     self._record_chunk(chunk, now, results)

@@ -220,6 +220,8 @@ class Loop:
                 metrics.COMMANDS.labels(result.value).inc()
         if outcome.outage is not None:
             self._intake_failed(batch, len(recorded), outcome.outage)
+        elif len(recorded) < len(batch):  # the turn's time ran out: the rest is fetched again, nothing is wrong
+            self._rewind(batch, len(recorded))
 
     def _intake_failed(self, batch: Sequence[Record], first: int, exc: Exception) -> None:
         """Not recorded, so not acknowledged: rewind to ``batch[first]`` and hold intake, for a bounded time.
@@ -241,14 +243,18 @@ class Loop:
         else:
             metrics.LOOP_ERRORS.labels("intake", kind).inc()
             log.error("intake_failed", source=source, error_type=kind, site=error_site(exc), retry_in=round(wait, 1))
-        # Every partition of the unrecorded rest goes back to its first unrecorded record.
+        self._rewind(batch, first)
+        self._hold_intake(True)
+
+    def _rewind(self, batch: Sequence[Record], first: int) -> None:
+        """Every partition of the unrecorded rest, from ``batch[first]`` on, goes back to its first unrecorded
+        record."""
         rewind: dict[tuple[str, int], int] = {}
         for message in batch[first:]:
             rewind.setdefault((str(message.topic()), message.partition() or 0), message.offset() or 0)
         for (topic, partition), offset in rewind.items():
             self.reader.seek(topic, partition, offset)
             self.reader.rewound((topic, partition))
-        self._hold_intake(True)
 
     def _hold_intake(self, hold: bool) -> None:
         if hold:

@@ -145,6 +145,23 @@ def test_a_store_outage_mid_batch_acknowledges_the_prefix_rewinds_and_holds_inta
     assert world.stored() == {2: 3} and not world.loop.intake_held and world.loop._ready()
 
 
+def test_intake_hands_the_loop_back_when_its_turn_is_up_and_takes_the_rest_next_turn(world: World) -> None:
+    """The loop renews the leases of calls in flight between batches: a batch of 500 hostile commands held it for
+    10-20 s (200 s before the schema's cut), past the leases, and another worker took over calls still running.
+    Out of time, intake stops after at least one record; the rest is rewound, not held, and comes next turn."""
+    assert world.loop.intake.turn_seconds == pytest.approx(5 / 3)  # a third of the 5 s lease of these tests
+    world.loop.intake.turn_seconds = 0.0  # every batch is out of time after its first record
+    for command in [subject_command(systems=["alpha"]) for _ in range(3)] + [b"{not json"]:
+        world.send(command, partition=4)
+    world.turn()
+    consumer = world.loop.consumer
+    assert world.requests() == 1 and world.stored() == {4: 1}
+    assert consumer.position(consumer.assignment())[4].offset == 1  # rewound to the first unrecorded
+    assert not world.loop.intake_held and not world.loop.intake_stall.active and world.loop._ready()
+    world.until(lambda: world.stored() == {4: 4})
+    assert world.requests() == 3 and len(world.broker.records(world.topics.dlq)) == 1
+
+
 def test_a_store_that_fails_every_write_loses_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real store failing (an OperationalError, as a lost connection raises): nothing is acknowledged."""
     store = world.loop.store
