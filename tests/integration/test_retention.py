@@ -454,6 +454,23 @@ def test_request_ids_are_deterministic_keyed_and_carry_no_personal_data() -> Non
         "customer_id"]
 
 
+@pytest.mark.parametrize("expired_at", [datetime(1, 1, 1, tzinfo=UTC), datetime(998, 6, 1, tzinfo=UTC)])
+def test_a_stored_date_no_command_can_carry_makes_no_command(expired_at: datetime) -> None:
+    """A legacy sentinel date (0001-01-01, .NET's DateTime.MinValue) in a source row: the command passed
+    command.v1, so the sweep counted it emitted, and the worker dead-lettered it as out_of_range at every sweep."""
+    settings = config.build({"subject_key": "k" * 32, "systems": systems_for(dict.fromkeys(
+        ("orders_db", "loyalty", "contact_forms"), "sqlite:///x.db")), "retention": {"rules": RULES}}, env={})
+    accounts = settings.retention.rules[0]
+    command, _ = commands.erasure(accounts, subject_key=b"k" * 32, key="C-1", expired_at=expired_at,
+                                  requested_at=sources.shift(expired_at, (2, 0, 0), 1), emails=["a@example.fr"],
+                                  phones=[])
+    assert command is None  # counted as invalid: a person must look at this subject
+    fine, _ = commands.erasure(accounts, subject_key=b"k" * 32, key="C-1", expired_at=datetime(1000, 1, 1, tzinfo=UTC),
+                               requested_at=datetime(1002, 1, 1, tzinfo=UTC), emails=["a@example.fr"], phones=[])
+    assert fine is not None and messages.parse(fine, value=b"", signature=None, signing_secret=None,
+                                               known_systems=frozenset(settings.systems))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"source": "billing"}, "billing is not a configured system"),
     ({"systems": ["nosto"]}, "unknown systems nosto"),

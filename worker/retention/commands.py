@@ -19,6 +19,7 @@ from typing import Any
 
 from worker import messages, support
 from worker.config import RetentionRule
+from worker.core import timefmt
 from worker.core.timefmt import iso
 
 MAX_VALUES = 20  # command.v1: at most 20 emails, 20 phones
@@ -68,10 +69,19 @@ def erasure(rule: RetentionRule, *, subject_key: bytes, key: str, expired_at: da
     customer_id = key if rule.key.customer_id else pseudonymous_customer_id(subject_key, key)
     if not fits(customer_id, ID):  # the key itself: no command can name this subject (a person must)
         return None, dropped
+    try:
+        # The stored date, as intake checks it (out_of_range): command.v1 takes 0001-01-01, a legacy "no date"
+        # sentinel, but the worker refuses a date before 1000 or after 9998, and would at every sweep.
+        due_at = requested_at + timedelta(days=grace_days)
+        sent = (requested_at, due_at, *((expired_at,) if rule.expires_when == "all_rows" else ()))
+        for moment in sent:  # expired_at goes as last_activity_at only for an all_rows rule
+            timefmt.in_range(timefmt.aware(moment))
+    except (timefmt.OutOfRange, OverflowError):
+        return None, dropped
     command = support.build_command(
         kind="erasure", customer_id=customer_id, emails=kept_emails, phones=kept_phones, systems=rule.systems,
         requested_by=rule.requested_by, reason=rule.reason, request_id="-", requested_at=requested_at,
-        due_at=requested_at + timedelta(days=grace_days),
+        due_at=due_at,
     )
     command["priority"] = "background"
     if rule.expires_when == "all_rows":
