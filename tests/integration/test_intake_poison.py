@@ -388,6 +388,22 @@ def test_a_dead_letter_too_large_to_publish_is_stored_as_a_reference(harness: Ha
     assert kept.value == small and REFERENCE not in dict(kept.headers)
 
 
+@pytest.mark.parametrize(("value", "headers", "key"), [
+    (b"{", [("x-bomb", b"\x00" * 1_100_000)], b"C-100234"),  # a compressed record inflates to this and more
+    (b"{", [(f"x-{i}", b"\xff" * 1000) for i in range(1_100)], b"C-100234"),
+    (b"{", [], b"C-100234" * 130_000),
+])
+def test_a_dead_letter_whose_headers_or_key_are_too_large_is_stored_as_a_reference(
+        harness: Harness, value: bytes, headers: list[tuple[str, bytes]], key: bytes) -> None:
+    """Only the value's size counted: 1.1 MB of NUL headers went into the store JSON-escaped (6.6 MB of text), and
+    a compressed record inflating to 100 MB of them would take the worker's memory at every restart."""
+    [row] = harness.send(value, headers=headers, key=key).dead_letters
+    assert row.code == "invalid_json" and row.key is None and len(row.headers_json) < 2_000
+    body = json.loads(row.value or b"")
+    assert body["header_bytes"] + body["key_bytes"] > 1_000_000 and body["size_bytes"] == len(value)
+    assert b"C-100234" not in row.headers_json.encode()
+
+
 def test_a_record_redelivered_after_a_crash_is_dead_lettered_once(harness: Harness) -> None:
     """A worker killed between recording a batch and committing its offsets gets the same records again on restart
     (or its partitions' next owner does): each bad one used to get a second DLQ record."""

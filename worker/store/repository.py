@@ -258,8 +258,12 @@ class Store(Claims, Restage):
             own = [(ERROR_CODE, code.encode()), (ERROR_MESSAGE, message[:1000].encode("utf-8", "backslashreplace")),
                    (SOURCE, source.encode("utf-8", "backslashreplace"))]
             dlq_headers = [*((k, v) for k, v in sent if k not in _DLQ_OWN_HEADERS), *own]
-            if raw is not None and len(raw) > DLQ_INLINE_MAX_BYTES:
-                key, raw, dlq_headers = None, *_reference(raw, key, dlq_headers, own)
+            # The whole record counts, not the value alone: a compressed record of a few KiB can carry 100 MB of
+            # headers, which kept inline (JSON-escaped, up to six times that) took the worker's memory at
+            # intake, and again at every restart, since the record is consumed again.
+            size = len(raw or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in dlq_headers)
+            if size > DLQ_INLINE_MAX_BYTES:
+                key, raw, dlq_headers = None, *_reference(raw or b"", key, dlq_headers, own)
             conn.execute(outbox.insert().values(
                 topic=self.topics.dlq, key=key, value=raw, created_at=now,
                 # ensure_ascii (the default) escapes NUL and every non-ASCII character: the text is ASCII.
