@@ -444,3 +444,24 @@ def test_a_batch_decodes_and_validates_each_record_once(harness: Harness, monkey
                                IntakeResult.DEAD_LETTERED, IntakeResult.ACCEPTED]
     assert [row.code for row in harness.dead_letters()] == ["schema_violation", "invalid_json", "conflicting_duplicate"]
     assert sorted(decoded, key=values.index) == values  # each once
+
+
+def test_the_relay_reads_the_outbox_a_bounded_number_of_bytes_at_a_time(harness: Harness) -> None:
+    """A batch was 500 rows whatever their size: 500 dead letters of 900 KB each (a flood of hostile records under
+    the broker's limit) were read at once, and copied to the producer, in a worker given 512 MiB."""
+    from worker.store import outbox as outbox_module
+
+    budget = 16 * 1024 * 1024
+    for i in range(20):
+        harness.send(b"{" + bytes([65 + i]) * 900_000)  # 20 dead letters of 900 KB: 18 MB
+    outbox = harness.store.outbox
+    first = outbox.batch(500)
+    sizes = [len(r.value or b"") for r in first]
+    assert 0 < len(first) < 20 and sum(sizes[:-1]) < budget <= sum(sizes) + 900_001 * 2
+    assert getattr(outbox_module, "BATCH_BYTES", None) == budget
+    assert [r.id for r in first] == sorted(r.id for r in first)
+    assert len(outbox.batch(500, max_bytes=1)) == 1  # at least one row, however large
+    assert len(outbox.batch(3)) == 3  # the count still bounds it
+    outbox.delete([r.id for r in first])
+    rest = outbox.batch(500)
+    assert len(first) + len(rest) == 20 and rest[0].id > first[-1].id

@@ -22,6 +22,10 @@ from worker.store.schema import leases, outbox
 from worker.store.sets import among
 
 Headers = list[tuple[str, str | bytes | None]]
+# What one relay batch may hold, in bytes of key, value and headers. Receipts are a few hundred bytes, but a dead
+# letter may be a megabyte: 500 of them (a flood of hostile records just under the broker's limit) read at once,
+# then copied to the producer, were a gigabyte in a worker given 512 MiB. A batch holds at least one row.
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,20 @@ class Outbox:
         self.engine = engine
         self.actor = actor
 
-    def batch(self, limit: int) -> list[OutboxRecord]:
+    def batch(self, limit: int, max_bytes: int = BATCH_BYTES) -> list[OutboxRecord]:
+        """The oldest rows, at most ``limit`` of them and as many as fit in ``max_bytes`` (at least one)."""
         # One statement outside a transaction: in one, the driver's BEGIN and the pool's ROLLBACK made it three
-        # round trips, and the relay reads the outbox up to twice a loop turn.
+        # round trips, and the relay reads the outbox up to twice a loop turn. The sizes come from the first
+        # ``limit`` ids alone (the primary key's order), and lengths are read from the rows' headers, not their data.
+        size = (sa.func.coalesce(sa.func.length(outbox.c.key), 0) + sa.func.coalesce(sa.func.length(outbox.c.value), 0)
+                + sa.func.coalesce(sa.func.length(outbox.c.headers_json), 0))
+        first = sa.select(outbox.c.id, size.label("size")).order_by(outbox.c.id).limit(limit).subquery()
+        running = sa.select(first.c.id, (sa.func.sum(first.c.size).over(order_by=first.c.id) - first.c.size)
+                            .label("before")).subquery()
+        query = (sa.select(outbox).join(running, running.c.id == outbox.c.id)
+                 .where(running.c.before < max_bytes).order_by(outbox.c.id))
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            rows = conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(limit)).all()
+            rows = conn.execute(query).all()
         return [OutboxRecord(r.id, r.topic, r.key, r.value,
                              [(str(k), str(v).encode("latin-1")) for k, v in json.loads(r.headers_json or "[]")])
                 for r in rows]
