@@ -32,3 +32,32 @@ def test_a_failed_internal_step_is_the_action_required_receipts_error(pg_url: st
     assert receipt["error"]["code"]
     assert "vendor ids" in receipt["error"]["message"], receipt["error"]
     assert command["subject"]["customer_id"] not in receipt["error"]["message"]
+
+
+def test_a_long_detail_or_error_from_a_connector_is_cut_to_what_the_receipt_and_the_store_hold(db_url: str) -> None:
+    """A connector's detail (500 characters in receipt.v1 and the tasks table) and error message (1000) were
+    written as they came: PostgreSQL refused the whole batch of results (value too long), so the calls' results
+    were never recorded, and SQLite kept them and published a receipt that breaks receipt.v1."""
+    from datetime import timedelta
+
+    from devkit.pipeline import record
+    from worker import messages, states
+    from worker.config import Topics
+    from worker.store import db
+    from worker.store.repository import Store, TaskUpdate
+
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    request_id = record(store, {"alpha": 1, "beta": 1}, customer_id="C-long")
+    now = store.get(request_id)[0]["created_at"]
+    claimed = store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limits={"alpha": 9, "beta": 9}, room=9)
+    results = {"alpha": (states.Confirm("erased"), TaskUpdate(detail="d" * 700)),
+               "beta": (states.Fail("vendor_rejected", "m" * 1500, retryable=False), TaskUpdate())}
+    finished = store.finish_many([(task, *results[task.system]) for task in claimed], now)
+    assert all(f is not None for f in finished)
+    receipt = store.receipt(request_id)
+    assert messages.schema_errors("receipt.v1", receipt) == []
+    by_system = {s["system"]: s for s in receipt["systems"]}
+    assert by_system["alpha"]["detail"] == "d" * 500 and by_system["beta"]["error"]["message"] == "m" * 1000
+    engine.dispose()

@@ -32,6 +32,12 @@ STAGED_UPDATE_ROWS = 64
 _TASK_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(TaskState) if f.name != "max_attempts")
 
 
+# The free texts a connector hands back, cut to what the tasks table and receipt.v1 hold. Written as they came, a
+# longer one made PostgreSQL refuse the whole batch of results (value too long: never recorded, tried again and
+# again) and SQLite publish a receipt that breaks its schema.
+_TEXT_LIMITS = {"detail": 500, "error_message": 1000}
+
+
 def task_values(version: int, after: TaskState, update: TaskUpdate) -> dict[str, Any]:
     """A task's columns after a transition and its call's update, lease released and version moved on."""
     # Field by field, not dataclasses.asdict: its deep copies cost more than the rest of a result's write.
@@ -42,6 +48,9 @@ def task_values(version: int, after: TaskState, update: TaskUpdate) -> dict[str,
     for name in ("expected_by", "detail", "records", "confirmed_by"):
         if getattr(update, name) is not None:
             values[name] = getattr(update, name)
+    for name, limit in _TEXT_LIMITS.items():
+        if isinstance(values.get(name), str) and len(values[name]) > limit:
+            values[name] = values[name][:limit]
     return values
 
 
