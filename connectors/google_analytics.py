@@ -6,6 +6,7 @@ our own limiter stops a run part-way, the connector returns ``Pending`` with a p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -24,6 +25,10 @@ _SCOPES = {"property_id": "propertyId", "web_property_id": "webPropertyId",
 _RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
 _DAILY_REASONS = {"dailyLimitExceeded", "quotaExceeded"}
 _OP = "user deletion upsert"
+# What Google documents for ``deletionRequestTime`` (RFC 3339, UTC). The stamp becomes the receipt's
+# ``vendor_ref``, and a receipt carries no personal data: anything else in its place (a proxy's answer, a
+# vendor echoing what it was sent) is not kept.
+_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
 
 class GoogleAnalyticsConnector(PerTargetConnector[tuple[str, str]]):
@@ -70,7 +75,7 @@ class GoogleAnalyticsConnector(PerTargetConnector[tuple[str, str]]):
             if not isinstance(stamp, str) or not stamp:
                 raise PermanentError(f"{self.system}: {_OP} got HTTP {response.status_code} without the documented "
                                      "answer", code="vendor_protocol")
-            return stamp if len(stamp) <= 40 else ""
+            return stamp if _STAMP.fullmatch(stamp) else ""
         code = google_error_code(response)
         if response.status_code in (403, 429) and code in _DAILY_REASONS:
             wait = self.gate.exhaust_quotas()

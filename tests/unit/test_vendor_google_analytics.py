@@ -135,3 +135,18 @@ def test_a_2xx_without_the_deletion_request_is_no_acknowledgement(ga: GoogleAnal
         connector.erase(make_subject(identifiers={"ga_client_id": ["111.222"]}))
     assert caught.value.code == "vendor_protocol" and "111.222" not in str(caught.value)
     connector.close()
+
+
+@pytest.mark.parametrize("stamp", ["marie.dupont@example.fr", "+33612345678", "C-100234", "2026-13-45 at noon"])
+def test_a_stamp_that_is_no_timestamp_never_reaches_the_receipt(ga: GoogleAnalyticsStandIn, stamp: str) -> None:
+    """The stamp becomes the receipt's vendor_ref, and the receipt carries no personal data: a vendor (or a proxy)
+    that answers with something else in its place, such as what it was sent, acknowledges without a stamp."""
+    connector = build("google_analytics", ga, FakeClock(), rate_limit={"per_second": 100, "burst": 10})
+    ga.fail_next(1, status=200, body={"kind": "analytics#userDeletionRequest", "deletionRequestTime": stamp})
+    result = connector.erase(make_subject(identifiers={"ga_client_id": ["111.222"]}))
+    assert isinstance(result, Result) and result.outcome == "requested"
+    assert result.vendor_ref is None
+    honest = connector.erase(make_subject(identifiers={"ga_client_id": ["111.222"]}))
+    assert isinstance(honest, Result) and honest.vendor_ref is not None
+    assert honest.vendor_ref.startswith("deletionRequestTime:20")
+    connector.close()
