@@ -207,7 +207,10 @@ class Loop:
             self.intake_stall.recovered()
             self.crash.hit(failpoints.AFTER_RECORD)
             last = {(m.topic(), m.partition()): m for m in recorded}  # a partition's offset covers its prefix
-            for message in last.values():
+            held = {(p.topic, p.partition) for p in self.assigned}
+            for place, message in last.items():
+                if place not in held:  # revoked in a later poll of this turn: the client refuses its offset, and
+                    continue  # the new owner reads the record again (a duplicate at worst)
                 if isinstance(message, Unreadable):  # no client message to store: its place, past it
                     self.consumer.store_offsets(offsets=[
                         TopicPartition(message.topic(), message.partition(), message.offset() + 1)])
@@ -250,8 +253,11 @@ class Loop:
         """Every partition of the unrecorded rest, from ``batch[first]`` on, goes back to its first unrecorded
         record."""
         rewind: dict[tuple[str, int], int] = {}
+        held = {(p.topic, p.partition) for p in self.assigned}
         for message in batch[first:]:
-            rewind.setdefault((str(message.topic()), message.partition() or 0), message.offset() or 0)
+            place = (str(message.topic()), message.partition() or 0)
+            if place in held:  # a revoked partition is not ours to seek: its new owner starts at the committed offset
+                rewind.setdefault(place, message.offset() or 0)
         for (topic, partition), offset in rewind.items():
             self.reader.seek(topic, partition, offset)
             self.reader.rewound((topic, partition))

@@ -198,6 +198,55 @@ def test_offsets_are_committed_when_partitions_are_revoked(tmp_path: Path) -> No
     world.loop.close()
 
 
+def _revoked_between_poll_and_consume(world: World, partition: int) -> None:
+    """Plays a rebalance that lands between the loop's ``poll`` (which hands it a record of ``partition``) and its
+    next ``consume`` (whose revoke callback takes ``partition`` away): the record is in the loop's hands, and no
+    longer the loop's to acknowledge or rewind."""
+    consumer: Any = world.loop.consumer
+    consume, poll = consumer.consume, consumer.poll
+    first = {"look": True}
+
+    def first_look_finds_nothing(num_messages: int = 1, timeout: float = -1) -> list[MemRecord]:
+        if first["look"] and timeout == 0:
+            first["look"] = False
+            return []  # nothing fetched yet: the loop waits in poll for the first record
+        return consume(num_messages, timeout)
+
+    def then_a_peer_joins(timeout: float = -1) -> MemRecord | None:
+        record = poll(timeout)
+        assert record is not None and record.partition() == partition
+        peer = world.broker.consumer({"group.id": world.group})
+        peer.subscribe([world.topics.commands])  # the next consume revokes the partition
+        world.peer = peer  # type: ignore[attr-defined]
+        return record
+
+    consumer.consume, consumer.poll = first_look_finds_nothing, then_a_peer_joins
+
+
+@pytest.mark.parametrize("store_up", [True, False])
+def test_a_record_whose_partition_was_revoked_under_it_does_not_stop_the_loop(tmp_path: Path, store_up: bool) -> None:
+    """Recorded, its offset cannot be stored (the client refuses a partition it no longer holds); not recorded, it
+    cannot be rewound there. Either way the new owner reads it again from the committed offset (a duplicate at
+    worst), and the loop goes on: the error used to escape ``run_once`` and end the worker."""
+    world = World(tmp_path, partitions=2)
+    world.loop.start()
+    world.turn()  # both partitions assigned
+    command = subject_command(systems=["alpha"])
+    world.send(command, partition=1)
+    if not store_up:
+        def outage(batch: Any, now: Any) -> BatchOutcome:
+            return BatchOutcome([], StoreUnavailable("the store went away"))
+
+        world.loop.intake.handle_batch = outage  # type: ignore[method-assign]
+    _revoked_between_poll_and_consume(world, 1)
+    world.turn()  # must not raise
+    assert [p.partition for p in world.loop.assigned] == [0]
+    assert world.requests() == (1 if store_up else 0)
+    assert world.committed(1) is None  # nothing acknowledged for a partition the loop gave up
+    assert [r.offset() for r in world.peer.consume(10, 0)] == [0]  # type: ignore[attr-defined]
+    world.loop.close()
+
+
 def test_close_drains_the_call_in_flight_publishes_its_receipt_and_commits(tmp_path: Path) -> None:
     world = World(tmp_path, delay_seconds=0.3)
     world.loop.start()
