@@ -16,6 +16,7 @@ EVENTS: Final[Mapping[str, str]] = {
     "worker_draining": "a stop was asked: intake stops, running calls get the drain budget",
     "worker_stopped": "the worker stopped; what was still running and the budget left",
     "worker_giving_up": "the store or a loop step stalled past its limit: the process exits to be restarted",
+    "worker_stuck": "the main loop has not turned for store_outage_exit_seconds (a store gone silent): exit 4",
     "partitions_assigned": "the group gave this worker command partitions",
     "partitions_revoked": "the group took partitions back; their offsets were committed first",
     "consumer_error": "the Kafka consumer reported an error (usually transient: the client retries)",

@@ -31,6 +31,7 @@ from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site
 from worker.store import reports
 from worker.store.faults import is_outage
 from worker.verification import wiring as verification
+from worker.watchdog import Watchdog
 
 log = structlog.get_logger("oubli.worker")
 
@@ -79,6 +80,9 @@ class Loop:
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
+            # A turn that never ends (a store gone silent) is past every other bound: that thread ends the process.
+            Watchdog(self.settings.worker.store_outage_exit_seconds + self.settings.worker.poll_seconds,
+                     last_turn=lambda: self.last_loop, stopping=lambda: self.stopping).start()
             while not self.stopping:
                 self.run_once()
         finally:

@@ -3,8 +3,12 @@ worker carries on by itself once the database is back."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from typing import Any
+
+import pytest
 
 from devkit import fakes
 from devkit.netproxy import Proxy
@@ -79,3 +83,47 @@ def test_calls_that_returned_during_a_store_outage_are_not_counted_as_running(
         proxy.heal()
     finally:
         worker.close()
+
+
+def test_a_store_that_goes_silent_ends_the_worker_with_exit_4_after_the_outage_limit(
+    proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that stops answering but closes nothing (paused, a route dropping packets) raises no error: the
+    loop waits in a read. Past ``store_outage_exit_seconds`` without a turn the worker still exits 4, as after any
+    outage, instead of holding its partitions and leases for ever."""
+    store_url, proxy = proxied_store
+    systems: dict[str, Any] = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
+    raw = raw_settings(store_url=store_url, bootstrap=kafka_bootstrap, systems=systems)
+    raw["worker"]["store_outage_exit_seconds"] = 3
+    worker = Worker(settings_from(raw), serve_http=False)
+    exits: list[tuple[int, float]] = []
+
+    def let_go() -> None:
+        worker.stopping = True
+        proxy.heal()
+
+    def exit_now(code: int) -> None:  # os._exit, recorded; then the loop is let go so that the test can end
+        exits.append((code, time.monotonic()))
+        let_go()
+
+    monkeypatch.setattr(os, "_exit", exit_now)
+    real_turn, frozen_at = worker.run_once, []
+
+    def turn() -> None:
+        if not frozen_at and time.monotonic() - started > 2:
+            proxy.freeze()
+            frozen_at.append(time.monotonic())
+        real_turn()
+
+    worker.run_once = turn  # type: ignore[method-assign]
+    safety = threading.Timer(40, let_go)  # the old code waited here for ever
+    safety.start()
+    started = time.monotonic()
+    try:
+        worker.run()
+    finally:
+        safety.cancel()
+        proxy.heal()
+    assert frozen_at and exits, "the worker sat in a read of a silent store and never gave up"
+    assert exits[0][0] == 4
+    assert 3 <= exits[0][1] - frozen_at[0] < 3 + 5
