@@ -78,15 +78,18 @@ class Loop:
 
     def run(self) -> None:
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        worker = self.settings.worker
+        # A turn that never ends (a store gone silent) is past every other bound: that thread ends the process.
+        watchdog = Watchdog(worker.store_outage_exit_seconds + worker.poll_seconds, last_turn=lambda: self.last_loop,
+                            stopping=lambda: self.stopping, shutdown=worker.drain_seconds + SHUTDOWN_MARGIN_SECONDS + 5)
         try:
             self.start()
-            # A turn that never ends (a store gone silent) is past every other bound: that thread ends the process.
-            Watchdog(self.settings.worker.store_outage_exit_seconds + self.settings.worker.poll_seconds,
-                     last_turn=lambda: self.last_loop, stopping=lambda: self.stopping).start()
+            watchdog.start()
             while not self.stopping:
                 self.run_once()
         finally:
             self.close()
+            watchdog.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

@@ -15,6 +15,7 @@ from devkit.netproxy import Proxy
 from devkit.pipeline import Receipts, raw_settings, settings_from, subject_command
 from worker import metrics
 from worker.app import Worker
+from worker.loop import SHUTDOWN_MARGIN_SECONDS
 from worker.support import publish_command
 
 
@@ -85,16 +86,20 @@ def test_calls_that_returned_during_a_store_outage_are_not_counted_as_running(
         worker.close()
 
 
+@pytest.mark.parametrize("stop_asked", [False, True])
 def test_a_store_that_goes_silent_ends_the_worker_with_exit_4_after_the_outage_limit(
     proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch,
+    stop_asked: bool,
 ) -> None:
     """A database that stops answering but closes nothing (paused, a route dropping packets) raises no error: the
     loop waits in a read. Past ``store_outage_exit_seconds`` without a turn the worker still exits 4, as after any
-    outage, instead of holding its partitions and leases for ever."""
+    outage, instead of holding its partitions and leases for ever. A SIGTERM met during that read only sets the stop
+    flag, and the drain never starts: the process then ends within the shutdown's budget."""
     store_url, proxy = proxied_store
     systems: dict[str, Any] = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
     raw = raw_settings(store_url=store_url, bootstrap=kafka_bootstrap, systems=systems)
-    raw["worker"]["store_outage_exit_seconds"] = 3
+    raw["worker"].update(store_outage_exit_seconds=60 if stop_asked else 3, drain_seconds=0)
+    limit = 0 + SHUTDOWN_MARGIN_SECONDS + 5 if stop_asked else 3
     worker = Worker(settings_from(raw), serve_http=False)
     exits: list[tuple[int, float]] = []
 
@@ -113,10 +118,12 @@ def test_a_store_that_goes_silent_ends_the_worker_with_exit_4_after_the_outage_l
         if not frozen_at and time.monotonic() - started > 2:
             proxy.freeze()
             frozen_at.append(time.monotonic())
+            if stop_asked:  # what the SIGTERM handler does, once the loop sits in the read
+                threading.Timer(0.5, lambda: setattr(worker, "stopping", True)).start()
         real_turn()
 
     worker.run_once = turn  # type: ignore[method-assign]
-    safety = threading.Timer(40, let_go)  # the old code waited here for ever
+    safety = threading.Timer(limit + 25, let_go)  # the old code waited here for ever
     safety.start()
     started = time.monotonic()
     try:
@@ -126,4 +133,4 @@ def test_a_store_that_goes_silent_ends_the_worker_with_exit_4_after_the_outage_l
         proxy.heal()
     assert frozen_at and exits, "the worker sat in a read of a silent store and never gave up"
     assert exits[0][0] == 4
-    assert 3 <= exits[0][1] - frozen_at[0] < 3 + 5
+    assert limit <= exits[0][1] - frozen_at[0] < limit + 5
