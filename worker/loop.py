@@ -43,6 +43,10 @@ SHUTDOWN_MARGIN_SECONDS = 10.0
 # Of that margin, kept for committing offsets, leaving the group and aborting an open transaction
 # (broker calls with their own short timeouts) after the relay had its turn.
 LEAVE_RESERVE_SECONDS = 3.0
+# A turn running longer than this (or two polls) is stuck, on a silent store or broker (every store statement ends
+# within 15 s): /readyz says so then, /healthz after a minute, and the watchdog (worker.watchdog) ends the process
+# after store_outage_exit_seconds.
+READY_TURN_SECONDS = 20.0
 
 
 class Loop:
@@ -389,13 +393,18 @@ class Loop:
     def _live(self) -> bool:
         return time.monotonic() - self.last_loop < 60
 
+    def _turning(self) -> bool:
+        """A turn began lately. A store gone silent raises nothing (the loop waits in a read), so this alone says it:
+        ready no more once a turn has lasted longer than any the loop makes while it works (a poll at most)."""
+        return time.monotonic() - self.last_loop < max(READY_TURN_SECONDS, 2 * self.settings.worker.poll_seconds)
+
     def _ready(self) -> bool:
         """Not ready while the store is out, intake is held on a record, a step that does the work keeps failing
         (the gauges, read every 15 s, may miss a turn during a rebalance: that is no reason to drop readiness), or
         abandoned calls that never returned hold every slot."""
         stalled = self.store_stall.active or self.intake_stall.active or self.executor.capacity_lost() or any(
             stall.active for name, stall in self.step_stalls.items() if name != "gauges")
-        return self._live() and not stalled and not self.stopping
+        return self._turning() and not stalled and not self.stopping
 
 
 def _source(message: Record) -> str:

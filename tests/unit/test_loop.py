@@ -334,3 +334,14 @@ def test_intake_logs_one_line_per_batch_and_a_line_per_command_only_at_debug_unl
         ("info", 3, 3, None), ("info", 1, None, 1)]
     each = [(e["log_level"], e["outcome"]) for e in logs if e["event"] == "command_recorded"]
     assert each == [("debug", "new")] * 3 + [("info", "duplicate")]
+
+
+def test_readiness_drops_when_a_turn_has_not_ended_for_longer_than_any_working_turn(world: World) -> None:
+    """A store gone silent raises nothing: the loop sits in a read, and no stall is ever recorded. A turn that began
+    21 s ago (every store statement ends within 15 s) is stuck, and /readyz says so long before /healthz (60 s)."""
+    world.turn()
+    assert world.loop._ready()
+    world.loop.last_loop -= 21  # the turn that began then has not ended
+    assert world.loop._live() and not world.loop._ready()
+    world.turn()
+    assert world.loop._ready()
