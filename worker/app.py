@@ -17,5 +17,5 @@ from worker.loop import Loop
 class Worker(Loop):
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow, migrate: bool = False,
                  serve_http: bool = True) -> None:
-        parts = compose.build(settings, clock, migrate=migrate)
+        parts = compose.build(settings, clock, migrate=migrate, wait_for_store=True)
         super().__init__(parts, Consumer(kafka.consumer_config(settings.kafka)), serve_http=serve_http)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 
 import boto3
 import sqlalchemy as sa
+import structlog
 from botocore.config import Config as BotoConfig
 
 from connectors import registry
@@ -30,12 +32,15 @@ from worker.executor import Executor, ExportPackager
 from worker.intake import TURN_SECONDS, Intake
 from worker.outbox import Relay, producer_config
 from worker.retention.vendorkeep import VendorRetention
+from worker.stall import Stall, StalledTooLong, error_kind, error_sqlstate
 from worker.store import db
 from worker.store.deferrals import ReserveDeferral
+from worker.store.faults import is_outage
 from worker.store.ratelimits import StoreLimits
 from worker.store.repository import ClaimedTask, Finished, Store
 from worker.verification import wiring as verification
 
+log = structlog.get_logger("oubli.worker")
 
 @dataclass
 class Parts:
@@ -59,8 +64,11 @@ class Parts:
 
 
 def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate: bool = False,
-          producer_factory: ProducerFactory | None = None) -> Parts:
+          producer_factory: ProducerFactory | None = None, wait_for_store: bool = False) -> Parts:
+    """``wait_for_store``: a store out at start is waited for as a running worker waits (``wait_until_reachable``)."""
     engine = db.create_engine(settings.store_url)
+    if wait_for_store:
+        wait_until_reachable(engine, settings.worker.store_outage_exit_seconds, settings.worker.store_retry_max_seconds)
     if migrate:
         db.migrate(engine)
     elif db.pending_migrations(engine):
@@ -105,6 +113,36 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
                   on_published=lambda topic, n: metrics.PUBLISHED.labels(topic).inc(n), **extra)
     return Parts(settings=settings, clock=clock, engine=engine, crash=crash, store=store, connectors=connectors,
                  exports=exports, intake=intake, executor=executor, relay=relay)
+
+
+def wait_until_reachable(engine: sa.Engine, limit: float, cap: float) -> None:
+    """Returns once the store answers; raises ``StalledTooLong`` (exit 4) past ``limit`` seconds of outage.
+
+    A worker restarted during a database restart used to exit 4 at once: its pod then sat in a crash loop whose
+    backoff (up to 5 minutes) outlasted the outage, where a running worker rides out ``limit`` seconds of it.
+    Only an outage is waited for (``is_outage``); any other error (a wrong password, an unknown database) is raised.
+    """
+    stall = Stall(cap=cap)
+    while True:
+        now = time.monotonic()
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            if stall.lasted(now) >= limit:
+                log.error("worker_giving_up", stalled="store", seconds=round(stall.lasted(now)),
+                          failures=stall.failures)
+                raise StalledTooLong(f"the store was unreachable for {limit:.0f} s at start") from exc
+            wait = stall.failed(now)
+            log.error("store_unavailable", during="start", error_type=error_kind(exc), sqlstate=error_sqlstate(exc),
+                      retry_in=round(wait, 1))
+            time.sleep(min(wait, max(limit - stall.lasted(now), 0.0)))  # start-up only: nothing else runs yet
+            continue
+        if stall.active:
+            log.info("store_available", after_seconds=round(stall.lasted(now), 1))
+        return
 
 
 def s3_client(settings: Settings) -> Any:

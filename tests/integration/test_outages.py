@@ -13,9 +13,11 @@ import pytest
 from devkit import fakes
 from devkit.netproxy import Proxy
 from devkit.pipeline import Receipts, raw_settings, settings_from, subject_command
-from worker import metrics
+from tests.unit.test_shutdown import closed_port
+from worker import config, metrics
 from worker.app import Worker
 from worker.loop import SHUTDOWN_MARGIN_SECONDS
+from worker.stall import StalledTooLong
 from worker.support import publish_command
 
 
@@ -134,3 +136,40 @@ def test_a_store_that_goes_silent_ends_the_worker_with_exit_4_after_the_outage_l
     assert frozen_at and exits, "the worker sat in a read of a silent store and never gave up"
     assert exits[0][0] == 4
     assert limit <= exits[0][1] - frozen_at[0] < limit + 5
+
+
+def test_a_worker_started_while_the_store_is_down_waits_for_it_and_then_works(
+    proxied_store: tuple[str, Proxy], pg_url: str, kafka_bootstrap: str,
+) -> None:
+    """A pod restarted during a database restart waits for the store (up to ``store_outage_exit_seconds``, as a
+    running worker does) instead of exiting at once, which put it in a crash loop whose backoff outlasts the outage."""
+    store_url, proxy = proxied_store
+    systems: dict[str, Any] = {"alpha": {"connector": "devkit.fakes", "settings": {"url": pg_url}}}
+    raw = raw_settings(store_url=store_url, bootstrap=kafka_bootstrap, systems=systems)
+    raw["worker"].update(store_outage_exit_seconds=30, store_retry_max_seconds=0.5)
+    settings = settings_from(raw)
+    proxy.cut()
+    threading.Timer(3, proxy.heal).start()
+    started = time.monotonic()
+    worker = Worker(settings, serve_http=False)  # used to raise OperationalError at once
+    assert time.monotonic() - started >= 2.5
+    worker.start()
+    receipts = Receipts(settings)
+    try:
+        command = subject_command()
+        publish_command(settings.kafka, command)
+        receipts.wait(command["request_id"], {"completed"}, step=worker.run_once, timeout=60)
+    finally:
+        receipts.close()
+        worker.close()
+
+
+def test_a_worker_started_while_the_store_stays_down_gives_up_after_the_outage_limit(tmp_path: Any) -> None:
+    raw = raw_settings(store_url=f"postgresql+psycopg://u:p@127.0.0.1:{closed_port()}/db",
+                       bootstrap="127.0.0.1:1", systems={"alpha": {"connector": "devkit.fakes",
+                                                                   "settings": {"url": "sqlite://"}}})
+    raw["worker"].update(store_outage_exit_seconds=2, store_retry_max_seconds=0.5)
+    started = time.monotonic()
+    with pytest.raises(StalledTooLong):  # exit 4, as for a running worker
+        Worker(config.build(raw, env={}), serve_http=False)
+    assert 2 <= time.monotonic() - started < 6
