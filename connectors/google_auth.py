@@ -6,6 +6,7 @@ refresh_token, token_url}`` (cached until a minute before expiry; a 401 drops it
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from connectors.vendor import Options, Secret
 from worker.core.errors import PermanentError
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
+MAX_TOKEN_SECONDS = 86_400.0
 
 
 def google_error_code(response: httpx.Response) -> str | None:
@@ -94,11 +96,14 @@ class GoogleCredentials:
         if not response.is_success:
             raise classify(self._system, "token refresh", response, self._now(), google_error_code(response))
         token, lifetime = body.get("access_token"), body.get("expires_in", 3600)
-        if not isinstance(token, str) or not token or not isinstance(lifetime, int | float):
+        # JSON as Python reads it may hold Infinity, NaN or 1e400, which no datetime can be added to.
+        if not isinstance(token, str) or not token or not isinstance(lifetime, int | float) \
+                or not math.isfinite(lifetime):
             raise PermanentError(f"{self._system}: token refresh returned no usable token",
                                  code="vendor_protocol")
         self._token = Secret(token)
-        self._expires = self._now() + timedelta(seconds=max(0.0, float(lifetime) - 60.0))
+        # Kept a minute short of its end, and never past a day (Google's last an hour; a 401 refreshes it anyway).
+        self._expires = self._now() + timedelta(seconds=min(max(0.0, float(lifetime) - 60.0), MAX_TOKEN_SECONDS))
 
     def close(self) -> None:
         if self._token_http is not None:

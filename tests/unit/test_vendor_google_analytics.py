@@ -150,3 +150,25 @@ def test_a_stamp_that_is_no_timestamp_never_reaches_the_receipt(ga: GoogleAnalyt
     assert isinstance(honest, Result) and honest.vendor_ref is not None
     assert honest.vendor_ref.startswith("deletionRequestTime:20")
     connector.close()
+
+
+@pytest.mark.parametrize("lifetime", [b"1e400", b"Infinity", b"NaN", b"1e300", b"-5"])
+def test_a_token_lifetime_out_of_any_range_is_no_crash(ga: GoogleAnalyticsStandIn, lifetime: bytes) -> None:
+    """``expires_in`` is the token endpoint's to fill: a number datetime cannot add (infinite, 1e300) raised
+    OverflowError, which the executor can only call an unexpected connector bug. Now a lifetime that is no finite
+    number is a vendor_protocol error, and a finite one is kept within a day (a 401 refreshes it anyway)."""
+    connector = build("google_analytics", ga, FakeClock(), rate_limit={"per_second": 100, "burst": 10})
+    ga.fault_exempt.discard("token")  # the next reply is the token endpoint's
+    ga.fail_next(1, status=200, body=b'{"access_token": "ya29.odd", "expires_in": ' + lifetime + b"}")
+    subject = make_subject(identifiers={"ga_client_id": ["111.222"]})
+    if lifetime in (b"1e400", b"Infinity", b"NaN"):
+        with pytest.raises(PermanentError) as caught:
+            connector.erase(subject)
+        assert caught.value.code == "vendor_protocol"
+    else:
+        with pytest.raises(PermanentError) as refused:  # the odd token itself is refused: a 401
+            connector.erase(subject)
+        assert refused.value.code == "credentials_refused"
+        result = connector.erase(subject)  # and the next call fetches a good one
+        assert isinstance(result, Result) and result.outcome == "requested"
+    connector.close()
