@@ -14,7 +14,9 @@ from worker.core.errors import ConnectorError, PermanentError, RetryableError
 # SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization,
 # deadlock), insufficient resources, operator intervention (shutdown, cannot connect now), system error.
 _RETRYABLE_CLASSES = {"08", "40", "53", "57", "58"}
-_RETRYABLE_STATES = {"55P03", "55006", "23505"}  # lock not available, object in use, a lost insert race
+# lock not available, object in use, a lost insert race, and read_only_sql_transaction: a primary demoted in a
+# failover (or a standby a pool still points at) refuses every write until the connections move on.
+_RETRYABLE_STATES = {"55P03", "55006", "23505", "25006"}
 # Connection failures that come before the server assigns an SQLSTATE (libpq, sqlite3).
 _PERMANENT_HINTS = (
     "password authentication failed",

@@ -223,6 +223,26 @@ def test_bad_credentials_are_permanent_and_unreachable_is_retryable(pg_url: str)
 
 
 @pytest.mark.postgres
+def test_a_database_that_turned_read_only_is_an_outage_not_a_refusal(pg_url: str) -> None:
+    """SQLSTATE 25006: what a primary demoted in a failover (or a hot standby a pool still points at) answers every
+    write until the connections move to the new primary. A shop database's erasure is retried, not failed for a
+    person to retry, and oubli's own store pauses intake as for any outage instead of calling the command poison."""
+    from worker.store.faults import is_outage  # noqa: PLC0415 - oubli's store, next to the connectors' databases
+
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE held (email text)"))
+    with pytest.raises(sa.exc.DBAPIError) as caught, engine.begin() as conn:
+        conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+        conn.execute(sa.text("DELETE FROM held WHERE email = 'marie.dupont@example.fr'"))
+    engine.dispose()
+    assert getattr(caught.value.orig, "sqlstate", None) == "25006"
+    error = db_error("orders_db", "erasure", caught.value)
+    assert isinstance(error, RetryableError) and error.code == "sql_unavailable" and "marie" not in str(error)
+    assert is_outage(caught.value)
+
+
+@pytest.mark.postgres
 def test_driver_messages_with_row_values_are_not_copied(pg_url: str) -> None:
     engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 # which succeeds when tried again.
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 # lock_not_available: lock_timeout expired behind another transaction; contention, not the data.
-_OUTAGE_SQLSTATES = frozenset({"55P03"})
+# read_only_sql_transaction: the server became a standby (a failover demoted it) while the pool still points at it.
+_OUTAGE_SQLSTATES = frozenset({"55P03", "25006"})
 
 
 def is_outage(exc: BaseException) -> bool:
