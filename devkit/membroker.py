@@ -264,7 +264,7 @@ class MemConsumer:
     def seek(self, partition: TopicPartition) -> None:
         tp = (partition.topic, partition.partition)
         if tp not in self.owned:
-            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, "partition not assigned"))
+            raise KafkaException(KafkaError(KafkaError._STATE, "partition not assigned"))
         self.positions[tp] = partition.offset
 
     def pause(self, partitions: list[TopicPartition]) -> None:

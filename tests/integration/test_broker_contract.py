@@ -230,6 +230,31 @@ def test_a_joining_member_takes_partitions_after_the_revoke_callback_committed(s
     assert sorted(p.partition for p in first.assignment()) == sorted(set(range(PARTITIONS)) - set(moved))
 
 
+def test_a_partition_moved_away_refuses_storing_an_offset_or_seeking(side: Side) -> None:
+    """What the loop guards against (worker.loop._record, _intake_failed): a record fetched before its partition
+    was revoked is still in the loop's hands, and the client refuses to store its offset or seek there."""
+    topic, group = side.topic(), f"g-{uuid.uuid4().hex[:8]}"
+    side.send(topic, [(f"k{i}".encode(), b"v") for i in range(30)])
+    first_log: list[tuple[str, list[int]]] = []
+    first = _subscribe(side, topic, group, first_log)
+    got = side.until(first, lambda g: len(g) >= 30)
+    second = _subscribe(side, topic, group, [])
+    deadline = time.monotonic() + side.patience
+    while True:
+        first.consume(num_messages=10, timeout=0.1)
+        second.consume(num_messages=10, timeout=0.1)
+        if any(kind == "revoke" for kind, _ in first_log) or time.monotonic() > deadline:
+            break
+    moved = {p for kind, ps in first_log if kind == "revoke" for p in ps}
+    assert moved
+    stale = next(m for m in got if m.partition() in moved)
+    with pytest.raises(KafkaException) as storing:
+        first.store_offsets(stale)
+    with pytest.raises(KafkaException) as seeking:
+        first.seek(TopicPartition(topic, stale.partition(), 0))
+    assert storing.value.args[0].code() == seeking.value.args[0].code() == KafkaError._STATE
+
+
 def test_transactions_show_committed_records_only_and_a_newer_producer_fences_the_older(side: Side) -> None:
     topic, group, tx = side.topic(), f"g-{uuid.uuid4().hex[:8]}", f"tx-{uuid.uuid4().hex[:8]}"
     producer = side.producer(tx)
