@@ -156,6 +156,11 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
                             next_attempt_at=None, waiting_since=None, lease_losses=0)
         case AwaitVendor(vendor_ref=vendor_ref, poll_after=poll_after) if state is SystemState.RUNNING:
             return _await_vendor(_replace(task, lease_losses=0), vendor_ref, poll_after, now, policy)
+        case Fail(retryable=True) if state is SystemState.RUNNING and task.vendor_ref and task.waiting_since:
+            # A poll failed (the status endpoint's 5xx, 429 or timeout): the job goes on at the vendor, so the same
+            # job is polled again after the backoff, as a lost lease does; submitting it anew would send a second
+            # request to a vendor that may just have asked us to slow down.
+            return _poll_failed(_replace(task, lease_losses=0), event, now, policy)
         case Fail() if state is SystemState.RUNNING:
             return _after_failure(_replace(task, lease_losses=0), event, now, policy)
         case LeaseExpired() if state is SystemState.RUNNING and task.lease_losses + 1 >= policy.max_lease_losses:
@@ -234,6 +239,18 @@ def _after_failure(task: TaskState, event: Fail, now: datetime, policy: RetryPol
     code = event.code if not event.retryable else "retries_exhausted"
     return _replace(task, state=SystemState.FAILED, attempts=attempts, error_code=code,
                     error_message=event.message, next_attempt_at=None)
+
+
+def _poll_failed(task: TaskState, event: Fail, now: datetime, policy: RetryPolicy) -> TaskState:
+    """Polls are no attempts (a job may take days), but a failed one is: a status endpoint that keeps failing runs
+    out of attempts (``retries_exhausted``) like any call, instead of being polled until ``vendor_wait``."""
+    attempts = task.attempts + 1 if event.counts_as_attempt else task.attempts
+    if attempts >= task.max_attempts:
+        return _replace(task, state=SystemState.FAILED, attempts=attempts, error_code="retries_exhausted",
+                        error_message=event.message, next_attempt_at=None)
+    delay = policy.delay(attempts, event.retry_after) if event.counts_as_attempt else (event.retry_after or 0.0)
+    return _replace(task, state=SystemState.WAITING_VENDOR, attempts=attempts, error_code=event.code,
+                    error_message=event.message, next_attempt_at=now + timedelta(seconds=delay))
 
 
 def request_status(states: Iterable[SystemState], *, any_attempted: bool) -> RequestStatus:

@@ -18,6 +18,7 @@ from devkit.pipeline import record
 from worker import states
 from worker.config import Topics
 from worker.core.connector import CallResult, ExportWriter, Pending, Result, Subject
+from worker.core.errors import RetryableError
 from worker.core.timefmt import utcnow
 from worker.executor import Executor
 from worker.store import db
@@ -216,6 +217,49 @@ def test_a_vendor_job_that_never_finishes_ends_in_action_required(pg_url: str) -
     receipt = store.receipt(request_id)
     assert receipt["status"] == "action_required"
     assert receipt["systems"][0]["error"]["code"] == "vendor_wait_expired"
+    executor.shutdown()
+
+
+class FlakyStatus(Blocking):
+    """An async vendor whose status endpoint fails (a 429 with Retry-After) on the first poll, then says done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.erases = 0
+        self.polls = 0
+
+    def erase(self, subject: Subject) -> CallResult:
+        self.erases += 1
+        return Pending(f"job-{self.erases}", poll_after=60)
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        self.polls += 1
+        if self.polls == 1:
+            raise RetryableError("vendor: request status retrieve got HTTP 429", retry_after=120,
+                                 code="vendor_rate_limited")
+        return Result("requested", vendor_ref=vendor_ref)
+
+
+def test_a_poll_that_fails_polls_the_same_vendor_job_again_after_the_backoff(pg_url: str) -> None:
+    """A 429 or a 5xx from a vendor's status endpoint says nothing about the job, which goes on at the vendor: it is
+    polled again once Retry-After has passed, never submitted anew (a second removal request to a vendor that just
+    asked us to slow down), and the failure is counted and shown meanwhile."""
+    clock = Clock()
+    store = _store(pg_url, "pod-1")
+    request_id = record(store, {"vendor": 3}, now=clock(), customer_id="C-flaky")
+    vendor = FlakyStatus()
+    executor = _executor(store, vendor, clock, system="vendor")
+    _until(lambda: _task(store, request_id, "vendor")["state"] == "waiting_vendor", executor.tick)
+    clock.advance(60)
+    _until(lambda: vendor.polls == 1 and not executor.busy(), executor.tick)
+    task = _task(store, request_id, "vendor")
+    assert (task["state"], task["vendor_ref"], task["error_code"]) == ("waiting_vendor", "job-1", "vendor_rate_limited")
+    assert task["next_attempt_at"].astimezone(clock().tzinfo) >= clock() + timedelta(seconds=120), "Retry-After"
+    assert task["attempts"] == 2, "a failed poll counts: a status endpoint that keeps failing ends in action_required"
+    clock.advance(121)
+    _until(lambda: _task(store, request_id, "vendor")["state"] == "confirmed", executor.tick)
+    assert (vendor.erases, vendor.polls) == (1, 2), "the job was submitted once and polled again"
+    assert _task(store, request_id, "vendor")["vendor_ref"] == "job-1"
     executor.shutdown()
 
 

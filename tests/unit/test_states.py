@@ -135,10 +135,11 @@ def test_the_wait_survives_polls_failures_and_resubmissions_and_ends_when_settle
     polled = states.transition(states.transition(waiting, states.Claim(), NOW, POLICY_14D), EVENTS["await"], NOW,
                                POLICY_14D)
     assert polled.waiting_since == SUBMITTED
-    # A failed poll goes back to retrying and the job is submitted again: still the same wait.
+    # A failed poll waits to poll the same job again (a vendor that forgot it has it submitted again, by the
+    # connector's poll): still the same wait.
     failed = states.transition(states.transition(polled, states.Claim(), NOW, POLICY_14D),
                                EVENTS["fail_retryable"], NOW, POLICY_14D)
-    assert (failed.state, failed.waiting_since) == (S.RETRYING, SUBMITTED)
+    assert (failed.state, failed.waiting_since, failed.vendor_ref) == (S.WAITING_VENDOR, SUBMITTED, polled.vendor_ref)
     resubmitted = states.transition(states.transition(failed, states.Claim(), NOW, POLICY_14D),
                                     states.AwaitVendor("job-2", 30), SUBMITTED + WAIT, POLICY_14D)
     assert (resubmitted.state, resubmitted.error_code) == (S.FAILED, "vendor_wait_expired")
@@ -162,6 +163,21 @@ def test_a_lease_lost_while_polling_polls_the_same_job_again() -> None:
     lost = states.transition(calling, states.LeaseExpired(), NOW, NO_JITTER)
     assert (lost.state, lost.attempts) == (S.RETRYING, 7), "a dead worker does not use up the system's retries"
     assert states.transition(lost, states.Claim(), NOW, NO_JITTER).attempts == 8
+
+
+def test_a_failed_poll_polls_again_after_the_backoff_and_counts_until_the_attempts_run_out() -> None:
+    task = TaskState(state=S.WAITING_VENDOR, attempts=1, max_attempts=3, vendor_ref="job-1", waiting_since=SUBMITTED)
+    limited = states.Fail("vendor_rate_limited", "HTTP 429", retryable=True, retry_after=600)
+    after = states.transition(states.transition(task, states.Claim(), NOW, NO_JITTER), limited, NOW, NO_JITTER)
+    assert (after.state, after.vendor_ref, after.attempts, after.error_code) == (
+        S.WAITING_VENDOR, "job-1", 2, "vendor_rate_limited")
+    assert after.next_attempt_at == NOW + timedelta(seconds=600), "Retry-After is a floor"
+    assert states.request_status([after.state], any_attempted=True) is RequestStatus.IN_PROGRESS
+    last = states.transition(states.transition(after, states.Claim(), NOW, NO_JITTER), limited, NOW, NO_JITTER)
+    assert (last.state, last.error_code, last.attempts) == (S.FAILED, "retries_exhausted", 3)
+    refused = states.transition(states.transition(task, states.Claim(), NOW, NO_JITTER), EVENTS["fail_permanent"],
+                                NOW, NO_JITTER)
+    assert refused.state is S.FAILED, "a permanent answer to a poll needs a person, as before"
 
 
 @pytest.mark.parametrize("polling", [False, True])
