@@ -30,6 +30,8 @@ from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, 
 from worker.core.limits import set_call_priority
 from worker.core.timefmt import iso
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, VERIFY_TASK, is_internal
+from worker.stall import error_kind, error_sqlstate
+from worker.store.faults import is_outage
 from worker.store.identity import IdentityLock
 from worker.store.repository import ClaimedTask, Finished, Store, TaskUpdate
 
@@ -285,7 +287,15 @@ class Executor:
         except (PermanentError, NeedsPersonError) as exc:
             outcome = states.Fail(exc.code, exc.message, retryable=False), TaskUpdate()
         except BaseException as exc:  # noqa: BLE001 - a connector bug (even a sys.exit) must not kill the worker
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            if isinstance(exc, Exception) and is_outage(exc):
+                # An internal step (package, identity, verification) reading oubli's own store during its outage
+                # (connectors wrap their databases' errors): no connector bug. It still counts as an attempt, since
+                # what is_outage calls one includes a statement that times out every time.
+                outcome = states.Fail("store_unavailable", f"{task.system}: the store was unreachable "
+                                      f"({error_kind(exc)})", retryable=True), TaskUpdate()
+                log.warning("store_unavailable", during=task.system, request_id=task.request_id,
+                            error_type=error_kind(exc), sqlstate=error_sqlstate(exc))
+            elif isinstance(exc, OSError) and exc.errno in DISK_FULL:
                 # The worker's own disk (an export's staging files), not the connector: an operator's to fix,
                 # and the call can succeed once there is room, so it is retried like any outage.
                 code = errno.errorcode[exc.errno]

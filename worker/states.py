@@ -194,8 +194,8 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
 
 # Error codes of an attempt whose call may have reached the system though no result was recorded: its
 # worker died under it (``lease_expired``), it was abandoned past its deadline, or the connector raised
-# something unexpected part-way.
-RESULT_UNKNOWN_CODES = frozenset({"lease_expired", "call_timeout", "unexpected_error"})
+# something unexpected (or met a store outage) part-way.
+RESULT_UNKNOWN_CODES = frozenset({"lease_expired", "call_timeout", "unexpected_error", "store_unavailable"})
 UNKNOWN_EARLIER_ATTEMPT = ("nothing was left to erase: an earlier attempt, whose result was lost, may have "
                            "erased it")
 

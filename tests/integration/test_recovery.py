@@ -21,6 +21,7 @@ from worker.core.connector import CallResult, ExportWriter, Pending, Result, Sub
 from worker.core.errors import RetryableError
 from worker.core.timefmt import utcnow
 from worker.executor import Executor
+from worker.receipts import VERIFY_TASK
 from worker.store import db
 from worker.store.identity import IdentityLock
 from worker.store.records import StoreConflict
@@ -260,6 +261,35 @@ def test_a_poll_that_fails_polls_the_same_vendor_job_again_after_the_backoff(pg_
     _until(lambda: _task(store, request_id, "vendor")["state"] == "confirmed", executor.tick)
     assert (vendor.erases, vendor.polls) == (1, 2), "the job was submitted once and polled again"
     assert _task(store, request_id, "vendor")["vendor_ref"] == "job-1"
+    executor.shutdown()
+
+
+class StoreGone:
+    """An internal step (here ``_verify``) that reads oubli's own store from its thread, during a store outage."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, task: Any) -> Any:
+        self.runs += 1
+        raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+
+def test_a_store_outage_during_an_internal_step_is_reported_as_such_not_as_a_connector_bug(pg_url: str) -> None:
+    """The export package, the identity lookup and the verification read oubli's store from a call thread. Its
+    outage there was reported as the ``unexpected_error`` of a ``connector_bug``: at 3 a.m., a bug to hunt in code
+    that has none. It is ``store_unavailable`` now, retried with backoff like any outage (an attempt each: a
+    statement that times out every time must still end in action_required)."""
+    clock = Clock()
+    store = _store(pg_url, "pod-1")
+    request_id = record(store, {VERIFY_TASK: 3}, now=clock(), customer_id="C-outage")
+    step = StoreGone()
+    executor = Executor(store, {}, concurrency={}, max_in_flight=4, lease_seconds=LEASE, clock=clock, verifier=step)
+    _until(lambda: _task(store, request_id, VERIFY_TASK)["state"] == "retrying", executor.tick)
+    task = _task(store, request_id, VERIFY_TASK)
+    assert (task["error_code"], task["attempts"]) == ("store_unavailable", 1)
+    assert "server closed" not in (task["error_message"] or ""), "never the driver's message"
+    assert task["next_attempt_at"].astimezone(clock().tzinfo) > clock(), "with backoff"
     executor.shutdown()
 
 
