@@ -92,8 +92,11 @@ class Loop:
             while not self.stopping:
                 self.run_once()
         finally:
-            self.close()
-            watchdog.stop()
+            self.stopping = True  # however the loop ended (StalledTooLong too): the watchdog keeps to close's budget
+            try:
+                self.close()
+            finally:
+                watchdog.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

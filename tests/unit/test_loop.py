@@ -4,6 +4,7 @@ outage (pause, rewind to the first unrecorded command, resume), commit on revoke
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from worker import compose, config
 from worker.core.errors import StoreUnavailable
 from worker.intake import BatchOutcome
 from worker.loop import Loop
+from worker.stall import StalledTooLong
 from worker.store.schema import requests
 
 
@@ -345,3 +347,29 @@ def test_readiness_drops_when_a_turn_has_not_ended_for_longer_than_any_working_t
     assert world.loop._live() and not world.loop._ready()
     world.turn()
     assert world.loop._ready()
+
+
+def test_a_loop_that_ends_on_its_own_error_closes_in_full_and_the_watchdog_stands_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``run`` ending on an error (StalledTooLong past the outage limit) still drains and closes within close's own
+    budget: the watchdog (worker.watchdog) must neither take that close for a stuck turn nor outlive ``run``."""
+    world = World(tmp_path, worker={"store_outage_exit_seconds": 0.5, "drain_seconds": 0, "poll_seconds": 0.05})
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+
+    def stalled() -> None:
+        raise StalledTooLong("the store has kept failing")
+
+    real_close = world.loop.close
+
+    def slow_close() -> None:  # a drain that takes a while (calls in flight, a relay batch to flush)
+        time.sleep(1.5)
+        real_close()
+
+    world.loop.run_once = stalled  # type: ignore[method-assign]
+    world.loop.close = slow_close  # type: ignore[method-assign]
+    with pytest.raises(StalledTooLong):
+        world.loop.run()
+    time.sleep(1.5)  # and after run: nothing is left watching
+    assert exits == []
