@@ -270,6 +270,12 @@ class VendorConnector(abc.ABC):
             # Every caller of this vendor in the fleet waits, not just this one: the hold is in the store.
             wait = parse_retry_after(response.headers, self.context.now())
             self.gate.hold(wait if wait is not None else 1.0)
+        elif response.status_code == 503 and "retry-after" in response.headers:
+            # The vendor says how long it expects to be down (maintenance): the whole fleet waits that long too,
+            # instead of each call meeting its own 503 first.
+            wait = parse_retry_after(response.headers, self.context.now())
+            if wait:
+                self.gate.hold(wait)
         return response
 
     @abc.abstractmethod

@@ -100,6 +100,24 @@ def test_5xx_is_retryable_then_succeeds(vendor: VendorHarness) -> None:
     assert _erase(vendor, subject).outcome == CONFIRMED[vendor.system]
 
 
+def test_503_with_retry_after_holds_back_later_calls_as_a_429_does(vendor: VendorHarness) -> None:
+    """A vendor in maintenance answers 503 with Retry-After (RFC 9110: how long it expects to be down). The call that
+    met it waits that long; so does every other call to that vendor, instead of each meeting its own 503 first."""
+    subject = vendor.subject_with_data()
+    vendor.standin.fail_next(1, status=503, headers={"Retry-After": "30"})
+    with pytest.raises(RetryableError) as caught:
+        _erase(vendor, subject)
+    assert (caught.value.code, caught.value.retry_after) == ("vendor_unavailable", pytest.approx(30.0))
+    calls = vendor.standin.count()
+    with pytest.raises(Throttled) as held:
+        _erase(vendor, vendor.subject_with_data())
+    assert held.value.retry_after == pytest.approx(30.0)
+    assert vendor.standin.count() == calls
+    vendor.clock.advance(30.0)
+    result = drive(vendor.connector, subject, vendor.clock, lambda: vendor.connector.erase(subject))
+    assert result.outcome == CONFIRMED[vendor.system]
+
+
 def test_other_4xx_is_permanent_with_a_clean_message(vendor: VendorHarness) -> None:
     subject = vendor.subject_with_data()
     vendor.standin.fail_next(1, status=400, body=BAD_REQUEST[vendor.system])
