@@ -22,7 +22,7 @@ import httpx
 from connectors.http import VendorHttp, parse_retry_after
 from connectors.ratelimit import REGISTRY, Gate
 from worker.core.connector import CallResult, Connector, ConnectorContext, ExportWriter, Pending, Result, Subject
-from worker.core.errors import ConfigError, OubliError, PermanentError, QuotaDeferred, RetryableError, Throttled
+from worker.core.errors import ConfigError, OubliError, PermanentError, RetryableError
 from worker.core.limits import Capacity, QuotaSpec, RateSpec
 
 _MISSING: Any = object()
@@ -351,7 +351,10 @@ class PerTargetConnector(VendorConnector, Generic[T]):
         for index in range(progress.done, len(targets)):
             try:
                 answers.append(self._step(job, targets[index]))
-            except (Throttled, QuotaDeferred) as exc:
+            except RetryableError as exc:
+                # Our limiter, or the vendor's (a 429, a 5xx) after some targets were accepted: stop here and resume
+                # from this target, rather than fail and send the accepted ones again (spending the vendor's quota).
+                # Met on the run's first target, it is the call's failure (a poll's counts as an attempt).
                 if index == progress.done:
                     raise
                 return Pending(Progress(index, len(targets), note).ref(), poll_after=exc.retry_after or 1.0)

@@ -9,7 +9,7 @@ import pytest
 
 from devkit.standins import GA_PROPERTY_ID, settings_for
 from devkit.standins.google import ACCESS_TOKEN, GoogleAnalyticsStandIn, google_error
-from devkit.standins.harness import FakeClock, MemoryIdentity, build, fresh_limiters, make_subject  # noqa: F401
+from devkit.standins.harness import FakeClock, MemoryIdentity, build, drive, fresh_limiters, make_subject  # noqa: F401
 from worker.core.connector import Pending, Result
 from worker.core.errors import ConfigError, PermanentError, RetryableError, Throttled
 
@@ -171,4 +171,27 @@ def test_a_token_lifetime_out_of_any_range_is_no_crash(ga: GoogleAnalyticsStandI
         assert refused.value.code == "credentials_refused"
         result = connector.erase(subject)  # and the next call fetches a good one
         assert isinstance(result, Result) and result.outcome == "requested"
+    connector.close()
+
+
+def test_a_vendor_429_part_way_keeps_the_ids_already_accepted(ga: GoogleAnalyticsStandIn) -> None:
+    """The vendor's own limit (429, Retry-After) met after some ids were accepted: the run stops there and resumes
+    from the first id not accepted once Retry-After has passed. It used to fail the whole call, and the retry sent
+    the accepted ids again, spending the 500-a-day quota on them each time the vendor said to slow down."""
+    clock = FakeClock()
+    connector = build("google_analytics", ga, clock, rate_limit={"per_second": 100, "burst": 10})
+    ga.max_per_second = 1  # the stand-in answers 429 (Retry-After: 1) to the second upsert within a second
+    subject = make_subject(identifiers={"ga_client_id": ["1.1", "2.2", "3.3"]})
+    first = connector.erase(subject)
+    assert isinstance(first, Pending) and first.vendor_ref == "progress:1/3"
+    assert first.poll_after == pytest.approx(1.0), "the vendor's Retry-After"
+    ga.max_per_second = None
+    clock.advance(first.poll_after)
+    done = drive(connector, subject, clock, lambda: connector.poll(subject, first.vendor_ref))
+    assert done.outcome == "requested"
+    assert [r["id"]["userId"] for r in ga.requests] == ["1.1", "2.2", "3.3"]  # each accepted exactly once
+    with pytest.raises(RetryableError):  # met on the first id of a run, it is the call's failure, as before
+        ga.rate_limit_next(1, retry_after="1")
+        clock.advance(2)
+        connector.erase(subject)
     connector.close()
