@@ -78,7 +78,8 @@ class FacebookConnector(PerTargetConnector[str]):
         if code == 100 and subcode == 33:
             return "none"
         if code in _THROTTLE_CODES or response.status_code == 429:
-            wait = parse_retry_after(response.headers, self.context.now()) or self._backoff
+            asked = parse_retry_after(response.headers, self.context.now())
+            wait = self._backoff if asked is None else asked  # 0 (or a date past) is an answer: now
             self.gate.hold(wait)
             raise RetryableError(f"{label}: the vendor is throttling this app", retry_after=wait,
                                  code="vendor_rate_limited")

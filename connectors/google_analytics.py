@@ -82,7 +82,8 @@ class GoogleAnalyticsConnector(PerTargetConnector[tuple[str, str]]):
             raise QuotaDeferred(f"{self.system}: the vendor says the daily quota is spent ({code})",
                                 retry_after=wait)
         if response.status_code in (403, 429) and code in _RATE_REASONS:
-            wait = parse_retry_after(response.headers, self.context.now()) or 1.0
+            asked = parse_retry_after(response.headers, self.context.now())
+            wait = 1.0 if asked is None else asked  # 0 (or a date past) is an answer: now
             self.gate.hold(wait)
             raise RetryableError(f"{self.system}: {_OP} got HTTP {response.status_code} ({code}): the vendor "
                                  "asks us to slow down", retry_after=wait, code="vendor_rate_limited")

@@ -104,3 +104,21 @@ def test_an_undocumented_graph_code_is_never_quoted_it_could_be_the_user_id(fb: 
         connector.erase(make_subject(identifiers={"facebook_user_id": ["10229"]}))
     assert "10229" not in str(caught.value) and "?/-" in str(caught.value)
     connector.close()
+
+
+@pytest.mark.parametrize("retry_after", ["0", "Thu, 01 Jan 2026 00:00:00 GMT"])
+def test_a_retry_after_that_says_now_is_honoured_not_replaced_by_the_backoff(fb: FacebookStandIn,
+                                                                           retry_after: str) -> None:
+    """``Retry-After: 0`` (or a date already past) is the vendor's answer, not a missing one: the app's calls were
+    held for the configured backoff (300 s by default) because 0 read as no header at all."""
+    fb.seed("1")
+    clock = FakeClock()
+    connector = build("facebook", fb, clock)
+    fb.rate_limit_next(1, retry_after=retry_after)
+    with pytest.raises(RetryableError) as caught:
+        connector.erase(make_subject(identifiers={"facebook_user_id": ["1"]}))
+    assert caught.value.retry_after == 0
+    clock.advance(1)  # the app's own rate (2/s) aside, nothing holds the next call back
+    again = connector.erase(make_subject(identifiers={"facebook_user_id": ["1"]}))
+    assert isinstance(again, Result) and again.outcome == "erased"
+    connector.close()
