@@ -188,22 +188,29 @@ class Relay:
             return callback
 
         self.producer.begin_transaction()
-        for record in records:
-            try:
-                self.producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers,
-                                      on_delivery=delivered(record.id))
-            except BufferError:  # librdkafka's queue is full: this batch ends here
-                break
-            except KafkaException as exc:
-                # librdkafka refused the record itself (over its own message.max.bytes, say). The
-                # broker never saw it, so it needs no batch of its own to be known refused.
-                error = exc.args[0]
-                if not batch.records and refusals.is_refusal(error):
-                    self._refused(record, error)
-                else:
-                    log.warning("outbox_produce_failed", code=error.name())
-                break
-            batch.records.append(record)
+        try:
+            for record in records:
+                try:
+                    self.producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers,
+                                          on_delivery=delivered(record.id))
+                except BufferError:  # librdkafka's queue is full: this batch ends here
+                    break
+                except KafkaException as exc:
+                    # librdkafka refused the record itself (over its own message.max.bytes, say). The
+                    # broker never saw it, so it needs no batch of its own to be known refused.
+                    error = exc.args[0]
+                    if not batch.records and refusals.is_refusal(error):
+                        self._refused(record, error)
+                    else:
+                        log.warning("outbox_produce_failed", code=error.name())
+                    break
+                batch.records.append(record)
+        except BaseException:
+            # Whatever broke the send (the store, replacing a refused record) left this transaction open, and
+            # every later begin_transaction would refuse (_STATE): the relay would never publish again. A new
+            # producer starts over; its init_transactions aborts what this one had sent.
+            self._drop_producer()
+            raise
         if self.producer is None:  # the lease was lost while dropping a refused record
             return
         self.in_flight = batch

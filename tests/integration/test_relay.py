@@ -308,3 +308,37 @@ def test_a_dlq_record_over_the_clients_own_limit_is_replaced_without_reaching_th
         "MSG_SIZE_TOO_LARGE", len(big), hashlib.sha256(big).hexdigest())
     assert dict(reference.headers() or [])["x-oubli-source"] == b"commands/1/5"
     engine.dispose()
+
+
+def test_a_store_error_in_the_middle_of_a_send_does_not_leave_the_relay_wedged_in_its_transaction(
+        pg_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send failing between ``begin_transaction`` and its batch (here the store, out just as a refused DLQ record
+    is replaced by its reference) left the producer's transaction open: every later ``begin_transaction`` raised
+    _STATE, and no receipt was ever published again until the worker restarted."""
+    settings = settings_from(raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems={}))
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    store = _store(engine, settings, "w1")
+    now = utcnow()
+    store.record_invalid(request_id=None, code="too_large", message="over 64 KiB", raw=os.urandom(20_000),
+                         key=b"C-8", headers=[], source="commands/1/6", now=now)
+    request_id = _record(store, now)
+    relay = Relay(store, {**producer_config(settings.kafka), "message.max.bytes": 10_000}, clock=lambda: now)
+    real_replace = store.outbox.replace
+
+    def store_out(*_args: Any, **_kwargs: Any) -> None:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(store.outbox, "replace", store_out)
+    deadline = time.monotonic() + 30
+    with pytest.raises(sa.exc.OperationalError):  # what the loop's guard catches and retries
+        while time.monotonic() < deadline:
+            relay.tick()
+            time.sleep(0.01)
+    monkeypatch.setattr(store.outbox, "replace", real_replace)  # the store is back
+    _drain(relay, store)
+    relay.release()
+    [receipt] = read_topic(settings, settings.kafka.topics.receipts)
+    assert receipt.key() == request_id.encode()
+    assert len(read_topic(settings, settings.kafka.topics.dlq)) == 1
+    engine.dispose()
