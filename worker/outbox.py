@@ -187,7 +187,13 @@ class Relay:
                 batch.outcomes[record_id] = error
             return callback
 
-        self.producer.begin_transaction()
+        try:
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            # A fatal error (fenced by a newer relay) shows on the producer's next call, which may be this one:
+            # raised from here it would stop the worker, where every other relay call starts over instead.
+            self._failed_call(exc.args[0], "outbox_relay_not_started")
+            return
         try:
             for record in records:
                 try:

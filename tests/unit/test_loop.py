@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from confluent_kafka import KafkaError, KafkaException
 
 from devkit import fakes
 from devkit.membroker import MemBroker, MemRecord
@@ -373,3 +374,31 @@ def test_a_loop_that_ends_on_its_own_error_closes_in_full_and_the_watchdog_stand
         world.loop.run()
     time.sleep(1.5)  # and after run: nothing is left watching
     assert exits == []
+
+
+def test_a_relay_producer_found_fenced_at_begin_transaction_is_replaced_and_never_stops_the_worker(
+    tmp_path: Path,
+) -> None:
+    """librdkafka reports a fatal error (fenced by a newer relay, say) on the producer's next call, which may be
+    ``begin_transaction``. Raised from there, it went through the loop's guard as a fatal Kafka error and stopped
+    the whole worker, where every other relay call drops the producer and starts over."""
+    world = World(tmp_path)
+    relay = world.loop.relay
+    made: list[Any] = []
+
+    def factory(config: dict[str, Any]) -> Any:
+        producer = world.broker.producer(config)
+        if not made:  # the first producer is found fenced when its first transaction begins
+            def fenced() -> None:
+                raise KafkaException(KafkaError(KafkaError._FENCED, "a newer producer fenced this one", fatal=True))
+
+            producer.begin_transaction = fenced
+        made.append(producer)
+        return producer
+
+    relay.producer_factory = factory
+    world.loop.start()
+    world.send(subject_command(systems=["alpha"]))
+    world.until(lambda: any(r.get("status") == "completed" for r in world.receipts()))  # must not raise
+    assert len(made) >= 2
+    world.loop.close()
