@@ -283,3 +283,20 @@ def test_librdkafka_lines_arrive_as_redacted_json() -> None:
     assert lines, stream.getvalue()
     assert "Connect to" in lines[0]["event"] and lines[0]["level"] == "error"
     assert "marie" not in stream.getvalue()
+
+
+def test_store_connections_notice_a_dead_peer_by_themselves_and_the_url_keeps_its_own(pg_url: str) -> None:
+    """statement_timeout is the server's to enforce: a server (or the route to it) that vanished leaves a read that
+    only TCP can end, after about two hours by default. Keepalives and tcp_user_timeout end it in about 30 s, so a
+    lost database takes the ordinary outage path (intake paused, /readyz, exit after store_outage_exit_seconds)."""
+    engine = db.create_engine(pg_url)
+    with engine.connect() as conn:
+        params = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+    engine.dispose()
+    assert (params.get("keepalives"), params.get("keepalives_idle"), params.get("keepalives_interval"),
+            params.get("keepalives_count"), params.get("tcp_user_timeout")) == ("1", "10", "5", "3", "30000")
+    own = db.create_engine(sa.make_url(pg_url).update_query_dict({"keepalives_idle": "60"})
+                           .render_as_string(hide_password=False))
+    with own.connect() as conn:
+        assert conn.connection.driver_connection.info.get_parameters()["keepalives_idle"] == "60"  # type: ignore[union-attr]
+    own.dispose()

@@ -46,6 +46,9 @@ class Timeouts:
 # default since PostgreSQL 12, for any plan whose estimate passes jit_above_cost) took 32 ms of an 84 ms
 # claim at 200,000 tasks, and saves nothing on a statement that runs for milliseconds.
 SESSION_SETTINGS = {"jit": "off"}
+# libpq's own: probe an idle connection after 10 s, three probes 5 s apart; unacknowledged data fails it after 30 s.
+TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                "tcp_user_timeout": 30_000}
 
 
 def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = None) -> sa.Engine:
@@ -66,7 +69,12 @@ def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = N
 
         return engine
     parsed = sa.make_url(url)
-    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": timeouts.connect_seconds}
+    connect_args: dict[str, Any] = {} if "connect_timeout" in parsed.query else {
+        "connect_timeout": timeouts.connect_seconds}
+    # statement_timeout is the server's to enforce: a server (or the route to it) gone without closing the
+    # connection leaves a read only TCP can end, about two hours later by default. These end it in about 30 s, so
+    # that a lost database takes the ordinary outage path. A URL that sets one keeps its own.
+    connect_args.update({name: value for name, value in TCP_SETTINGS.items() if name not in parsed.query})
     server = {name: value for name, value in {**timeouts.server_settings(), **SESSION_SETTINGS}.items()
               if name not in _options_named(parsed)}
     # pool_pre_ping lets a worker ride out a database restart without a poisoned pool.
