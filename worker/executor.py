@@ -26,7 +26,15 @@ import structlog
 from worker import failpoints, metrics, states
 from worker.callpool import CallPool
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
-from worker.core.errors import NeedsPersonError, PermanentError, QuotaDeferred, RetryableError, StagingLost, Throttled
+from worker.core.errors import (
+    NeedsPersonError,
+    PermanentError,
+    QuotaDeferred,
+    RetryableError,
+    StagingLost,
+    Throttled,
+    stable_code,
+)
 from worker.core.limits import set_call_priority
 from worker.core.timefmt import iso
 from worker.receipts import IDENTITY_TASK, PACKAGE_TASK, VERIFY_TASK, is_internal
@@ -280,12 +288,13 @@ class Executor:
         except (Throttled, QuotaDeferred) as exc:
             if task.polling and task.vendor_ref:  # the vendor job is still running: just look again later
                 return states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0), TaskUpdate(detail=exc.message)
-            outcome = states.Fail(exc.code, exc.message, retryable=True, retry_after=exc.retry_after,
+            outcome = states.Fail(stable_code(exc.code), exc.message, retryable=True, retry_after=exc.retry_after,
                                   counts_as_attempt=False), TaskUpdate(detail=exc.message)
         except RetryableError as exc:
-            outcome = states.Fail(exc.code, exc.message, retryable=True, retry_after=exc.retry_after), TaskUpdate()
+            outcome = (states.Fail(stable_code(exc.code), exc.message, retryable=True, retry_after=exc.retry_after),
+                       TaskUpdate())
         except (PermanentError, NeedsPersonError) as exc:
-            outcome = states.Fail(exc.code, exc.message, retryable=False), TaskUpdate()
+            outcome = states.Fail(stable_code(exc.code), exc.message, retryable=False), TaskUpdate()
         except BaseException as exc:  # noqa: BLE001 - a connector bug (even a sys.exit) must not kill the worker
             if isinstance(exc, Exception) and is_outage(exc):
                 # An internal step (package, identity, verification) reading oubli's own store during its outage

@@ -19,6 +19,8 @@ from devkit import fakes
 from devkit.pipeline import subject_command
 from tests.unit.test_loop import World
 from worker.callpool import CallPool
+from worker.core.errors import NeedsPersonError, PermanentError, RetryableError
+from worker.messages import schema_errors
 from worker.store.schema import audit_events, tasks
 
 
@@ -240,4 +242,29 @@ def test_a_hung_call_times_out_retries_later_and_other_systems_go_on_meanwhile(t
             audit_events.c.request_id == hung["request_id"], audit_events.c.action == "confirm",
             audit_events.c.system == "alpha")).scalar_one()
     assert confirms == 1 and len(world.receipts()) == receipts
+    world.loop.close()
+
+
+@pytest.mark.parametrize(("raised", "stored"), [
+    (PermanentError("refused", code="Vendor-Error 42"), "vendor_error_42"),
+    (RetryableError("later", code="E" * 100), "e" * 64),
+    (NeedsPersonError("ask", code="409"), "connector_409"),
+])
+def test_a_connectors_error_code_is_kept_in_the_shape_the_receipt_and_the_store_hold(
+        tmp_path: Path, raised: Exception, stored: str) -> None:
+    """A plug-in connector's code is its author's text. Kept as it came, one breaking receipt.v1's pattern
+    published a receipt that broke its schema, and one over 64 characters made PostgreSQL refuse every result of
+    the batch, again on every turn."""
+    world, command, heal = _raising_world(tmp_path, raised)
+    world.send(command, partition=0)
+    world.until(lambda: _alpha_task(world, command["request_id"]).get("error_code") is not None)
+    assert _alpha_task(world, command["request_id"])["error_code"] == stored
+    if isinstance(raised, RetryableError):
+        heal()
+        world.until(lambda: any(r["status"] == "completed" for r in world.receipts()), limit=20)
+    else:
+        world.until(lambda: any(r["status"] == "action_required" for r in world.receipts()))
+        receipt = next(r for r in world.receipts() if r["status"] == "action_required")
+        assert schema_errors("receipt.v1", receipt) == []
+        assert receipt["systems"][0]["error"]["code"] == stored
     world.loop.close()

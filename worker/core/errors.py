@@ -7,6 +7,26 @@ stable error codes. Connectors raise only ``RetryableError``, ``PermanentError``
 
 from __future__ import annotations
 
+import re
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_NOT_CODE = re.compile(r"[^a-z0-9_]+")
+
+
+def stable_code(code: object) -> str:
+    """``code`` as receipt.v1 and the store hold an error code (``^[a-z][a-z0-9_]{0,63}$``).
+
+    A plug-in connector's code is its author's text: one that breaks the pattern would publish a receipt that
+    breaks its schema, and one over 64 characters made the store refuse the whole batch of results, tried again on
+    every turn. Mapped, not refused: ``Vendor-Error 42`` reads ``vendor_error_42``, what is left of it is kept."""
+    text = code if isinstance(code, str) else ""
+    if _CODE.fullmatch(text):
+        return text
+    mapped = _NOT_CODE.sub("_", text.lower()).strip("_")
+    if not mapped[:1].isalpha():
+        mapped = f"connector_{mapped}".strip("_")
+    return mapped[:64].rstrip("_")
+
 
 class OubliError(Exception):
     """Base of every error oubli raises on purpose."""
