@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,20 +27,30 @@ class HealthServer:
             timeout = IDLE_TIMEOUT_SECONDS  # StreamRequestHandler sets it on the socket: a silent client is let go
 
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                if self.path == "/metrics":
-                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-                elif self.path in probes:
-                    ok = probes[self.path]()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
+                self._answer(body=True)
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
+            def do_HEAD(self) -> None:  # noqa: N802 - some load balancers' health checks send HEAD
+                self._answer(body=False)
+
+            def _answer(self, *, body: bool) -> None:
+                # By path alone: a load balancer or a scraper may add a query string (a cache buster, a scrape's
+                # own parameters), and an exact match answered those 404, which reads as "down".
+                path = urlsplit(self.path).path
+                if path == "/metrics":
+                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST, body)
+                elif path in probes:
+                    ok = probes[path]()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain", body)
+                else:
+                    self._send(404, b"not found\n", "text/plain", body)
+
+            def _send(self, status: int, content: bytes, content_type: str, body: bool) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(body)
+                if body:
+                    self.wfile.write(content)
 
             def log_message(self, *_args: object) -> None:  # probes every few seconds would drown the logs
                 return
