@@ -198,6 +198,10 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+TEMPORARY_REDIRECTS = frozenset({302, 303, 307})
+PERMANENT_REDIRECTS = frozenset({301, 308})
+
+
 def classify(system: str, op: str, response: httpx.Response, now: datetime,
              vendor_code: str | None = None) -> ConnectorError:
     status = response.status_code
@@ -211,6 +215,14 @@ def classify(system: str, op: str, response: httpx.Response, now: datetime,
                               retry_after=parse_retry_after(response.headers, now), code="vendor_unavailable")
     if status in (401, 403):
         return PermanentError(f"{label}: the vendor refused our credentials", code="credentials_refused")
+    # Redirects are never followed (one could carry our credentials to another host). A temporary one is most often
+    # a maintenance page, so it is waited out like a 503; a permanent one means the configured URL is out of date.
+    if status in TEMPORARY_REDIRECTS:
+        return RetryableError(f"{label}: the vendor redirected the call for a while (not followed)",
+                              retry_after=parse_retry_after(response.headers, now), code="vendor_redirected")
+    if status in PERMANENT_REDIRECTS:
+        return PermanentError(f"{label}: the vendor moved this endpoint (not followed): check the connector's URL",
+                              code="vendor_moved")
     return PermanentError(f"{label}: the vendor rejected the request", code="vendor_rejected")
 
 

@@ -82,6 +82,10 @@ def test_documented_codes_still_pass_next_to_the_request_they_answer() -> None:
     (503, RetryableError, "vendor_unavailable"), (408, RetryableError, "vendor_unavailable"),
     (401, PermanentError, "credentials_refused"), (403, PermanentError, "credentials_refused"),
     (400, PermanentError, "vendor_rejected"), (404, PermanentError, "vendor_rejected"),
+    # Redirects are not followed: a temporary one (a maintenance page) is waited out, a permanent one needs a person.
+    (302, RetryableError, "vendor_redirected"), (307, RetryableError, "vendor_redirected"),
+    (301, PermanentError, "vendor_moved"), (308, PermanentError, "vendor_moved"),
+    (300, PermanentError, "vendor_rejected"),
 ])
 def test_classification_by_status(status: int, kind: type[Exception], code: str) -> None:
     response = httpx.Response(status, headers={"retry-after": "3"})
