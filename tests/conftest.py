@@ -16,6 +16,7 @@ from urllib.parse import quote
 import boto3
 import pytest
 import sqlalchemy as sa
+import structlog
 
 from devkit import services
 from devkit.netproxy import Proxy
@@ -47,6 +48,14 @@ def _delete_created_topics() -> Iterator[None]:
     """Deletes the topics the test created on the shared broker (tests/kafka_janitor.py says why)."""
     yield
     _janitor.sweep()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """A test that configures logging (every CLI run does, at INFO) must not decide what a later test's
+    ``capture_logs`` sees: a filter at INFO dropped the debug lines a test of the loop counts."""
+    yield
+    structlog.reset_defaults()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
