@@ -26,7 +26,7 @@ from devkit.netproxy import Proxy
 from devkit.pipeline import Receipts, raw_settings, settings_from, subject_command
 from worker import config, kafka, logs, metrics
 from worker.app import Worker
-from worker.config import KafkaSettings
+from worker.config import KafkaSettings, WorkerSettings
 from worker.stall import Stall, StalledTooLong
 from worker.store import db
 from worker.store.faults import is_outage
@@ -64,6 +64,15 @@ def test_backoff_doubles_to_its_cap_with_jitter_and_resets() -> None:
     assert high.active and not high.due(129.0) and high.due(130.0) and high.lasted(160.0) == 60.0
     high.recovered()
     assert not high.active and high.due(0.0) and high.lasted(1e9) == 0.0
+
+
+def test_after_a_long_outage_the_store_is_tried_again_within_seconds_by_default() -> None:
+    """The cap on the backoff is also how late intake resumes once the store is back: at 30 s, a 40 s database
+    restart held every worker's intake for up to 30 s after the database answered again."""
+    cap = WorkerSettings().store_retry_max_seconds
+    stall = Stall(cap=cap, jitter=lambda: 0.999999)
+    waits = [stall.failed(float(second)) for second in range(40)]  # a long outage: forty failed tries
+    assert max(waits) <= 5.0 and waits[-1] > 4.9
 
 
 # --- a step that raises -----------------------------------------------------------------------------------------
