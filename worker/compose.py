@@ -126,8 +126,7 @@ def wait_until_reachable(engine: sa.Engine, limit: float, cap: float) -> None:
     while True:
         now = time.monotonic()
         try:
-            with engine.connect() as connection:
-                connection.execute(sa.text("SELECT 1"))
+            db.ping(engine)
         except Exception as exc:
             if not is_outage(exc):
                 raise

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -28,7 +27,7 @@ from worker.health import HealthServer
 from worker.intake import Message
 from worker.reading import Reader, Unreadable
 from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site, error_sqlstate
-from worker.store import reports
+from worker.store import db, reports
 from worker.store.faults import is_outage
 from worker.verification import wiring as verification
 from worker.watchdog import Watchdog
@@ -221,7 +220,7 @@ class Loop:
             self.intake_stall.recovered()
             self.crash.hit(failpoints.AFTER_RECORD)
             last = {(m.topic(), m.partition()): m for m in recorded}  # a partition's offset covers its prefix
-            held = {(p.topic, p.partition) for p in self.assigned}
+            held = self._held_places()
             for place, message in last.items():
                 if place not in held:  # revoked in a later poll of this turn: the client refuses its offset, and
                     continue  # the new owner reads the record again (a duplicate at worst)
@@ -267,7 +266,7 @@ class Loop:
         """Every partition of the unrecorded rest, from ``batch[first]`` on, goes back to its first unrecorded
         record."""
         rewind: dict[tuple[str, int], int] = {}
-        held = {(p.topic, p.partition) for p in self.assigned}
+        held = self._held_places()
         for message in batch[first:]:
             place = (str(message.topic()), message.partition() or 0)
             if place in held:  # a revoked partition is not ours to seek: its new owner starts at the committed offset
@@ -311,9 +310,13 @@ class Loop:
         self.offsets_unconfirmed = asynchronous
         self.last_commit = time.monotonic()
 
+    def _held_places(self) -> set[tuple[str, int]]:
+        """(topic, partition) of every partition this consumer holds now."""
+        return {(p.topic, p.partition) for p in self.assigned}
+
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # cooperative-sticky: the callback names only the partitions added, often none, never the whole set.
-        held = {(p.topic, p.partition) for p in self.assigned}
+        held = self._held_places()
         self.assigned += [p for p in partitions if (p.topic, p.partition) not in held]
         log.info("partitions_assigned", partitions=[p.partition for p in partitions])
 
@@ -352,8 +355,7 @@ class Loop:
                                      "exiting so that the partitions move and the pod restarts")
         if self.store_stall.active and self.store_stall.due(now):
             try:
-                with self.engine.connect() as connection:
-                    connection.execute(sa.text("SELECT 1"))
+                db.ping(self.engine)
             except Exception as exc:  # noqa: BLE001 - whatever the probe meets, the store is not back
                 self.store_stall.failed(now)
                 metrics.STORE_ERRORS.labels("probe", error_kind(exc)).inc()

@@ -97,6 +97,12 @@ def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = N
     return engine
 
 
+def ping(engine: sa.Engine) -> None:
+    """One round trip to the store; raises whatever reaching it meets."""
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+
+
 def _options_named(url: sa.URL) -> set[str]:
     """The settings a libpq ``options`` query parameter sets (``-c name=value`` or ``--name=value``)."""
     options = url.query.get("options", ())

@@ -33,6 +33,7 @@ from worker.config import Settings
 from worker.core.timefmt import iso, utcnow
 from worker.metrics import REGISTRY, WEB_CALLBACKS, WEB_REQUESTS
 from worker.states import RetryPolicy
+from worker.store import db
 from worker.store.reports import open_requests
 from worker.store.repository import NotFound, Store
 from worker.web import codes, i18n, signed, status, supportauth
@@ -210,8 +211,7 @@ def create_app(services: Services) -> Starlette:
     async def readyz(_request: Request) -> Response:
         def ping() -> bool:
             try:
-                with services.engine.connect() as conn:
-                    conn.execute(sa.text("SELECT 1"))
+                db.ping(services.engine)
                 return True
             except sa.exc.SQLAlchemyError:
                 return False
