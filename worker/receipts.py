@@ -29,7 +29,9 @@ def is_internal(system: str) -> bool:
 # What an internal step is called when its failure is the request's error.
 _STEP_NAMES = {IDENTITY_TASK: "reading the subject's vendor ids", PACKAGE_TASK: "the export package",
                VERIFY_TASK: "the erasure's verification"}
-_MESSAGE_MAX = 1000  # receipt.v1's bound on an error message
+# receipt.v1's bounds on an error message and a system's detail (the tasks table's columns hold as much).
+MESSAGE_MAX = 1000
+DETAIL_MAX = 500
 
 
 def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def _step_error(tasks: list[Mapping[str, Any]]) -> dict[str, str] | None:
         if is_internal(task["system"]) and task["state"] == "failed" and task["error_code"]:
             name = _STEP_NAMES.get(task["system"], task["system"])
             message = f"{name} failed: {task['error_message'] or task['error_code']}"
-            return {"code": task["error_code"], "message": message[:_MESSAGE_MAX]}
+            return {"code": task["error_code"], "message": message[:MESSAGE_MAX]}
     return None
 
 

@@ -35,7 +35,7 @@ _TASK_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(TaskState) if f.na
 # The free texts a connector hands back, cut to what the tasks table and receipt.v1 hold. Written as they came, a
 # longer one made PostgreSQL refuse the whole batch of results (value too long: never recorded, tried again and
 # again) and SQLite publish a receipt that breaks its schema.
-_TEXT_LIMITS = {"detail": 500, "error_message": 1000}
+_TEXT_LIMITS = {"detail": receipts.DETAIL_MAX, "error_message": receipts.MESSAGE_MAX}
 
 
 def task_values(version: int, after: TaskState, update: TaskUpdate) -> dict[str, Any]:
