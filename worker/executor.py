@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from worker import failpoints, metrics, states
+from worker import failpoints, metrics, states, vendorrefs
 from worker.callpool import CallPool
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker.core.errors import (
@@ -284,7 +284,7 @@ class Executor:
         self.crash.hit(failpoints.AFTER_CLAIM)
         set_call_priority(task.subject.priority)  # background calls spend the reserve-limited quota share
         try:
-            outcome = self._dispatch(task)
+            outcome = _checked_vendor_ref(task, self._dispatch(task))
         except (Throttled, QuotaDeferred) as exc:
             if task.polling and task.vendor_ref:  # the vendor job is still running: just look again later
                 return states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0), TaskUpdate(detail=exc.message)
@@ -383,6 +383,22 @@ class Executor:
             "size_bytes": info.size_bytes, "object_key": info.object_key,
         }
         return states.Confirm("exported"), TaskUpdate(export=export, records=sum(records.values()))
+
+
+def _checked_vendor_ref(task: ClaimedTask, outcome: Outcome) -> Outcome:
+    """Every vendor ref a call returns passes here before the store (``worker.vendorrefs``). One that could be
+    personal data, or that receipt.v1 cannot carry, fails the call as the vendor's protocol error it is:
+    permanent, like every other answer without what the vendor documents, so a person looks (the runbook's
+    ``vendor_protocol``). The value is dropped, never stored, logged or quoted."""
+    event = outcome[0]
+    if isinstance(event, states.Confirm) and event.vendor_ref in (None, ""):
+        return outcome  # no ref: the task keeps the one it had (``states.transition``)
+    if not isinstance(event, states.Confirm | states.AwaitVendor):
+        return outcome
+    reason = vendorrefs.refusal(event.vendor_ref, task.subject)
+    if reason is None:
+        return outcome
+    raise PermanentError(f"{task.system}: the vendor answered {reason}; it was not kept", code="vendor_protocol")
 
 
 def _confirmation(result: Result) -> Outcome:
