@@ -134,6 +134,7 @@ class Loop:
         metrics.OVERDUE.set(overdue)
         for bucket, count in ages.items():
             metrics.OPEN_BY_AGE.labels(bucket).set(count)
+        metrics.OPERATOR_ACTIONS.set(reports.operator_actions(self.engine))
         pending, oldest = reports.outbox_backlog(self.engine, self.clock())
         metrics.OUTBOX_PENDING.set(pending)
         metrics.OUTBOX_OLDEST.set(oldest)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
@@ -15,6 +17,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -80,6 +84,40 @@ STORE_ERRORS = Counter("oubli_store_errors_total", "Store outages seen by the ma
 LOOP_ERRORS = Counter("oubli_loop_errors_total",
                       "Unexpected errors in a main-loop step (a bug, or data that breaks it), by step and error type",
                       ["step", "kind"], registry=REGISTRY)
+
+
+
+class StoreCounter(Collector):
+    """A counter whose total the store keeps, not this process: each refresh sets it whole from a count.
+
+    For what another process does (the CLI's ``oubli confirm`` runs once and exits, never scraped). Every
+    worker reports the same fleet-wide total, like the ``oubli_requests`` gauges: aggregate with ``max``, not
+    ``sum``. It only grows, since what it counts is never deleted, so ``increase()`` and ``rate()`` work."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], *, registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labels = name, documentation, tuple(labels)
+        self.totals: dict[tuple[str, ...], int] = {}
+        self.lock = threading.Lock()
+        registry.register(self)
+
+    def set(self, totals: Mapping[tuple[str, ...], int]) -> None:
+        with self.lock:
+            self.totals = dict(totals)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        with self.lock:
+            for values, total in sorted(self.totals.items()):
+                family.add_metric(list(values), total)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+
+
+OPERATOR_ACTIONS = StoreCounter("oubli_operator_actions",
+                                "Systems confirmed (oubli confirm) or retried (oubli retry) by hand, fleet-wide, "
+                                "by system and action", ["system", "action"], registry=REGISTRY)
 
 # oubli web (worker/web): a separate process, so these are on its /metrics, not the worker's.
 WEB_REQUESTS = Counter("oubli_web_requests_total", "HTTP requests answered by oubli web, by route and status code",

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from worker.core.timefmt import aware
 from worker.states import RequestStatus, SystemState
 from worker.store.records import OPEN_STATUSES
-from worker.store.schema import outbox, requests, tasks
+from worker.store.schema import OPERATOR_ACTIONS, audit_events, outbox, requests, tasks
 
 # (gauge label, at least this old, younger than this); the first takes requests without ``requested_at``.
 AGE_BUCKETS = (("lt_1h", None, timedelta(hours=1)), ("lt_1d", timedelta(hours=1), timedelta(days=1)),
@@ -41,6 +41,19 @@ def request_gauges(engine: sa.Engine, now: datetime) -> tuple[dict[str, int], in
         row = conn.execute(sa.select(count().filter(requests.c.due_at < now).label("overdue"), *buckets)
                            .where(requests.c.status.in_(OPEN_STATUSES))).one()
     return by_status, row.overdue, {name: row._mapping[name] for name, _, _ in AGE_BUCKETS}
+
+
+def operator_actions(engine: sa.Engine) -> dict[tuple[str, ...], int]:
+    """Systems confirmed and retried by hand (``oubli confirm``, ``oubli retry``), ever, by (system, action).
+
+    Counted from the audit trail, which keeps every one for good, and not in the process that ran the command:
+    that is a CLI run that exits at once, and no Prometheus ever scrapes it. ``ix_audit_events_operator`` holds
+    just these rows, so the count does not read the whole trail."""
+    action = audit_events.c.action
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(audit_events.c.system, action, sa.func.count().label("n"))
+                            .where(action.in_(OPERATOR_ACTIONS)).group_by(audit_events.c.system, action))
+        return {(row.system or "", OPERATOR_ACTIONS[row.action]): row.n for row in rows}
 
 
 def outbox_backlog(engine: sa.Engine, now: datetime) -> tuple[int, float]:

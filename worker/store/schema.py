@@ -23,6 +23,10 @@ CLAIM_INDEX_PREDICATE = f"{CLAIMABLE_PREDICATE} AND NOT held"
 HELD_PREDICATE = "held"
 # Calls in flight: the predicate of ix_tasks_running.
 RUNNING_PREDICATE = "state = 'running'"
+# What an operator did by hand, as the audit trail names it (``Store._operate``: the event's class, lower-cased),
+# and as ``oubli_operator_actions_total`` labels it. The predicate of ix_audit_events_operator.
+OPERATOR_ACTIONS = {"operatorconfirm": "confirm", "operatorretry": "retry"}
+OPERATOR_PREDICATE = f"action IN ({', '.join(repr(action) for action in OPERATOR_ACTIONS)})"
 
 requests = sa.Table(
     "requests", metadata,
@@ -101,6 +105,8 @@ audit_events = sa.Table(
     sa.Column("attempt", sa.Integer),
     sa.Column("error_code", sa.String(64)),
     sa.Column("detail", sa.String(1000)),
+    sa.Index("ix_audit_events_operator", "action", "system",
+             postgresql_where=sa.text(OPERATOR_PREDICATE), sqlite_where=sa.text(OPERATOR_PREDICATE)),
 )
 
 outbox = sa.Table(
