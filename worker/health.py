@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -15,6 +18,27 @@ from worker.metrics import REGISTRY
 # client that connects and stays silent would otherwise hold a thread of the worker's process for good, and
 # enough of them leave it unable to start the threads its work needs.
 IDLE_TIMEOUT_SECONDS = 10.0
+# How long a client has to send its whole request, however it paces it. The idle timeout alone is measured per
+# read, so a client that sends its headers a byte every second (slowloris) never met it and held a thread for
+# good; this one is measured from the connection's start. One request per connection (HTTP/1.0).
+REQUEST_DEADLINE_SECONDS = 10.0
+
+
+class _DeadlineReader(socket.SocketIO):
+    """A connection's reads, each allowed only what is left of one deadline (and at most the idle timeout).
+
+    Past it a read raises ``TimeoutError``, which ``BaseHTTPRequestHandler`` answers by closing the connection."""
+
+    def __init__(self, sock: socket.socket, deadline: float, idle: float) -> None:
+        super().__init__(sock, "rb")
+        self.sock, self.deadline, self.idle = sock, deadline, idle
+
+    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not received within its deadline")
+        self.sock.settimeout(min(left, self.idle))
+        return super().readinto(buffer)
 
 
 class HealthServer:
@@ -23,8 +47,15 @@ class HealthServer:
     def __init__(self, host: str, port: int, *, live: Callable[[], bool], ready: Callable[[], bool]) -> None:
         probes = {"/healthz": live, "/readyz": ready}
 
+        idle, deadline = IDLE_TIMEOUT_SECONDS, REQUEST_DEADLINE_SECONDS
+
         class Handler(BaseHTTPRequestHandler):
-            timeout = IDLE_TIMEOUT_SECONDS  # StreamRequestHandler sets it on the socket: a silent client is let go
+            timeout = idle  # StreamRequestHandler sets it on the socket: a silent client is let go
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile.close()  # the plain reader, replaced by one that keeps to the request's deadline
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + deadline, idle))
 
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 self._answer(body=True)
@@ -45,6 +76,7 @@ class HealthServer:
                     self._send(404, b"not found\n", "text/plain", body)
 
             def _send(self, status: int, content: bytes, content_type: str, body: bool) -> None:
+                self.connection.settimeout(idle)  # the answer's writes get their own time, not what the read left
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(content)))

@@ -32,6 +32,45 @@ def test_a_connection_that_sends_nothing_is_dropped(monkeypatch: pytest.MonkeyPa
         server.stop()
 
 
+def trickle_until_dropped(port: int, *, gap: float, limit: float) -> float | None:
+    """Sends a request's headers a byte every ``gap`` seconds (slowloris), never finishing them. Returns when the
+    server dropped the connection, in seconds from the connection, or None if it still held it after ``limit``."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Padding: " + b"a" * 10_000
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        started = time.monotonic()
+        for byte in request:
+            if time.monotonic() - started > limit:
+                return None
+            try:
+                conn.sendall(bytes([byte]))
+                conn.settimeout(gap)
+                if conn.recv(1) == b"":
+                    return time.monotonic() - started
+            except TimeoutError:
+                continue  # the server still waits for the rest: the next byte
+            except (ConnectionResetError, BrokenPipeError):
+                return time.monotonic() - started
+    return None
+
+
+def test_a_client_that_sends_its_headers_a_byte_at_a_time_is_dropped_at_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle timeout is per read, so a byte every so often met it never: such a client held a thread of the
+    worker for good. The whole request now has a deadline from the connection's start."""
+    monkeypatch.setattr(health, "IDLE_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(health, "REQUEST_DEADLINE_SECONDS", 1.5, raising=False)
+    server = HealthServer("127.0.0.1", 0, live=lambda: True, ready=lambda: True)
+    server.start()
+    try:
+        dropped = trickle_until_dropped(server.port, gap=0.2, limit=6.0)
+        assert dropped is not None, "the server still held the connection"
+        assert 1.0 < dropped < 4.0
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as answer:
+            assert answer.status == 200 and answer.read() == b"ok\n"  # a prompt client is answered as before
+    finally:
+        server.stop()
+
+
 def test_probes_answer_by_path_whatever_the_query_and_to_head_too() -> None:
     """A load balancer may add a query string or send HEAD: answered 404 (an exact match on the whole target),
     a healthy worker read as down."""
