@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
-from worker.config import Settings
+from worker.config import Settings, WebSettings
 from worker.core.errors import ConfigError
 from worker.core.timefmt import utcnow
 from worker.store import db
 from worker.web.app import Services, create_app
 from worker.web.confirmations import Confirmations
+from worker.web.deadline import DeadlineH11Protocol
 from worker.web.deletion import DeletionCallback, Publisher
 from worker.web.identity import FacebookIdentity
 
@@ -27,9 +30,15 @@ def build_services(settings: Settings) -> Services:
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    web = settings.web
     app = create_app(build_services(settings))
+    uvicorn.run(app, **server_options(settings.web, host=host, port=port))
+
+
+def server_options(web: WebSettings, *, host: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """How uvicorn runs ``oubli web``; the tests serve their app with the same."""
     # No access log: a status path holds the confirmation code. _AccessMetrics counts by route instead.
-    uvicorn.run(app, host=host or web.host, port=web.port if port is None else port, access_log=False,
-                proxy_headers=True, forwarded_allow_ips=web.trusted_proxies, server_header=False,
-                log_config=None, timeout_graceful_shutdown=10)
+    # h11 with a deadline on each request's arrival (worker.web.deadline): uvicorn has none, and a slow client
+    # held its connection for good.
+    return {"host": host or web.host, "port": web.port if port is None else port, "access_log": False,
+            "proxy_headers": True, "forwarded_allow_ips": web.trusted_proxies, "server_header": False,
+            "log_config": None, "timeout_graceful_shutdown": 10, "http": DeadlineH11Protocol}
