@@ -2,6 +2,8 @@
 
 One relay leads at a time across all workers (a store lease); each batch is one Kafka transaction,
 and rows are deleted only after it committed, so a crash in between republishes identical records.
+An acknowledged batch is committed before the store is asked anything: a store outage never holds
+read_committed readers behind an open transaction.
 ``init_transactions`` fences every older leader, so no stale batch lands after a newer one (the
 argument: docs/architecture.md). Readers must use ``read_committed``. ``tick`` never blocks the loop
 for long; refused records are handled by ``worker.refusals``."""
@@ -72,6 +74,7 @@ class Relay:
         self.next_attempt = datetime.min.replace(tzinfo=UTC)
         self.ready = False  # init_transactions done, and the lease checked after it
         self.in_flight: _Batch | None = None
+        self.committed: _Batch | None = None  # published, its rows not deleted yet (the store was out)
         self.alone: int | None = None  # a record a batch got refused: sent by itself next
         self.broker_quiet_until = 0.0  # monotonic: no blocking call before, after one timed out
 
@@ -82,6 +85,9 @@ class Relay:
         """
         if self.producer is not None:
             self.producer.poll(0)
+        # Kafka first: a batch the broker acknowledged is committed before the store is asked anything (the
+        # lease), so read_committed readers of the receipts topic do not wait for a store that went away.
+        self._commit()
         now = self.clock()
         self._keep_lease(now)
         if self.held is None or time.monotonic() < self.broker_quiet_until:
@@ -89,12 +95,20 @@ class Relay:
         if not self.ready and not self._start(now):
             return 0
         published = 0
+        if self.committed is not None:  # published while the store was out: its rows go now
+            published = self._forget(self.committed)
+            if not self.ready:  # the lease was lost meanwhile: the next leader publishes the rows again
+                return published
         if self.in_flight is not None:
             if not self.in_flight.settled():
-                return 0
-            published = self._end()
+                return published
+            self._end()
             if self.in_flight is not None or not self.ready:  # a commit still under way, or the relay started over
                 return published
+            if self.committed is not None:
+                published += self._forget(self.committed)
+                if not self.ready:
+                    return published
         # The next batch at once, not on the next turn: the loop idles for its poll timeout when nothing is in
         # flight, and a receipt written meanwhile (a request that finished) would wait that long.
         records = self.store.outbox.batch(self.batch_size)
@@ -155,7 +169,9 @@ class Relay:
         self._drop_producer()
 
     def _step_down(self) -> None:
-        self.held, self.ready, self.in_flight, self.alone = None, False, None, None
+        # A batch committed but not deleted stays in the outbox: the next leader publishes it again, and compaction
+        # absorbs the copy (as after a crash between the commit and the delete).
+        self.held, self.ready, self.in_flight, self.alone, self.committed = None, False, None, None, None
         self._drop_producer()
 
     def _drop_producer(self) -> None:
@@ -222,18 +238,16 @@ class Relay:
         self.in_flight = batch
         self.producer.poll(0)
 
-    def _end(self) -> int:
-        """Commits a settled batch; a batch with a failed record is given up. Returns the records published."""
+    def _commit(self) -> None:
+        """Commits the batch in flight once every record of it was acknowledged. Kafka only, never the store.
+
+        Safe without the lease: the broker refuses the commit of a relay fenced by a newer leader's
+        ``init_transactions`` (docs/architecture.md, fencing), and a batch committed by a relay that has lost its
+        lease since is published again by the next leader, identical, which compaction absorbs."""
         batch, producer = self.in_flight, self.producer
-        assert batch is not None and producer is not None
-        failures = batch.failures()
-        if failures:
-            # Start over with a new producer: its init_transactions aborts this transaction, and resets
-            # the sequence numbers a refused record leaves behind (with them, the same producer's next
-            # records to that partition can hang until they time out).
-            self._drop_producer()
-            self._after_failure(batch, failures)
-            return 0
+        if (batch is None or producer is None or not batch.settled() or batch.failures()
+                or time.monotonic() < self.broker_quiet_until):
+            return
         try:
             producer.commit_transaction(self.broker_timeout)
         except KafkaException as exc:
@@ -245,11 +259,29 @@ class Relay:
             else:  # fenced (a newer relay started), or the transaction must be aborted: start over
                 log.warning("outbox_commit_failed", code=error.name(), fatal=error.fatal())
                 self._drop_producer()
-            return 0
-        self.in_flight = None
+            return
+        self.in_flight, self.committed = None, batch
         self.crash.hit(failpoints.AFTER_PUBLISH)
+
+    def _end(self) -> None:
+        """Ends a settled batch: committed (``_commit``), or given up when one of its records failed."""
+        batch = self.in_flight
+        assert batch is not None and self.producer is not None
+        failures = batch.failures()
+        if not failures:
+            self._commit()
+            return
+        # Start over with a new producer: its init_transactions aborts this transaction, and resets
+        # the sequence numbers a refused record leaves behind (with them, the same producer's next
+        # records to that partition can hang until they time out).
+        self._drop_producer()
+        self._after_failure(batch, failures)
+
+    def _forget(self, batch: _Batch) -> int:
+        """Deletes a committed batch's rows (the store must be back for that). Returns the records published."""
         if not self._delete([r.id for r in batch.records]):
             return 0
+        self.committed = None
         if self.alone is not None and any(r.id == self.alone for r in batch.records):
             self.alone = None
         if self.on_published is not None:
@@ -300,6 +332,8 @@ class Relay:
             self.producer.flush(timeout)
             if self.in_flight is not None and self.in_flight.settled():
                 self._end()
+        if self.committed is not None and self.held is not None:
+            self._forget(self.committed)
 
     def release(self) -> None:
         """Aborts an unfinished transaction (bounded) and hands the lease back."""

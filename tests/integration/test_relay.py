@@ -342,3 +342,47 @@ def test_a_store_error_in_the_middle_of_a_send_does_not_leave_the_relay_wedged_i
     assert receipt.key() == request_id.encode()
     assert len(read_topic(settings, settings.kafka.topics.dlq)) == 1
     engine.dispose()
+
+
+def test_a_batch_the_broker_acknowledged_is_committed_while_the_store_is_out(
+        pg_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay renewed its lease (a store round trip) before it committed a settled batch: with the store gone
+    at that moment the transaction stayed open until the store came back or the broker's transaction timeout
+    (60 s) aborted it, and every read_committed reader of the receipts topic stalled behind it meanwhile."""
+    settings = settings_from(raw_settings(store_url=pg_url, bootstrap=kafka_bootstrap, systems={}))
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    store = _store(engine, settings, "w1")
+    clock = Clock()
+    request_id = _record(store, clock.now)
+    relay = Relay(store, producer_config(settings.kafka), clock=clock)
+    deadline = time.monotonic() + 30
+    while not relay.pending():  # leads, starts, sends the `accepted` receipt
+        assert time.monotonic() < deadline, "the relay sent nothing"
+        relay.tick()
+    assert relay.producer is not None and relay.in_flight is not None
+    while not relay.in_flight.settled():  # acknowledged by the broker, not committed yet
+        assert time.monotonic() < deadline, "the broker did not acknowledge the batch"
+        relay.producer.poll(0.05)
+
+    def store_out(*_args: Any, **_kwargs: Any) -> Any:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+    real = {name: getattr(store.outbox, name) for name in ("renew_lease", "batch", "delete")}
+    for name in real:
+        monkeypatch.setattr(store.outbox, name, store_out)
+    clock.now += timedelta(seconds=10)  # the lease's renewal is due: the next tick asks the store
+    for _ in range(30):  # the loop's turns during the outage: its guard catches the store's error each time
+        with pytest.raises(sa.exc.OperationalError):
+            relay.tick()
+        time.sleep(0.1)
+    receipts = read_topic(settings, settings.kafka.topics.receipts)
+    assert [m.key() for m in receipts] == [request_id.encode()]  # readable while the store is still out
+
+    for name, method in real.items():  # the store is back: the published rows are deleted, nothing is sent twice
+        monkeypatch.setattr(store.outbox, name, method)
+    _drain(relay, store)
+    assert store.outbox.batch(10) == []
+    assert [m.key() for m in read_topic(settings, settings.kafka.topics.receipts)] == [request_id.encode()]
+    relay.release()
+    engine.dispose()
