@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from worker import failpoints, metrics, states, vendorrefs
+from worker import failpoints, metrics, personal, states, vendorrefs
 from worker.callpool import CallPool
 from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker.core.errors import (
@@ -287,7 +287,8 @@ class Executor:
             outcome = _checked_vendor_ref(task, self._dispatch(task))
         except (Throttled, QuotaDeferred) as exc:
             if task.polling and task.vendor_ref:  # the vendor job is still running: just look again later
-                return states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0), TaskUpdate(detail=exc.message)
+                return _redacted(task, (states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0),
+                                        TaskUpdate(detail=exc.message)))
             outcome = states.Fail(stable_code(exc.code), exc.message, retryable=True, retry_after=exc.retry_after,
                                   counts_as_attempt=False), TaskUpdate(detail=exc.message)
         except RetryableError as exc:
@@ -318,7 +319,7 @@ class Executor:
                 log.error("connector_bug", request_id=task.request_id, system=task.system,
                           error_type=type(exc).__name__)
         self.crash.hit(failpoints.AFTER_CONNECTOR)
-        return outcome
+        return _redacted(task, outcome)
 
     def _dispatch(self, task: ClaimedTask) -> Outcome:
         if task.system == PACKAGE_TASK and task.kind == "erasure":  # earlier export packages are personal data
@@ -399,6 +400,31 @@ def _checked_vendor_ref(task: ClaimedTask, outcome: Outcome) -> Outcome:
     if reason is None:
         return outcome
     raise PermanentError(f"{task.system}: the vendor answered {reason}; it was not kept", code="vendor_protocol")
+
+
+def _redacted(task: ClaimedTask, outcome: Outcome) -> Outcome:
+    """The call's texts without personal data (``worker.personal``), before the store, the logs and the receipt
+    see them: a connector's error message, its detail and what it says it retained. Codes and outcomes are
+    checked against their patterns elsewhere; these are free text."""
+    event, update = outcome
+    if isinstance(event, states.Fail) and event.message:
+        message = personal.redact(event.message, task.subject)
+        if message != event.message:
+            event = dataclasses.replace(event, message=message)
+    changes: dict[str, Any] = {}
+    if update.detail:
+        detail = personal.redact(update.detail, task.subject)
+        if detail != update.detail:
+            changes["detail"] = detail
+    if update.retained:
+        retained = [{name: personal.redact(value, task.subject) if name in _RETAINED_TEXTS else value
+                     for name, value in entry.items()} for entry in update.retained]
+        if retained != [dict(entry) for entry in update.retained]:
+            changes["retained"] = retained
+    return (event, dataclasses.replace(update, **changes)) if changes else (event, update)
+
+
+_RETAINED_TEXTS = frozenset({"category", "legal_basis"})  # "until" is a date the executor wrote
 
 
 def _confirmation(result: Result) -> Outcome:

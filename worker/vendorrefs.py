@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import re
 
-from worker import logs
+from worker import logs, personal
 from worker.core.connector import Subject
 
 MAX_LENGTH = 256  # receipt.v1's vendor_ref maxLength, and tasks.vendor_ref
 _AT_ADDRESS = re.compile(r"\S@\S")  # as worker.operators refuses in --by: "jean@corp" is an address too
-_DIGITS = re.compile(r"\D+")
-# Shorter subject values are compared whole only: a customer id "42" is part of too many honest refs.
-MIN_CONTAINED = 4
-# A phone number echoed in another format (national, no "+", spaced) still ends in its subscriber number.
-PHONE_TAIL = 8
 
 
 def refusal(vendor_ref: object, subject: Subject) -> str | None:
@@ -40,22 +35,6 @@ def refusal(vendor_ref: object, subject: Subject) -> str | None:
         return "a vendor reference with control or unencodable characters"
     if _AT_ADDRESS.search(vendor_ref) or logs.scrub(vendor_ref) != vendor_ref:
         return "a vendor reference that looks like an email address or a phone number"
-    if _names_the_subject(vendor_ref, subject):
+    if personal.names_subject(vendor_ref, subject):
         return "a vendor reference that holds one of the subject's own identifiers"
     return None
-
-
-def _names_the_subject(vendor_ref: str, subject: Subject) -> bool:
-    text = vendor_ref.casefold()
-    values = [subject.customer_id, *subject.emails, *subject.phones,
-              *(value for ids in subject.identifiers.values() for value in ids)]
-    values += [email.split("@", 1)[0] for email in subject.emails]  # the local part alone names the person too
-    for value in (v.strip().casefold() for v in values if isinstance(v, str)):
-        if value and (value == text or (len(value) >= MIN_CONTAINED and value in text)):
-            return True
-    digits = _DIGITS.sub("", text)
-    for phone in subject.phones:
-        tail = _DIGITS.sub("", phone)[-PHONE_TAIL:]
-        if len(tail) == PHONE_TAIL and (tail in text or tail in digits):
-            return True
-    return False

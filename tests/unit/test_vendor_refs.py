@@ -3,35 +3,28 @@ fails as the permanent ``vendor_protocol`` and the value is dropped (``worker.ve
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from connectors.google_ads import sha256_hex
 from devkit.standins import ADS_LIST_ID
 from devkit.standins.base import Reply, Request
 from devkit.standins.google import DataManagerStandIn
 from devkit.standins.harness import FakeClock, build
-from tests.scheduling import KEY
-from worker import messages, states
-from worker.config import Topics
+from tests.call_harness import CUSTOMER, EMAIL, PHONE, SUBJECT, run_call, sqlite_store
 from worker.core.connector import CallResult, ExportWriter, Pending, Result, Subject
-from worker.executor import Executor
-from worker.store import db
 from worker.store.repository import Store
-from worker.store.schema import audit_events, outbox
-from worker.support import build_command
 from worker.vendorrefs import refusal
 
 pytestmark = pytest.mark.timeout(30)
-EMAIL, PHONE, CUSTOMER = "marie.dupont@example.fr", "+33612345678", "C-100234"
-SUBJECT = Subject(request_id="r-1", subject_ref="hmac-sha256:test", customer_id=CUSTOMER, emails=(EMAIL,),
-                  phones=(PHONE,), identifiers={"ga_client_id": ("555.777",)})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    yield from sqlite_store(tmp_path)
 
 
 @pytest.mark.parametrize("ref", [
@@ -79,61 +72,21 @@ class Echoing:
         pass
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    engine = db.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    db.migrate(engine)
-    yield Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="worker-0")
-    engine.dispose()
-
-
-def _record(store: Store, system: str, now: datetime) -> str:
-    body = build_command(kind="erasure", customer_id=CUSTOMER, emails=[EMAIL], phones=[PHONE],
-                         requested_at=now, requested_by="vendor-ref-test")
-    parsed = messages.parse(body, value=b"", signature=None, signing_secret=None, known_systems=frozenset({system}))
-    store.record_command(parsed, subject_ref=messages.subject_ref(KEY, parsed.customer_id),
-                         digest=messages.body_digest(KEY, body), targets={system: 8}, now=now)
-    return str(body["request_id"])
-
-
-def _run(store: Store, connector: Any, system: str) -> tuple[dict[str, Any], str]:
-    """Records one erasure, runs its call through a real executor, and returns the task row and every byte the
-    store holds about it (receipts in the outbox, the audit trail)."""
-    now = datetime.now(UTC)
-    request_id = _record(store, system, now)
-    executor = Executor(store, {system: connector}, concurrency={system: 1}, max_in_flight=2, lease_seconds=60,
-                        clock=lambda: now)
-    try:
-        executor.tick()
-        deadline = time.monotonic() + 10
-        while executor.busy():
-            assert time.monotonic() < deadline, "the call never ended"
-            executor.wait_for_call(0.05)
-            executor.tick(accept_new=False)
-    finally:
-        executor.shutdown()
-    _, (task,), _ = store.get(request_id)
-    with store.engine.connect() as conn:
-        kept = [repr(row) for row in conn.execute(sa.select(outbox)).all()]
-        kept += [repr(row) for row in conn.execute(sa.select(audit_events)).all()]
-    return task, "\n".join(kept) + repr(store.receipt(request_id))
-
-
 @pytest.mark.parametrize("pending", [True, False], ids=["pending", "confirmed"])
 def test_a_personal_reference_fails_the_call_as_vendor_protocol_and_is_never_stored(
         store: Store, pending: bool) -> None:
-    task, kept = _run(store, Echoing("33612345678", pending=pending), "echo")
+    task, kept = run_call(store, Echoing("33612345678", pending=pending), "echo")
     assert task["state"] == "failed" and task["error_code"] == "vendor_protocol" and task["vendor_ref"] is None
     assert "612345678" not in kept and "612345678" not in (task["error_message"] or "")
 
 
 def test_a_reference_too_long_for_the_receipt_fails_the_call_instead_of_the_store(store: Store) -> None:
-    task, _ = _run(store, Echoing("j" * 300, pending=True), "echo")
+    task, _ = run_call(store, Echoing("j" * 300, pending=True), "echo")
     assert task["state"] == "failed" and task["error_code"] == "vendor_protocol" and task["vendor_ref"] is None
 
 
 def test_an_honest_reference_still_reaches_the_task(store: Store) -> None:
-    task, _ = _run(store, Echoing("job-42", pending=True), "echo")
+    task, _ = run_call(store, Echoing("job-42", pending=True), "echo")
     assert task["state"] == "waiting_vendor" and task["vendor_ref"] == "job-42"
 
 
@@ -151,7 +104,7 @@ def test_google_ads_echoing_a_phone_number_as_its_request_id_reaches_no_receipt(
     try:
         ads.seed(ADS_LIST_ID, sha256_hex(EMAIL), sha256_hex(PHONE))
         connector = build("google_ads", ads, FakeClock())
-        task, kept = _run(store, connector, "google_ads")
+        task, kept = run_call(store, connector, "google_ads")
         connector.close()
     finally:
         ads.stop()
