@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,6 +23,10 @@ IDLE_TIMEOUT_SECONDS = 10.0
 # read, so a client that sends its headers a byte every second (slowloris) never met it and held a thread for
 # good; this one is measured from the connection's start. One request per connection (HTTP/1.0).
 REQUEST_DEADLINE_SECONDS = 10.0
+# How many connections are served at once, a thread each. Probes and scrapes need a few; a flood of connections
+# (each held up to the deadline above) would otherwise start a thread apiece in the worker's process, until it
+# could not start the ones its calls need. Past this many, a new connection is closed at once.
+MAX_CONNECTIONS = 32
 
 
 class _DeadlineReader(socket.SocketIO):
@@ -39,6 +44,30 @@ class _DeadlineReader(socket.SocketIO):
             raise TimeoutError("the request was not received within its deadline")
         self.sock.settimeout(min(left, self.idle))
         return super().readinto(buffer)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with at most ``limit`` connections served at once; the rest are closed unanswered."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(limit)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()  # no thread started to give it back
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class HealthServer:
@@ -87,7 +116,7 @@ class HealthServer:
             def log_message(self, *_args: object) -> None:  # probes every few seconds would drown the logs
                 return
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _BoundedServer((host, port), Handler, MAX_CONNECTIONS)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="oubli-http", daemon=True)
 

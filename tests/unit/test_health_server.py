@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -94,4 +95,43 @@ def test_probes_answer_by_path_whatever_the_query_and_to_head_too() -> None:
         with urllib.request.urlopen(f"{base}/metrics?name[]=x", timeout=5) as answer:
             assert answer.status == 200 and b"# HELP" in answer.read()
     finally:
+        server.stop()
+
+
+def _serving_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if "process_request_thread" in thread.name)
+
+
+def test_a_flood_of_connections_holds_a_bounded_number_of_threads_and_probes_answer_after_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread a connection, each held up to the request's deadline: a flood of silent connections used to start
+    a thread apiece in the worker's process. Past the cap a connection is closed at once."""
+    monkeypatch.setattr(health, "MAX_CONNECTIONS", 4, raising=False)
+    monkeypatch.setattr(health, "IDLE_TIMEOUT_SECONDS", 3.0)
+    monkeypatch.setattr(health, "REQUEST_DEADLINE_SECONDS", 3.0, raising=False)
+    before = _serving_threads()
+    server = HealthServer("127.0.0.1", 0, live=lambda: True, ready=lambda: True)
+    server.start()
+    flood: list[socket.socket] = []
+    try:
+        flood = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(40)]
+        most, until = 0, time.monotonic() + 2  # the server has accepted the whole flood by then
+        while time.monotonic() < until:
+            most = max(most, _serving_threads() - before)
+            time.sleep(0.01)
+        assert 0 < most <= 4
+        turned_away = 0
+        for conn in flood:
+            conn.settimeout(5)
+            try:
+                if conn.recv(1) == b"":
+                    turned_away += 1
+            except ConnectionResetError:
+                turned_away += 1
+        assert turned_away == 40  # the cap's worth at their deadline, the rest at once
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        for conn in flood:
+            conn.close()
         server.stop()
