@@ -17,6 +17,7 @@ from devkit.pipeline import raw_settings
 from tests.unit.test_health_server import trickle_until_dropped
 from worker import config
 from worker.store import db
+from worker.web import server as web_server
 from worker.web.app import Services, create_app
 from worker.web.confirmations import Confirmations
 from worker.web.deadline import DeadlineH11Protocol
@@ -29,6 +30,10 @@ DEADLINE = 1.5
 @pytest.fixture
 def port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     monkeypatch.setattr(DeadlineH11Protocol, "deadline_seconds", DEADLINE)
+    yield from _serving(tmp_path)
+
+
+def _serving(tmp_path: Path) -> Iterator[int]:
     settings = config.build(raw_settings(store_url=f"sqlite:///{tmp_path / 'store.db'}", bootstrap="127.0.0.1:1",
                                          systems={}), env={})
     engine = db.create_engine(settings.store_url)
@@ -92,3 +97,24 @@ def test_a_prompt_client_is_answered_and_may_keep_its_connection_for_another_req
                 assert chunk, "the connection was closed"
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_past_the_connection_cap_a_request_is_answered_503_at_once(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of silent connections, each held until the deadline, used to take descriptors without bound."""
+    monkeypatch.setattr(DeadlineH11Protocol, "deadline_seconds", 3.0)
+    monkeypatch.setattr(web_server, "MAX_CONNECTIONS", 3, raising=False)
+    serving = _serving(tmp_path)
+    port = next(serving)
+    flood = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # accepted by now
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as late:
+            started = time.monotonic()
+            late.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = late.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and time.monotonic() - started < 2
+    finally:
+        for conn in flood:
+            conn.close()
+        next(serving, None)

@@ -34,6 +34,12 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     uvicorn.run(app, **server_options(settings.web, host=host, port=port))
 
 
+# Connections (and requests in progress) served at once; past it uvicorn answers 503 at once. Each slow client is held
+# at most the request deadline, but a flood of them would otherwise take file descriptors and memory without bound,
+# and the store's connections and Meta's next callback need them too.
+MAX_CONNECTIONS = 512
+
+
 def server_options(web: WebSettings, *, host: str | None = None, port: int | None = None) -> dict[str, Any]:
     """How uvicorn runs ``oubli web``; the tests serve their app with the same."""
     # No access log: a status path holds the confirmation code. _AccessMetrics counts by route instead.
@@ -41,4 +47,5 @@ def server_options(web: WebSettings, *, host: str | None = None, port: int | Non
     # held its connection for good.
     return {"host": host or web.host, "port": web.port if port is None else port, "access_log": False,
             "proxy_headers": True, "forwarded_allow_ips": web.trusted_proxies, "server_header": False,
-            "log_config": None, "timeout_graceful_shutdown": 10, "http": DeadlineH11Protocol}
+            "log_config": None, "timeout_graceful_shutdown": 10, "http": DeadlineH11Protocol,
+            "limit_concurrency": MAX_CONNECTIONS}
