@@ -94,21 +94,18 @@ class Relay:
             return 0
         if not self.ready and not self._start(now):
             return 0
+        if self.in_flight is not None:
+            if not self.in_flight.settled():
+                return 0
+            self._end()
+            if self.in_flight is not None or not self.ready:  # a commit still under way, or the relay started over
+                return 0
         published = 0
-        if self.committed is not None:  # published while the store was out: its rows go now
+        # Committed by now (here, or by an earlier tick while the store was out): its rows go before the next batch.
+        if self.committed is not None:
             published = self._forget(self.committed)
             if not self.ready:  # the lease was lost meanwhile: the next leader publishes the rows again
                 return published
-        if self.in_flight is not None:
-            if not self.in_flight.settled():
-                return published
-            self._end()
-            if self.in_flight is not None or not self.ready:  # a commit still under way, or the relay started over
-                return published
-            if self.committed is not None:
-                published += self._forget(self.committed)
-                if not self.ready:
-                    return published
         # The next batch at once, not on the next turn: the loop idles for its poll timeout when nothing is in
         # flight, and a receipt written meanwhile (a request that finished) would wait that long.
         records = self.store.outbox.batch(self.batch_size)
