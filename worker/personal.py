@@ -33,24 +33,29 @@ def subject_values(subject: Subject) -> list[str]:
 
 def names_subject(text: str, subject: Subject) -> bool:
     """Whether ``text`` holds one of the subject's own values (or the tail of one of its phone numbers)."""
+    return _names(text, subject_values(subject), _phone_tails(subject))
+
+
+def _names(text: str, values: list[str], tails: list[str]) -> bool:
     folded = text.casefold()
-    if any(value == folded or (len(value) >= MIN_CONTAINED and value in folded) for value in subject_values(subject)):
+    if any(value == folded or (len(value) >= MIN_CONTAINED and value in folded) for value in values):
         return True
     digits = _NOT_DIGITS.sub("", folded)
-    return any(len(tail) == PHONE_TAIL and (tail in folded or tail in digits) for tail in _phone_tails(subject))
+    return any(tail in folded or tail in digits for tail in tails)
 
 
 def redact(text: str, subject: Subject) -> str:
     """``text`` with email addresses, phone numbers and the subject's own values replaced by ``[redacted]``."""
     cleaned = logs.scrub(text)
-    if not names_subject(cleaned, subject):
+    values, tails = subject_values(subject), _phone_tails(subject)
+    if not _names(cleaned, values, tails):
         return cleaned
-    if any(value == cleaned.casefold() for value in subject_values(subject)):
+    if cleaned.casefold() in values:
         return logs.REDACTED
-    for value in subject_values(subject):
+    for value in values:
         if len(value) >= MIN_CONTAINED:
             cleaned = re.sub(re.escape(value), logs.REDACTED, cleaned, flags=re.IGNORECASE)
-    for tail in _phone_tails(subject):
+    for tail in tails:
         # The tail written with separators ("12 34 56 78") as well as glued.
         spread = r"[\s.\-()]*".join(re.escape(digit) for digit in tail)
         cleaned = re.sub(rf"\d*{spread}", logs.REDACTED, cleaned)
