@@ -31,10 +31,17 @@ EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+\.[A-Za-z]{2,}")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-])"
 PHONE = re.compile(rf"(?<![\w.])(?<![^\W_]-)(?!{_UUID})\+?\d[\d \-().]{{7,}}\d(?!\w|[.-][^\W_])")
 REDACTED = "[redacted]"
+# Any "x@y": "jean@corp" names a person too, though EMAIL wants a domain with a dot.
+AT_ADDRESS = re.compile(r"\S@\S")
 
 
 def scrub(text: str) -> str:
     return PHONE.sub(REDACTED, EMAIL.sub(REDACTED, text))
+
+
+def looks_personal(text: str) -> bool:
+    """Whether ``text`` holds anything shaped like an email address (any "x@y") or a phone number."""
+    return AT_ADDRESS.search(text) is not None or scrub(text) != text
 
 
 def _scrub_value(value: Any) -> Any:

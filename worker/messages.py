@@ -29,7 +29,6 @@ from worker.core.errors import InvalidCommand
 MAX_COMMAND_BYTES = 64 * 1024
 SIGNATURE_HEADER = "x-oubli-signature"
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_AT_ADDRESS = re.compile(r"\S@\S")  # as worker.operators refuses in --by: "jean@corp" is an address too
 _E164 = re.compile(r"\+[0-9]{7,15}")  # a phone number as a command's phones hold it
 
 
@@ -278,7 +277,7 @@ def names_a_person(request_id: str, document: Mapping[str, Any]) -> bool:
     trail for good, past the subject's purge; so such a command is refused, and its rejection is not
     receipted under that id. Only the shapes and the command's own values: an id that merely holds
     digits (a timestamp, an order number) stays valid."""
-    if _AT_ADDRESS.search(request_id) or _E164.fullmatch(request_id):
+    if logs.AT_ADDRESS.search(request_id) or _E164.fullmatch(request_id):
         return True
     return request_id.strip().casefold() in _subject_values(document.get("subject"))
 
@@ -418,7 +417,7 @@ def _sender(requested_by: str, document: Mapping[str, Any]) -> str:
     a sender that names the person by email address or phone number (``requested_by: marie@example.fr`` for a
     self-service erasure), or by the subject's own customer_id or vendor id (``requested_by: C-100234``), is
     recorded as redacted, not kept for good. The body digest still covers the original."""
-    if _AT_ADDRESS.search(requested_by) or logs.scrub(requested_by) != requested_by \
+    if logs.looks_personal(requested_by) \
             or requested_by.strip().casefold() in _subject_values(document.get("subject")):
         return logs.REDACTED
     return requested_by

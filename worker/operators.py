@@ -9,7 +9,6 @@ it is stored. Both columns have a size; a value over it is refused, never cut.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -21,7 +20,6 @@ from worker.support import USAGE, CliError
 NAME_MAX = 128  # audit_events.actor, tasks.confirmed_by, receipt.v1's confirmed_by
 NOTE_MAX = 1000  # audit_events.detail
 # local@domain without a dot in the domain is still an address ("jean@corp"); a leading @ is a chat handle.
-_AT_ADDRESS = re.compile(r"\S@\S")
 T = TypeVar("T")
 
 
@@ -37,7 +35,7 @@ def operator_name(value: str) -> str:
         raise Refused(f"at most {NAME_MAX} characters")
     if not name.isprintable():
         raise Refused("must not hold control characters")
-    if _AT_ADDRESS.search(name) or logs.scrub(name) != name:
+    if logs.looks_personal(name):
         raise Refused("a name or handle, not an email address or a phone number (it goes to the receipts topic)")
     return name
 

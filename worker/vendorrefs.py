@@ -16,13 +16,10 @@ message, the audit trail and a receipt.
 
 from __future__ import annotations
 
-import re
-
 from worker import logs, personal
 from worker.core.connector import Subject
 
 MAX_LENGTH = 256  # receipt.v1's vendor_ref maxLength, and tasks.vendor_ref
-_AT_ADDRESS = re.compile(r"\S@\S")  # as worker.operators refuses in --by: "jean@corp" is an address too
 
 
 def refusal(vendor_ref: object, subject: Subject) -> str | None:
@@ -33,7 +30,7 @@ def refusal(vendor_ref: object, subject: Subject) -> str | None:
         return f"a vendor reference of {len(vendor_ref)} characters (1 to {MAX_LENGTH} fit a receipt)"
     if not vendor_ref.isprintable() or any("\ud800" <= c <= "\udfff" for c in vendor_ref):
         return "a vendor reference with control or unencodable characters"
-    if _AT_ADDRESS.search(vendor_ref) or logs.scrub(vendor_ref) != vendor_ref:
+    if logs.looks_personal(vendor_ref):
         return "a vendor reference that looks like an email address or a phone number"
     if personal.names_subject(vendor_ref, subject):
         return "a vendor reference that holds one of the subject's own identifiers"

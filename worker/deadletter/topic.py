@@ -48,7 +48,6 @@ REPLAYED_FROM = "x-oubli-replayed-from"
 REPLAYED_BY = "x-oubli-replayed-by"
 REPLAY_OF = "x-oubli-replay-of"  # on a reissued replay: the request_id it replaces (reissue.py)
 _SOURCE_SHAPE = re.compile(r"^[A-Za-z0-9._-]{1,249}/[0-9]{1,10}/[0-9]{1,20}$")  # topic/partition/offset
-_AT_ADDRESS = re.compile(r"\S@\S")  # as worker.operators refuses in --by
 # What the DLQ added (or an earlier replay did): never sent back to the commands topic.
 _DROPPED = {ERROR_CODE, ERROR_MESSAGE, SOURCE, REPLAYED_FROM, REPLAYED_BY, REPLAY_OF}
 CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -107,7 +106,7 @@ def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
     if not _SOURCE_SHAPE.match(where):
         where = "an unreadable source"
     by = _header_text(values.get(REPLAYED_BY), 128).strip()
-    if not by or _AT_ADDRESS.search(by) or logs.scrub(by) != by:
+    if not by or logs.looks_personal(by):
         by = "an unnamed operator" if by else "unknown"
     return (f"replay of {of} from " if of else "replayed from ") + f"{where} by {by}"
 
