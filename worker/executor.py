@@ -406,18 +406,21 @@ def _redacted(task: ClaimedTask, outcome: Outcome) -> Outcome:
     """The call's texts without personal data (``worker.personal``), before the store, the logs and the receipt
     see them: a connector's error message, its detail and what it says it retained. Codes and outcomes are
     checked against their patterns elsewhere; these are free text."""
+    # Text only (a plug-in connector's types are not checked): this runs after the call's own error handling, in
+    # the call's thread, and must not raise.
     event, update = outcome
-    if isinstance(event, states.Fail) and event.message:
+    if isinstance(event, states.Fail) and isinstance(event.message, str):
         message = personal.redact(event.message, task.subject)
         if message != event.message:
             event = dataclasses.replace(event, message=message)
     changes: dict[str, Any] = {}
-    if update.detail:
+    if isinstance(update.detail, str):
         detail = personal.redact(update.detail, task.subject)
         if detail != update.detail:
             changes["detail"] = detail
     if update.retained:
-        retained = [{name: personal.redact(value, task.subject) if name in _RETAINED_TEXTS else value
+        retained = [{name: personal.redact(value, task.subject)
+                     if name in _RETAINED_TEXTS and isinstance(value, str) else value
                      for name, value in entry.items()} for entry in update.retained]
         if retained != [dict(entry) for entry in update.retained]:
             changes["retained"] = retained

@@ -88,3 +88,15 @@ def test_what_a_connector_quotes_of_its_subject_is_kept_nowhere(store: Store, fa
     assert said is not None and "[redacted]" in said  # what the connector said is still there, less the person
     if fail is None:
         assert "invoices of [redacted]" in (task["retained_json"] or "")
+
+
+class OddTypes(Quoting):
+    """A plug-in connector whose detail is not text: the redaction leaves it as it was and the call still ends."""
+
+    def erase(self, subject: Subject) -> CallResult:
+        return Result("erased", detail=12345)  # type: ignore[arg-type]
+
+
+def test_a_detail_that_is_not_text_does_not_stop_the_call(store: Store) -> None:
+    task, _ = run_call(store, OddTypes(None), "odd")
+    assert task["state"] == "confirmed"
