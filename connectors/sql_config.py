@@ -26,6 +26,8 @@ from worker.core.identifiers import strip_whitespace as strip_whitespace
 
 Erase = Literal["delete", "anonymise", "retain", "keep"]
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# receipt.v1's bounds on a retained entry's category and legal_basis (worker.receipts holds the same two).
+CATEGORY_MAX, LEGAL_BASIS_MAX = 64, 200
 
 
 def stripped_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -279,9 +281,11 @@ def _retention(raw: Any, where: str) -> Retention:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a mapping")
     _no_unknown(raw, {"category", "legal_basis", "date_column", "years", "days", "expired"}, where)
-    for name in ("category", "legal_basis"):
+    for name, limit in (("category", CATEGORY_MAX), ("legal_basis", LEGAL_BASIS_MAX)):
         if not isinstance(raw.get(name), str) or not raw[name]:
             raise ConfigError(f"{where}.{name} must be a non-empty string")
+        if len(raw[name]) > limit:  # the receipt's bound (receipt.v1), which the store would cut it to
+            raise ConfigError(f"{where}.{name} must be at most {limit} characters")
     years, days = _int(raw, "years", 0, where), _int(raw, "days", 0, where)
     if years <= 0 and days <= 0:
         raise ConfigError(f"{where}: give years or days")

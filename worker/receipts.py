@@ -32,6 +32,8 @@ _STEP_NAMES = {IDENTITY_TASK: "reading the subject's vendor ids", PACKAGE_TASK: 
 # receipt.v1's bounds on an error message and a system's detail (the tasks table's columns hold as much).
 MESSAGE_MAX = 1000
 DETAIL_MAX = 500
+CATEGORY_MAX = 64  # a retained entry's category
+LEGAL_BASIS_MAX = 200  # and its legal_basis
 
 
 def render(request: Mapping[str, Any], tasks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

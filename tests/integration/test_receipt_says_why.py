@@ -61,3 +61,32 @@ def test_a_long_detail_or_error_from_a_connector_is_cut_to_what_the_receipt_and_
     by_system = {s["system"]: s for s in receipt["systems"]}
     assert by_system["alpha"]["detail"] == "d" * 500 and by_system["beta"]["error"]["message"] == "m" * 1000
     engine.dispose()
+
+
+def test_a_long_retained_category_or_legal_basis_is_cut_to_what_the_receipt_holds(db_url: str) -> None:
+    """receipt.v1 bounds a retained entry's category (64) and legal_basis (200). A connector's own words (a plug-in,
+    or a ``connector: sql`` rule whose config spells the basis out) were written as they came, and the receipt
+    published for the request broke its closed schema."""
+    from datetime import timedelta
+
+    from devkit.pipeline import record
+    from worker import messages, states
+    from worker.config import Topics
+    from worker.store import db
+    from worker.store.repository import Store, TaskUpdate
+
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    store = Store(engine, topics=Topics(), policy=states.RetryPolicy(), actor="test")
+    request_id = record(store, {"alpha": 1}, customer_id="C-retained")
+    now = store.get(request_id)[0]["created_at"]
+    claimed = store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limits={"alpha": 9}, room=9)
+    retained = [{"category": "c" * 100, "legal_basis": "b" * 300, "until": "2029-03-31"}]
+    finished = store.finish_many([(task, states.Confirm("retained"), TaskUpdate(retained=retained))
+                                  for task in claimed], now)
+    assert all(f is not None for f in finished)
+    receipt = store.receipt(request_id)
+    assert messages.schema_errors("receipt.v1", receipt) == []
+    assert receipt["systems"][0]["retained"] == [{"category": "c" * 64, "legal_basis": "b" * 200,
+                                                  "until": "2029-03-31"}]
+    engine.dispose()

@@ -170,6 +170,10 @@ def with_tables(*tables: dict[str, Any], **extra: Any) -> dict[str, Any]:
                 "retention": {"category": "x", "legal_basis": "y", "date_column": "d"},
             }
         ),
+        # receipt.v1 holds a retained category of at most 64 characters and a legal basis of at most 200
+        *(with_tables({"table": "t", "match": {"customer_id": "c"}, "erase": "retain", "columns": {"x": None},
+                       "retention": {"category": "x", "legal_basis": "y", "date_column": "d", "years": 1, **long}})
+          for long in ({"category": "c" * 65}, {"legal_basis": "b" * 201})),
         with_tables({"table": "t", "match": {"customer_id": "c"}, "erase": "delete", "columns": {"c": "shred"}}),
         with_tables(
             {

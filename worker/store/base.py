@@ -38,6 +38,9 @@ _TASK_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(TaskState) if f.na
 # longer one made PostgreSQL refuse the whole batch of results (value too long: never recorded, tried again and
 # again) and SQLite publish a receipt that breaks its schema.
 _TEXT_LIMITS = {"detail": receipts.DETAIL_MAX, "error_message": receipts.MESSAGE_MAX}
+# Likewise a retained entry's texts: a plug-in connector's own words, or a ``connector: sql`` rule whose config
+# spells its legal basis out, broke the closed receipt.v1 on the compacted topic.
+_RETAINED_LIMITS = {"category": receipts.CATEGORY_MAX, "legal_basis": receipts.LEGAL_BASIS_MAX}
 
 
 def task_values(version: int, after: TaskState, update: TaskUpdate) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def task_values(version: int, after: TaskState, update: TaskUpdate) -> dict[str,
     values: dict[str, Any] = {name: getattr(after, name) for name in _TASK_STATE_FIELDS}
     values.update(lease_owner=None, lease_expires_at=None, version=version + 1)
     if update.retained:
-        values["retained_json"] = json.dumps(list(update.retained))
+        values["retained_json"] = json.dumps([_retained_entry(entry) for entry in update.retained])
     for name in ("expected_by", "detail", "records", "confirmed_by"):
         if getattr(update, name) is not None:
             values[name] = getattr(update, name)
@@ -54,6 +57,11 @@ def task_values(version: int, after: TaskState, update: TaskUpdate) -> dict[str,
         if isinstance(values.get(name), str) and len(values[name]) > limit:
             values[name] = values[name][:limit]
     return values
+
+
+def _retained_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value[:_RETAINED_LIMITS[name]] if name in _RETAINED_LIMITS and isinstance(value, str) else value
+            for name, value in entry.items()}
 
 
 class StoreBase:
