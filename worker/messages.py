@@ -230,12 +230,12 @@ def body_digest(key: bytes, body: Mapping[str, Any]) -> str:
 
 def verify_signature(value: bytes, signature: bytes | str | None, secret: bytes) -> bool:
     """Compared as bytes: ``compare_digest`` raises ``TypeError`` on a non-ASCII str, and a header is
-    whatever the sender put there."""
+    whatever the sender put there. Hex in either case: Java's and .NET's usual encoders write upper case."""
     if signature is None:
         return False
     given = signature if isinstance(signature, bytes) else signature.encode("utf-8", "replace")
     expected = hmac.new(secret, value, hashlib.sha256).hexdigest().encode()
-    return hmac.compare_digest(expected, given.strip().removeprefix(b"sha256="))
+    return hmac.compare_digest(expected, given.strip().removeprefix(b"sha256=").lower())
 
 
 def signed_by_any(value: bytes, signature: bytes | str | None, secrets: Sequence[bytes]) -> bool:

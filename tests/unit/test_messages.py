@@ -93,6 +93,18 @@ def test_signatures_are_required_when_a_secret_is_configured() -> None:
     assert code_of(body, secret=b"secret", signature=messages.sign(value, b"other"))[0] == "bad_signature"
 
 
+def test_a_signature_in_upper_case_hex_is_the_same_signature() -> None:
+    """Hex has two spellings: Java's ``DatatypeConverter.printHexBinary`` and .NET's ``Convert.ToHexString`` write
+    upper case. A producer that signed correctly with either was dead-lettered as ``bad_signature``."""
+    body = command()
+    value = json.dumps(body).encode()
+    upper = messages.sign(value, b"secret").upper()
+    assert parse(body, secret=b"secret", signature=upper).request_id == body["request_id"]
+    assert parse(body, secret=b"secret", signature="sha256=" + upper).request_id == body["request_id"]
+    assert messages.verify_signature(value, upper.encode(), b"secret")
+    assert code_of(body, secret=b"secret", signature=messages.sign(value, b"other").upper())[0] == "bad_signature"
+
+
 def test_subject_ref_is_keyed_and_stable() -> None:
     ref = messages.subject_ref(b"k1", "C-100234")
     assert ref == messages.subject_ref(b"k1", "C-100234") != messages.subject_ref(b"k2", "C-100234")
