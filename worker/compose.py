@@ -25,7 +25,7 @@ from connectors import registry
 from worker import failpoints, metrics, states
 from worker.broker import ProducerFactory
 from worker.config import Settings
-from worker.core.connector import Connector, ConnectorContext, IdentityLookup
+from worker.core.connector import Connector, ConnectorContext, IdentityLookup, Verifier
 from worker.core.errors import ConfigError
 from worker.core.timefmt import utcnow
 from worker.executor import Executor, ExportPackager
@@ -90,7 +90,8 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
         systems={sid: s.max_attempts for sid, s in settings.systems.items()},
         due_days_default=settings.due_days_default, export_enabled=exports is not None,
         identity_enabled=identity is not None, previous_secrets=settings.verification_secrets()[1:],
-        verify_enabled=verifier is not None,
+        # Only where some system can check itself: with vendors alone, the step would have nothing to verify.
+        verify_enabled=verifier is not None and any(isinstance(c, Verifier) for c in connectors.values()),
         # A third of a lease at most: the loop renews the leases of the calls in flight between batches.
         turn_seconds=min(TURN_SECONDS, settings.worker.lease_seconds / 3),
     )

@@ -135,8 +135,8 @@ class VerificationSettings(_Frozen):
     """Verification after erasure and tombstones (worker/verification, docs/operations.md)."""
 
     # Every erasure gets a `_verify` step once its systems confirmed: each internal system checks that the
-    # subject is gone before `completed` is published.
-    enabled: bool = False
+    # subject is gone before `completed` is published. On unless turned off: SPEC §3.13 makes it an invariant.
+    enabled: bool = True
     # The dedicated HMAC key of the tombstones (>= 16 characters; keep it stable, or every tombstone is
     # useless). None: no tombstones are laid and `oubli verify` has nothing to look for.
     tombstone_key: SecretStr | None = None

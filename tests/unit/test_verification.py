@@ -285,3 +285,29 @@ def test_the_scan_leaves_out_values_no_command_can_carry_and_counts_subjects_it_
     assert sorted(e for c in publisher.sent for e in c["subject"].get("emails", [])) == ["ok.one@example.fr"]
     shown = repr(report.as_dict())
     assert "H-6" not in shown and "h20" not in shown and "ok.one" not in shown
+
+
+def test_an_erasure_is_verified_by_default_once_a_system_can_check(tmp_path: Path) -> None:
+    """SPEC §3.13: an internal system's erasure is verified before ``completed`` is published. It was so only when
+    the config said ``verification.enabled: true`` (the chart did; a worker run from a plain config did not), so
+    a ``completed`` receipt could stand for an erasure nobody checked. A config of systems none of which can check
+    (vendors, fakes) gives erasures no ``_verify`` step: there would be nothing to verify."""
+    from devkit.pipeline import SUBJECT_KEY
+    from worker import compose, config
+
+    def intake_verifies(systems: dict[str, Any], **extra: Any) -> bool:
+        settings = config.build({"store_url": f"sqlite:///{tmp_path / f'oubli-{len(systems)}-{len(extra)}.db'}",
+                                 "subject_key": SUBJECT_KEY, "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+                                 "systems": systems, **extra}, env={})
+        parts = compose.build(settings, migrate=True, producer_factory=lambda _config: None)  # type: ignore[arg-type,return-value]
+        try:
+            return parts.intake.verify_enabled
+        finally:
+            parts.close()
+
+    fake = {"connector": "devkit.fakes", "settings": {"url": f"sqlite:///{tmp_path / 'effects.db'}"}}
+    loyalty = {"connector": "loyalty", "settings": {"url": loyalty_db(tmp_path)}}
+    assert config.build({"subject_key": SUBJECT_KEY, "systems": {"alpha": fake}}, env={}).verification.enabled
+    assert intake_verifies({"alpha": fake, "loyalty": loyalty})
+    assert not intake_verifies({"alpha": fake})
+    assert not intake_verifies({"alpha": fake, "loyalty": loyalty}, verification={"enabled": False})
