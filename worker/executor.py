@@ -25,7 +25,7 @@ import structlog
 
 from worker import failpoints, metrics, personal, states, vendorrefs
 from worker.callpool import CallPool
-from worker.core.connector import Connector, ExportWriter, IdentityLookup, Pending, Result
+from worker.core.connector import OUTCOMES, Connector, ExportWriter, IdentityLookup, Pending, Result
 from worker.core.errors import (
     NeedsPersonError,
     PermanentError,
@@ -284,7 +284,7 @@ class Executor:
         self.crash.hit(failpoints.AFTER_CLAIM)
         set_call_priority(task.subject.priority)  # background calls spend the reserve-limited quota share
         try:
-            outcome = _checked_vendor_ref(task, self._dispatch(task))
+            outcome = _checked_outcome(task, _checked_vendor_ref(task, self._dispatch(task)))
         except (Throttled, QuotaDeferred) as exc:
             if task.polling and task.vendor_ref:  # the vendor job is still running: just look again later
                 return _redacted(task, (states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0),
@@ -400,6 +400,19 @@ def _checked_vendor_ref(task: ClaimedTask, outcome: Outcome) -> Outcome:
     if reason is None:
         return outcome
     raise PermanentError(f"{task.system}: the vendor answered {reason}; it was not kept", code="vendor_protocol")
+
+
+def _checked_outcome(task: ClaimedTask, outcome: Outcome) -> Outcome:
+    """A system's confirmation names one of the connectors' outcomes (``OUTCOMES``), or the call fails as the
+    permanent ``vendor_protocol``: a plug-in connector's types are not checked at run time, and any other word
+    would reach the receipt, whose ``outcome`` is an enum. Internal steps have outcomes of their own, and no
+    entry in the receipt."""
+    event = outcome[0]
+    if not isinstance(event, states.Confirm) or is_internal(task.system) \
+            or (isinstance(event.outcome, str) and event.outcome in OUTCOMES):
+        return outcome
+    raise PermanentError(f"{task.system}: the connector confirmed with an outcome receipt.v1 does not know; "
+                         "it was not kept", code="vendor_protocol")
 
 
 def _redacted(task: ClaimedTask, outcome: Outcome) -> Outcome:

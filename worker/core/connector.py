@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Literal, Protocol, get_args, runtime_checkable
 
 from worker.core.limits import Limits
 
 OutcomeName = Literal[
     "erased", "anonymized", "not_found", "retained", "requested", "exported", "not_supported",
 ]
+OUTCOMES: frozenset[str] = frozenset(get_args(OutcomeName))  # what the executor lets a connector's call confirm
 
 
 @dataclass(frozen=True)

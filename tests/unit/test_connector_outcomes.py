@@ -1,0 +1,59 @@
+"""A connector's outcome is one receipt.v1 knows, or the call fails: the executor checks it before the store does.
+
+``Result.outcome`` is typed, but a plug-in connector's types are not checked at run time: one that answered
+``Result("deleted")`` had its word stored as it came and published in the receipt, which then broke the closed
+receipt.v1 on the compacted topic (its ``outcome`` is an enum), for good."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.call_harness import run_call, sqlite_store
+from worker import messages
+from worker.core.connector import CallResult, ExportWriter, Result, Subject
+from worker.store.repository import Store
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    yield from sqlite_store(tmp_path)
+
+
+class Saying:
+    """A plug-in connector that confirms its erasure with the given outcome."""
+
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+
+    def erase(self, subject: Subject) -> CallResult:
+        return Result(self.outcome)
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
+        return Result("not_supported")
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        return Result(self.outcome)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("outcome", ["deleted", "ERASED", "", None, 42, "manually_confirmed"])
+def test_an_outcome_receipt_v1_does_not_know_fails_the_call(store: Store, outcome: Any) -> None:
+    task, kept = run_call(store, Saying(outcome), "plugin")
+    assert task["state"] == "failed" and task["error_code"] == "vendor_protocol" and task["outcome"] is None
+    receipt = store.receipt(task["request_id"])
+    assert messages.schema_errors("receipt.v1", receipt) == []
+    assert receipt["status"] == "action_required"
+
+
+@pytest.mark.parametrize("outcome", ["erased", "anonymized", "not_found", "retained", "requested"])
+def test_a_known_outcome_is_kept(store: Store, outcome: str) -> None:
+    task, _ = run_call(store, Saying(outcome), "plugin")
+    assert task["state"] == "confirmed" and task["outcome"] == outcome
