@@ -403,16 +403,28 @@ def _checked_vendor_ref(task: ClaimedTask, outcome: Outcome) -> Outcome:
 
 
 def _checked_outcome(task: ClaimedTask, outcome: Outcome) -> Outcome:
-    """A system's confirmation names one of the connectors' outcomes (``OUTCOMES``), or the call fails as the
-    permanent ``vendor_protocol``: a plug-in connector's types are not checked at run time, and any other word
-    would reach the receipt, whose ``outcome`` is an enum. Internal steps have outcomes of their own, and no
-    entry in the receipt."""
-    event = outcome[0]
-    if not isinstance(event, states.Confirm) or is_internal(task.system) \
-            or (isinstance(event.outcome, str) and event.outcome in OUTCOMES):
+    """A system's confirmation names one of the connectors' outcomes (``OUTCOMES``) and holds fields of the types
+    ``Result`` declares, or the call fails as the permanent ``vendor_protocol``. A plug-in connector's types are
+    not checked at run time: another word reached the receipt, whose ``outcome`` is an enum; an ``expected_by``
+    that was no datetime raised in the loop thread while the result was recorded, at every restart. Internal
+    steps have outcomes of their own, and no entry in the receipt. A detail that is no text is dropped."""
+    event, update = outcome
+    if not isinstance(event, states.Confirm) or is_internal(task.system):
         return outcome
-    raise PermanentError(f"{task.system}: the connector confirmed with an outcome receipt.v1 does not know; "
-                         "it was not kept", code="vendor_protocol")
+    if not (isinstance(event.outcome, str) and event.outcome in OUTCOMES):
+        raise PermanentError(f"{task.system}: the connector confirmed with an outcome receipt.v1 does not know; "
+                             "it was not kept", code="vendor_protocol")
+    records = update.records
+    if not (update.expected_by is None or isinstance(update.expected_by, datetime)) \
+            or not (records is None or (type(records) is int and 0 <= records <= _MAX_RECORDS)):
+        raise PermanentError(f"{task.system}: the connector's confirmation holds an expected_by or a record count "
+                             "of the wrong type; it was not kept", code="vendor_protocol")
+    if update.detail is not None and not isinstance(update.detail, str):  # a remark only: the confirmation stands
+        return event, dataclasses.replace(update, detail=None)
+    return outcome
+
+
+_MAX_RECORDS = 2**31 - 1  # tasks.records is an INTEGER
 
 
 def _redacted(task: ClaimedTask, outcome: Outcome) -> Outcome:

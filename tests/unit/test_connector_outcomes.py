@@ -57,3 +57,47 @@ def test_an_outcome_receipt_v1_does_not_know_fails_the_call(store: Store, outcom
 def test_a_known_outcome_is_kept(store: Store, outcome: str) -> None:
     task, _ = run_call(store, Saying(outcome), "plugin")
     assert task["state"] == "confirmed" and task["outcome"] == outcome
+
+
+class Confirming:
+    """A plug-in connector whose confirmation carries the given ``Result`` fields."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    def erase(self, subject: Subject) -> CallResult:
+        return Result("requested", **self.fields)
+
+    def export(self, subject: Subject, writer: ExportWriter) -> CallResult:
+        return Result("not_supported")
+
+    def poll(self, subject: Subject, vendor_ref: str) -> CallResult:
+        return Result("requested")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fields", [{"expected_by": "tomorrow"}, {"expected_by": 1767225600}, {"records": "3"},
+                                    {"records": True}, {"records": -1}, {"records": 2**40}],
+                         ids=lambda fields: f"{next(iter(fields))}={next(iter(fields.values()))!r}")
+def test_a_confirmation_field_of_the_wrong_type_fails_the_call_instead_of_the_loop(
+        store: Store, fields: dict[str, Any]) -> None:
+    """An ``expected_by`` that was no datetime raised in the loop thread while the result was recorded (rendering
+    the receipt): the worker stopped, and its restart met the same answer again."""
+    task, _ = run_call(store, Confirming(**fields), "plugin")
+    assert task["state"] == "failed" and task["error_code"] == "vendor_protocol"
+    assert messages.schema_errors("receipt.v1", store.receipt(task["request_id"])) == []
+
+
+def test_a_detail_that_is_no_text_is_dropped_and_the_confirmation_stands(store: Store) -> None:
+    task, _ = run_call(store, Confirming(detail=42), "plugin")
+    assert task["state"] == "confirmed" and task["detail"] is None
+
+
+def test_a_well_typed_confirmation_is_kept(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    task, _ = run_call(store, Confirming(expected_by=datetime(2027, 1, 1, tzinfo=UTC), detail="queued", records=3),
+                       "plugin")
+    assert task["state"] == "confirmed" and task["detail"] == "queued" and task["records"] == 3
