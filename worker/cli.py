@@ -22,7 +22,7 @@ from worker.core.errors import ConfigError
 from worker.core.timefmt import iso, utcnow
 from worker.deadletter.replay import dlq
 from worker.metrics import VERSION
-from worker.operators import name_option, note_option
+from worker.operators import OPERATOR_ENV, default_operator, name_option, note_option
 from worker.store import db
 from worker.store.repository import Store
 from worker.support import (
@@ -261,7 +261,8 @@ def status(ctx: click.Context, request_id: str, as_json: bool, audit: bool) -> N
 @cli.command()
 @click.argument("request_id")
 @click.option("--system", help="Only this system (default: every failed system).")
-@click.option("--by", "actor", required=True, callback=name_option,
+@click.option("--by", "actor", required=True, callback=name_option, default=default_operator,
+              show_default=f"${OPERATOR_ENV}, else your login name",
               help="Your name or handle, for the audit trail (not an email or a phone number).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context

@@ -9,6 +9,8 @@ it is stored. Both columns have a size; a value over it is refused, never cut.
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,6 +19,7 @@ import click
 from worker import logs
 from worker.support import USAGE, CliError
 
+OPERATOR_ENV = "OUBLI_OPERATOR"  # who runs the CLI, where ``--by`` may be left out
 NAME_MAX = 128  # audit_events.actor, tasks.confirmed_by, receipt.v1's confirmed_by
 NOTE_MAX = 1000  # audit_events.detail
 # local@domain without a dot in the domain is still an address ("jean@corp"); a leading @ is a chat handle.
@@ -38,6 +41,22 @@ def operator_name(value: str) -> str:
     if logs.looks_personal(name):
         raise Refused("a name or handle, not an email address or a phone number (it goes to the receipts topic)")
     return name
+
+
+def default_operator() -> str | None:
+    """Who runs the CLI when ``--by`` is left out: ``$OUBLI_OPERATOR``, else the login name; checked like ``--by``.
+
+    ``oubli retry`` at 3 a.m. should not fail for a missing flag: the audit trail still names somebody, the
+    one logged in. ``oubli confirm`` has no default, because its ``--by`` is an attestation that goes to the
+    receipt, nor ``oubli dlq replay``, which republishes commands for the whole fleet. ``None`` (a container's uid
+    without a name): ``--by`` is then required."""
+    name = os.environ.get(OPERATOR_ENV, "").strip()
+    if name:
+        return name
+    try:
+        return getpass.getuser() or None
+    except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry for the uid
+        return None
 
 
 def operator_note(value: str) -> tuple[str, bool]:

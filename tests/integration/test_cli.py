@@ -204,6 +204,35 @@ def test_an_operator_note_is_redacted_and_by_is_a_name_not_an_email_or_phone(tmp
     assert plain.exit_code == 0 and "redacted" not in plain.output, plain.output
 
 
+def test_retry_without_by_names_the_operator_from_the_environment_or_the_login(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """``oubli retry REQUEST_ID`` as the contract spells it: the audit trail names $OUBLI_OPERATOR, else the login
+    name, checked like ``--by``. ``confirm`` keeps ``--by`` required: it is an attestation sent in the receipt."""
+    local = LocalStore(tmp_path, ("alpha", "beta"))
+    now = utcnow()
+    request_id = record(local.store, {"alpha": 1, "beta": 1}, now=now, customer_id="C-retry-by")
+    for task in local.store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limits={"alpha": 9, "beta": 9},
+                                      room=10):
+        local.store.finish(task, states.Fail("http_403", "answered 403", retryable=False), TaskUpdate(), now)
+
+    monkeypatch.setenv("OUBLI_OPERATOR", "jean.martin@gmail.com")  # refused like --by, and not echoed
+    refused = local.oubli("retry", request_id)
+    assert refused.exit_code == 2 and "--by" in refused.stderr and "gmail" not in refused.output, refused.output
+
+    monkeypatch.setenv("OUBLI_OPERATOR", " sre-night ")
+    retried = local.oubli("retry", request_id, "--system", "alpha", "--json")
+    assert retried.exit_code == 0, retried.output
+    assert json.loads(retried.stdout)["retrying"] == ["alpha"]
+    monkeypatch.delenv("OUBLI_OPERATOR")
+    monkeypatch.setenv("LOGNAME", "sre-login")
+    assert local.oubli("retry", request_id, "--system", "beta").exit_code == 0
+    audit = json.loads(local.oubli("status", request_id, "--json", "--audit").stdout)["audit"]
+    assert [(e["actor"], e["system"]) for e in audit if e["action"] == "operatorretry"] == [
+        ("sre-night", "alpha"), ("sre-login", "beta")]
+    unattested = local.oubli("confirm", request_id, "--system", "alpha", "--note", "vendor letter")
+    assert unattested.exit_code == 2 and "--by" in unattested.output
+
+
 def test_an_internal_step_cannot_be_confirmed_by_hand(tmp_path: Path) -> None:
     """``_verify`` and ``_package`` are oubli's own steps, not systems: confirmed by hand, an erasure completed
     without its verification (Invariant 13) and an export completed with no package. ``oubli retry`` reruns them."""
