@@ -23,10 +23,10 @@ from worker.config import Topics
 from worker.core.timefmt import utcnow
 from worker.store import db
 from worker.store import staging as staging_tables
-from worker.store.base import STAGED_UPDATE_ROWS, StoreBase, _may_stage
+from worker.store.base import STAGED_UPDATE_ROWS, StoreBase, _may_stage, _pg_copy_type
 from worker.store.claims import CLAIM_COLUMNS
 from worker.store.repository import Store
-from worker.store.schema import audit_events, tasks
+from worker.store.schema import audit_events, metadata, outbox, tasks
 from worker.store.sets import among
 
 
@@ -207,3 +207,30 @@ def test_a_session_creates_its_staging_table_once_and_again_after_a_rollback(pg_
             assert renew(conn) >= STAGED_UPDATE_ROWS
         assert len(creates) == 4
     engine.dispose()
+
+
+def test_binary_copy_sends_each_column_as_the_type_the_migrated_store_has(pg_url: str) -> None:
+    """A binary COPY carries no type names: a value sent at another width than its column's (an int8 into an
+    int4) is refused as "incorrect binary data format". So each column's COPY type must be the type the
+    migrations made, not only the one the metadata declares; and rows sent that way arrive unchanged."""
+    engine = db.create_engine(pg_url)
+    db.migrate(engine)
+    stored_types = "SELECT a.atttypid::regtype::text FROM pg_attribute a WHERE a.attrelid = CAST(:t AS regclass) " \
+                   "AND a.attname = :c AND NOT a.attisdropped"
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            for column in table.columns:
+                stored = conn.execute(sa.text(stored_types), {"t": table.name, "c": column.name}).scalar_one()
+                sent = conn.execute(sa.text("SELECT CAST(:n AS regtype)::text"),
+                                    {"n": _pg_copy_type(column.type)}).scalar_one()
+                assert stored == sent or (sent, stored) == ("text", "character varying"), (table.name, column.name)
+        now = utcnow()
+        key = f"bulk-copy-{uuid.uuid4()}"
+        rows = [{"topic": key, "key": b"\x00\xffk", "value": None, "headers_json": '[["x", "y"]]', "created_at": now},
+                {"topic": key, "key": None, "value": b"", "headers_json": None, "created_at": now}]
+        StoreBase._insert_many(conn, outbox, rows)  # no returning: COPY
+        copied = conn.execute(sa.select(outbox.c.key, outbox.c.value, outbox.c.headers_json, outbox.c.created_at)
+                              .where(outbox.c.topic == key).order_by(outbox.c.id)).all()
+        conn.execute(sa.delete(outbox).where(outbox.c.topic == key))
+    engine.dispose()
+    assert [tuple(r) for r in copied] == [(b"\x00\xffk", None, '[["x", "y"]]', now), (None, b"", None, now)]

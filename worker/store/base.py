@@ -315,21 +315,18 @@ def _pg_copy_type(column_type: sa.types.TypeEngine[Any]) -> str:
         return "int4"
     if isinstance(column_type, sa.Boolean):
         return "bool"
+    if isinstance(column_type, sa.Float):  # Double too
+        return "float8" if isinstance(column_type, sa.Double) else "float4"
+    if isinstance(column_type, sa.Date):
+        return "date"
     if isinstance(column_type, sa.String):  # Text and the enums' varchar too: one wire format for all of them
         return "text"
     raise TypeError(f"no binary COPY type for {column_type!r}")
 
 
 def _pg_array_type(column_type: sa.types.TypeEngine[Any]) -> str:
-    if isinstance(column_type, sa.LargeBinary):
-        return "bytea[]"
-    if isinstance(column_type, sa.DateTime):
-        return "timestamptz[]"
-    if isinstance(column_type, sa.Integer):
-        return "bigint[]"
-    if isinstance(column_type, sa.Boolean):
-        return "boolean[]"
-    return "text[]"
+    """The array type bound arrays of a column's values are cast to: the column's own type, as COPY sends it."""
+    return _pg_copy_type(column_type) + "[]"
 
 
 def _plain(value: Any) -> Any:
