@@ -18,14 +18,14 @@ import errno
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from worker import failpoints, metrics, personal, states, vendorrefs
 from worker.callpool import CallPool
-from worker.core.connector import OUTCOMES, Connector, ExportWriter, IdentityLookup, Pending, Result
+from worker.core.connector import OUTCOMES, Connector, ExportWriter, IdentityLookup, Pending, Result, Retained
 from worker.core.errors import (
     NeedsPersonError,
     PermanentError,
@@ -353,7 +353,7 @@ class Executor:
             writer.seal()
         if isinstance(result, Pending):
             return states.AwaitVendor(result.vendor_ref, result.poll_after), TaskUpdate()
-        return _confirmation(result)
+        return _confirmation(_checked_retained(task, result))
 
     def _resolve_identity(self, task: ClaimedTask) -> Outcome:
         if self.identity is None:
@@ -407,7 +407,8 @@ def _checked_outcome(task: ClaimedTask, outcome: Outcome) -> Outcome:
     ``Result`` declares, or the call fails as the permanent ``vendor_protocol``. A plug-in connector's types are
     not checked at run time: another word reached the receipt, whose ``outcome`` is an enum; an ``expected_by``
     that was no datetime raised in the loop thread while the result was recorded, at every restart. Internal
-    steps have outcomes of their own, and no entry in the receipt. A detail that is no text is dropped."""
+    steps have outcomes of their own, and no entry in the receipt. A detail that is no text is dropped. Retained
+    entries are checked before they are converted (``_checked_retained``)."""
     event, update = outcome
     if not isinstance(event, states.Confirm) or is_internal(task.system):
         return outcome
@@ -425,6 +426,25 @@ def _checked_outcome(task: ClaimedTask, outcome: Outcome) -> Outcome:
 
 
 _MAX_RECORDS = 2**31 - 1  # tasks.records is an INTEGER
+
+
+def _checked_retained(task: ClaimedTask, result: Result) -> Result:
+    """What a connector says it retained is a tuple (or list) of ``Retained`` whose ``category`` and ``legal_basis``
+    are text and whose ``until`` is a date (a datetime is one: its own calendar day counts), or the call fails as
+    the permanent ``vendor_protocol``, like ``_checked_outcome``'s other wrong types. A plug-in connector's types
+    are not checked at run time: an int or a dict went into the store as it came and broke the closed receipt.v1
+    on the compacted topic; an ``until`` that was no date raised as a retryable connector bug, at every attempt.
+    The values are never quoted."""
+    retained: object = result.retained
+    if isinstance(retained, tuple | list) and all(_well_typed(entry) for entry in retained):
+        return result
+    raise PermanentError(f"{task.system}: the connector's confirmation holds a retained entry of the wrong type; "
+                         "it was not kept", code="vendor_protocol")
+
+
+def _well_typed(entry: object) -> bool:
+    return (isinstance(entry, Retained) and isinstance(entry.category, str) and isinstance(entry.legal_basis, str)
+            and isinstance(entry.until, date))
 
 
 def _redacted(task: ClaimedTask, outcome: Outcome) -> Outcome:
@@ -457,7 +477,9 @@ _RETAINED_TEXTS = frozenset({"category", "legal_basis"})  # "until" is a date th
 
 def _confirmation(result: Result) -> Outcome:
     update = TaskUpdate(
-        retained=[{"category": r.category, "legal_basis": r.legal_basis, "until": r.until.isoformat()}
+        # A datetime is a date, but receipt.v1 wants the day alone: its own, not UTC's.
+        retained=[{"category": r.category, "legal_basis": r.legal_basis,
+                   "until": (r.until.date() if isinstance(r.until, datetime) else r.until).isoformat()}
                   for r in result.retained],
         expected_by=result.expected_by, detail=result.detail, records=result.records,
     )
