@@ -157,10 +157,11 @@ class Intake:
                 targets = self._targets(command)
             except InvalidCommand as invalid:
                 return invalid
+            digest, *aliases = messages.body_digests(self.subject_key, command.body)
             return NewCommand(
                 command=command, subject_ref=messages.subject_ref(self.subject_key, command.customer_id),
-                digest=messages.body_digest(self.subject_key, command.body), targets=targets,
-                note=replay_note(message.headers), replaces=replay_of(message.headers),
+                digest=digest, targets=targets, note=replay_note(message.headers),
+                replaces=replay_of(message.headers), aliases=aliases,
             )
         except Exception:  # noqa: BLE001 - handle() meets the same error again and deals with it
             return None
@@ -217,11 +218,11 @@ class Intake:
         except InvalidCommand as invalid:
             return self._reject(message, invalid, now, trusted=True)
         subject_ref = messages.subject_ref(self.subject_key, command.customer_id)
-        digest = messages.body_digest(self.subject_key, command.body)
+        digest, *aliases = messages.body_digests(self.subject_key, command.body)
         try:
             recorded = self.store.record_command(
                 command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
-                note=replay_note(message.headers), replaces=replay_of(message.headers),
+                note=replay_note(message.headers), replaces=replay_of(message.headers), aliases=aliases,
             )
         except sa.exc.SQLAlchemyError as exc:
             if is_outage(exc):

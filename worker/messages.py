@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
+from itertools import combinations
 from typing import Any
 
 import fastjsonschema
@@ -223,9 +224,38 @@ def subject_ref(key: bytes, customer_id: str) -> str:
     return "hmac-sha256:" + keyed_digest(key, customer_id)
 
 
+# The command.v1 fields a sender may leave out or send as null, to the same effect.
+NULLABLE_FIELDS = ("due_at", "reason", "systems")
+
+
 def body_digest(key: bytes, body: Mapping[str, Any]) -> str:
-    """Identifies a command's content for duplicate detection without keeping the content."""
+    """Identifies a command's content for duplicate detection without keeping the content. A field that may be
+    null (``NULLABLE_FIELDS``) counts the same absent or null, so that a producer's retry through another JSON
+    serializer is a duplicate, not a conflict: a null one is left out. A body without such a null keeps the
+    digest it always had (``sent_digest``)."""
+    return body_digests(key, body)[0]
+
+
+def body_digests(key: bytes, body: Mapping[str, Any]) -> tuple[str, ...]:
+    """``body_digest`` first, then the digests of the same command with its unset nullable fields sent as null,
+    in every combination: versions before null counted as absent stored the body's digest as it came, and a
+    request recorded then is still known by it."""
+    members = {name: _member(name, value) for name, value in body.items()
+               if not (value is None and name in NULLABLE_FIELDS)}
+    unset = [name for name in NULLABLE_FIELDS if name not in members]
+    forms = [dict(members, **{name: _member(name, None) for name in nulls})
+             for size in range(len(unset) + 1) for nulls in combinations(unset, size)]
+    return tuple(keyed_digest(key, "{" + ",".join(form[name] for name in sorted(form)) + "}") for form in forms)
+
+
+def sent_digest(key: bytes, body: Mapping[str, Any]) -> str:
+    """The body's digest as it came, nulls and all: what versions before ``body_digests`` stored."""
     return keyed_digest(key, json.dumps(body, sort_keys=True, separators=(",", ":")))
+
+
+def _member(name: str, value: Any) -> str:
+    # One member of json.dumps(body, sort_keys=True, separators=(",", ":")), byte for byte.
+    return json.dumps(name) + ":" + json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def verify_signature(value: bytes, signature: bytes | str | None, secret: bytes) -> bool:

@@ -436,9 +436,10 @@ def test_the_reissue_rule_record_by_record() -> None:
     assert (headers["traceparent"], headers["x-oubli-replayed-from"], headers["x-oubli-replayed-by"]) == (
         b"t", b"dlq/1/7", b"ops")
     assert "x-oubli-error-code" not in headers and [k for k, _ in out.headers].count("x-oubli-replay-of") == 1
-    # The new id depends on the request and its body only: the same on every run, and for every DLQ copy.
+    # The new id depends on the request and its body only: the same on every run, and for every DLQ copy, and
+    # under the digest of the body as sent (nulls and all), as before absent and null counted the same.
     assert out.request_id == plan("unknown_system", rejected, offset=99).request_id == new_request_id(
-        rejected["request_id"], messages.body_digest(key, rejected))
+        rejected["request_id"], messages.sent_digest(key, rejected))
     assert plan("unknown_system", {**rejected, "reason": "other"}).request_id != out.request_id
     assert all(len(ids) <= 1 for ids in asked)  # one lookup per plan, of the readable ids only
 

@@ -81,10 +81,11 @@ class Reissuer:
         stored = known.get(request_id) if request_id is not None else None
         if document is None or request_id is None or stored is None:
             return Outgoing(letter.value, headers)
-        digest = messages.body_digest(self.subject_key, document)
-        if not self._may_reissue(letter.code, stored, digest) or not self._authentic(letter):
+        if not self._may_reissue(letter.code, stored, messages.body_digests(self.subject_key, document)) \
+                or not self._authentic(letter):
             return Outgoing(letter.value, headers, kept=True)
-        new_id = new_request_id(request_id, digest)
+        # The digest as sent, as before absent and null counted the same: a letter replayed again keeps its new id.
+        new_id = new_request_id(request_id, messages.sent_digest(self.subject_key, document))
         value = json.dumps({**document, "request_id": new_id}, ensure_ascii=False, separators=(",", ":")).encode()
         if len(value) > messages.MAX_COMMAND_BYTES:
             return Outgoing(letter.value, headers, kept=True)
@@ -94,8 +95,8 @@ class Reissuer:
         return Outgoing(value, [*signed, (REPLAY_OF, request_id.encode()), *headers], replay_of=request_id,
                         request_id=new_id)
 
-    def _may_reissue(self, code: str, stored: Known, digest: str) -> bool:
-        if stored.digest == digest:
+    def _may_reissue(self, code: str, stored: Known, digests: Collection[str]) -> bool:
+        if stored.digest in digests:
             return False  # rule 2: a copy of a recorded command
         if stored.digest is None:
             return code in FIXABLE or code in self.named  # rule 3

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -59,6 +59,7 @@ class NewCommand:
     targets: Mapping[str, int]
     note: str | None = None  # PII-free, joins the accepted audit event (a replay's provenance)
     replaces: str | None = None  # the rejected request a DLQ replay carries out under this new id
+    aliases: Collection[str] = ()  # the same command's other digests, as earlier versions stored them
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,9 +75,12 @@ class Store(Claims, Restage):
 
     def record_command(
         self, command: Command, *, subject_ref: str, digest: str, targets: Mapping[str, int], now: datetime,
-        note: str | None = None, replaces: str | None = None,
+        note: str | None = None, replaces: str | None = None, aliases: Collection[str] = (),
     ) -> Recorded:
         """Records a new request with one pending task per target system (system -> max attempts).
+
+        ``digest`` is stored; a request already recorded under it or one of ``aliases`` (the same command's
+        digests as earlier versions stored them, ``messages.body_digests``) is a duplicate, else a conflict.
 
         ``note`` (PII-free) is appended to the ``accepted`` audit event's detail: a replay's provenance.
         ``replaces`` names the rejected request a DLQ replay carries out under this new id: that one
@@ -92,7 +95,7 @@ class Store(Claims, Restage):
                     sa.select(requests).where(requests.c.request_id == command.request_id).with_for_update()
                 ).mappings().first()
                 if existing is not None:
-                    if existing["body_digest"] != digest:
+                    if existing["body_digest"] != digest and existing["body_digest"] not in aliases:
                         return Recorded.CONFLICT
                     self._audit(conn, command.request_id, None, now, "duplicate_received")
                     self._enqueue_receipt(conn, command.request_id, now, request=dict(existing))
@@ -125,7 +128,7 @@ class Store(Claims, Restage):
         except sa.exc.IntegrityError:
             # Another worker recorded the same request_id between our read and insert.
             return self.record_command(command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
-                                       note=note, replaces=replaces)
+                                       note=note, replaces=replaces, aliases=aliases)
 
     def record_commands(self, items: Sequence[NewCommand], now: datetime) -> list[Recorded]:
         """Records a batch of commands in one transaction of a few statements, in order; each as
@@ -152,7 +155,7 @@ class Store(Claims, Restage):
                 if known is None:
                     fresh.append(item)
                     results.append(Recorded.NEW)
-                elif known["body_digest"] != item.digest:
+                elif known["body_digest"] != item.digest and known["body_digest"] not in item.aliases:
                     results.append(Recorded.CONFLICT)
                 else:
                     repeated.append(item.command.request_id)
