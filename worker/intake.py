@@ -234,7 +234,7 @@ class Intake:
     def _authentic(self, message: Message) -> bool:
         if self.signing_secret is None:
             return True
-        signature = dict(message.headers).get(messages.SIGNATURE_HEADER)
+        signature = messages.header(message.headers, messages.SIGNATURE_HEADER)
         return messages.signed_by_any(message.value or b"", signature, (self.signing_secret, *self.previous_secrets))
 
     def _parse(self, message: Message) -> Command:

@@ -10,12 +10,12 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from itertools import combinations
-from typing import Any
+from typing import Any, TypeVar
 
 import fastjsonschema
 import jsonschema
@@ -29,6 +29,7 @@ from worker.core.errors import InvalidCommand
 
 MAX_COMMAND_BYTES = 64 * 1024
 SIGNATURE_HEADER = "x-oubli-signature"
+V = TypeVar("V")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _E164 = re.compile(r"\+[0-9]{7,15}")  # a phone number as a command's phones hold it
 
@@ -214,6 +215,20 @@ def fits(name: str, pointer: str, value: Any) -> bool:
     except fastjsonschema.JsonSchemaException:
         return False
     return True
+
+
+def header(headers: Iterable[tuple[str, V]], name: str) -> V | None:
+    """The value of the header ``name`` (one of oubli's own, in lower case), its name's case ignored: Kafka header
+    names are case-sensitive, and a producer that writes ``X-Oubli-Signature`` as HTTP would means the same header.
+    The exact name wins over another case; among several of one name, the last, as ``dict(headers)`` has it."""
+    exact = folded = None
+    found_exact = found_folded = False
+    for key, value in headers:
+        if key == name:
+            exact, found_exact = value, True
+        elif key.isascii() and key.lower() == name:
+            folded, found_folded = value, True
+    return exact if found_exact else folded if found_folded else None
 
 
 def keyed_digest(key: bytes, value: str) -> str:

@@ -91,7 +91,7 @@ class Reissuer:
             return Outgoing(letter.value, headers, kept=True)
         signed: Headers = [(messages.SIGNATURE_HEADER, messages.sign(value, self.signing_secret).encode())
                            ] if self.signing_secret is not None else []
-        headers = [(k, v) for k, v in headers if k != messages.SIGNATURE_HEADER]
+        headers = [(k, v) for k, v in headers if k.lower() != messages.SIGNATURE_HEADER]  # in any case: re-signed
         return Outgoing(value, [*signed, (REPLAY_OF, request_id.encode()), *headers], replay_of=request_id,
                         request_id=new_id)
 
@@ -105,7 +105,7 @@ class Reissuer:
     def _authentic(self, letter: DeadLetter) -> bool:
         if self.signing_secret is None:
             return True  # the worker checks no signature: the old one is dropped
-        signature = dict(letter.headers).get(messages.SIGNATURE_HEADER)
+        signature = messages.header(letter.headers, messages.SIGNATURE_HEADER)
         return letter.value is not None and messages.verify_signature(letter.value, signature, self.signing_secret)
 
 

@@ -82,7 +82,8 @@ class DeadLetter:
     def replay_headers(self, topic: str, by: str) -> Headers:
         """The original headers (the signature among them), minus what the DLQ added, plus where from and who."""
         kept: Headers = [
-            (k, v) for k, v in self.headers if k not in _DROPPED and not k.startswith("x-oubli-error-")]
+            (k, v) for k, v in self.headers  # in any case: intake reads its own headers whatever their case
+            if k.lower() not in _DROPPED and not k.lower().startswith("x-oubli-error-")]
         return [*kept, (REPLAYED_FROM, f"{topic}/{self.partition}/{self.offset}".encode()),
                 (REPLAYED_BY, by.encode())]
 
@@ -95,17 +96,16 @@ def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
     sender wrote. So each is kept only in the shape ``replay_headers`` gives it (a request id, a
     topic/partition/offset, a handle; none that looks like an email address or a phone number); anything else
     is named, never copied."""
-    values = dict(headers)
-    source = values.get(REPLAYED_FROM)
+    source = messages.header(headers, REPLAYED_FROM)
     if source is None:
         return None
-    of = _header_text(values.get(REPLAY_OF), 128)
+    of = _header_text(messages.header(headers, REPLAY_OF), 128)
     if of and (not messages.could_be_request_id(of) or logs.scrub(of) != of):
         of = "an unreadable request id"
     where = _header_text(source, 300)
     if not _SOURCE_SHAPE.match(where):
         where = "an unreadable source"
-    by = _header_text(values.get(REPLAYED_BY), 128).strip()
+    by = _header_text(messages.header(headers, REPLAYED_BY), 128).strip()
     if not by or logs.looks_personal(by):
         by = "an unnamed operator" if by else "unknown"
     return (f"replay of {of} from " if of else "replayed from ") + f"{where} by {by}"
@@ -113,7 +113,7 @@ def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
 
 def replay_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
     """The request_id a reissued replay stands in for (``x-oubli-replay-of``), if it is one."""
-    of = _header_text(dict(headers).get(REPLAY_OF), 128)
+    of = _header_text(messages.header(headers, REPLAY_OF), 128)
     return of if of and messages.could_be_request_id(of) else None
 
 

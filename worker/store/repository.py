@@ -255,12 +255,12 @@ class Store(Claims, Restage):
                     receipted = True
             # The sender's headers go on as received, but a key the producer could not encode (a lone
             # surrogate) is escaped: the relay must be able to publish whatever is stored here. Headers named
-            # like the DLQ's own are the DLQ's alone: a sender's forged error code would mislead `oubli dlq`, and
+            # like the DLQ's own, in any case, are the DLQ's alone: a forged error code would mislead `oubli dlq`, and
             # a forged reference would let the relay drop the record the broker refuses instead of standing in.
             sent = ((k.encode("utf-8", "backslashreplace").decode(), v or b"") for k, v in headers)
             own = [(ERROR_CODE, code.encode()), (ERROR_MESSAGE, message[:1000].encode("utf-8", "backslashreplace")),
                    (SOURCE, source.encode("utf-8", "backslashreplace"))]
-            dlq_headers = [*((k, v) for k, v in sent if k not in _DLQ_OWN_HEADERS), *own]
+            dlq_headers = [*((k, v) for k, v in sent if k.lower() not in _DLQ_OWN_HEADERS), *own]
             # The whole record counts, not the value alone: a compressed record of a few KiB can carry 100 MB of
             # headers, which kept inline (JSON-escaped, up to six times that) took the worker's memory at
             # intake, and again at every restart, since the record is consumed again.
