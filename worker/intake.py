@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -157,11 +157,11 @@ class Intake:
                 targets = self._targets(command)
             except InvalidCommand as invalid:
                 return invalid
-            digest, *aliases = messages.body_digests(self.subject_key, command.body)
             return NewCommand(
                 command=command, subject_ref=messages.subject_ref(self.subject_key, command.customer_id),
-                digest=digest, targets=targets, note=replay_note(message.headers),
-                replaces=replay_of(message.headers), aliases=aliases,
+                digest=messages.body_digest(self.subject_key, command.body), targets=targets,
+                note=replay_note(message.headers), replaces=replay_of(message.headers),
+                earlier_digests=self._earlier_digests(command),
             )
         except Exception:  # noqa: BLE001 - handle() meets the same error again and deals with it
             return None
@@ -218,11 +218,12 @@ class Intake:
         except InvalidCommand as invalid:
             return self._reject(message, invalid, now, trusted=True)
         subject_ref = messages.subject_ref(self.subject_key, command.customer_id)
-        digest, *aliases = messages.body_digests(self.subject_key, command.body)
+        digest = messages.body_digest(self.subject_key, command.body)
         try:
             recorded = self.store.record_command(
                 command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
-                note=replay_note(message.headers), replaces=replay_of(message.headers), aliases=aliases,
+                note=replay_note(message.headers), replaces=replay_of(message.headers),
+                earlier_digests=self._earlier_digests(command),
             )
         except sa.exc.SQLAlchemyError as exc:
             if is_outage(exc):
@@ -236,6 +237,10 @@ class Intake:
             return True
         signature = messages.header(message.headers, messages.SIGNATURE_HEADER)
         return messages.signed_by_any(message.value or b"", signature, (self.signing_secret, *self.previous_secrets))
+
+    def _earlier_digests(self, command: Command) -> Callable[[], tuple[str, ...]]:
+        # Called only for an id the store knows under another digest: a fresh command is hashed once.
+        return lambda: messages.earlier_digests(self.subject_key, command.body)
 
     def _parse(self, message: Message) -> Command:
         document = messages.decode(message.value)

@@ -248,29 +248,28 @@ def body_digest(key: bytes, body: Mapping[str, Any]) -> str:
     null (``NULLABLE_FIELDS``) counts the same absent or null, so that a producer's retry through another JSON
     serializer is a duplicate, not a conflict: a null one is left out. A body without such a null keeps the
     digest it always had (``sent_digest``)."""
-    return body_digests(key, body)[0]
+    return sent_digest(key, {name: value for name, value in body.items()
+                             if not (value is None and name in NULLABLE_FIELDS)})
+
+
+def earlier_digests(key: bytes, body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The digests versions before ``body_digest`` stored for the same command: the body as it came, with its
+    unset nullable fields absent or sent as null, in every combination but none (that one is ``body_digest``).
+    Asked only when a request id is already known under another digest, so a command's intake hashes it once."""
+    kept = {name: value for name, value in body.items() if not (value is None and name in NULLABLE_FIELDS)}
+    unset = [name for name in NULLABLE_FIELDS if name not in kept]
+    return tuple(sent_digest(key, {**kept, **dict.fromkeys(nulls)})
+                 for size in range(1, len(unset) + 1) for nulls in combinations(unset, size))
 
 
 def body_digests(key: bytes, body: Mapping[str, Any]) -> tuple[str, ...]:
-    """``body_digest`` first, then the digests of the same command with its unset nullable fields sent as null,
-    in every combination: versions before null counted as absent stored the body's digest as it came, and a
-    request recorded then is still known by it."""
-    members = {name: _member(name, value) for name, value in body.items()
-               if not (value is None and name in NULLABLE_FIELDS)}
-    unset = [name for name in NULLABLE_FIELDS if name not in members]
-    forms = [dict(members, **{name: _member(name, None) for name in nulls})
-             for size in range(len(unset) + 1) for nulls in combinations(unset, size)]
-    return tuple(keyed_digest(key, "{" + ",".join(form[name] for name in sorted(form)) + "}") for form in forms)
+    """``body_digest`` first, then ``earlier_digests``: every digest a recorded copy of this command may carry."""
+    return body_digest(key, body), *earlier_digests(key, body)
 
 
 def sent_digest(key: bytes, body: Mapping[str, Any]) -> str:
-    """The body's digest as it came, nulls and all: what versions before ``body_digests`` stored."""
+    """The body's digest as it came, nulls and all: what versions before ``body_digest`` stored."""
     return keyed_digest(key, json.dumps(body, sort_keys=True, separators=(",", ":")))
-
-
-def _member(name: str, value: Any) -> str:
-    # One member of json.dumps(body, sort_keys=True, separators=(",", ":")), byte for byte.
-    return json.dumps(name) + ":" + json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def verify_signature(value: bytes, signature: bytes | str | None, secret: bytes) -> bool:

@@ -273,7 +273,7 @@ def test_an_unexpected_exception_is_an_internal_error_naming_only_its_type(
     def explode(*_: Any) -> str:
         raise KeyError(CANARY_EMAIL)  # a message that quotes the input
 
-    monkeypatch.setattr(messages, "body_digests", explode)
+    monkeypatch.setattr(messages, "body_digest", explode)
     with capture_logs() as logs:
         outcome = harness.send_json(command())
     assert (outcome.result, outcome.code) == (IntakeResult.DEAD_LETTERED, "internal_error")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -59,7 +59,9 @@ class NewCommand:
     targets: Mapping[str, int]
     note: str | None = None  # PII-free, joins the accepted audit event (a replay's provenance)
     replaces: str | None = None  # the rejected request a DLQ replay carries out under this new id
-    aliases: Collection[str] = ()  # the same command's other digests, as earlier versions stored them
+    # The same command's other digests, as earlier versions stored them (``messages.earlier_digests``): worked out
+    # only when its id is known under another digest.
+    earlier_digests: Callable[[], Collection[str]] = tuple
 
 
 @dataclass(frozen=True)

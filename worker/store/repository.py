@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,12 +75,14 @@ class Store(Claims, Restage):
 
     def record_command(
         self, command: Command, *, subject_ref: str, digest: str, targets: Mapping[str, int], now: datetime,
-        note: str | None = None, replaces: str | None = None, aliases: Collection[str] = (),
+        note: str | None = None, replaces: str | None = None,
+        earlier_digests: Callable[[], Collection[str]] = tuple,
     ) -> Recorded:
         """Records a new request with one pending task per target system (system -> max attempts).
 
-        ``digest`` is stored; a request already recorded under it or one of ``aliases`` (the same command's
-        digests as earlier versions stored them, ``messages.body_digests``) is a duplicate, else a conflict.
+        ``digest`` is stored; a request already recorded under it or one of ``earlier_digests()`` (the same
+        command's digests as earlier versions stored them, ``messages.earlier_digests``) is a duplicate, else a
+        conflict.
 
         ``note`` (PII-free) is appended to the ``accepted`` audit event's detail: a replay's provenance.
         ``replaces`` names the rejected request a DLQ replay carries out under this new id: that one
@@ -95,7 +97,7 @@ class Store(Claims, Restage):
                     sa.select(requests).where(requests.c.request_id == command.request_id).with_for_update()
                 ).mappings().first()
                 if existing is not None:
-                    if existing["body_digest"] != digest and existing["body_digest"] not in aliases:
+                    if existing["body_digest"] != digest and existing["body_digest"] not in earlier_digests():
                         return Recorded.CONFLICT
                     self._audit(conn, command.request_id, None, now, "duplicate_received")
                     self._enqueue_receipt(conn, command.request_id, now, request=dict(existing))
@@ -128,7 +130,7 @@ class Store(Claims, Restage):
         except sa.exc.IntegrityError:
             # Another worker recorded the same request_id between our read and insert.
             return self.record_command(command, subject_ref=subject_ref, digest=digest, targets=targets, now=now,
-                                       note=note, replaces=replaces, aliases=aliases)
+                                       note=note, replaces=replaces, earlier_digests=earlier_digests)
 
     def record_commands(self, items: Sequence[NewCommand], now: datetime) -> list[Recorded]:
         """Records a batch of commands in one transaction of a few statements, in order; each as
@@ -155,7 +157,7 @@ class Store(Claims, Restage):
                 if known is None:
                     fresh.append(item)
                     results.append(Recorded.NEW)
-                elif known["body_digest"] != item.digest and known["body_digest"] not in item.aliases:
+                elif known["body_digest"] != item.digest and known["body_digest"] not in item.earlier_digests():
                     results.append(Recorded.CONFLICT)
                 else:
                     repeated.append(item.command.request_id)
