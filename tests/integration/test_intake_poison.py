@@ -29,6 +29,10 @@ from worker.support import build_command
 SECRET = b"intake-signing-secret"
 CANARY_EMAIL = "canary.poison@example.fr"
 CANARY_CUSTOMER = "C-CANARY-777"
+# The subject's own values as a reader still reads them: a full-width or small "@" (NFKC folds both to "@"), a
+# full-width letter, a zero-width space, the phone without its "+". Each was taken as a plain id and kept whole.
+LOOKALIKES = ["canary.poison\uff20example.fr", "canary.poison\ufe6bexample.fr", "\uff23-CANARY-777",
+              "C-CANARY\u200b-777", "33611122233"]
 
 
 def command(**changes: Any) -> dict[str, Any]:
@@ -231,7 +235,8 @@ def test_replay_headers_carry_no_personal_data_into_the_audit_trail(
         assert personal not in audit
 
 
-@pytest.mark.parametrize("sender", [CANARY_EMAIL, "+33611122233", "jean@corp", CANARY_CUSTOMER, "c-canary-777"])
+@pytest.mark.parametrize("sender", [CANARY_EMAIL, "+33611122233", "jean@corp", CANARY_CUSTOMER, "c-canary-777",
+                                    *LOOKALIKES])
 def test_a_requested_by_naming_a_person_is_not_kept(harness: Harness, sender: str) -> None:
     """The request row and the audit trail outlive the subject's purge: both kept requested_by whole, the subject's
     own customer_id (a self-service erasure sent as requested_by: C-100234) too."""
@@ -246,7 +251,7 @@ def test_a_requested_by_naming_a_person_is_not_kept(harness: Harness, sender: st
 
 
 @pytest.mark.parametrize("request_id", [CANARY_EMAIL, "jean@corp", "+33611122233", CANARY_CUSTOMER,
-                                        CANARY_EMAIL.upper(), "GA.CANARY.1"])
+                                        CANARY_EMAIL.upper(), "GA.CANARY.1", *LOOKALIKES])
 @pytest.mark.parametrize("valid", [True, False])
 def test_a_request_id_that_is_personal_data_is_refused_and_never_receipted(
         harness: Harness, request_id: str, valid: bool) -> None:
