@@ -12,6 +12,7 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
@@ -40,8 +41,17 @@ def scrub(text: str) -> str:
 
 
 def looks_personal(text: str) -> bool:
-    """Whether ``text`` holds anything shaped like an email address (any "x@y") or a phone number."""
-    return AT_ADDRESS.search(text) is not None or scrub(text) != text
+    """Whether ``text`` holds anything shaped like an email address (any "x@y") or a phone number, as a reader
+    reads it (``fold``: "marie\uff20example.fr" is an address too)."""
+    folded = fold(text)
+    return AT_ADDRESS.search(folded) is not None or scrub(folded) != folded
+
+
+def fold(text: str) -> str:
+    """``text`` as a reader reads it, for matching personal data: NFKC (a full-width or small "@" is "@", a
+    full-width "Ｃ" is "C"), without zero-width and other format characters, trimmed and case-folded."""
+    normal = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in normal if unicodedata.category(ch) != "Cf").strip().casefold()
 
 
 def _scrub_value(value: Any) -> Any:

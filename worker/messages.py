@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -322,17 +321,10 @@ def names_a_person(request_id: str, document: Mapping[str, Any]) -> bool:
     trail for good, past the subject's purge; so such a command is refused, and its rejection is not
     receipted under that id. Only the shapes and the command's own values: an id that merely holds
     digits (a timestamp, an order number) stays valid."""
-    folded = _fold(request_id)
+    folded = logs.fold(request_id)
     if logs.AT_ADDRESS.search(folded) or _E164.fullmatch(folded):
         return True
     return folded in _subject_values(document.get("subject"))
-
-
-def _fold(text: str) -> str:
-    """``text`` as a reader reads it, for matching personal data: NFKC (a full-width or small "@" is "@", a
-    full-width "Ｃ" is "C"), without zero-width and other format characters, trimmed and case-folded."""
-    normal = unicodedata.normalize("NFKC", text)
-    return "".join(ch for ch in normal if unicodedata.category(ch) != "Cf").strip().casefold()
 
 
 def _subject_values(subject: Any) -> set[str]:
@@ -348,7 +340,7 @@ def _subject_values(subject: Any) -> set[str]:
         for ids in identifiers.values():
             if isinstance(ids, list):
                 values += ids
-    folded = {_fold(value) for value in values if isinstance(value, str)}
+    folded = {logs.fold(value) for value in values if isinstance(value, str)}
     return folded | {value.removeprefix("+") for value in folded if _E164.fullmatch(value)}  # a phone's digits too
 
 
@@ -471,7 +463,7 @@ def _sender(requested_by: str, document: Mapping[str, Any]) -> str:
     a sender that names the person by email address or phone number (``requested_by: marie@example.fr`` for a
     self-service erasure), or by the subject's own customer_id or vendor id (``requested_by: C-100234``), is
     recorded as redacted, not kept for good. The body digest still covers the original."""
-    if logs.looks_personal(_fold(requested_by)) or _fold(requested_by) in _subject_values(document.get("subject")):
+    if logs.looks_personal(requested_by) or logs.fold(requested_by) in _subject_values(document.get("subject")):
         return logs.REDACTED
     return requested_by
 

@@ -179,7 +179,7 @@ def test_an_operator_note_is_redacted_and_by_is_a_name_not_an_email_or_phone(tmp
     request_id = record(local.store, {"alpha": 1, "beta": 1}, customer_id="C-note-1")
     note = "customer jean.martin@gmail.com +33611223344 confirmed by phone"
 
-    for by in ("jean.martin@gmail.com", "+33611223344", "x" * 129, "sre\x1b[31m", "  "):
+    for by in ("jean.martin@gmail.com", "+33611223344", "x" * 129, "sre\x1b[31m", "  ", "jean.martin\uff20gmail.com"):
         for args in (("confirm", request_id, "--system", "alpha", "--note", "ok"), ("retry", request_id),
                      ("dlq", "replay", "--code", "unknown_system")):
             refused = local.oubli(*args, "--by", by)

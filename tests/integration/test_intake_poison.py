@@ -223,6 +223,10 @@ def test_replay_headers_are_honoured_when_signing_is_off(harness: Harness) -> No
      "replay of an unreadable request id from t.dlq/0/5 by ops"),
     ([(REPLAY_OF, CANARY_EMAIL.encode()), (REPLAYED_FROM, b"t.dlq/0/5"), (REPLAYED_BY, b"ops")],
      "replay of an unreadable request id from t.dlq/0/5 by ops"),
+    ([(REPLAYED_FROM, b"t.dlq/0/5"), (REPLAYED_BY, LOOKALIKES[0].encode())],
+     "replayed from t.dlq/0/5 by an unnamed operator"),
+    ([(REPLAY_OF, LOOKALIKES[1].encode()), (REPLAYED_FROM, b"t.dlq/0/5"), (REPLAYED_BY, b"ops")],
+     "replay of an unreadable request id from t.dlq/0/5 by ops"),
 ])
 def test_replay_headers_carry_no_personal_data_into_the_audit_trail(
         harness: Harness, headers: list[tuple[str, bytes]], kept: str) -> None:

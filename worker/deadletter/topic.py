@@ -100,7 +100,7 @@ def replay_note(headers: Sequence[tuple[str, bytes]]) -> str | None:
     if source is None:
         return None
     of = _header_text(messages.header(headers, REPLAY_OF), 128)
-    if of and (not messages.could_be_request_id(of) or logs.scrub(of) != of):
+    if of and (not messages.could_be_request_id(of) or logs.looks_personal(of)):
         of = "an unreadable request id"
     where = _header_text(source, 300)
     if not _SOURCE_SHAPE.match(where):
