@@ -32,6 +32,7 @@ SIGNATURE_HEADER = "x-oubli-signature"
 V = TypeVar("V")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _E164 = re.compile(r"\+[0-9]{7,15}")  # a phone number as a command's phones hold it
+_NOT_DIGITS = re.compile(r"[^0-9]+")
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,13 @@ def names_a_person(request_id: str, document: Mapping[str, Any]) -> bool:
     folded = logs.fold(request_id)
     if logs.AT_ADDRESS.search(folded) or _E164.fullmatch(folded):
         return True
-    return folded in _subject_values(document.get("subject"))
+    values = _subject_values(document.get("subject"))
+    if folded in values:
+        return True
+    # A phone number inside a longer id ("callback-+33612345678") is still the whole number: its digits are looked
+    # for among the id's. A customer id inside one ("C-100234-erasure") is the sender's own key, and stays valid.
+    digits = _NOT_DIGITS.sub("", folded)
+    return any(value[1:] in digits for value in values if _E164.fullmatch(value))
 
 
 def _subject_values(subject: Any) -> set[str]:

@@ -255,7 +255,8 @@ def test_a_requested_by_naming_a_person_is_not_kept(harness: Harness, sender: st
 
 
 @pytest.mark.parametrize("request_id", [CANARY_EMAIL, "jean@corp", "+33611122233", CANARY_CUSTOMER,
-                                        CANARY_EMAIL.upper(), "GA.CANARY.1", *LOOKALIKES])
+                                        CANARY_EMAIL.upper(), "GA.CANARY.1", *LOOKALIKES,
+                                        "callback-+33611122233", "req-33-6-11-12-22-33"])
 @pytest.mark.parametrize("valid", [True, False])
 def test_a_request_id_that_is_personal_data_is_refused_and_never_receipted(
         harness: Harness, request_id: str, valid: bool) -> None:
