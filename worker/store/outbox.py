@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker.store.schema import leases, outbox
-from worker.store.sets import among
+from worker.store.sets import among_bound
 
 Headers = list[tuple[str, str | bytes | None]]
 # What one relay batch may hold, in bytes of key, value and headers. Receipts are a few hundred bytes, but a dead
@@ -84,7 +84,7 @@ class Outbox:
         with self.engine.begin() as conn:
             if held is not None and not self._holds(conn, held):
                 return False
-            conn.execute(outbox.delete().where(among(conn, outbox.c.id, ids)))
+            conn.execute(_delete_statement(conn.dialect.name), {"ids": list(ids)})
             return True
 
     def replace(self, record_id: int, *, key: bytes | None, value: bytes | None, headers: Headers) -> None:
@@ -127,12 +127,23 @@ class Outbox:
     @staticmethod
     def _holds(conn: sa.Connection, held: Held) -> bool:
         """Whether ``held`` is still the lease's, for a transaction that then deletes published rows."""
-        columns: list[sa.ColumnElement[Any]] = [leases.c.name]
-        if conn.dialect.name == "postgresql":
-            # That transaction need not wait for its WAL to reach the disk (one fsync fewer per loop turn): if a
-            # crash of the database loses its commit, the rows are published again, which a crash of the worker
-            # between the broker's commit and this one does anyway. In the same statement, not one more.
-            columns.append(sa.func.set_config("synchronous_commit", "off", True))
-        # FOR SHARE: a concurrent acquire_lease (an UPDATE of this row) waits until this transaction ends.
-        return conn.execute(sa.select(*columns).where(leases.c.name == held.name, leases.c.token == held.token)
-                            .with_for_update(read=True)).first() is not None
+        return conn.execute(_holds_statement(conn.dialect.name),
+                            {"name": held.name, "token": held.token}).first() is not None
+
+
+@functools.cache
+def _delete_statement(dialect: str) -> sa.Delete:
+    return outbox.delete().where(among_bound(dialect, outbox.c.id, "ids"))
+
+
+@functools.cache
+def _holds_statement(dialect: str) -> sa.Select[Any]:
+    columns: list[sa.ColumnElement[Any]] = [leases.c.name]
+    if dialect == "postgresql":
+        # That transaction need not wait for its WAL to reach the disk (one fsync fewer per loop turn): if a
+        # crash of the database loses its commit, the rows are published again, which a crash of the worker
+        # between the broker's commit and this one does anyway. In the same statement, not one more.
+        columns.append(sa.func.set_config("synchronous_commit", "off", True))
+    # FOR SHARE: a concurrent acquire_lease (an UPDATE of this row) waits until this transaction ends.
+    return (sa.select(*columns).where(leases.c.name == sa.bindparam("name"), leases.c.token == sa.bindparam("token"))
+            .with_for_update(read=True))

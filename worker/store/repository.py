@@ -8,6 +8,7 @@ actions and reads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -41,7 +42,7 @@ from worker.store.records import (
 )
 from worker.store.restage import Restage
 from worker.store.schema import audit_events, dead_letters, outbox, requests, tasks
-from worker.store.sets import among
+from worker.store.sets import among, among_bound
 
 _DLQ_OWN_HEADERS = frozenset({ERROR_CODE, ERROR_MESSAGE, SOURCE, REFERENCE})
 # A dead letter whose value is larger than this is stored as a reference (its size and sha256), as the relay
@@ -321,13 +322,12 @@ class Store(Claims, Restage):
                       now: datetime) -> list[Finished | None]:
         finished: list[Finished | None] = [None] * len(results)
         ids = sorted({claimed.request_id for claimed, _, _ in results})
-        locked = dicts(conn.execute(sa.select(requests).where(among(conn, requests.c.request_id, ids))
-                                    .order_by(requests.c.request_id).with_for_update()))
+        dialect = conn.dialect.name
+        locked = dicts(conn.execute(_locked_requests_statement(dialect), {"ids": ids}))
         originals = {r["request_id"]: r for r in locked}
         rows_of: dict[str, list[dict[str, Any]]] = {}
         row_of: dict[tuple[str, str], dict[str, Any]] = {}
-        for task_row in dicts(conn.execute(sa.select(tasks).where(among(conn, tasks.c.request_id, ids))
-                                           .order_by(tasks.c.request_id, tasks.c.system))):
+        for task_row in dicts(conn.execute(_tasks_of_statement(dialect), {"ids": ids})):
             rows_of.setdefault(task_row["request_id"], []).append(task_row)
             row_of[(task_row["request_id"], task_row["system"])] = task_row
         changes: dict[str, dict[str, Any]] = {}
@@ -473,3 +473,17 @@ def _reference(value: bytes, key: bytes | None, headers: Sequence[tuple[str, byt
     body, pointer = reference(value, key_bytes=len(key or b""), header_bytes=sum(len(k) + len(v) for k, v in headers),
                               kafka_error=None)
     return body, [*own, (REFERENCE, pointer)]
+
+
+# The harvest's two reads, built once per dialect: building a statement and its cache key cost as much of the loop
+# thread's CPU as some of them take to run.
+@functools.cache
+def _locked_requests_statement(dialect: str) -> sa.Select[Any]:
+    return (sa.select(requests).where(among_bound(dialect, requests.c.request_id, "ids"))
+            .order_by(requests.c.request_id).with_for_update())
+
+
+@functools.cache
+def _tasks_of_statement(dialect: str) -> sa.Select[Any]:
+    return (sa.select(tasks).where(among_bound(dialect, tasks.c.request_id, "ids"))
+            .order_by(tasks.c.request_id, tasks.c.system))

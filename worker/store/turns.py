@@ -11,13 +11,14 @@ see it), is what ``release_missed_turns`` finds, on a timer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 
 import sqlalchemy as sa
 
 from worker.store.records import OPEN_STATUSES
 from worker.store.schema import requests, tasks
-from worker.store.sets import among
+from worker.store.sets import among, among_bound
 
 
 def held_at_intake(conn: sa.Connection, subject_refs: Sequence[str]) -> list[bool]:
@@ -34,20 +35,25 @@ def held_at_intake(conn: sa.Connection, subject_refs: Sequence[str]) -> list[boo
     return held
 
 
-def _release(conn: sa.Connection, subjects: sa.ColumnElement[bool]) -> int:
+def _release_by(subjects: sa.ColumnElement[bool]) -> sa.Update:
     """Releases the held tasks of the earliest open request of each subject ``subjects`` selects: its turn."""
     turns = (sa.select(sa.func.min(requests.c.seq))
              .where(subjects, requests.c.status.in_(OPEN_STATUSES))
              .group_by(requests.c.subject_ref))
-    return conn.execute(tasks.update().where(tasks.c.held, tasks.c.request_seq.in_(turns))
-                        .values(held=False)).rowcount
+    return tasks.update().where(tasks.c.held, tasks.c.request_seq.in_(turns)).values(held=False)
 
 
 def release_turns(conn: sa.Connection, subject_refs: Collection[str]) -> int:
     """Requests of these subjects ended (inside this transaction): releases the next one of each, if held."""
     if not subject_refs:
         return 0
-    return _release(conn, among(conn, requests.c.subject_ref, sorted(subject_refs)))
+    return conn.execute(_release_statement(conn.dialect.name), {"subjects": sorted(subject_refs)}).rowcount
+
+
+@functools.cache
+def _release_statement(dialect: str) -> sa.Update:
+    """Built once: every harvest that ends a request runs it."""
+    return _release_by(among_bound(dialect, requests.c.subject_ref, "subjects"))
 
 
 def release_missed_turns(conn: sa.Connection) -> int:
@@ -55,4 +61,4 @@ def release_missed_turns(conn: sa.Connection) -> int:
     subjects that have held tasks (``ix_tasks_held``), so it costs nothing when none are."""
     held_subjects = (sa.select(requests.c.subject_ref).distinct()
                      .where(requests.c.seq.in_(sa.select(tasks.c.request_seq).where(tasks.c.held))))
-    return _release(conn, requests.c.subject_ref.in_(held_subjects))
+    return conn.execute(_release_by(requests.c.subject_ref.in_(held_subjects))).rowcount
