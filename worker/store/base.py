@@ -173,14 +173,9 @@ class StoreBase:
             _copy_rows(conn, f'COPY "{table.name}" ({columns}) FROM STDIN (FORMAT BINARY)', names, rows,
                        [table.c[n].type for n in names])
             return []
-        casts = ", ".join(f"CAST(:a{i} AS {_pg_array_type(table.c[n].type)})" for i, n in enumerate(names))
-        text = (f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM unnest({casts}) '  # noqa: S608
-                f"WITH ORDINALITY AS v({columns}, ord) ORDER BY ord")
-        if returning:
-            text += " RETURNING " + ", ".join(f'"{n}"' for n in returning)
         arrays = {f"a{i}": [_plain(row.get(n)) for row in rows] for i, n in enumerate(names)}
-        result = conn.execute(sa.text(text), arrays)
-        return list(result.all()) if returning else []
+        result = conn.execute(_insert_returning_statement(table, tuple(names), tuple(returning)), arrays)
+        return list(result.all())
 
     def _receipt_row(self, request: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
                      now: datetime) -> dict[str, Any]:
@@ -249,6 +244,16 @@ def dicts(result: sa.Result[Any]) -> list[dict[str, Any]]:
     keys = list(result.keys())
     # all(), not iteration: the driver then loads every row in one call instead of a fetchone() each.
     return [dict(zip(keys, row, strict=True)) for row in result.all()]
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_returning_statement(table: sa.Table, names: tuple[str, ...], returning: tuple[str, ...]) -> sa.TextClause:
+    """``_insert_many``'s statement when it returns columns, built once for each shape (as the bulk updates')."""
+    columns = ", ".join(f'"{n}"' for n in names)
+    casts = ", ".join(f"CAST(:a{i} AS {_pg_array_type(table.c[n].type)})" for i, n in enumerate(names))
+    return sa.text(f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM unnest({casts}) '  # noqa: S608
+                   f"WITH ORDINALITY AS v({columns}, ord) ORDER BY ord RETURNING "
+                   + ", ".join(f'"{n}"' for n in returning))
 
 
 @functools.lru_cache(maxsize=128)

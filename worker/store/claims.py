@@ -187,6 +187,10 @@ def _open_statement(dialect: str) -> sa.Update:
             .values(status=RequestStatus.IN_PROGRESS, updated_at=sa.bindparam("now")))
 
 
+CLAIM_LOCKS_PG = sa.text("SELECT pg_advisory_xact_lock(k) "
+                         "FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY 1) AS ordered")
+
+
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit key for a PostgreSQL advisory lock."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -211,8 +215,7 @@ class Claims(StoreBase):
                 # Every system's claim lock, in one order, in one statement: the running counts below stay
                 # exact across workers until this transaction ends, and two workers cannot deadlock.
                 keys = sorted({_lock_key(f"claim:{system}") for system in limits})
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) "
-                                     "AS k ORDER BY 1) AS ordered"), {"keys": keys})
+                conn.execute(CLAIM_LOCKS_PG, {"keys": keys})
             counts = (conn.execute(RUNNING_PG, {"now": now, "systems": sorted(limits)}).all() if postgres
                       else conn.execute(_running_statement(), {"now": now}).all())
             running = {row.system: row.n for row in counts}

@@ -148,8 +148,7 @@ class Store(Claims, Restage):
         with self.engine.begin() as conn:
             # The request lock (FOR UPDATE) on the ones that exist, as every writer of receipts takes it.
             existing = {r["request_id"]: r for r in dicts(conn.execute(
-                sa.select(requests).where(among(conn, requests.c.request_id, sorted(ids)))
-                .order_by(requests.c.request_id).with_for_update()))}
+                _locked_requests_statement(conn.dialect.name), {"ids": sorted(ids)}))}
             results: list[Recorded] = []
             fresh: list[NewCommand] = []
             repeated: list[str] = []
@@ -475,8 +474,8 @@ def _reference(value: bytes, key: bytes | None, headers: Sequence[tuple[str, byt
     return body, [*own, (REFERENCE, pointer)]
 
 
-# The harvest's two reads, built once per dialect: building a statement and its cache key cost as much of the loop
-# thread's CPU as some of them take to run.
+# Intake's and the harvest's reads, built once per dialect: building a statement and its cache key cost as much
+# of the loop thread's CPU as some of them take to run.
 @functools.cache
 def _locked_requests_statement(dialect: str) -> sa.Select[Any]:
     return (sa.select(requests).where(among_bound(dialect, requests.c.request_id, "ids"))

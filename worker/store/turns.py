@@ -13,26 +13,32 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
 from worker.store.records import OPEN_STATUSES
 from worker.store.schema import requests, tasks
-from worker.store.sets import among, among_bound
+from worker.store.sets import among_bound
 
 
 def held_at_intake(conn: sa.Connection, subject_refs: Sequence[str]) -> list[bool]:
     """For requests about to be recorded, in this order: whether each has an earlier open request of its
     subject, in the store or earlier in ``subject_refs`` (seq follows the batch's order)."""
-    ahead = set(conn.execute(
-        sa.select(requests.c.subject_ref).distinct()
-        .where(among(conn, requests.c.subject_ref, sorted(set(subject_refs))), requests.c.status.in_(OPEN_STATUSES))
-    ).scalars()) if subject_refs else set()
+    ahead = set(conn.execute(_ahead_statement(conn.dialect.name), {"subjects": sorted(set(subject_refs))})
+                .scalars()) if subject_refs else set()
     held = []
     for subject_ref in subject_refs:
         held.append(subject_ref in ahead)
         ahead.add(subject_ref)
     return held
+
+
+@functools.cache
+def _ahead_statement(dialect: str) -> sa.Select[Any]:
+    """Which of these subjects have an open request (built once: every intake batch runs it)."""
+    return (sa.select(requests.c.subject_ref).distinct()
+            .where(among_bound(dialect, requests.c.subject_ref, "subjects"), requests.c.status.in_(OPEN_STATUSES)))
 
 
 def _release_by(subjects: sa.ColumnElement[bool]) -> sa.Update:
