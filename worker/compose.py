@@ -108,6 +108,7 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
         identity=identity, identity_kinds=settings.identity_kinds, verifier=verifier,
         skip=VendorRetention({sid: s.keeps_data_days for sid, s in settings.systems.items()}),
         call_timeout=settings.worker.call_timeout_seconds,
+        unconfigured_grace=timedelta(seconds=settings.worker.unconfigured_grace_seconds),
     )
     extra: dict[str, Any] = {} if producer_factory is None else {"producer_factory": producer_factory}
     relay = Relay(store, producer_config(settings.kafka), clock=clock, crash=crash,

@@ -117,6 +117,10 @@ class WorkerSettings(_Frozen):
     # and its slot goes to other work. Client timeouts bound each read, not a whole call, so a reply
     # trickled byte by byte would otherwise hold its slot forever. Keep it above the longest honest call.
     call_timeout_seconds: float = Field(default=300.0, ge=1, le=86_400)
+    # A task of a system no longer in ``systems`` (the vendor was dropped) is never claimed again: once it
+    # has waited due this long, unclaimed, it fails (not_configured) so that a person looks at it. Keep it
+    # above the longest rolling deploy: an old worker must not fail the tasks of a system the new ones add.
+    unconfigured_grace_seconds: float = Field(default=900.0, ge=60, le=30 * 86_400)
     poll_seconds: float = Field(default=0.2, gt=0, le=60)
     # Commands consumed and recorded per loop turn (one store transaction for a run of valid commands).
     batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -72,7 +72,8 @@ class TaskVerifier(Protocol):
 HARVEST_BATCH = 2000
 CLAIM_IDLE = timedelta(milliseconds=100)
 # How often a worker looks for a subject's request held after its turn came (a race between two workers'
-# transactions; ``worker.store.turns``): the most such a request can wait beyond its turn.
+# transactions; ``worker.store.turns``): the most such a request can wait beyond its turn. Tasks of a system
+# no longer configured (``worker.store.unconfigured``) are looked for on the same timer.
 TURNS_SWEEP_SECONDS = 15.0
 CALL_TIMEOUT = "call_timeout"
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -88,6 +89,7 @@ class Executor:
         on_outcome: Callable[[ClaimedTask, states.Event, float, Finished | None], None] | None = None,
         identity: IdentityLookup | None = None, identity_kinds: Sequence[str] = (),
         skip: Callable[[ClaimedTask, datetime], Result | None] | None = None, call_timeout: float | None = None,
+        unconfigured_grace: timedelta | None = None,
     ) -> None:
         self.store = store
         self.skip = skip  # confirms a task without a call, e.g. worker.retention.vendorkeep
@@ -110,6 +112,8 @@ class Executor:
         self.pool: CallPool[ClaimedTask, Outcome] = CallPool(max_in_flight, self._call, name="oubli-call",
                                                               spare=max_in_flight)
         self.call_timeout = call_timeout
+        # None: tasks of systems this worker does not run are left alone (a test's partial fleet).
+        self.unconfigured_grace = unconfigured_grace
         # Looked at a few times per deadline, at most once a second: a scan takes the pool's lock.
         self.deadline_every = min(1.0, call_timeout / 4) if call_timeout else 0.0
         self.next_deadline_check = time.monotonic()
@@ -144,10 +148,11 @@ class Executor:
         """Starts due tasks (the second half of a tick). Returns calls started."""
         now = self.clock()
         self._reclaim_once(now)
-        self._sweep_turns()
+        self._sweep(now)
         return self._launch(now)
 
-    def _sweep_turns(self) -> None:
+    def _sweep(self, now: datetime) -> None:
+        """Every ``TURNS_SWEEP_SECONDS``: turns missed in a race, and tasks of systems no worker runs."""
         if time.monotonic() < self.next_turns_sweep:
             return
         self.next_turns_sweep = time.monotonic() + TURNS_SWEEP_SECONDS
@@ -155,6 +160,10 @@ class Executor:
         if released:
             self.claim_after = None
             log.info("held_turns_released", tasks=released)
+        if self.unconfigured_grace is not None:
+            failed = self.store.fail_unconfigured(self.limits, now=now, grace=self.unconfigured_grace)
+            if failed:
+                log.warning("unconfigured_tasks_failed", tasks=len(failed), systems=sorted({s for _, s in failed}))
 
     def capacity_lost(self) -> bool:
         """Every slot is held by an abandoned call that has not returned: this worker can start nothing."""

@@ -53,6 +53,9 @@ EVENTS: Final[Mapping[str, str]] = {
     "worker_id_in_use": "another live worker holds this worker id's leases",
     "held_turns_released": "a subject's next request was still held after the one ahead of it ended (a race "
                            "between two workers' transactions): its tasks are released now (worker.store.turns)",
+    "unconfigured_tasks_failed": "tasks of systems no longer in config.systems waited due past "
+                                 "worker.unconfigured_grace_seconds: failed not_configured, their requests "
+                                 "action_required (worker.store.unconfigured)",
     "background_deferred": "background work spent its share of a system's daily quota: its other waiting tasks "
                            "there move to the next window (worker.store.deferrals)",
     # Outbox relay (worker.outbox, worker.refusals)

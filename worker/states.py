@@ -3,7 +3,8 @@
 ``transition(task, event, now, policy)`` returns the task's next state or raises
 ``IllegalTransition``; ``request_status(...)`` derives a request's status from its tasks, so the two
 never disagree. An async vendor job unfinished ``policy.vendor_wait`` after it started fails its task
-(``vendor_wait_expired``), so nothing waits forever."""
+(``vendor_wait_expired``), so nothing waits forever; nor does a task whose system no worker runs any more
+(``Unconfigured``: ``not_configured``)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class RequestStatus(StrEnum):
     REJECTED = "rejected"
 
 
+NOT_CONFIGURED = "not_configured"  # the error code of a task whose system no worker runs
 TERMINAL_STATUSES = frozenset({RequestStatus.COMPLETED, RequestStatus.REJECTED})
 CLAIMABLE = frozenset({SystemState.PENDING, SystemState.RETRYING, SystemState.WAITING_VENDOR})
 
@@ -99,6 +101,14 @@ class StagingLost:
 
 
 @dataclass(frozen=True)
+class Unconfigured:
+    """No worker runs the task's system: it was removed from the config while the task waited, and the task
+    stayed due and unclaimed past ``worker.unconfigured_grace_seconds`` (``worker.store.unconfigured``)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class OperatorRetry:
     pass
 
@@ -108,7 +118,8 @@ class OperatorConfirm:
     pass
 
 
-Event = Claim | Confirm | AwaitVendor | Fail | LeaseExpired | StagingLost | OperatorRetry | OperatorConfirm
+Event = (Claim | Confirm | AwaitVendor | Fail | LeaseExpired | StagingLost | Unconfigured | OperatorRetry
+         | OperatorConfirm)
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,10 @@ def transition(task: TaskState, event: Event, now: datetime, policy: RetryPolicy
             # The system did its part: the redo gives the attempt back, as a lost lease does.
             return _replace(task, state=SystemState.RETRYING, next_attempt_at=now, attempts=max(task.attempts - 1, 0),
                             outcome=None, confirmed_at=None, error_code="export_staging_lost", error_message=message)
+        case Unconfigured(message=message) if state in CLAIMABLE:
+            # Nothing was called, so no attempt is spent; an async vendor job's id stays for the person who looks.
+            return _replace(task, state=SystemState.FAILED, next_attempt_at=None, error_code=NOT_CONFIGURED,
+                            error_message=message)
         case OperatorRetry() if state in {SystemState.FAILED, SystemState.RETRYING, SystemState.WAITING_VENDOR}:
             return _replace(task, state=SystemState.PENDING, attempts=0, next_attempt_at=now, waiting_since=None,
                             lease_losses=0)

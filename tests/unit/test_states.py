@@ -22,6 +22,7 @@ EVENTS: dict[str, states.Event] = {
     "throttled": states.Fail("throttled", "rate limit", retryable=True, retry_after=0.5, counts_as_attempt=False),
     "lease_expired": states.LeaseExpired(),
     "staging_lost": states.StagingLost("export: staged files of alpha are gone; they export again"),
+    "unconfigured": states.Unconfigured("system beta is not configured on any worker"),
     "operator_retry": states.OperatorRetry(),
     "operator_confirm": states.OperatorConfirm(),
 }
@@ -38,6 +39,7 @@ LEGAL: dict[tuple[SystemState, str], SystemState] = {
     (S.RUNNING, "throttled"): S.RETRYING,
     (S.RUNNING, "lease_expired"): S.RETRYING,
     (S.CONFIRMED, "staging_lost"): S.RETRYING,
+    **{(state, "unconfigured"): S.FAILED for state in (S.PENDING, S.RETRYING, S.WAITING_VENDOR)},
     (S.FAILED, "operator_retry"): S.PENDING,
     (S.RETRYING, "operator_retry"): S.PENDING,
     (S.WAITING_VENDOR, "operator_retry"): S.PENDING,
@@ -240,3 +242,15 @@ def test_lost_staging_reopens_a_confirmed_export_at_once_and_gives_its_attempt_b
     after = states.transition(confirmed, EVENTS["staging_lost"], NOW, NO_JITTER)
     assert (after.state, after.attempts, after.next_attempt_at) == (S.RETRYING, 1, NOW)
     assert (after.outcome, after.confirmed_at, after.error_code) == (None, None, "export_staging_lost")
+
+
+@pytest.mark.parametrize("state", [S.PENDING, S.RETRYING, S.WAITING_VENDOR])
+def test_a_task_whose_system_no_worker_runs_fails_not_configured_and_keeps_its_attempts(state: SystemState) -> None:
+    waiting = TaskState(state=state, attempts=2, next_attempt_at=NOW, vendor_ref="job-1", error_code="retryable",
+                        waiting_since=NOW - timedelta(days=1))
+    after = states.transition(waiting, EVENTS["unconfigured"], NOW, NO_JITTER)
+    assert (after.state, after.error_code, after.error_message) == (
+        S.FAILED, states.NOT_CONFIGURED, "system beta is not configured on any worker")
+    assert (after.attempts, after.next_attempt_at, after.vendor_ref) == (2, None, "job-1")  # the job id stays
+    retried = states.transition(after, EVENTS["operator_retry"], NOW, NO_JITTER)  # the system added back
+    assert (retried.state, retried.attempts) == (S.PENDING, 0)

@@ -1,8 +1,8 @@
 """Every write oubli makes to its store, each in one transaction with its audit event and receipt.
 
 The store is one class in three layers: ``base`` (request locks, derived status, receipts, audit),
-``claims`` (starting due tasks within every system's limit) and, here, intake, results, operator
-actions and reads.
+``claims`` (starting due tasks within every system's limit), ``restage`` and ``unconfigured`` (two
+rare sweeps) and, here, intake, results, operator actions and reads.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from worker.store.records import (
 from worker.store.restage import Restage
 from worker.store.schema import audit_events, dead_letters, outbox, requests, tasks
 from worker.store.sets import among, among_bound
+from worker.store.unconfigured import Unconfigured
 
 _DLQ_OWN_HEADERS = frozenset({ERROR_CODE, ERROR_MESSAGE, SOURCE, REFERENCE})
 # A dead letter whose value is larger than this is stored as a reference (its size and sha256), as the relay
@@ -71,7 +72,7 @@ __all__ = ["OPEN_STATUSES", "ClaimedTask", "Finished", "NewCommand", "NotFound",
            "TaskUpdate"]
 
 
-class Store(Claims, Restage):
+class Store(Claims, Restage, Unconfigured):
     # --- intake ----------------------------------------------------------------------------
 
     def record_command(
