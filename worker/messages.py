@@ -242,25 +242,35 @@ def subject_ref(key: bytes, customer_id: str) -> str:
 
 # The command.v1 fields a sender may leave out or send as null, to the same effect.
 NULLABLE_FIELDS = ("due_at", "reason", "systems")
+# The command.v1 fields a sender may leave out or send with their default, to the same effect.
+DEFAULTED_FIELDS = {"priority": "standard"}
 
 
 def body_digest(key: bytes, body: Mapping[str, Any]) -> str:
     """Identifies a command's content for duplicate detection without keeping the content. A field that may be
-    null (``NULLABLE_FIELDS``) counts the same absent or null, so that a producer's retry through another JSON
-    serializer is a duplicate, not a conflict: a null one is left out. A body without such a null keeps the
-    digest it always had (``sent_digest``)."""
-    return sent_digest(key, {name: value for name, value in body.items()
-                             if not (value is None and name in NULLABLE_FIELDS)})
+    null (``NULLABLE_FIELDS``) counts the same absent or null, and one with a default (``DEFAULTED_FIELDS``) the
+    same absent or sent with it, so that a producer's retry through another JSON serializer is a duplicate, not a
+    conflict: such a field is left out. A body without one keeps the digest it always had (``sent_digest``)."""
+    return sent_digest(key, _without_unset(body))
 
 
 def earlier_digests(key: bytes, body: Mapping[str, Any]) -> tuple[str, ...]:
-    """The digests versions before ``body_digest`` stored for the same command: the body as it came, with its
-    unset nullable fields absent or sent as null, in every combination but none (that one is ``body_digest``).
-    Asked only when a request id is already known under another digest, so a command's intake hashes it once."""
-    kept = {name: value for name, value in body.items() if not (value is None and name in NULLABLE_FIELDS)}
+    """The digests versions before ``body_digest`` stored for the same command: the body as it came, its unset
+    nullable fields absent or sent as null in every combination, its defaulted fields absent or sent with their
+    default, all but the one form that is ``body_digest``. Asked only when a request id is already known under
+    another digest, so a command's intake hashes it once."""
+    kept = _without_unset(body)
     unset = [name for name in NULLABLE_FIELDS if name not in kept]
-    return tuple(sent_digest(key, {**kept, **dict.fromkeys(nulls)})
-                 for size in range(1, len(unset) + 1) for nulls in combinations(unset, size))
+    defaults = [{}, *({name: value} for name, value in DEFAULTED_FIELDS.items() if name not in kept)]
+    forms = [{**kept, **dict.fromkeys(nulls), **default} for size in range(len(unset) + 1)
+             for nulls in combinations(unset, size) for default in defaults]
+    return tuple(sent_digest(key, form) for form in forms[1:])  # forms[0] is ``kept``: body_digest's
+
+
+def _without_unset(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in body.items()
+            if not (value is None and name in NULLABLE_FIELDS)
+            and not (name in DEFAULTED_FIELDS and value == DEFAULTED_FIELDS[name])}
 
 
 def body_digests(key: bytes, body: Mapping[str, Any]) -> tuple[str, ...]:

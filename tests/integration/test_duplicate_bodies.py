@@ -1,10 +1,12 @@
-"""A command resent with an optional field null instead of absent (or the other way) is a duplicate, not a conflict.
+"""A command resent with an optional field null instead of absent (or the other way), or with a field's default
+instead of leaving it out, is a duplicate, not a conflict.
 
 command.v1 lets ``due_at``, ``systems`` and ``reason`` be null or absent, to the same effect. The body digest
 covered the JSON as it came, so a producer's retry through another serializer (one that writes nulls, one that
 leaves them out) was dead-lettered as ``conflicting_duplicate``. Requests recorded before, under the digest of
 the body as it came, are still known by it. A real conflict still goes to the DLQ only, and never touches the
-receipt of the request it names (the receipts topic is compacted on ``request_id``)."""
+receipt of the request it names (the receipts topic is compacted on ``request_id``). ``priority`` counts the same
+absent or ``"standard"``, its default."""
 
 from __future__ import annotations
 
@@ -108,3 +110,35 @@ def test_a_real_conflict_goes_to_the_dlq_only_and_never_touches_the_receipt(harn
     assert request["status"] == "accepted" and request["error_code"] is None
     with harness.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar() == 1
+
+
+@pytest.mark.parametrize("first", [None, "standard"], ids=["absent", "standard"])
+def test_a_default_sent_or_left_out_is_one_body(harness: Harness, first: str | None) -> None:
+    """``priority: "standard"`` is what its absence means: a serializer that writes defaults retries as a duplicate."""
+    forms = [body(set()), body(set(), priority="standard"), body(set(NULLABLE), priority="standard")]
+    assert harness.send_json(forms[0] if first is None else forms[1]).result is IntakeResult.ACCEPTED
+    for form in forms:
+        resent = harness.send_json(form)
+        assert resent.result is IntakeResult.DUPLICATE, form
+        assert resent.dead_letters == [] and only_receipt_status(resent) == ["accepted"]
+    assert harness.dead_letters() == []
+
+
+def test_a_request_stored_with_its_default_under_the_old_digest_is_still_known(harness: Harness) -> None:
+    """Before, ``"priority": "standard"`` was part of the stored digest: the body without it is still a duplicate."""
+    sent = body({"reason"}, priority="standard")
+    assert harness.send_json(sent).result is IntakeResult.ACCEPTED
+    with harness.engine.begin() as conn:
+        conn.execute(requests.update().values(body_digest=messages.sent_digest(KEY, sent)))
+    for form in (body(set()), body(set(NULLABLE)), sent):
+        assert harness.send_json(form).result is IntakeResult.DUPLICATE, form
+    assert harness.dead_letters() == []
+
+
+def test_another_priority_than_the_default_is_a_conflict(harness: Harness) -> None:
+    assert harness.send_json(body(set())).result is IntakeResult.ACCEPTED
+    (before,) = harness.receipts()
+    resent = harness.send_json(body(set(), priority="background"))
+    assert resent.result is IntakeResult.DEAD_LETTERED
+    assert [row.code for row in resent.dead_letters] == ["conflicting_duplicate"] and resent.receipts == []
+    assert harness.receipts() == [before]
