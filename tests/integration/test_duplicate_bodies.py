@@ -6,7 +6,7 @@ covered the JSON as it came, so a producer's retry through another serializer (o
 leaves them out) was dead-lettered as ``conflicting_duplicate``. Requests recorded before, under the digest of
 the body as it came, are still known by it. A real conflict still goes to the DLQ only, and never touches the
 receipt of the request it names (the receipts topic is compacted on ``request_id``). ``priority`` counts the same
-absent or ``"standard"``, its default."""
+absent or ``"standard"``, its default, and the subject's ``emails``, ``phones`` and ``identifiers`` absent or empty."""
 
 from __future__ import annotations
 
@@ -142,3 +142,43 @@ def test_another_priority_than_the_default_is_a_conflict(harness: Harness) -> No
     assert resent.result is IntakeResult.DEAD_LETTERED
     assert [row.code for row in resent.dead_letters] == ["conflicting_duplicate"] and resent.receipts == []
     assert harness.receipts() == [before]
+
+
+EMPTY = {"emails": [], "phones": [], "identifiers": {}}
+EMPTY_FORMS = [set(names) for size in range(len(EMPTY) + 1) for names in combinations(EMPTY, size)]
+
+
+def with_empty(names: set[str], **values: Any) -> dict[str, Any]:
+    """The command with the subject's fields in ``names`` sent empty, the others absent."""
+    document = body(set(), **values)
+    return {**document, "subject": {**document["subject"], **{name: EMPTY[name] for name in names}}}
+
+
+@pytest.mark.parametrize("first", range(len(EMPTY_FORMS)),
+                         ids=lambda i: "empty:" + (",".join(sorted(EMPTY_FORMS[i])) or "none"))
+def test_a_subject_list_sent_empty_or_left_out_is_one_body(harness: Harness, first: int) -> None:
+    assert harness.send_json(with_empty(EMPTY_FORMS[first])).result is IntakeResult.ACCEPTED
+    for names in EMPTY_FORMS:
+        resent = harness.send_json(with_empty(names, priority="standard", reason=None))
+        assert resent.result is IntakeResult.DUPLICATE, names
+        assert resent.dead_letters == [] and only_receipt_status(resent) == ["accepted"]
+    assert harness.dead_letters() == []
+
+
+def test_a_request_stored_with_empty_lists_under_the_old_digest_is_still_known(harness: Harness) -> None:
+    sent = with_empty({"emails", "identifiers"}, priority="standard", systems=None)
+    assert harness.send_json(sent).result is IntakeResult.ACCEPTED
+    with harness.engine.begin() as conn:
+        conn.execute(requests.update().values(body_digest=messages.sent_digest(KEY, sent)))
+    for form in (with_empty(set()), with_empty({"phones"}), sent):
+        assert harness.send_json(form).result is IntakeResult.DUPLICATE, form
+    assert harness.dead_letters() == []
+
+
+def test_a_subject_list_with_a_value_is_a_conflict(harness: Harness) -> None:
+    assert harness.send_json(with_empty({"emails"})).result is IntakeResult.ACCEPTED
+    other = with_empty(set())
+    other["subject"]["emails"] = ["marie.dupont@example.fr"]
+    resent = harness.send_json(other)
+    assert resent.result is IntakeResult.DEAD_LETTERED
+    assert [row.code for row in resent.dead_letters] == ["conflicting_duplicate"] and resent.receipts == []
