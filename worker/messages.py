@@ -240,56 +240,47 @@ def subject_ref(key: bytes, customer_id: str) -> str:
     return "hmac-sha256:" + keyed_digest(key, customer_id)
 
 
-# The command.v1 fields a sender may leave out or send as null, to the same effect.
-NULLABLE_FIELDS = ("due_at", "reason", "systems")
-# The command.v1 fields a sender may leave out or send with their default, to the same effect.
-DEFAULTED_FIELDS = {"priority": "standard"}
-# The subject's fields a sender may leave out or send empty, to the same effect.
-EMPTY_SUBJECT_FIELDS: dict[str, Any] = {"emails": [], "phones": [], "identifiers": {}}
+# The command.v1 fields a sender may leave out or send with the value that means unset (null, or the default), and
+# the subject's that it may leave out or send empty: to the same effect either way.
+UNSET_FIELDS: dict[str, Any] = {"due_at": None, "reason": None, "systems": None, "priority": "standard"}
+UNSET_SUBJECT_FIELDS: dict[str, Any] = {"emails": [], "phones": [], "identifiers": {}}
 
 
 def body_digest(key: bytes, body: Mapping[str, Any]) -> str:
-    """Identifies a command's content for duplicate detection without keeping the content. A field that may be
-    null (``NULLABLE_FIELDS``) counts the same absent or null, one with a default (``DEFAULTED_FIELDS``) the same
-    absent or sent with it, and a subject's list the same absent or empty (``EMPTY_SUBJECT_FIELDS``), so that a
-    producer's retry through another JSON serializer is a duplicate, not a conflict: such a field is left out. A
-    body without one keeps the digest it always had (``sent_digest``)."""
+    """Identifies a command's content for duplicate detection without keeping the content. A field sent with the
+    value that means unset (``UNSET_FIELDS``: null, or the default; ``UNSET_SUBJECT_FIELDS``: empty) counts the same
+    as one left out, so that a producer's retry through another JSON serializer is a duplicate, not a conflict:
+    such a field is left out. A body without one keeps the digest it always had (``sent_digest``)."""
     return sent_digest(key, _without_unset(body))
 
 
 def earlier_digests(key: bytes, body: Mapping[str, Any]) -> tuple[str, ...]:
     """The digests versions before ``body_digest`` stored for the same command: the body as it came, each of its
-    unset fields (above) absent or written out (null, the default, empty), in every combination but the one that
-    is ``body_digest``. Asked only when a request id is already known under another digest (128 forms at most),
-    so a command's intake hashes it once."""
+    unset fields left out or written out, in every combination but the one that is ``body_digest`` (127 at most).
+    Asked only when a request id is already known under another digest, so a command's intake hashes it once."""
     kept = _without_unset(body)
-    subject = kept.get("subject")
-    if not isinstance(subject, Mapping):
-        subject = None
-    unset: list[tuple[bool, str, Any]] = [(False, name, None) for name in NULLABLE_FIELDS if name not in kept]
-    unset += [(False, name, value) for name, value in DEFAULTED_FIELDS.items() if name not in kept]
-    if subject is not None:
-        unset += [(True, name, value) for name, value in EMPTY_SUBJECT_FIELDS.items() if name not in subject]
+    unset = [(False, name, value) for name, value in UNSET_FIELDS.items() if name not in kept]
+    subject: Mapping[str, Any] = kept.get("subject") or {}  # a validated command always has one
+    unset += [(True, name, value) for name, value in UNSET_SUBJECT_FIELDS.items() if name not in subject]
     digests = []
     for size in range(1, len(unset) + 1):
         for written in combinations(unset, size):
             form = {**kept, **{name: value for inside, name, value in written if not inside}}
-            if subject is not None and any(inside for inside, _, _ in written):
+            if any(inside for inside, _, _ in written):
                 form["subject"] = {**subject, **{name: value for inside, name, value in written if inside}}
             digests.append(sent_digest(key, form))
     return tuple(digests)
 
 
 def _without_unset(body: Mapping[str, Any]) -> dict[str, Any]:
-    kept = {name: value for name, value in body.items()
-            if not (value is None and name in NULLABLE_FIELDS)
-            and not (name in DEFAULTED_FIELDS and value == DEFAULTED_FIELDS[name])}
-    subject = kept.get("subject")
-    if isinstance(subject, Mapping) and any(subject.get(name, True) == empty
-                                            for name, empty in EMPTY_SUBJECT_FIELDS.items()):
-        kept["subject"] = {name: value for name, value in subject.items()
-                           if not (name in EMPTY_SUBJECT_FIELDS and value == EMPTY_SUBJECT_FIELDS[name])}
+    kept = _without(body, UNSET_FIELDS)
+    if isinstance(kept.get("subject"), Mapping):
+        kept["subject"] = _without(kept["subject"], UNSET_SUBJECT_FIELDS)
     return kept
+
+
+def _without(document: Mapping[str, Any], unset: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in document.items() if not (name in unset and value == unset[name])}
 
 
 def body_digests(key: bytes, body: Mapping[str, Any]) -> tuple[str, ...]:
