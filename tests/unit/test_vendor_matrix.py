@@ -41,7 +41,8 @@ BAD_REQUEST = {
 
 @pytest.fixture(params=sorted(HARNESSES))
 def vendor(request: pytest.FixtureRequest) -> Iterator[VendorHarness]:
-    yield from vendor_harness(request.param, standin_options={"hang_seconds": 1.0}, timeout_seconds=0.2)
+    # A second for every call: a loaded CI machine took longer than 0.2 s over an ordinary one.
+    yield from vendor_harness(request.param, standin_options={"hang_seconds": 3.0}, timeout_seconds=1.0)
 
 
 def _erase(vendor: VendorHarness, subject: Subject) -> Result:
@@ -144,7 +145,7 @@ def test_timeout_is_retryable_and_bounded(vendor: VendorHarness) -> None:
     started = time.monotonic()
     with pytest.raises(RetryableError) as caught:
         _erase(vendor, subject)
-    assert time.monotonic() - started < 0.9  # the stand-in hangs for 1 s; the client gives up at 0.2 s
+    assert time.monotonic() - started < 2.5  # the stand-in hangs for 3 s; the client gives up at 1 s
     assert caught.value.code == "timeout"
     assert_no_personal_data(str(caught.value), subject)
     assert _erase(vendor, subject).outcome == CONFIRMED[vendor.system]
