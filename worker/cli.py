@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
+import structlog
 
 from worker import config as config_module
 from worker import kafka, logs
@@ -133,15 +134,23 @@ class _LazySettings(dict[str, Any]):
 @click.pass_context
 def worker(ctx: click.Context, migrate: bool) -> None:
     """Run the worker until SIGTERM."""
-    from worker.app import Worker
+    from worker import shutdown  # first, before the slow imports: a SIGTERM during start-up too is a clean stop
 
-    settings = _settings(ctx)
-    if not settings.systems:
-        # Every command would be rejected as no_systems: a terminal receipt for each customer's request, and a
-        # config that lost its systems (a values file that did not render) would look like a healthy worker.
-        raise CliError("the config names no systems: the worker would reject every command as no_systems; "
-                       "configure at least one under systems:", CONFIG)
-    Worker(settings, migrate=migrate).run()
+    with shutdown.listening(shutdown.StopRequest()) as stop:
+        settings = _settings(ctx)
+        if not settings.systems:
+            # Every command would be rejected as no_systems: a terminal receipt for each customer's request, and a
+            # config that lost its systems (a values file that did not render) would look like a healthy worker.
+            raise CliError("the config names no systems: the worker would reject every command as no_systems; "
+                           "configure at least one under systems:", CONFIG)
+        from worker.app import Worker
+
+        try:
+            started = Worker(settings, migrate=migrate, stop=stop)
+        except shutdown.StoppedBeforeStart:
+            structlog.get_logger("oubli.worker").info("worker_stopped", before_start=True)
+            return
+        started.run()
 
 
 @cli.command()

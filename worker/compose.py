@@ -32,6 +32,7 @@ from worker.executor import Executor, ExportPackager
 from worker.intake import TURN_SECONDS, Intake
 from worker.outbox import Relay, producer_config
 from worker.retention.vendorkeep import VendorRetention
+from worker.shutdown import StopRequest
 from worker.stall import Stall, StalledTooLong, error_kind, error_sqlstate
 from worker.store import db
 from worker.store.deferrals import ReserveDeferral
@@ -64,11 +65,13 @@ class Parts:
 
 
 def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate: bool = False,
-          producer_factory: ProducerFactory | None = None, wait_for_store: bool = False) -> Parts:
-    """``wait_for_store``: a store out at start is waited for as a running worker waits (``wait_until_reachable``)."""
+          producer_factory: ProducerFactory | None = None, wait_for_store: StopRequest | None = None) -> Parts:
+    """``wait_for_store``: a store out at start is waited for as a running worker waits (``wait_until_reachable``),
+    until that stop is asked for."""
     engine = db.create_engine(settings.store_url)
-    if wait_for_store:
-        wait_until_reachable(engine, settings.worker.store_outage_exit_seconds, settings.worker.store_retry_max_seconds)
+    if wait_for_store is not None:
+        wait_until_reachable(engine, settings.worker.store_outage_exit_seconds, settings.worker.store_retry_max_seconds,
+                             wait_for_store)
     if migrate:
         db.migrate(engine)
     elif db.pending_migrations(engine):
@@ -117,8 +120,9 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow, *, migrate
                  exports=exports, intake=intake, executor=executor, relay=relay)
 
 
-def wait_until_reachable(engine: sa.Engine, limit: float, cap: float) -> None:
-    """Returns once the store answers; raises ``StalledTooLong`` (exit 4) past ``limit`` seconds of outage.
+def wait_until_reachable(engine: sa.Engine, limit: float, cap: float, stop: StopRequest) -> None:
+    """Returns once the store answers; raises ``StalledTooLong`` (exit 4) past ``limit`` seconds of outage, and
+    ``StoppedBeforeStart`` as soon as ``stop`` is asked for.
 
     A worker restarted during a database restart used to exit 4 at once: its pod then sat in a crash loop whose
     backoff (up to 5 minutes) outlasted the outage, where a running worker rides out ``limit`` seconds of it.
@@ -139,7 +143,7 @@ def wait_until_reachable(engine: sa.Engine, limit: float, cap: float) -> None:
             wait = stall.failed(now)
             log.error("store_unavailable", during="start", error_type=error_kind(exc), sqlstate=error_sqlstate(exc),
                       retry_in=round(wait, 1))
-            time.sleep(min(wait, max(limit - stall.lasted(now), 0.0)))  # start-up only: nothing else runs yet
+            stop.sleep(min(wait, max(limit - stall.lasted(now), 0.0)))  # start-up only: nothing else runs yet
             continue
         if stall.active:
             log.info("store_available", after_seconds=round(stall.lasted(now), 1))

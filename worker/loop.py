@@ -10,22 +10,21 @@ the store steps; any other failing step is logged, counted and tried again with 
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from worker import failpoints, memory, metrics, planning, states
+from worker import failpoints, memory, metrics, planning, shutdown, states
 from worker.broker import Consumer, Record
 from worker.compose import Parts
 from worker.core.errors import StoreUnavailable
 from worker.health import HealthServer
 from worker.intake import Message
 from worker.reading import Reader, Unreadable
+from worker.shutdown import StopRequest
 from worker.stall import Deadline, Stall, StalledTooLong, error_kind, error_site, error_sqlstate
 from worker.store import db, reports
 from worker.store.faults import is_outage
@@ -49,7 +48,8 @@ READY_TURN_SECONDS = 20.0
 
 
 class Loop:
-    def __init__(self, parts: Parts, consumer: Consumer, *, serve_http: bool = False) -> None:
+    def __init__(self, parts: Parts, consumer: Consumer, *, serve_http: bool = False,
+                 stop: StopRequest | None = None) -> None:
         self.parts = parts
         self.settings = parts.settings
         self.clock = parts.clock
@@ -58,7 +58,7 @@ class Loop:
         self.foresight = planning.Gauges(parts.connectors, planning.keeps(parts.settings))
         self.intake, self.executor, self.relay = parts.intake, parts.executor, parts.relay
         self.consumer = consumer
-        self.stopping = False
+        self.stop = stop or StopRequest()
         self.last_loop = time.monotonic()
         # One stall for the store (a probe decides when it is back), one for the record intake could not
         # record (it may fail for its own reason while the store answers), one per other step.
@@ -80,7 +80,14 @@ class Loop:
     # --- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> None:
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        with shutdown.listening(self.stop):
+            self._run()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop.asked
+
+    def _run(self) -> None:
         worker = self.settings.worker
         # A turn that never ends (a store gone silent) is past every other bound: that thread ends the process.
         watchdog = Watchdog(worker.store_outage_exit_seconds + worker.poll_seconds, last_turn=lambda: self.last_loop,
@@ -91,13 +98,11 @@ class Loop:
             while not self.stopping:
                 self.run_once()
         finally:
-            self.stopping = True  # however the loop ended (StalledTooLong too): the watchdog keeps to close's budget
+            self.stop.ask()  # however the loop ended (StalledTooLong too): the watchdog keeps to close's budget
             try:
                 self.close()
             finally:
                 watchdog.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def start(self) -> None:
         if self.health is not None:
@@ -172,9 +177,6 @@ class Loop:
         if self.health is not None:
             self.health.stop()
         log.info("worker_stopped", left_running=left_running, budget_left=round(budget.left(), 1))
-
-    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
-        self.stopping = True
 
     # --- consuming -------------------------------------------------------------------------
 

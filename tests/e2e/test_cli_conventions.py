@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -135,22 +137,76 @@ def test_unavailable_store_and_broker_exit_4_with_one_clean_line(tmp_path: Path)
     assert _only_json_and_one_error_line(receipt.stderr).startswith("error: the broker is unavailable")
 
 
+class _Stderr:
+    """A worker's stderr read line by line on a thread, so that a test can wait for an event and then signal."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(process,), daemon=True).start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def until(self, event: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (line := self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))) is not None:
+            self.seen.append(line)
+            if json.loads(line).get("event") == event:
+                return
+        raise AssertionError(f"{event} never came: {self.seen}")
+
+    def rest(self) -> list[str]:
+        while (line := self.lines.get(timeout=30)) is not None:
+            self.seen.append(line)
+        return self.seen
+
+
+def _worker(path: Path) -> tuple[subprocess.Popen[str], _Stderr]:
+    process = subprocess.Popen([OUBLI, "--config", str(path), "worker", "--migrate"],  # noqa: S603
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, _Stderr(process)
+
+
 def test_the_worker_logs_only_json_lines_when_the_broker_is_down(tmp_path: Path) -> None:
     path = _config(tmp_path, store_url=f"sqlite:///{tmp_path / 'store.db'}",
                    kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"},
                    worker={"http_port": 0, "drain_seconds": 1},
                    systems={"shopimind": {"connector": "shopimind", "settings": {"api_key": "k"}}})
-    worker = subprocess.Popen([OUBLI, "--config", str(path), "worker", "--migrate"],  # noqa: S603
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    worker, stderr = _worker(path)
+    stderr.until("worker_started", timeout=60)
+    time.sleep(3)  # librdkafka's first complaints about the closed port
     worker.send_signal(signal.SIGTERM)
-    stdout, stderr = worker.communicate(timeout=30)
-    assert worker.returncode == 0, stderr
-    assert stdout == "" and "%3|" not in stderr and "Traceback" not in stderr, stderr
-    events = [json.loads(line) for line in stderr.splitlines()]  # nothing else than JSON lines
+    lines = stderr.rest()
+    assert worker.wait(timeout=30) == 0, lines
+    assert worker.stdout is not None and worker.stdout.read() == ""
+    assert not any("%3|" in line or "Traceback" in line for line in lines), lines
+    events = [json.loads(line) for line in lines]  # nothing else than JSON lines
     names = [e["event"] for e in events]
     assert "worker_started" in names and "worker_stopped" in names
     assert any(e["logger"] == "oubli.librdkafka" for e in events)  # librdkafka's complaints, as JSON
+
+
+def test_a_sigterm_while_the_worker_waits_for_its_store_ends_it_at_once_with_exit_0(tmp_path: Path) -> None:
+    """A pod terminated during start-up (here: waiting out a store outage) used to die by the signal (exit 143)
+    and, during a migration, in the middle of it. Now the wait ends at once and the process exits 0."""
+    port = closed_port()
+    path = _config(tmp_path, store_url=f"postgresql+psycopg://u:p@127.0.0.1:{port}/db",
+                   kafka={"bootstrap_servers": f"127.0.0.1:{port}"},
+                   worker={"http_port": 0, "store_outage_exit_seconds": 600, "store_retry_max_seconds": 60},
+                   systems={"shopimind": {"connector": "shopimind", "settings": {"api_key": "k"}}})
+    worker, stderr = _worker(path)
+    stderr.until("store_unavailable", timeout=60)
+    asked = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, stderr.rest()
+    assert time.monotonic() - asked < 10  # not the outage's 600 s, nor a retry's wait
+    events = [json.loads(line) for line in stderr.rest()]
+    assert events[-1]["event"] == "worker_stopped" and events[-1]["before_start"] is True, events
+    assert "worker_started" not in [e["event"] for e in events]
 
 
 def test_the_worker_refuses_to_start_without_a_system(tmp_path: Path) -> None:

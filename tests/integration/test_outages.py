@@ -106,7 +106,7 @@ def test_a_store_that_goes_silent_ends_the_worker_with_exit_4_after_the_outage_l
     exits: list[tuple[int, float]] = []
 
     def let_go() -> None:
-        worker.stopping = True
+        worker.stop.ask()
         proxy.heal()
 
     def exit_now(code: int) -> None:  # os._exit, recorded; then the loop is let go so that the test can end
@@ -121,7 +121,7 @@ def test_a_store_that_goes_silent_ends_the_worker_with_exit_4_after_the_outage_l
             proxy.freeze()
             frozen_at.append(time.monotonic())
             if stop_asked:  # what the SIGTERM handler does, once the loop sits in the read
-                threading.Timer(0.5, lambda: setattr(worker, "stopping", True)).start()
+                threading.Timer(0.5, worker.stop.ask).start()
         real_turn()
 
     worker.run_once = turn  # type: ignore[method-assign]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from worker import config, loop
+from worker import config, loop, shutdown
 from worker.app import Worker
 
 
@@ -48,3 +51,16 @@ def test_close_ends_within_drain_plus_margin_when_the_broker_is_unreachable(tmp_
     took = time.monotonic() - started
     assert 1 + margin - 1.5 <= took <= 1 + margin + 2, took  # the relay had its turn; 2 s of slack for CI
     assert len(asked) == 2 and sum(asked) <= margin - 1.0  # one deadline, shared (before: 10 s each)
+
+
+def test_a_signal_during_start_up_asks_for_a_stop_and_ends_a_wait_at_once() -> None:
+    """``worker.shutdown``: the handler only sets the request; a start-up wait (for the store) ends on it."""
+    before = signal.getsignal(signal.SIGTERM)
+    with shutdown.listening(shutdown.StopRequest()) as stop:
+        stop.sleep(0)  # nothing asked yet: returns
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        with pytest.raises(shutdown.StoppedBeforeStart):
+            stop.sleep(30)
+        assert stop.asked and time.monotonic() - started < 5
+    assert signal.getsignal(signal.SIGTERM) is before  # restored: the test run itself is not changed
