@@ -69,6 +69,22 @@ def test_simultaneous_claims_never_exceed_the_limit_or_share_a_task(pg_url: str)
     assert len(set(claimed)) == len(claimed)
 
 
+def test_a_task_whose_request_another_transaction_holds_is_passed_over_without_using_up_a_share(pg_url: str) -> None:
+    """The claim locks as it finds (FOR UPDATE ... SKIP LOCKED inside each system's range): a request a result is
+    being recorded for is skipped, not waited for, and the next waiting task takes its place in the same claim."""
+    (store,) = _stores(pg_url, 1)
+    _record(store, 3)
+    first = store.engine.connect().execution_options(isolation_level="READ COMMITTED")
+    with first, first.begin():
+        oldest = first.execute(sa.text("SELECT request_id FROM requests ORDER BY seq LIMIT 1")).scalar_one()
+        first.execute(sa.text("SELECT 1 FROM requests WHERE request_id = :r FOR UPDATE"), {"r": oldest})
+        now = utcnow()
+        got = store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limits={"slow": 2}, room=10)
+    assert len(got) == 2 and oldest not in {t.request_id for t in got}
+    later = store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limits={"slow": 3}, room=10)
+    assert [t.request_id for t in later] == [oldest]  # free again once that transaction ended
+
+
 def test_the_relay_lease_has_one_holder_until_it_expires(pg_url: str) -> None:
     first, second = _stores(pg_url, 2)
     now = utcnow()

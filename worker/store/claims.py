@@ -129,17 +129,22 @@ def _sql_list(values: Iterable[str]) -> str:
     return ", ".join(f"'{v}'" for v in sorted(values))  # our own constants, never input
 
 
-# The same on PostgreSQL as one statement whatever the number of systems: a lateral index range per system
-# (``ix_tasks_claim``, whose predicate this repeats). Planning the union above took 9 ms a claim, fifty times
-# its run; this is planned once for all. The gates of ``_gates`` are written for ``w.system``: for an ordinary
-# system the first operand of each OR holds, so its sibling probe is never run. ``OFFSET 0`` keeps each probe a
-# per-candidate lookup by primary key: without it the planner may answer an EXISTS under an OR with a hashed
-# subplan instead, which read every task of the store on each claim (50 ms of an 84 ms claim at 200,000 tasks).
+# The same on PostgreSQL as one statement whatever the number of systems, which also locks what it finds: a
+# lateral index range per system (``ix_tasks_claim``, whose predicate this repeats) under FOR UPDATE ... SKIP
+# LOCKED of the task and its request, the queue's classic form. Rows another transaction holds are passed over
+# inside each range, so they never use up a system's share; the locked rows are re-read at their latest version and
+# the task's conditions checked again. Finding and then locking the candidates by key cost two statements, two index
+# probes per task and the arrays of every candidate's key sent back (4.5 of 15.5 s of PostgreSQL per 10,000
+# requests). Planning the union of ``_waiting_statement`` took 9 ms a claim, fifty times its run; this is planned
+# once for all. The gates of ``_gates`` are written for ``w.system``: for an ordinary system the first operand of
+# each OR holds, so its sibling probe is never run. ``OFFSET 0`` keeps each probe a per-candidate lookup by primary
+# key: without it the planner may answer an EXISTS under an OR with a hashed subplan instead, which read every task
+# of the store on each claim (50 ms of an 84 ms claim at 200,000 tasks).
 WAITING_PG = sa.text(f"""
-SELECT c.request_id, c.system
+SELECT c.*
 FROM unnest(CAST(:systems AS text[]), CAST(:limits AS integer[])) AS w(system, n)
 CROSS JOIN LATERAL (
-    SELECT tasks.request_id, tasks.system, tasks.background, tasks.due_at, tasks.request_seq
+    SELECT tasks.*, requests.kind, requests.subject_json, requests.status AS request_status
     FROM tasks JOIN requests ON requests.request_id = tasks.request_id
     WHERE tasks.system = w.system AND tasks.{CLAIMABLE_PREDICATE} AND NOT tasks.held AND tasks.next_attempt_at <= :now
       AND NOT EXISTS (SELECT 1 FROM requests AS earlier WHERE earlier.subject_ref = requests.subject_ref
@@ -154,6 +159,7 @@ CROSS JOIN LATERAL (
                           AND sibling.state <> '{SystemState.CONFIRMED.value}' OFFSET 0))
     ORDER BY tasks.background, tasks.due_at ASC NULLS LAST, tasks.request_seq
     LIMIT w.n
+    FOR UPDATE OF tasks, requests SKIP LOCKED
 ) AS c
 ORDER BY c.background, c.due_at ASC NULLS LAST, c.request_seq
 LIMIT :total
@@ -161,8 +167,7 @@ LIMIT :total
 
 
 def _lock_select() -> sa.Select[Any]:
-    """FOR UPDATE ... SKIP LOCKED of the task and its request: a request a result is being recorded for is left for
-    the next tick instead of waited for, so claims never wait on a row and never deadlock."""
+    """The task with its request's kind, subject and status, locked as ``WAITING_PG`` locks them."""
     return (sa.select(tasks, requests.c.kind, requests.c.subject_json, requests.c.status.label("request_status"))
             .join(requests, requests.c.request_id == tasks.c.request_id)
             .with_for_update(of=[tasks, requests], skip_locked=True))
@@ -224,10 +229,8 @@ class Claims(StoreBase):
             wanted = {s: n for s, n in wanted.items() if n > 0}
             if not wanted:
                 return []
-            candidates = self._candidates(conn, now, wanted, room, extra=len(held), expired=expired)
-            if not candidates:
-                return []
-            return self._claim_rows(conn, candidates, now, lease_until, wanted, room, held)
+            rows = self._lock_candidates(conn, now, wanted, room, held, expired)
+            return self._claim_rows(conn, rows, now, lease_until, wanted, room) if rows else []
 
     @staticmethod
     def _due(now: datetime | sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
@@ -236,52 +239,52 @@ class Claims(StoreBase):
             sa.and_(tasks.c.state == SystemState.RUNNING, tasks.c.lease_expires_at < now),
         )
 
-    def _candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int], room: int,
-                    extra: int, expired: Collection[str]) -> list[tuple[str, str]]:
-        """The (request_id, system) pairs to try, in claim order, at most ``wanted[system] + extra`` each
-        (on PostgreSQL also ``room + extra`` in all, besides expired leases).
+    def _lock_candidates(self, conn: sa.Connection, now: datetime, wanted: Mapping[str, int], room: int,
+                         held: Collection[tuple[str, str]], expired: Collection[str]) -> list[dict[str, Any]]:
+        """The rows to claim, locked, in claim order: at most ``wanted[system]`` each besides ``held`` (on
+        PostgreSQL also ``room`` in all, besides expired leases), which are (request_id, system) pairs this worker
+        still has calls in flight for, never claimed again here. Each row is the task's with its request's kind,
+        subject and status.
 
-        Expired leases (``expired`` names the systems that have some) come from a scan of the running tasks
-        (few: at most the fleet's calls in flight).
-        Waiting tasks come, per system, from an index in claim order (``ix_tasks_claim``), so a backlog of
-        any size costs a short index range per system, not a sort of every due task.
+        Expired leases (``expired`` names the systems that have some) come first, from a scan of the running
+        tasks (few: at most the fleet's calls in flight). Waiting tasks come, per system, from an index in claim
+        order (``ix_tasks_claim``), so a backlog of any size costs a short index range per system, not a sort of
+        every due task. FOR UPDATE ... SKIP LOCKED of the task and its request: a request a result is being
+        recorded for is left for the next tick instead of waited for, so claims never wait on a row and never
+        deadlock. A candidate may have moved on since it was found: the due condition is checked on the locked row.
         """
         systems = tuple(sorted(wanted))
+        extra = len(held)
         lapsed = [s for s in systems if s in expired]
-        expired_rows = conn.execute(_expired_statement(), {"now": now, "systems": lapsed}).all() if lapsed else []
-        if conn.dialect.name == "postgresql":
-            # No more in all than the turn has room for: each candidate is locked and read in full next, and
-            # ten systems' own limits offered 160 for a turn with room for 64.
-            rows = conn.execute(WAITING_PG, {"now": now, "systems": list(systems), "total": room + extra,
-                                             "limits": [wanted[s] + extra for s in systems]}).all()
+        pairs = [(r[0], r[1]) for r in conn.execute(_expired_statement(), {"now": now, "systems": lapsed})
+                 ] if lapsed else []
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            waiting = dicts(conn.execute(WAITING_PG, {"now": now, "systems": list(systems), "total": room + extra,
+                                                      "limits": [wanted[s] + extra for s in systems]}))
         else:
             limits = {f"n{i}": wanted[system] + extra for i, system in enumerate(systems)}
-            rows = conn.execute(_waiting_statement(systems), {"now": now, **limits}).all()
-        pairs = [(r[0], r[1]) for r in expired_rows]  # each row starts (request_id, system)
-        seen = set(pairs)
-        pairs += [pair for pair in ((r[0], r[1]) for r in rows) if pair not in seen]
-        return pairs
-
-    def _claim_rows(self, conn: sa.Connection, candidates: list[tuple[str, str]], now: datetime,
-                    lease_until: datetime, wanted: dict[str, int], room: int,
-                    held: Collection[tuple[str, str]]) -> list[ClaimedTask]:
-        """Locks the candidates (skipping rows another transaction holds), applies the state machine to
-        each in Python, and writes every claim, audit event and request status in a few statements."""
-        pairs = [p for p in candidates if p not in held]
-        if not pairs:
-            return []
+            pairs += [(r[0], r[1]) for r in conn.execute(_waiting_statement(systems), {"now": now, **limits})]
+            waiting = []
+        pairs = list(dict.fromkeys(p for p in pairs if p not in held))
+        locked = self._lock_pairs(conn, pairs, now) if pairs else []
         order = {pair: i for i, pair in enumerate(pairs)}
-        # FOR UPDATE ... SKIP LOCKED of the task and its request: a request a result is being recorded for is
-        # left for the next tick instead of waited for, so claims never wait on a row and never deadlock.
-        # The due condition is checked again on the locked rows: a candidate may have moved on meanwhile.
+        rows = sorted(locked, key=lambda r: order[(r["request_id"], r["system"])])
+        return rows + [r for r in waiting if (r["request_id"], r["system"]) not in held]
+
+    @staticmethod
+    def _lock_pairs(conn: sa.Connection, pairs: list[tuple[str, str]], now: datetime) -> list[dict[str, Any]]:
         if conn.dialect.name == "postgresql":
             firsts = [request_id for request_id, _ in pairs]
             arrays = {"leading": sorted(set(firsts)), "firsts": firsts, "seconds": [system for _, system in pairs]}
-            locked = dicts(conn.execute(_lock_statement(), {"now": now, **arrays}))
-        else:
-            locked = dicts(conn.execute(
-                _lock_select().where(pairs_among(conn, tasks.c.request_id, tasks.c.system, pairs), self._due(now))))
-        rows = sorted(locked, key=lambda r: order[(r["request_id"], r["system"])])
+            return dicts(conn.execute(_lock_statement(), {"now": now, **arrays}))
+        return dicts(conn.execute(
+            _lock_select().where(pairs_among(conn, tasks.c.request_id, tasks.c.system, pairs), Claims._due(now))))
+
+    def _claim_rows(self, conn: sa.Connection, rows: list[dict[str, Any]], now: datetime,
+                    lease_until: datetime, wanted: dict[str, int], room: int) -> list[ClaimedTask]:
+        """Applies the state machine to each locked row in Python, and writes every claim, audit event and request
+        status in a few statements."""
         claimed: list[ClaimedTask] = []
         writes: list[dict[str, Any]] = []
         audits: list[dict[str, Any]] = []
