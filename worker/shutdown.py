@@ -1,7 +1,7 @@
 """SIGTERM and SIGINT as a request to stop, heard from the worker's first moment.
 
 A pod is often terminated while its worker still starts: waiting for a store that is out, or running the schema's
-migrations. Python's default handler would end the process there by the signal (exit 143, a half-written log line).
+migrations. Python's default handler would end the process there by the signal (exit 143), mid-migration too.
 With ``listening`` installed first, the signal only sets ``StopRequest``: a wait for the store ends at once
 (``StoppedBeforeStart``), a migration runs to its end, and the loop then drains and exits 0 as after any SIGTERM.
 """
