@@ -3,6 +3,7 @@ and logs that are JSON lines only, even when the broker or the store is down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -166,10 +167,17 @@ class _Stderr:
         return self.seen
 
 
-def _worker(path: Path) -> tuple[subprocess.Popen[str], _Stderr]:
+@contextlib.contextmanager
+def _worker(path: Path) -> Iterator[tuple[subprocess.Popen[str], _Stderr]]:
+    """``oubli worker --migrate``, killed on the way out if a failed assertion left it running."""
     process = subprocess.Popen([OUBLI, "--config", str(path), "worker", "--migrate"],  # noqa: S603
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return process, _Stderr(process)
+    try:
+        yield process, _Stderr(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_the_worker_logs_only_json_lines_when_the_broker_is_down(tmp_path: Path) -> None:
@@ -177,17 +185,17 @@ def test_the_worker_logs_only_json_lines_when_the_broker_is_down(tmp_path: Path)
                    kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"},
                    worker={"http_port": 0, "drain_seconds": 1},
                    systems={"shopimind": {"connector": "shopimind", "settings": {"api_key": "k"}}})
-    worker, stderr = _worker(path)
-    stderr.until(lambda entry: entry["event"] == "worker_started", timeout=60)
-    stderr.until(lambda entry: entry["logger"] == "oubli.librdkafka", timeout=60)  # complaints about the closed port
-    worker.send_signal(signal.SIGTERM)
-    lines = stderr.rest()
-    assert worker.wait(timeout=30) == 0, lines
-    assert worker.stdout is not None and worker.stdout.read() == ""
-    assert not any("%3|" in line or "Traceback" in line for line in lines), lines
-    events = [json.loads(line) for line in lines]  # nothing else than JSON lines
-    names = [e["event"] for e in events]
-    assert "worker_started" in names and "worker_stopped" in names
+    with _worker(path) as (worker, stderr):
+        stderr.until(lambda entry: entry["event"] == "worker_started", timeout=60)
+        stderr.until(lambda entry: entry["logger"] == "oubli.librdkafka", timeout=60)  # the closed port
+        worker.send_signal(signal.SIGTERM)
+        lines = stderr.rest()
+        assert worker.wait(timeout=30) == 0, lines
+        assert worker.stdout is not None and worker.stdout.read() == ""
+        assert not any("%3|" in line or "Traceback" in line for line in lines), lines
+        events = [json.loads(line) for line in lines]  # nothing else than JSON lines
+        names = [e["event"] for e in events]
+        assert "worker_started" in names and "worker_stopped" in names
 
 
 def test_a_sigterm_while_the_worker_waits_for_its_store_ends_it_at_once_with_exit_0(tmp_path: Path) -> None:
@@ -198,15 +206,15 @@ def test_a_sigterm_while_the_worker_waits_for_its_store_ends_it_at_once_with_exi
                    kafka={"bootstrap_servers": f"127.0.0.1:{port}"},
                    worker={"http_port": 0, "store_outage_exit_seconds": 600, "store_retry_max_seconds": 60},
                    systems={"shopimind": {"connector": "shopimind", "settings": {"api_key": "k"}}})
-    worker, stderr = _worker(path)
-    stderr.until(lambda entry: entry["event"] == "store_unavailable", timeout=60)
-    asked = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0, stderr.rest()
-    assert time.monotonic() - asked < 10  # not the outage's 600 s, nor a retry's wait
-    events = [json.loads(line) for line in stderr.rest()]
-    assert events[-1]["event"] == "worker_stopped" and events[-1]["before_start"] is True, events
-    assert "worker_started" not in [e["event"] for e in events]
+    with _worker(path) as (worker, stderr):
+        stderr.until(lambda entry: entry["event"] == "store_unavailable", timeout=60)
+        asked = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, stderr.rest()
+        assert time.monotonic() - asked < 10  # not the outage's 600 s, nor a retry's wait
+        events = [json.loads(line) for line in stderr.rest()]
+        assert events[-1]["event"] == "worker_stopped" and events[-1]["before_start"] is True, events
+        assert "worker_started" not in [e["event"] for e in events]
 
 
 def test_the_worker_refuses_to_start_without_a_system(tmp_path: Path) -> None:
