@@ -66,7 +66,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "outbox_record_isolated": "the broker refused a batch: its first refused record is sent alone",
     "outbox_record_dropped": "a receipt the broker refuses for itself was dropped (the store keeps the truth)",
     "dlq_record_replaced_by_reference": "a DLQ record the broker refuses was replaced by a small stand-in",
-    "outbox_abort_on_release_failed": "aborting the relay's open transaction on release failed (harmless)",
+    "outbox_abort_on_drop_failed": "aborting the open transaction of a producer being replaced failed (harmless: "
+                                   "a fenced one refuses, a new producer's init_transactions aborts it)",
     # Rate limits (worker.store.ratelimits)
     "rate_limits_unavailable": "the store's shared rate limits are unreachable; the local limits apply",
     # Retention sweep (worker.retention)

@@ -69,6 +69,7 @@ class Relay:
         self.producer_factory = producer_factory
         self.producer: Producer | None = None
         self.initialized = False  # the producer's init_transactions returned
+        self.in_transaction = False  # begun and neither committed nor aborted yet
         self.held: Held | None = None  # the lease, while this relay leads
         self.leader_until = datetime.min.replace(tzinfo=UTC)
         self.next_attempt = datetime.min.replace(tzinfo=UTC)
@@ -172,12 +173,22 @@ class Relay:
         self._drop_producer()
 
     def _drop_producer(self) -> None:
-        # Its open transaction is aborted by the next init_transactions of this fleet (this relay's own
-        # next producer, or the next leader's), else by the broker's transaction timeout.
         self.ready, self.in_flight = False, None
-        if self.producer is not None:
-            self.producer.purge()
-            self.producer = None
+        producer, self.producer = self.producer, None
+        if producer is None:
+            return
+        if self.in_transaction:
+            self.in_transaction = False
+            # Ended before the producer goes: librdkafka 2.16 aborts the whole process (an assertion in
+            # rd_kafka_txn_handle_AddPartitionsToTxn) when a producer is destroyed just as it registers its
+            # transaction's partitions, and no registration starts once an abort began. A fenced producer
+            # refuses at once; a timeout leaves the abort to the next init_transactions of this fleet (this
+            # relay's own next producer, or the next leader's), else to the broker's transaction timeout.
+            try:
+                producer.abort_transaction(self.broker_timeout)
+            except KafkaException as exc:
+                log.debug("outbox_abort_on_drop_failed", code=exc.args[0].name())
+        producer.purge()
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -207,6 +218,7 @@ class Relay:
             # raised from here it would stop the worker, where every other relay call starts over instead.
             self._failed_call(exc.args[0], "outbox_relay_not_started")
             return
+        self.in_transaction = True
         try:
             for record in records:
                 try:
@@ -257,7 +269,7 @@ class Relay:
                 log.warning("outbox_commit_failed", code=error.name(), fatal=error.fatal())
                 self._drop_producer()
             return
-        self.in_flight, self.committed = None, batch
+        self.in_flight, self.committed, self.in_transaction = None, batch, False
         self.crash.hit(failpoints.AFTER_PUBLISH)
 
     def _end(self) -> None:
@@ -334,11 +346,6 @@ class Relay:
 
     def release(self) -> None:
         """Aborts an unfinished transaction (bounded) and hands the lease back."""
-        if self.producer is not None and self.in_flight is not None:
-            try:
-                self.producer.abort_transaction(self.broker_timeout)
-            except KafkaException as exc:
-                log.info("outbox_abort_on_release_failed", code=exc.args[0].name())
         self._drop_producer()
         if self.held is not None:
             self.store.outbox.release_lease(LEASE, token=self.held.token)
