@@ -16,7 +16,7 @@ import click
 import structlog
 
 from worker import config as config_module
-from worker import kafka, logs
+from worker import kafka, logs, shutdown
 from worker.compliance import report
 from worker.config import Settings
 from worker.core.errors import ConfigError
@@ -106,6 +106,8 @@ def _printable(exc: click.ClickException) -> click.ClickException:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """oubli carries out GDPR erasure and export requests."""
+    if ctx.invoked_subcommand != "worker":
+        shutdown.release_held()  # only the worker turns a signal into a drain; held during the imports
     logs.configure(logs.env_level())  # the config's log_level takes over once it is read
     ctx.obj = _LazySettings(config_path)
 
@@ -134,8 +136,6 @@ class _LazySettings(dict[str, Any]):
 @click.pass_context
 def worker(ctx: click.Context, migrate: bool) -> None:
     """Run the worker until SIGTERM."""
-    from worker import shutdown  # first, before the slow imports: a SIGTERM during start-up too is a clean stop
-
     with shutdown.listening(shutdown.StopRequest()) as stop:
         settings = _settings(ctx)
         if not settings.systems:

@@ -217,6 +217,53 @@ def test_a_sigterm_while_the_worker_waits_for_its_store_ends_it_at_once_with_exi
         assert "worker_started" not in [e["event"] for e in events]
 
 
+# Runs the `oubli` command's entry point in a fresh interpreter, and sends the process SIGTERM just as Python starts
+# importing worker.cli (about a second of imports): a pod terminated in its first second.
+_SIGTERM_DURING_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class SigtermOnCliImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "worker.cli":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.meta_path.insert(0, SigtermOnCliImport())
+sys.argv = ["oubli", *sys.argv[1:]]
+from worker.entry import main
+main()
+"""
+
+
+def test_a_sigterm_while_the_oubli_command_imports_is_held_and_the_worker_exits_0(tmp_path: Path) -> None:
+    """Before, the signal handler came after the CLI's imports: a signal in that first second ended the process
+    by the signal (exit 143). Now it is held from the entry point's first line and the worker stops cleanly."""
+    port = closed_port()
+    path = _config(tmp_path, store_url=f"postgresql+psycopg://u:p@127.0.0.1:{port}/db",
+                   kafka={"bootstrap_servers": f"127.0.0.1:{port}"},
+                   worker={"http_port": 0, "store_outage_exit_seconds": 600, "store_retry_max_seconds": 60},
+                   systems={"shopimind": {"connector": "shopimind", "settings": {"api_key": "k"}}})
+    result = subprocess.run([sys.executable, "-c", _SIGTERM_DURING_IMPORT, "--config", str(path), "worker"],  # noqa: S603
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert events[-1]["event"] == "worker_stopped" and events[-1]["before_start"] is True, events
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--config", "{config}", "migrate"]], ids=["help", "migrate"])
+def test_a_signal_held_while_the_oubli_command_imports_still_ends_any_other_command(tmp_path: Path,
+                                                                                     args: list[str]) -> None:
+    """Only the worker turns SIGTERM into a drain: any other command gets the held signal as soon as it is known
+    not to be the worker (a migration never starts), or as it ends (``--help``)."""
+    path = _config(tmp_path, store_url=f"sqlite:///{tmp_path / 'store.db'}",
+                   kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"})
+    result = subprocess.run([sys.executable, "-c", _SIGTERM_DURING_IMPORT,  # noqa: S603
+                             *(a.format(config=path) for a in args)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == -signal.SIGTERM, (result.returncode, result.stderr)
+    assert not (tmp_path / "store.db").exists()  # the migration never ran
+
+
 def test_the_worker_refuses_to_start_without_a_system(tmp_path: Path) -> None:
     """With no system every command would be rejected (a terminal receipt) as no_systems: exit 5, one line."""
     path = _config(tmp_path, store_url=f"sqlite:///{tmp_path / 'store.db'}",
