@@ -36,11 +36,13 @@ import datetime as dt
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +51,7 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -238,6 +241,42 @@ class CpuSplit:
         return split
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def loop_seconds(ports: Sequence[int]) -> dict[tuple[str, str], float]:
+    """The workers' ``oubli_loop_seconds_total`` by (step, clock), summed; empty from a tree without it."""
+    total: dict[tuple[str, str], float] = {}
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+                text = response.read().decode()
+        except OSError:
+            return {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "oubli_loop_seconds_total":
+                    key = (sample.labels["step"], sample.labels["clock"])
+                    total[key] = total.get(key, 0.0) + sample.value
+    return total
+
+
+def loop_split(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
+               requests: int) -> dict[str, tuple[float, float]]:
+    """ms per request of each loop step: (wall, the loop thread's CPU)."""
+    def spent(step: str, clock: str) -> float:
+        return (after.get((step, clock), 0.0) - before.get((step, clock), 0.0)) * 1000 / max(requests, 1)
+
+    steps = sorted({step for step, _ in after}, key=LOOP_STEPS.index)
+    return {step: (spent(step, "wall"), spent(step, "cpu")) for step in steps}
+
+
+LOOP_STEPS = ["poll", "intake", "results", "claim", "relay"]
+
+
 def rss_mb(pid: int) -> float:
     return _status(pid, "VmRSS") / 1024
 
@@ -346,10 +385,12 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                "systems": systems, "retry": {"base_seconds": 0.05, "max_seconds": 0.5},
                "worker": {"poll_seconds": args.poll_seconds, "lease_seconds": 30, "drain_seconds": 5,
                           "http_port": 0, "http_host": "127.0.0.1", "max_in_flight": args.max_in_flight}}
+        ports = [free_port() for _ in range(args.workers)]
         watch = Watch(topics.receipts)
         publisher = Publisher(topics.commands)
         counters = DbCounters(args.pg_url)
-        workers = [start_worker({**raw, "worker": {**raw["worker"], "worker_id": f"{prefix}-w{i}"}}, directory,
+        workers = [start_worker({**raw, "worker": {**raw["worker"], "worker_id": f"{prefix}-w{i}",
+                                                   "http_port": ports[i]}}, directory,
                                 f"{prefix}-w{i}", args.tree) for i in range(args.workers)]
         try:
             for process, log_path in workers:
@@ -367,6 +408,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 statements0, commits0, syncs0 = counters.read()
                 cpu0 = sum(cpu_seconds(p.pid) for p, _ in workers)
                 split = CpuSplit([p.pid for p, _ in workers])
+                steps0 = loop_seconds(ports)
                 started = time.monotonic()
                 sent = publisher.publish(burst)
                 complete = watch.wait(list(sent), args.timeout)
@@ -374,6 +416,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 elapsed = (max(done) if complete else time.monotonic()) - started
                 cpu = sum(cpu_seconds(p.pid) for p, _ in workers) - cpu0
                 cpu_split = split.per_request(len(done))
+                steps = loop_split(steps0, loop_seconds(ports), len(done))
                 statements1, commits1, syncs1 = counters.read()
                 latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
                 rss.append(sum(rss_mb(p.pid) for p, _ in workers))
@@ -399,6 +442,7 @@ def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 commits=(commits1 - commits0) / max(n, 1), syncs=(syncs1 - syncs0) / max(n, 1),
                 cpu_ms=cpu * 1000 / max(n, 1),
                 p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), rss=rss, cpu_split=cpu_split,
+                loop_steps=steps,
                 no_accepted=sum(1 for k in sent if k not in watch.accepted),
                 two_ends=sum(1 for k in sent if len(watch.terminal.get(k, ())) > 1), outbox_left=pending,
             )
@@ -648,6 +692,9 @@ def show(result: dict[str, Any]) -> None:
               f"PostgreSQL {split['postgres']:.2f}, Kafka {split['kafka']:.2f}, this benchmark {split['bench']:.2f}; "
               f"the machine {split['machine']:.2f} "
               f"({split['busy_pct']:.0f} % of its {os.cpu_count()} cores busy)")
+    if result.get("loop_steps"):
+        print("          loop ms/req, wall (its CPU): " + ", ".join(
+            f"{step} {wall:.2f} ({cpu:.2f})" for step, (wall, cpu) in result["loop_steps"].items()))
     if "lone" in result:
         print(f"          lone request: median {result['lone'] * 1000:.0f} ms, max {result['lone_max'] * 1000:.0f} ms "
               f"(accepted -> completed in the store: median {result['lone_store'] * 1000:.0f} ms)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import structlog
@@ -73,6 +73,7 @@ class Loop:
         self.offsets_unconfirmed = False  # a background commit was sent since the last one waited for
         self.assigned: list[TopicPartition] = []
         self.reader = Reader(consumer, chunk=self.settings.worker.batch_size)
+        self.timed = StepClock()
         worker = self.settings.worker
         self.health = (HealthServer(worker.http_host, worker.http_port, live=self._live, ready=self._ready)
                        if serve_http else None)
@@ -119,10 +120,14 @@ class Loop:
         # Results are recorded before the claim, and the relay gets a turn on each side of it: the receipts
         # intake and the results just wrote leave while the claim runs, and a batch in flight is committed
         # as soon as it is acknowledged, not a turn later.
-        self._guarded("executor", self.executor.record)
-        self._guarded("relay", self.relay.tick)
-        self._guarded("executor", self.executor.launch)
-        self._guarded("relay", self.relay.tick)
+        with self.timed("results"):
+            self._guarded("executor", self.executor.record)
+        with self.timed("relay"):
+            self._guarded("relay", self.relay.tick)
+        with self.timed("claim"):
+            self._guarded("executor", self.executor.launch)
+        with self.timed("relay"):
+            self._guarded("relay", self.relay.tick)
         # Calls still running, not calls whose results wait to be recorded: during a store outage those wait
         # for as long as it lasts, and counting them would show connectors stuck that have long returned.
         metrics.IN_FLIGHT.set(self.executor.calls_running())
@@ -181,6 +186,13 @@ class Loop:
     # --- consuming -------------------------------------------------------------------------
 
     def _consume(self) -> None:
+        with self.timed("poll"):
+            records = self._poll()
+        if records:
+            with self.timed("intake"):
+                self._record(records)
+
+    def _poll(self) -> list[Record]:
         self._hold_intake(self.store_stall.active or not self.intake_stall.due(time.monotonic()))
         size = self.settings.worker.batch_size
         # consume() returns early only with a full batch: it would hold a lone command for the whole timeout.
@@ -192,9 +204,7 @@ class Loop:
                 batch = [first]
                 if size > 1:
                     batch += self.consumer.consume(num_messages=size - 1, timeout=0)
-        records = self.reader.take(batch, held=self.intake_held)
-        if records:
-            self._record(records)
+        return self.reader.take(batch, held=self.intake_held)
 
     def _wait_for_work(self) -> float:
         """With no command in hand: waits for a call in flight to end, if any; returns how long ``poll`` may
@@ -434,3 +444,23 @@ def _incoming(message: Record) -> Message:
     value, key = message.value(), message.key()
     return Message(value=value.encode() if isinstance(value, str) else value,
                    key=key.encode() if isinstance(key, str) else key, headers=headers, source=_source(message))
+
+
+class StepClock:
+    """Adds a step's wall time, and the loop thread's CPU time within it, to ``oubli_loop_seconds_total``."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, tuple[Any, Any]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            counters = self.counters.get(step)
+            if counters is None:
+                counters = self.counters[step] = (metrics.LOOP_SECONDS.labels(step, "wall"),
+                                                  metrics.LOOP_SECONDS.labels(step, "cpu"))
+            counters[0].inc(time.perf_counter() - wall)
+            counters[1].inc(time.thread_time() - cpu)

@@ -84,6 +84,11 @@ STORE_ERRORS = Counter("oubli_store_errors_total", "Store outages seen by the ma
 LOOP_ERRORS = Counter("oubli_loop_errors_total",
                       "Unexpected errors in a main-loop step (a bug, or data that breaks it), by step and error type",
                       ["step", "kind"], registry=REGISTRY)
+# Where the main loop's time goes. Wall time less the loop thread's CPU is time spent waiting: on the store's
+# answers mostly (on the broker in "poll", for the next command), or for the GIL.
+LOOP_SECONDS = Counter("oubli_loop_seconds_total",
+                       "The main loop's time, by step (poll, intake, results, claim, relay) and clock (wall, or the "
+                       "loop thread's cpu)", ["step", "clock"], registry=REGISTRY)
 
 
 

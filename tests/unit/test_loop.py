@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 from devkit import fakes
 from devkit.membroker import MemBroker, MemRecord
 from devkit.pipeline import raw_settings, subject_command
-from worker import compose, config
+from worker import compose, config, metrics
 from worker.core.errors import StoreUnavailable
 from worker.intake import BatchOutcome
 from worker.loop import Loop
@@ -402,3 +402,30 @@ def test_a_relay_producer_found_fenced_at_begin_transaction_is_replaced_and_neve
     world.until(lambda: any(r.get("status") == "completed" for r in world.receipts()))  # must not raise
     assert len(made) >= 2
     world.loop.close()
+
+
+def _loop_seconds() -> dict[tuple[str, str], float]:
+    return {(s.labels["step"], s.labels["clock"]): s.value for family in metrics.REGISTRY.collect()
+            if family.name == "oubli_loop_seconds" for s in family.samples if s.name == "oubli_loop_seconds_total"}
+
+
+def test_the_loop_counts_each_step_s_wall_and_cpu_time_and_waiting_shows_as_their_difference(world: World) -> None:
+    """``oubli_loop_seconds_total``: where a turn's time goes. A claim that waits (here 0.3 s, as on a slow store)
+    adds to its wall time, not to the loop thread's CPU."""
+    before = _loop_seconds()
+    launch = world.loop.executor.launch
+
+    def slow_launch() -> None:
+        time.sleep(0.3)
+        launch()
+
+    world.loop.executor.launch = slow_launch  # type: ignore[method-assign]
+    world.send(subject_command(systems=["alpha"]))
+    world.until(lambda: any(r.get("status") == "completed" for r in world.receipts()))
+    spent = {key: value - before.get(key, 0.0) for key, value in _loop_seconds().items()}
+    steps = {"poll", "intake", "results", "claim", "relay"}
+    assert {step for step, _ in spent} == steps
+    for step in steps:
+        assert spent[step, "wall"] > 0 and 0 <= spent[step, "cpu"] <= spent[step, "wall"] + 0.01, (step, spent)
+    assert spent["claim", "wall"] - spent["claim", "cpu"] >= 0.3  # at least one turn's claim slept 0.3 s
+    assert spent["claim", "cpu"] < 0.3 and spent["claim", "wall"] > spent["results", "wall"] + 0.25
