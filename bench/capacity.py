@@ -44,7 +44,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -321,14 +321,27 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def new_topics(prefix: str) -> tuple[dict[str, Any], Any]:
+@contextlib.contextmanager
+def run_topics(prefix: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    """A run's own topics, deleted when it ends, so that a broker that serves many runs does not keep hundreds of
+    compacted partitions (log cleaner work in the background) from the earlier ones."""
     raw = {"bootstrap_servers": KAFKA, "group_id": f"{prefix}-workers", "session_timeout_ms": 6000,
            "commit_interval_seconds": 0.2,
            "topics": {"commands": f"{prefix}.commands", "receipts": f"{prefix}.receipts", "dlq": f"{prefix}.dlq"}}
     settings = config.build({"store_url": "sqlite://", "subject_key": "k" * 32, "kafka": raw, "systems": {}},
                             env={})
     kafka.ensure_topics(settings.kafka)
-    return raw, settings.kafka.topics
+    try:
+        yield raw, settings.kafka.topics
+    finally:
+        topics = settings.kafka.topics
+        admin = kafka.admin(settings.kafka)  # kept until the futures resolve: destroyed, it fails them (_DESTROY)
+        futures = admin.delete_topics([topics.commands, topics.receipts, topics.dlq], operation_timeout=30)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=60)
+            except KafkaException as exc:
+                print(f"  (topic {name} not deleted: {exc.args[0].name()})", file=sys.stderr)
 
 
 # --- the worker under test ---------------------------------------------------------------------------
@@ -377,8 +390,7 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 
 def worker_run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     prefix = f"cap{uuid.uuid4().hex[:8]}"
-    kafka_raw, topics = new_topics(prefix)
-    with pg_schema("cap_store", args.pg_url) as url:
+    with run_topics(prefix) as (kafka_raw, topics), pg_schema("cap_store", args.pg_url) as url:
         systems = {f"s{i:02d}": {"connector": "bench.noop", "concurrency": args.concurrency, "max_attempts": 4}
                    for i in range(args.systems)}
         raw = {"store_url": url, "subject_key": "bench-subject-key-" + "0" * 32, "kafka": kafka_raw,
@@ -487,8 +499,7 @@ def clear_store(url: str) -> None:
 def floor_run(args: argparse.Namespace, directory: Path, *, writes: bool = False) -> dict[str, Any]:
     """The bare loop's run. ``writes``: the write-set floor, on oubli's own tables (see ``write_set_floor``)."""
     prefix = f"floor{uuid.uuid4().hex[:8]}"
-    kafka_raw, topics = new_topics(prefix)
-    with pg_schema("cap_floor", args.pg_url) as url:
+    with run_topics(prefix) as (kafka_raw, topics), pg_schema("cap_floor", args.pg_url) as url:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
             if writes:

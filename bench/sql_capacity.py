@@ -43,9 +43,9 @@ from capacity import (
     Publisher,
     Watch,
     cpu_seconds,
-    new_topics,
     percentile,
     print_header,
+    run_topics,
     start_worker,
     stop_processes,
     wait_started,
@@ -167,8 +167,8 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     chosen = random.Random(11).sample(original, args.requests + WARM)
     warm, burst = chosen[:WARM], chosen[WARM:]
     prefix = f"sqlcap{uuid.uuid4().hex[:8]}"
-    kafka_raw, topics = new_topics(prefix)
-    with pg_schema("sqlcap_store", args.pg_url) as store_url, pg_schema("sqlcap_shop", args.pg_url) as shop_url:
+    with run_topics(prefix) as (kafka_raw, topics), pg_schema("sqlcap_store", args.pg_url) as store_url, \
+            pg_schema("sqlcap_shop", args.pg_url) as shop_url:
         fill_shop(shop_url, original)
         raw = {"store_url": store_url, "subject_key": "bench-subject-key-" + "0" * 32, "kafka": kafka_raw,
                "systems": {SYSTEM: shop_system(shop_url, args.concurrency)},
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             if not watch.wait(list(sent), 120, any_end=True):
                 sys.exit(f"the warm-up did not end within 120 s:\n{log_path.read_text(errors='replace')[-3000:]}")
             counters.reset()
-            statements0, commits0 = counters.read()
+            statements0, commits0, _ = counters.read()
             shop0 = shop_statements(counters)
             cpu0 = cpu_seconds(process.pid)
             started = time.monotonic()
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             done = [watch.completed[k] for k in sent if k in watch.completed]
             elapsed = (max(done) if done and ended else time.monotonic()) - started
             cpu = cpu_seconds(process.pid) - cpu0
-            statements1, commits1 = counters.read()
+            statements1, commits1, _ = counters.read()
             shop1 = shop_statements(counters)
             latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
         finally:

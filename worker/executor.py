@@ -81,6 +81,15 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 HAND_BACK_SECONDS = 2.0
 
 
+INTERNAL_STEPS_MAX = 8
+
+
+def internal_limit(max_in_flight: int) -> int:
+    """How many of each of oubli's own steps (``_verify``, ``_identity``, ``_package``) run at once. Each works on the
+    store from its pool thread, so the store's connection pool is sized from this (``worker.compose``)."""
+    return max(2, min(max_in_flight // 8, INTERNAL_STEPS_MAX))
+
+
 class Executor:
     def __init__(
         self, store: Store, connectors: Mapping[str, Connector], *, concurrency: Mapping[str, int],
@@ -94,7 +103,7 @@ class Executor:
         self.store = store
         self.skip = skip  # confirms a task without a call, e.g. worker.retention.vendorkeep
         self.connectors = dict(connectors)
-        internal = max(2, max_in_flight // 8)
+        internal = internal_limit(max_in_flight)
         self.limits = {**concurrency, PACKAGE_TASK: internal, IDENTITY_TASK: internal, VERIFY_TASK: internal}
         self.verifier = verifier
         self.identity = identity
