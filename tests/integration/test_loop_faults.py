@@ -138,7 +138,8 @@ def test_a_store_pool_timeout_is_an_outage_not_a_crash(pg_url: str, tmp_path: Pa
     before = timeouts()
     # Every connection the pool may hand out (pool_size + max_overflow), held elsewhere: the next checkout waits
     # out the pool timeout and raises sqlalchemy.exc.TimeoutError, which is not a DBAPIError.
-    held = [worker.engine.connect() for _ in range(10)]
+    pool = worker.engine.pool
+    held = [worker.engine.connect() for _ in range(pool.size() + pool._max_overflow)]  # type: ignore[attr-defined]
     try:
         worker.run_once()  # must not raise
         assert timeouts() - before == 1
