@@ -47,6 +47,9 @@ class TaskUpdate:
     confirmed_by: str | None = None
     export: Mapping[str, Any] | None = None
     identifiers: Mapping[str, Sequence[str]] | None = None
+    # A clean ``_verify`` step: each checked system and its PII-free counts, audited as ``verified`` in the
+    # transaction that records the step's result (one fewer transaction per erasure than a write of their own).
+    verified: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

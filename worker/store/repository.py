@@ -349,6 +349,8 @@ class Store(Claims, Restage, Unconfigured):
             row.update(task_values(version, after, update))
             written[(claimed.request_id, claimed.system)] = {**row, "_version": version}
             error_code = after.error_code if after.state in (SystemState.RETRYING, SystemState.FAILED) else None
+            for system, counts in sorted((update.verified or {}).items()):
+                audits.append(self._audit_row(claimed.request_id, system, now, "verified", detail=counts))
             audits.append(self._audit_row(claimed.request_id, claimed.system, now, type(event).__name__.lower(),
                                           from_state=before.state, to_state=after.state, attempt=after.attempts,
                                           error_code=error_code,

@@ -1,9 +1,10 @@
 """The store's side of verification: reopening a system whose erasure did not hold, tombstones, scan links.
 
-``reopen`` and ``record_verified`` each run in one transaction with their audit events (and, for
-``reopen``, the receipt). Tombstones hold only keyed hashes (``worker.core.identifiers``) and the
-request that erased them; ``matches`` looks a batch of hashes up by primary key. Links between a
-request and the resurrection erasure that followed it are audit events on both requests.
+``reopen`` and ``lay_tombstones`` each run in one transaction with their audit events (and, for ``reopen``,
+the receipt); a clean check's ``verified`` events go with the step's result (``TaskUpdate.verified``).
+Tombstones hold only keyed hashes (``worker.core.identifiers``) and the request that erased them; ``matches``
+looks a batch of hashes up by primary key. Links between a request and the resurrection erasure that followed
+it are audit events on both requests.
 """
 
 from __future__ import annotations
@@ -77,18 +78,14 @@ class VerificationStore(StoreBase):
                 self._refresh_request(conn, request, now, rows=rows, force_receipt=True)
         return reopened
 
-    def record_verified(self, request_id: str, checked: Mapping[str, str], *, now: datetime,
-                        hashes: Collection[tuple[str, str]] = (), subject_ref: str | None = None,
-                        expires_at: datetime | None = None) -> None:
-        """Audits each verified system with its counts and, given ``hashes`` (kind, digest), lays the
-        subject's tombstones (an identifier erased again points at its latest erasure)."""
+    def lay_tombstones(self, request_id: str, hashes: Collection[tuple[str, str]], *, now: datetime,
+                       subject_ref: str | None, expires_at: datetime) -> None:
+        """Lays the subject's tombstones from ``hashes`` (kind, digest): an identifier erased again points at its
+        latest erasure."""
         with self.engine.begin() as conn:
-            for system, counts in sorted(checked.items()):
-                self._audit(conn, request_id, system, now, "verified", detail=counts)
-            if hashes and expires_at is not None:
-                self._bury(conn, request_id, subject_ref, hashes, now, expires_at)
-                self._audit(conn, request_id, None, now, "tombstoned",
-                            detail=f"{len(hashes)} identifiers kept as keyed hashes until {expires_at.date()}")
+            self._bury(conn, request_id, subject_ref, hashes, now, expires_at)
+            self._audit(conn, request_id, None, now, "tombstoned",
+                        detail=f"{len(hashes)} identifiers kept as keyed hashes until {expires_at.date()}")
 
     @staticmethod
     def _bury(conn: sa.Connection, request_id: str, subject_ref: str | None, hashes: Collection[tuple[str, str]],

@@ -74,10 +74,11 @@ class VerificationStep:
             return (states.Fail(VERIFICATION_FAILED, f"data left after the erasure in {', '.join(sorted(dirty))}",
                                 retryable=False), TaskUpdate())
         hashes = self._hashes(task.subject, rows)
-        self.store.record_verified(task.request_id, clean, now=now, hashes=hashes, subject_ref=task.subject.subject_ref,
-                                   expires_at=now + timedelta(days=self.tombstone_days))
+        if hashes:
+            self.store.lay_tombstones(task.request_id, hashes, now=now, subject_ref=task.subject.subject_ref,
+                                      expires_at=now + timedelta(days=self.tombstone_days))
         log.info("verified", request_id=task.request_id, systems=sorted(clean), tombstones=len(hashes))
-        return states.Confirm("verified"), TaskUpdate(records=len(clean))
+        return states.Confirm("verified"), TaskUpdate(records=len(clean), verified=clean)
 
     def _hashes(self, subject: Subject, rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
         """Only for an erasure of every configured system: a narrower one (the sweeper's contact-form
