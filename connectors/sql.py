@@ -197,22 +197,25 @@ class SqlConnector:
                 condition = bound.conditions.get(rule.table)
                 if rule.erase == "keep":
                     continue
-                left = 0
-                if condition is not None:
-                    # Built once per subject shape, as the erasure's statements: a verification runs after every
-                    # erasure, and building the count (its match expression and cache key) cost more than running it.
-                    count = self._cached((bound.shape, index, "verify"),
-                                         partial(self._left, index, tables[rule.table], rule, condition))
-                    left = int(conn.execute(count, params).scalar_one())
+                left = 0 if condition is None else self._left(conn, index, tables[rule.table], rule, condition, params)
                 found.append(Residue(rule.table, left))
         return found
 
-    def _left(self, index: int, table: sa.Table, rule: TableRule, condition: Condition) -> sa.Select[Any]:
-        """Counts the rows an erasure should have removed or unlinked: ``delete`` and ``anonymise`` leave none
-        that match (anonymised rows lose their match columns); ``retain`` keeps rows within their date only,
+    def _left(
+        self,
+        conn: sa.Connection,
+        index: int,
+        table: sa.Table,
+        rule: TableRule,
+        condition: Condition,
+        params: Mapping[str, Any],
+    ) -> int:
+        """Rows an erasure should have removed or unlinked: ``delete`` and ``anonymise`` leave none that
+        match (anonymised rows lose their match columns); ``retain`` keeps rows within their date only,
         with the columns it nulls still null."""
         if rule.retention is None:
-            return sa.select(sa.func.count()).select_from(table).where(condition)
+            count = sa.select(sa.func.count()).select_from(table).where(condition)
+            return int(conn.execute(count, params).scalar_one())
         on = self._column(table, rule.retention.date_column)
         cutoff = _cutoff(index)
         left = sa.and_(condition, on <= cutoff)
@@ -220,7 +223,7 @@ class SqlConnector:
         if nulled:
             kept = sa.and_(condition, sa.or_(on > cutoff, on.is_(None)))
             left = sa.or_(left, sa.and_(kept, sa.or_(*(c.is_not(None) for c in nulled))))
-        return sa.select(sa.func.count()).select_from(table).where(left)
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(left), params).scalar_one())
 
     def sightings(self) -> Iterator[Sighting]:
         with self._guard("resurrection scan"), self._engine.connect() as conn:
