@@ -17,7 +17,7 @@ customer's personal columns are NULL with id and created_at intact, and that no 
 it exits non-zero when a check fails.
 
 Usage: .venv/bin/python bench/sql_capacity.py [--requests 1000] [--customers 5000] [--concurrency 16]
-       [--max-in-flight 64] [--pg-url URL]
+       [--max-in-flight 64] [--pg-url URL] [--no-verification]
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                "worker": {"poll_seconds": 0.05, "lease_seconds": 30, "drain_seconds": 5, "http_port": 0,
                           "http_host": "127.0.0.1", "max_in_flight": args.max_in_flight,
                           "worker_id": f"{prefix}-w0"}}
+        if not args.verification:
+            raw["verification"] = {"enabled": False}
         watch = Watch(topics.receipts)
         publisher = Publisher(topics.commands)
         counters = DbCounters(args.pg_url)
@@ -243,9 +245,12 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--pg-url", default=PG_URL)
+    parser.add_argument("--no-verification", dest="verification", action="store_false",
+                        help="turn the _verify step off (verification.enabled: false), to see what it costs")
     args = parser.parse_args()
     print_header("oubli sql capacity", f"{args.requests} erasures by email over {args.customers} customers, "
-                 f"system concurrency {args.concurrency}, max_in_flight {args.max_in_flight}", args.pg_url,
+                 f"system concurrency {args.concurrency}, max_in_flight {args.max_in_flight}, "
+                 f"verification {'on' if args.verification else 'off'}", args.pg_url,
                  "store and shop")
     with tempfile.TemporaryDirectory(prefix="oubli-sql-capacity-") as tmp:
         result = run(args, Path(tmp))

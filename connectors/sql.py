@@ -40,7 +40,7 @@ from worker.core.connector import (
     Sighting,
     Subject,
 )
-from worker.core.errors import NeedsPersonError, PermanentError
+from worker.core.errors import ConnectorError, NeedsPersonError, PermanentError
 from worker.core.identifiers import keyed_hash
 
 Condition = sa.ColumnElement[bool]
@@ -187,19 +187,34 @@ class SqlConnector:
 
     # -- verification and the resurrection scan (optional protocols of worker.core.connector) -------
     def verify(self, subject: Subject) -> Sequence[Residue]:
-        today = self._context.now().date()
-        found: list[Residue] = []
+        (found,) = self.verify_many([subject])
+        if isinstance(found, ConnectorError):
+            raise found
+        return found
+
+    def verify_many(self, subjects: Sequence[Subject]) -> list[Sequence[Residue] | ConnectorError]:
+        """On one connection, reflected once: a batch's checks cost a count per table and subject, no more."""
+        cutoffs = self._cutoffs(self._context.now().date())
+        results: list[Sequence[Residue] | ConnectorError] = []
         with self._guard("verification"), self._engine.connect() as conn:
             tables = self._reflect(conn)
-            bound = self._conditions(conn, tables, subject)
-            params = {**bound.params, **self._cutoffs(today)}
-            for index, rule in enumerate(self.config.tables):
-                condition = bound.conditions.get(rule.table)
-                if rule.erase == "keep":
+            for subject in subjects:
+                try:
+                    bound = self._conditions(conn, tables, subject)
+                except ConnectorError as exc:  # this subject's own (an ambiguous match): the others go on
+                    results.append(exc)
                     continue
-                left = 0 if condition is None else self._left(conn, index, tables[rule.table], rule, condition, params)
-                found.append(Residue(rule.table, left))
-        return found
+                params = {**bound.params, **cutoffs}
+                found: list[Residue] = []
+                for index, rule in enumerate(self.config.tables):
+                    condition = bound.conditions.get(rule.table)
+                    if rule.erase == "keep":
+                        continue
+                    left = 0 if condition is None else self._left(conn, index, tables[rule.table], rule, condition,
+                                                                  params)
+                    found.append(Residue(rule.table, left))
+                results.append(found)
+        return results
 
     def _left(
         self,

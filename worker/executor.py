@@ -27,6 +27,7 @@ from worker import failpoints, metrics, personal, states, vendorrefs
 from worker.callpool import CallPool
 from worker.core.connector import OUTCOMES, Connector, ExportWriter, IdentityLookup, Pending, Result, Retained
 from worker.core.errors import (
+    ConnectorError,
     NeedsPersonError,
     PermanentError,
     QuotaDeferred,
@@ -63,9 +64,14 @@ Outcome = tuple[states.Event, TaskUpdate]
 
 
 class TaskVerifier(Protocol):
-    """Runs an erasure's ``_verify`` step (``worker.verification.VerificationStep``); blocks, may raise."""
+    """Runs the ``_verify`` step of a batch of erasures (``worker.verification.VerificationStep``); blocks. Each task's
+    outcome, or the connector error its checks raised; raises what stops the whole batch."""
 
-    def run(self, task: ClaimedTask) -> Outcome: ...
+    def run_many(self, tasks: Sequence[ClaimedTask]) -> Sequence[Outcome | ConnectorError]: ...
+
+
+# What one pool thread runs: one task, or a batch of ``_verify`` tasks (the step checks a set in one go).
+Job = tuple[ClaimedTask, ...]
 
 # Results recorded per store transaction: a few statements whatever the number (``Store.finish_many``
 # writes in bulk), so one transaction takes every finished call of a tick, up to this many.
@@ -82,6 +88,9 @@ HAND_BACK_SECONDS = 2.0
 
 
 INTERNAL_STEPS_MAX = 8
+# The most ``_verify`` tasks in one job. A burst's checks then cost a store read and a call per system for each
+# batch, not for each request, and ``internal_limit`` jobs at once check up to this many times more requests.
+VERIFY_BATCH = 32
 
 
 def internal_limit(max_in_flight: int) -> int:
@@ -104,7 +113,10 @@ class Executor:
         self.skip = skip  # confirms a task without a call, e.g. worker.retention.vendorkeep
         self.connectors = dict(connectors)
         internal = internal_limit(max_in_flight)
-        self.limits = {**concurrency, PACKAGE_TASK: internal, IDENTITY_TASK: internal, VERIFY_TASK: internal}
+        self.limits = {**concurrency, PACKAGE_TASK: internal, IDENTITY_TASK: internal,
+                       VERIFY_TASK: internal * VERIFY_BATCH}
+        self.verify_jobs_limit = internal  # each job holds a store connection (worker.compose sizes the pool)
+        self.verify_jobs = 0  # running, or ended and not harvested yet
         self.verifier = verifier
         self.identity = identity
         self.identity_kinds = tuple(identity_kinds)
@@ -118,8 +130,8 @@ class Executor:
         # worker's memory crept up for hours (bench/README.md, RSS +15.7 % over 200,000 requests).
         # As many spares as slots: a vendor that hangs every call at most doubles the threads; past that, the
         # slots of calls still hung stay lost (``_launch`` claims less) until those calls return.
-        self.pool: CallPool[ClaimedTask, Outcome] = CallPool(max_in_flight, self._call, name="oubli-call",
-                                                              spare=max_in_flight)
+        self.pool: CallPool[Job, list[Outcome]] = CallPool(max_in_flight, self._call, name="oubli-call",
+                                                            spare=max_in_flight)
         self.call_timeout = call_timeout
         # None: tasks of systems this worker does not run are left alone (a test's partial fleet).
         self.unconfigured_grace = unconfigured_grace
@@ -231,13 +243,15 @@ class Executor:
         if self.call_timeout is None or time.monotonic() < self.next_deadline_check:
             return
         self.next_deadline_check = time.monotonic() + self.deadline_every
-        for task, seconds in self.pool.abandon_overdue(self.call_timeout):
+        for job, seconds in self.pool.abandon_overdue(self.call_timeout):
+            self._job_ended(job)
             message = f"no answer within {self.call_timeout:g} s: the call was abandoned"
             # A floor on the backoff: the abandoned call gets another full deadline to end before the retry.
             event = states.Fail(CALL_TIMEOUT, message, retryable=True, retry_after=self.call_timeout)
-            self.ended.append((task, (event, TaskUpdate())))
-            log.warning("call_abandoned", request_id=task.request_id, system=task.system, attempt=task.attempt,
-                        seconds=round(seconds, 1), abandoned=self.pool.abandoned(), slots_lost=self.pool.lost)
+            for task in job:
+                self.ended.append((task, (event, TaskUpdate())))
+                log.warning("call_abandoned", request_id=task.request_id, system=task.system, attempt=task.attempt,
+                            seconds=round(seconds, 1), abandoned=self.pool.abandoned(), slots_lost=self.pool.lost)
         metrics.CALLS_ABANDONED.set(self.pool.abandoned())
 
     def _launch(self, now: datetime) -> int:
@@ -250,9 +264,11 @@ class Executor:
             return 0
         claimed = self.store.claim_due(now=now, lease_until=now + self.lease, limits=self._limits_left(), room=room,
                                        held=self.in_flight.keys())
-        for task in claimed[:room]:
+        claimed = claimed[:room]
+        for task in claimed:
             self.in_flight[(task.request_id, task.system)] = (task, now)
-            self.pool.submit(task)
+        for job in self._jobs(claimed):
+            self.pool.submit(job)
         # Both clocks: a test's injected clock that jumps ahead claims at once, a frozen one waits real time.
         self.claim_after = None if claimed else (time.monotonic() + CLAIM_IDLE.total_seconds(), now + CLAIM_IDLE)
         return len(claimed)
@@ -262,13 +278,34 @@ class Executor:
         store no longer counts them (their attempt was recorded as call_timeout), but a hung call still holds
         a connection at the system: without this, every deadline would hand a system that hangs one more
         call, past its limit, until the worker's spare threads ran out."""
-        hung = Counter(task.system for task in self.pool.abandoned_calls())
+        hung = Counter(task.system for job in self.pool.abandoned_calls() for task in job)
+        if self.verify_jobs >= self.verify_jobs_limit:
+            hung[VERIFY_TASK] = self.limits[VERIFY_TASK]  # no thread for another batch: claim none
         if not hung:
             return self.limits
         return {system: limit - hung[system] for system, limit in self.limits.items()}
 
+    def _jobs(self, claimed: Sequence[ClaimedTask]) -> list[Job]:
+        """A job per task, but the ``_verify`` tasks share as few jobs as the free batch slots allow, each of up to
+        ``VERIFY_BATCH`` (more only when the slots are short), in claim order."""
+        jobs: list[Job] = [(task,) for task in claimed if task.system != VERIFY_TASK]
+        verify = [task for task in claimed if task.system == VERIFY_TASK]
+        if verify:
+            count = max(1, min(self.verify_jobs_limit - self.verify_jobs, -(-len(verify) // VERIFY_BATCH)))
+            size = -(-len(verify) // count)
+            batches = [tuple(verify[i:i + size]) for i in range(0, len(verify), size)]
+            self.verify_jobs += len(batches)
+            jobs += batches
+        return jobs
+
+    def _job_ended(self, job: Job) -> None:
+        if job[0].system == VERIFY_TASK:
+            self.verify_jobs -= 1
+
     def _harvest(self, now: datetime) -> None:
-        self.ended += self.pool.take(HARVEST_BATCH - len(self.ended))
+        for job, outcomes in self.pool.take(HARVEST_BATCH - len(self.ended)):
+            self._job_ended(job)
+            self.ended += zip(job, outcomes, strict=True)
         if not self.ended:
             return
         self.claim_after = None  # a result may unblock a sibling (a final step) or a subject's next request
@@ -297,47 +334,66 @@ class Executor:
                             attempt=task.attempt, result=result, recorded=recorded is not None, **_event_fields(event))
         log.info("calls_recorded", calls=len(results), results=tally, in_flight=len(self.in_flight))
 
-    def _call(self, task: ClaimedTask) -> Outcome:
+    def _call(self, job: Job) -> list[Outcome]:
         """Runs in a pool thread. Never raises: every failure becomes a ``Fail`` event."""
         self.crash.hit(failpoints.AFTER_CLAIM)
+        if job[0].system == VERIFY_TASK and self.verifier is not None:
+            outcomes = self._verify(job)
+        else:
+            outcomes = [self._call_one(task) for task in job]
+        self.crash.hit(failpoints.AFTER_CONNECTOR)
+        return outcomes
+
+    def _verify(self, job: Job) -> list[Outcome]:
+        assert self.verifier is not None  # noqa: S101 - _call checked
+        try:
+            results = list(self.verifier.run_many(job))
+            if len(results) != len(job):
+                raise RuntimeError("the verification step answered for another number of requests")
+        except BaseException as exc:  # noqa: BLE001 - as a single call's: the whole batch fails alike
+            return [_redacted(task, self._failure(task, exc)) for task in job]
+        return [_redacted(task, self._failure(task, result) if isinstance(result, BaseException) else result)
+                for task, result in zip(job, results, strict=True)]
+
+    def _call_one(self, task: ClaimedTask) -> Outcome:
         set_call_priority(task.subject.priority)  # background calls spend the reserve-limited quota share
         try:
             outcome = _checked_outcome(task, _checked_vendor_ref(task, self._dispatch(task)))
-        except (Throttled, QuotaDeferred) as exc:
-            if task.polling and task.vendor_ref:  # the vendor job is still running: just look again later
-                return _redacted(task, (states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0),
-                                        TaskUpdate(detail=exc.message)))
-            outcome = states.Fail(stable_code(exc.code), exc.message, retryable=True, retry_after=exc.retry_after,
-                                  counts_as_attempt=False), TaskUpdate(detail=exc.message)
-        except RetryableError as exc:
-            outcome = (states.Fail(stable_code(exc.code), exc.message, retryable=True, retry_after=exc.retry_after),
-                       TaskUpdate())
-        except (PermanentError, NeedsPersonError) as exc:
-            outcome = states.Fail(stable_code(exc.code), exc.message, retryable=False), TaskUpdate()
         except BaseException as exc:  # noqa: BLE001 - a connector bug (even a sys.exit) must not kill the worker
-            if isinstance(exc, Exception) and is_outage(exc):
-                # An internal step (package, identity, verification) reading oubli's own store during its outage
-                # (connectors wrap their databases' errors): no connector bug. It still counts as an attempt, since
-                # what is_outage calls one includes a statement that times out every time.
-                outcome = states.Fail("store_unavailable", f"{task.system}: the store was unreachable "
-                                      f"({error_kind(exc)})", retryable=True), TaskUpdate()
-                log.warning("store_unavailable", during=task.system, request_id=task.request_id,
-                            error_type=error_kind(exc), sqlstate=error_sqlstate(exc))
-            elif isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                # The worker's own disk (an export's staging files), not the connector: an operator's to fix,
-                # and the call can succeed once there is room, so it is retried like any outage.
-                code = errno.errorcode[exc.errno]
-                outcome = states.Fail("disk_full", f"{task.system}: no space left on the worker's disk ({code})",
-                                      retryable=True), TaskUpdate()
-                log.error("disk_full", request_id=task.request_id, system=task.system, errno=code)
-            else:
-                # The message of an arbitrary exception may quote personal data: keep only its type.
-                outcome = states.Fail("unexpected_error", f"{task.system} raised {type(exc).__name__}",
-                                      retryable=True), TaskUpdate()
-                log.error("connector_bug", request_id=task.request_id, system=task.system,
-                          error_type=type(exc).__name__)
-        self.crash.hit(failpoints.AFTER_CONNECTOR)
+            outcome = self._failure(task, exc)
         return _redacted(task, outcome)
+
+    def _failure(self, task: ClaimedTask, exc: BaseException) -> Outcome:
+        """The ``Fail`` (or, for a vendor job still running, the wait) that a call's exception stands for."""
+        if isinstance(exc, Throttled | QuotaDeferred):
+            if task.polling and task.vendor_ref:  # the vendor job is still running: just look again later
+                return states.AwaitVendor(task.vendor_ref, exc.retry_after or 1.0), TaskUpdate(detail=exc.message)
+            return (states.Fail(stable_code(exc.code), exc.message, retryable=True, retry_after=exc.retry_after,
+                                counts_as_attempt=False), TaskUpdate(detail=exc.message))
+        if isinstance(exc, RetryableError):
+            return (states.Fail(stable_code(exc.code), exc.message, retryable=True, retry_after=exc.retry_after),
+                    TaskUpdate())
+        if isinstance(exc, PermanentError | NeedsPersonError):
+            return states.Fail(stable_code(exc.code), exc.message, retryable=False), TaskUpdate()
+        if isinstance(exc, Exception) and is_outage(exc):
+            # An internal step (package, identity, verification) reading oubli's own store during its outage
+            # (connectors wrap their databases' errors): no connector bug. It still counts as an attempt, since
+            # what is_outage calls one includes a statement that times out every time.
+            log.warning("store_unavailable", during=task.system, request_id=task.request_id,
+                        error_type=error_kind(exc), sqlstate=error_sqlstate(exc))
+            return states.Fail("store_unavailable", f"{task.system}: the store was unreachable "
+                               f"({error_kind(exc)})", retryable=True), TaskUpdate()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            # The worker's own disk (an export's staging files), not the connector: an operator's to fix,
+            # and the call can succeed once there is room, so it is retried like any outage.
+            code = errno.errorcode[exc.errno]
+            log.error("disk_full", request_id=task.request_id, system=task.system, errno=code)
+            return states.Fail("disk_full", f"{task.system}: no space left on the worker's disk ({code})",
+                               retryable=True), TaskUpdate()
+        # A connector bug. The message of an arbitrary exception may quote personal data: keep only its type.
+        log.error("connector_bug", request_id=task.request_id, system=task.system, error_type=type(exc).__name__)
+        return states.Fail("unexpected_error", f"{task.system} raised {type(exc).__name__}",
+                           retryable=True), TaskUpdate()
 
     def _dispatch(self, task: ClaimedTask) -> Outcome:
         if task.system == PACKAGE_TASK and task.kind == "erasure":  # earlier export packages are personal data
@@ -349,10 +405,8 @@ class Executor:
             return self._package(task)
         if task.system == IDENTITY_TASK:
             return self._resolve_identity(task)
-        if task.system == VERIFY_TASK:
-            if self.verifier is None:
-                raise PermanentError("verification is not configured on this worker", code="not_configured")
-            return self.verifier.run(task)
+        if task.system == VERIFY_TASK:  # with a verifier, ``_call`` runs its batch
+            raise PermanentError("verification is not configured on this worker", code="not_configured")
         connector = self.connectors.get(task.system)
         if connector is None:
             raise PermanentError(f"system {task.system} is not configured on this worker", code="not_configured")

@@ -270,7 +270,7 @@ class StoreGone:
     def __init__(self) -> None:
         self.runs = 0
 
-    def run(self, task: Any) -> Any:
+    def run_many(self, tasks: Any) -> Any:
         self.runs += 1
         raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
 

@@ -69,15 +69,16 @@ def test_every_internal_step_at_once_reuses_pooled_connections(pg_url: str, max_
     same burst without verification ran at 269."""
     from devkit.pipeline import raw_settings
     from worker import compose, config
-    from worker.executor import internal_limit
+    from worker.executor import VERIFY_BATCH, internal_limit
     from worker.receipts import VERIFY_TASK
 
     raw = raw_settings(store_url=pg_url, bootstrap="127.0.0.1:1", systems={})
     raw["worker"]["max_in_flight"] = max_in_flight
     parts = compose.build(config.build(raw, env={}), migrate=True, producer_factory=lambda _config: None)  # type: ignore[arg-type,return-value]
     try:
-        steps = parts.executor.limits[VERIFY_TASK]
+        steps = parts.executor.verify_jobs_limit  # each _verify job (a batch of requests) holds one connection
         assert steps == internal_limit(max_in_flight) <= 8  # bounded, whatever max_in_flight is
+        assert parts.executor.limits[VERIFY_TASK] == steps * VERIFY_BATCH
         backends: set[int] = set()
         opened: list[int] = []
         sa.event.listen(parts.engine, "connect", lambda *_: opened.append(1))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, BinaryIO, Literal, Protocol, get_args, runtime_checkable
 
+from worker.core.errors import ConnectorError
 from worker.core.limits import Limits
 
 OutcomeName = Literal[
@@ -146,6 +147,19 @@ class Verifier(Protocol):
     """
 
     def verify(self, subject: Subject) -> Sequence[Residue]: ...
+
+
+@runtime_checkable
+class BatchVerifier(Verifier, Protocol):
+    """Optional, on top of ``Verifier``: checks many subjects in one go, where the system can share the cost of a
+    check among them (one connection, one reflection). The ``_verify`` step checks a batch of requests at once.
+
+    ``verify_many`` returns, for each subject in order, what ``verify`` would: its residues, or the
+    ``ConnectorError`` that subject's check raised (an ambiguous match, say), so one subject cannot fail the
+    others. An error that stops every check (the database is down) is raised.
+    """
+
+    def verify_many(self, subjects: Sequence[Subject]) -> Sequence[Sequence[Residue] | ConnectorError]: ...
 
 
 @dataclass(frozen=True)

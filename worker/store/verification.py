@@ -1,7 +1,9 @@
 """The store's side of verification: reopening a system whose erasure did not hold, tombstones, scan links.
 
-``reopen`` and ``lay_tombstones`` each run in one transaction with their audit events (and, for ``reopen``,
-the receipt); a clean check's ``verified`` events go with the step's result (``TaskUpdate.verified``).
+The step works on a set of requests at once: ``task_rows`` reads all their tasks in one statement, and
+``lay_tombstones`` buries every clean request's identifiers in one transaction with its audit events.
+``reopen`` (one request whose erasure did not hold: rare) runs in one transaction with its audit events and
+the receipt. A clean check's ``verified`` events go with the step's result (``TaskUpdate.verified``).
 Tombstones hold only keyed hashes (``worker.core.identifiers``) and the request that erased them; ``matches``
 looks a batch of hashes up by primary key. Links between a request and the resurrection erasure that followed
 it are audit events on both requests.
@@ -10,7 +12,8 @@ it are audit events on both requests.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+import functools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,9 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from worker.states import SystemState
-from worker.store.base import StoreBase
+from worker.store.base import StoreBase, dicts
 from worker.store.records import OPEN_STATUSES, TaskUpdate, task_state
-from worker.store.schema import audit_events, requests, tombstones, verification_scans
+from worker.store.schema import audit_events, requests, tasks, tombstones, verification_scans
+from worker.store.sets import among_bound
 
 VERIFICATION_FAILED = "verification_failed"
 RESURRECTED_AS = "resurrected_as"
@@ -32,6 +36,15 @@ LOOKUP_BATCH = 1000  # hashes per IN (...) look-up
 class Tombstone:
     request_id: str
     subject_ref: str | None
+
+
+@dataclass(frozen=True)
+class Burial:
+    """One clean erasure's tombstones: the keyed hashes (kind, digest) of its subject's identifiers."""
+
+    request_id: str
+    subject_ref: str | None
+    hashes: Collection[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -48,9 +61,14 @@ class ScanCounts:
 class VerificationStore(StoreBase):
     # --- the verification step -----------------------------------------------------------------
 
-    def task_rows(self, request_id: str) -> list[dict[str, Any]]:
+    def task_rows(self, request_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each request's task rows, by request (a request with none is absent), in one statement."""
+        by_request: dict[str, list[dict[str, Any]]] = {}
         with self.engine.connect() as conn:
-            return self._task_rows(conn, request_id)
+            rows = dicts(conn.execute(_tasks_of_statement(conn.dialect.name), {"ids": list(request_ids)}))
+        for row in rows:
+            by_request.setdefault(row["request_id"], []).append(row)
+        return by_request
 
     def reopen(self, request_id: str, residues: Mapping[str, str], now: datetime) -> list[str]:
         """Turns each confirmed system of ``residues`` (system -> PII-free tables and counts) to ``failed``
@@ -78,28 +96,30 @@ class VerificationStore(StoreBase):
                 self._refresh_request(conn, request, now, rows=rows, force_receipt=True)
         return reopened
 
-    def lay_tombstones(self, request_id: str, hashes: Collection[tuple[str, str]], *, now: datetime,
-                       subject_ref: str | None, expires_at: datetime) -> None:
-        """Lays the subject's tombstones from ``hashes`` (kind, digest): an identifier erased again points at its
-        latest erasure."""
-        with self.engine.begin() as conn:
-            self._bury(conn, request_id, subject_ref, hashes, now, expires_at)
-            self._audit(conn, request_id, None, now, "tombstoned",
-                        detail=f"{len(hashes)} identifiers kept as keyed hashes until {expires_at.date()}")
-
-    @staticmethod
-    def _bury(conn: sa.Connection, request_id: str, subject_ref: str | None, hashes: Collection[tuple[str, str]],
-              now: datetime, expires_at: datetime) -> None:
+    def lay_tombstones(self, burials: Sequence[Burial], *, now: datetime, expires_at: datetime) -> None:
+        """Lays each erasure's tombstones, in one transaction with a ``tombstoned`` audit event each. An
+        identifier erased again points at its latest erasure; within ``burials``, at the last one that holds it."""
+        burials = [b for b in burials if b.hashes]
+        if not burials:
+            return
+        latest: dict[tuple[str, str], Burial] = {}
+        for burial in burials:
+            for pair in burial.hashes:
+                latest[pair] = burial
         by_kind: dict[str, list[str]] = {}
-        for kind, digest in sorted(set(hashes)):
+        for kind, digest in sorted(latest):
             by_kind.setdefault(kind, []).append(digest)
-        for kind, digests in by_kind.items():
-            conn.execute(tombstones.delete().where(tombstones.c.kind == kind, tombstones.c.digest.in_(digests)))
-        conn.execute(tombstones.insert(), [
-            {"kind": kind, "digest": digest, "request_id": request_id, "subject_ref": subject_ref,
-             "created_at": now, "expires_at": expires_at}
-            for kind, digests in by_kind.items() for digest in digests
-        ])
+        until = expires_at.date()
+        with self.engine.begin() as conn:
+            for kind, digests in by_kind.items():
+                conn.execute(tombstones.delete().where(tombstones.c.kind == kind, tombstones.c.digest.in_(digests)))
+            self._insert_many(conn, tombstones, [
+                {"kind": kind, "digest": digest, "request_id": burial.request_id, "subject_ref": burial.subject_ref,
+                 "created_at": now, "expires_at": expires_at} for (kind, digest), burial in sorted(latest.items())])
+            self._insert_many(conn, audit_events, [
+                self._audit_row(b.request_id, None, now, "tombstoned",
+                                detail=f"{len(set(b.hashes))} identifiers kept as keyed hashes until {until}")
+                for b in burials])
 
     # --- the resurrection scan -------------------------------------------------------------------
 
@@ -168,3 +188,10 @@ class VerificationStore(StoreBase):
         if row is None:
             return None
         return ScanCounts(**{k: v for k, v in row.items() if k != "id"})
+
+
+@functools.cache
+def _tasks_of_statement(dialect: str) -> sa.Select[Any]:
+    """The task rows of the requests bound as ``ids`` (built once per dialect)."""
+    return sa.select(tasks).where(among_bound(dialect, tasks.c.request_id, "ids")).order_by(tasks.c.request_id,
+                                                                                           tasks.c.system)

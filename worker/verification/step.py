@@ -3,6 +3,8 @@
 Each confirmed internal system whose connector is a ``Verifier`` re-checks the subject. Residue in a
 system reopens that system as ``failed`` (``verification_failed``, tables and counts, no values) and
 fails this step too, so the request turns ``action_required``; ``oubli retry`` runs both again.
+The executor hands the step a batch of requests at once (``run_many``): under a burst, one store read and one
+call per system check them all.
 When every check is clean, each is audited with its counts and, if the erasure covered every
 configured system and a tombstone key is set, the subject's tombstones are laid. Vendors are not
 checked (they stay ``requested``), nor systems a person confirmed by hand.
@@ -17,11 +19,12 @@ from typing import Any
 import structlog
 
 from worker import states
-from worker.core.connector import Connector, Residue, Subject, Verifier
+from worker.core.connector import BatchVerifier, Connector, Residue, Subject, Verifier
+from worker.core.errors import ConnectorError
 from worker.core.identifiers import keyed_hash
 from worker.receipts import is_internal
 from worker.store.records import ClaimedTask, TaskUpdate
-from worker.store.verification import VERIFICATION_FAILED, VerificationStore
+from worker.store.verification import VERIFICATION_FAILED, Burial, VerificationStore
 
 log = structlog.get_logger("oubli.verification")
 
@@ -42,6 +45,9 @@ def summary(residues: Sequence[Residue]) -> str:
     return ", ".join(f"{r.table} {r.count}" for r in residues) or "nothing to check"
 
 
+Checked = Sequence[Residue] | ConnectorError  # one system's check of one subject
+
+
 class VerificationStep:
     def __init__(self, store: VerificationStore, connectors: Mapping[str, Connector], *, clock: Callable[[], datetime],
                  tombstone_key: bytes | None = None, tombstone_days: int = 1095) -> None:
@@ -52,33 +58,60 @@ class VerificationStep:
         self.tombstone_days = tombstone_days
 
     def run(self, task: ClaimedTask) -> tuple[states.Event, TaskUpdate]:
-        """Called from a worker thread; blocks on each system's check. Raises what a connector raises."""
-        rows = self.store.task_rows(task.request_id)
-        clean: dict[str, str] = {}
-        dirty: dict[str, str] = {}
-        for row in rows:
-            connector = self.connectors.get(row["system"])
-            if (is_internal(row["system"]) or row["state"] != states.SystemState.CONFIRMED
-                    or row["outcome"] not in CHECKED_OUTCOMES or not isinstance(connector, Verifier)):
-                continue
-            residues = list(connector.verify(task.subject))
-            left = [r for r in residues if r.count]
-            if left:
-                dirty[row["system"]] = summary(left)
-            else:
-                clean[row["system"]] = summary(residues)
+        """One request's step (``run_many`` of one)."""
+        (outcome,) = self.run_many([task])
+        if isinstance(outcome, ConnectorError):
+            raise outcome
+        return outcome
+
+    def run_many(self, tasks: Sequence[ClaimedTask]) -> list[tuple[states.Event, TaskUpdate] | ConnectorError]:
+        """The step of each task, in order: its outcome, or the error one of its checks raised. Called from a worker
+        thread; blocks. One read of the store for every task's systems, one call per system for every subject it
+        checks (``BatchVerifier``), one transaction for every clean erasure's tombstones. Raises what stops every
+        check: the store or a system that cannot be reached."""
+        rows = self.store.task_rows([task.request_id for task in tasks])
+        wanted: dict[str, list[int]] = {}  # system -> the tasks whose request it confirmed and can check
+        for index, task in enumerate(tasks):
+            for row in rows.get(task.request_id, ()):
+                if self._checks(row):
+                    wanted.setdefault(row["system"], []).append(index)
+        checked: list[dict[str, Checked]] = [{} for _ in tasks]
+        for system, indexes in sorted(wanted.items()):
+            found = _verify_all(self.connectors[system], [tasks[i].subject for i in indexes])
+            for index, result in zip(indexes, found, strict=True):
+                checked[index][system] = result
         now = self.clock()
-        if dirty:
-            self.store.reopen(task.request_id, dirty, now)
-            log.warning("verification_failed", request_id=task.request_id, systems=sorted(dirty))
-            return (states.Fail(VERIFICATION_FAILED, f"data left after the erasure in {', '.join(sorted(dirty))}",
-                                retryable=False), TaskUpdate())
-        hashes = self._hashes(task.subject, rows)
-        if hashes:
-            self.store.lay_tombstones(task.request_id, hashes, now=now, subject_ref=task.subject.subject_ref,
-                                      expires_at=now + timedelta(days=self.tombstone_days))
-        log.info("verified", request_id=task.request_id, systems=sorted(clean), tombstones=len(hashes))
-        return states.Confirm("verified"), TaskUpdate(records=len(clean), verified=clean)
+        outcomes: list[tuple[states.Event, TaskUpdate] | ConnectorError] = []
+        burials: list[Burial] = []
+        dirty_requests: list[tuple[str, dict[str, str]]] = []
+        for task, checks in zip(tasks, checked, strict=True):
+            error = next((c for _, c in sorted(checks.items()) if isinstance(c, ConnectorError)), None)
+            residues = {system: c for system, c in checks.items() if not isinstance(c, ConnectorError)}
+            dirty = {system: summary(left) for system, found in residues.items()
+                     if (left := [r for r in found if r.count])}
+            if error is not None:
+                outcomes.append(error)
+            elif dirty:
+                dirty_requests.append((task.request_id, dirty))
+                outcomes.append((states.Fail(VERIFICATION_FAILED, f"data left after the erasure in "
+                                             f"{', '.join(sorted(dirty))}", retryable=False), TaskUpdate()))
+            else:
+                clean = {system: summary(found) for system, found in sorted(residues.items())}
+                hashes = self._hashes(task.subject, rows.get(task.request_id, ()))
+                burials.append(Burial(task.request_id, task.subject.subject_ref, hashes))
+                log.info("verified", request_id=task.request_id, systems=sorted(clean), tombstones=len(hashes))
+                outcomes.append((states.Confirm("verified"), TaskUpdate(records=len(clean), verified=clean)))
+        # Tombstones first: if the store fails here, no system was reopened yet and the whole batch is retried.
+        self.store.lay_tombstones(burials, now=now, expires_at=now + timedelta(days=self.tombstone_days))
+        for request_id, dirty in dirty_requests:
+            self.store.reopen(request_id, dirty, now)
+            log.warning("verification_failed", request_id=request_id, systems=sorted(dirty))
+        return outcomes
+
+    def _checks(self, row: Mapping[str, Any]) -> bool:
+        """A system this step checks: one that confirmed by itself and whose connector can check."""
+        return (not is_internal(row["system"]) and row["state"] == states.SystemState.CONFIRMED
+                and row["outcome"] in CHECKED_OUTCOMES and isinstance(self.connectors.get(row["system"]), Verifier))
 
     def _hashes(self, subject: Subject, rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
         """Only for an erasure of every configured system: a narrower one (the sweeper's contact-form
@@ -89,3 +122,17 @@ class VerificationStep:
         if not set(self.connectors) <= targeted:
             return set()
         return tombstone_hashes(self.tombstone_key, subject)
+
+
+def _verify_all(connector: Connector, subjects: Sequence[Subject]) -> Sequence[Checked]:
+    """``BatchVerifier.verify_many``, or ``verify`` for each subject with its connector error caught."""
+    if isinstance(connector, BatchVerifier):
+        return connector.verify_many(subjects)
+    assert isinstance(connector, Verifier)  # noqa: S101 - _checks let only verifiers through
+    found: list[Checked] = []
+    for subject in subjects:
+        try:
+            found.append(list(connector.verify(subject)))
+        except ConnectorError as exc:
+            found.append(exc)
+    return found
