@@ -17,7 +17,7 @@ customer's personal columns are NULL with id and created_at intact, and that no 
 it exits non-zero when a check fails.
 
 Usage: .venv/bin/python bench/sql_capacity.py [--requests 1000] [--customers 5000] [--concurrency 16]
-       [--max-in-flight 64] [--pg-url URL] [--no-verification]
+       [--max-in-flight 64] [--pg-url URL] [--no-verification] [--tree /tmp/oubli-before]
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         watch = Watch(topics.receipts)
         publisher = Publisher(topics.commands)
         counters = DbCounters(args.pg_url)
-        process, log_path = start_worker(raw, directory, f"{prefix}-w0", None)
+        process, log_path = start_worker(raw, directory, f"{prefix}-w0", args.tree)
         try:
             wait_started(process, log_path)
             sent = publisher.publish([erasure(row) for row in warm])
@@ -245,12 +245,13 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--pg-url", default=PG_URL)
+    parser.add_argument("--tree", type=Path, help="run the worker from this checkout (a git worktree)")
     parser.add_argument("--no-verification", dest="verification", action="store_false",
                         help="turn the _verify step off (verification.enabled: false), to see what it costs")
     args = parser.parse_args()
     print_header("oubli sql capacity", f"{args.requests} erasures by email over {args.customers} customers, "
                  f"system concurrency {args.concurrency}, max_in_flight {args.max_in_flight}, "
-                 f"verification {'on' if args.verification else 'off'}", args.pg_url,
+                 f"verification {'on' if args.verification else 'off'}{f', tree {args.tree}' if args.tree else ''}", args.pg_url,
                  "store and shop")
     with tempfile.TemporaryDirectory(prefix="oubli-sql-capacity-") as tmp:
         result = run(args, Path(tmp))
