@@ -44,7 +44,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +275,19 @@ def loop_split(before: dict[tuple[str, str], float], after: dict[tuple[str, str]
 
 
 LOOP_STEPS = ["poll", "intake", "results", "claim", "relay"]
+
+
+def show_where_time_went(result: Mapping[str, Any]) -> None:
+    """Prints a burst's ``cpu_split`` (CpuSplit) and ``loop_steps`` (loop_split), those it has."""
+    if "cpu_split" in result:
+        split = result["cpu_split"]
+        print(f"          CPU ms/req: worker {split['worker']:.2f} (its loop thread {split['loop']:.2f}), "
+              f"PostgreSQL {split['postgres']:.2f}, Kafka {split['kafka']:.2f}, this benchmark {split['bench']:.2f}; "
+              f"the machine {split['machine']:.2f} "
+              f"({split['busy_pct']:.0f} % of its {os.cpu_count()} cores busy)")
+    if result.get("loop_steps"):
+        print("          loop ms/req, wall (its CPU): " + ", ".join(
+            f"{step} {wall:.2f} ({cpu:.2f})" for step, (wall, cpu) in result["loop_steps"].items()))
 
 
 def rss_mb(pid: int) -> float:
@@ -697,15 +710,7 @@ def show(result: dict[str, Any]) -> None:
             f"{result['cpu_ms']:6.2f} CPU ms/req  p50 {result['p50']:.3f}s  p99 {result['p99']:.3f}s  "
             f"({result['completed']} in {result['elapsed']:.1f}s){flag}")
     print(line, flush=True)
-    if "cpu_split" in result:
-        split = result["cpu_split"]
-        print(f"          CPU ms/req: worker {split['worker']:.2f} (its loop thread {split['loop']:.2f}), "
-              f"PostgreSQL {split['postgres']:.2f}, Kafka {split['kafka']:.2f}, this benchmark {split['bench']:.2f}; "
-              f"the machine {split['machine']:.2f} "
-              f"({split['busy_pct']:.0f} % of its {os.cpu_count()} cores busy)")
-    if result.get("loop_steps"):
-        print("          loop ms/req, wall (its CPU): " + ", ".join(
-            f"{step} {wall:.2f} ({cpu:.2f})" for step, (wall, cpu) in result["loop_steps"].items()))
+    show_where_time_went(result)
     if "lone" in result:
         print(f"          lone request: median {result['lone'] * 1000:.0f} ms, max {result['lone_max'] * 1000:.0f} ms "
               f"(accepted -> completed in the store: median {result['lone_store'] * 1000:.0f} ms)")

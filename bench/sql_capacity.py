@@ -39,13 +39,18 @@ import sqlalchemy as sa
 from _common import pg_schema
 from capacity import (
     PG_URL,
+    CpuSplit,
     DbCounters,
     Publisher,
     Watch,
     cpu_seconds,
+    free_port,
+    loop_seconds,
+    loop_split,
     percentile,
     print_header,
     run_topics,
+    show_where_time_went,
     start_worker,
     stop_processes,
     wait_started,
@@ -167,13 +172,14 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     chosen = random.Random(11).sample(original, args.requests + WARM)
     warm, burst = chosen[:WARM], chosen[WARM:]
     prefix = f"sqlcap{uuid.uuid4().hex[:8]}"
+    port = free_port()  # the worker's metrics: where its loop's time went
     with run_topics(prefix) as (kafka_raw, topics), pg_schema("sqlcap_store", args.pg_url) as store_url, \
             pg_schema("sqlcap_shop", args.pg_url) as shop_url:
         fill_shop(shop_url, original)
         raw = {"store_url": store_url, "subject_key": "bench-subject-key-" + "0" * 32, "kafka": kafka_raw,
                "systems": {SYSTEM: shop_system(shop_url, args.concurrency)},
                "retry": {"base_seconds": 0.05, "max_seconds": 0.5},
-               "worker": {"poll_seconds": 0.05, "lease_seconds": 30, "drain_seconds": 5, "http_port": 0,
+               "worker": {"poll_seconds": 0.05, "lease_seconds": 30, "drain_seconds": 5, "http_port": port,
                           "http_host": "127.0.0.1", "max_in_flight": args.max_in_flight,
                           "worker_id": f"{prefix}-w0"}}
         if not args.verification:
@@ -191,12 +197,16 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             statements0, commits0, _ = counters.read()
             shop0 = shop_statements(counters)
             cpu0 = cpu_seconds(process.pid)
+            split = CpuSplit([process.pid])
+            steps0 = loop_seconds([port])
             started = time.monotonic()
             sent = publisher.publish([erasure(row) for row in burst])
             ended = watch.wait(list(sent), args.timeout, any_end=True)
             done = [watch.completed[k] for k in sent if k in watch.completed]
             elapsed = (max(done) if done and ended else time.monotonic()) - started
             cpu = cpu_seconds(process.pid) - cpu0
+            cpu_split = split.per_request(len(done))
+            steps = loop_split(steps0, loop_seconds([port]), len(done))
             statements1, commits1, _ = counters.read()
             shop1 = shop_statements(counters)
             latencies = [watch.completed[k] - t for k, t in sent.items() if k in watch.completed]
@@ -214,6 +224,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "cpu_ms": cpu * 1000 / per,
         "statements": (statements1 - statements0) / per, "shop_statements": (shop1 - shop0) / per,
         "commits": (commits1 - commits0) / per, "not_completed": other, "problems": problems,
+        "cpu_split": cpu_split, "loop_steps": steps,
     }
 
 
@@ -226,6 +237,7 @@ def show(result: dict[str, Any], customers_count: int) -> bool:
     print(f"          statements/req {result['statements']:.2f} (store {store:.2f}, shop "
           f"{result['shop_statements']:.2f}), commits/req {result['commits']:.3f} (the whole database; the shop "
           f"commits once per erasure, so the store about {result['commits'] - 1:.3f})")
+    show_where_time_went(result)
     not_completed = result["not_completed"]
     for key, values in list(not_completed.items())[:5]:
         print(f"          not completed: {key.decode()}: {values}")
@@ -249,10 +261,10 @@ def main() -> None:
     parser.add_argument("--no-verification", dest="verification", action="store_false",
                         help="turn the _verify step off (verification.enabled: false), to see what it costs")
     args = parser.parse_args()
+    tree = f", tree {args.tree}" if args.tree else ""
     print_header("oubli sql capacity", f"{args.requests} erasures by email over {args.customers} customers, "
                  f"system concurrency {args.concurrency}, max_in_flight {args.max_in_flight}, "
-                 f"verification {'on' if args.verification else 'off'}{f', tree {args.tree}' if args.tree else ''}", args.pg_url,
-                 "store and shop")
+                 f"verification {'on' if args.verification else 'off'}{tree}", args.pg_url, "store and shop")
     with tempfile.TemporaryDirectory(prefix="oubli-sql-capacity-") as tmp:
         result = run(args, Path(tmp))
     if not show(result, args.customers):
