@@ -173,7 +173,8 @@ class Executor:
         return self._launch(now)
 
     def _sweep(self, now: datetime) -> None:
-        """Every ``TURNS_SWEEP_SECONDS``: turns missed in a race, and tasks of systems no worker runs."""
+        """Every ``TURNS_SWEEP_SECONDS``: turns missed in a race, tasks left blocked after their siblings confirmed,
+        and tasks of systems no worker runs."""
         if time.monotonic() < self.next_turns_sweep:
             return
         self.next_turns_sweep = time.monotonic() + TURNS_SWEEP_SECONDS
@@ -181,6 +182,10 @@ class Executor:
         if released:
             self.claim_after = None
             log.info("held_turns_released", tasks=released)
+        unblocked = self.store.unblock_missed()
+        if unblocked:
+            self.claim_after = None
+            log.warning("blocked_tasks_released", tasks=unblocked)  # a write that left them behind: worth a look
         if self.unconfigured_grace is not None:
             failed = self.store.fail_unconfigured(self.limits, now=now, grace=self.unconfigured_grace)
             if failed:

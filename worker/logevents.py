@@ -53,6 +53,9 @@ EVENTS: Final[Mapping[str, str]] = {
     "worker_id_in_use": "another live worker holds this worker id's leases",
     "held_turns_released": "a subject's next request was still held after the one ahead of it ended (a race "
                            "between two workers' transactions): its tasks are released now (worker.store.turns)",
+    "blocked_tasks_released": "tasks were still blocked though every sibling they wait for had confirmed (a store "
+                              "write that did not keep them in step: a bug to report); released now, late by up to "
+                              "15 s (worker.store.order)",
     "unconfigured_tasks_failed": "tasks of systems no longer in config.systems waited due past "
                                  "worker.unconfigured_grace_seconds: failed not_configured, their requests "
                                  "action_required (worker.store.unconfigured)",

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from worker import receipts, states
 from worker.config import Topics
 from worker.states import RequestStatus, SystemState, TaskState
+from worker.store import order, turns
 from worker.store import staging as staging_tables
-from worker.store import turns
 from worker.store.outbox import Outbox
 from worker.store.records import NotFound, StoreConflict, TaskUpdate
 from worker.store.schema import audit_events, outbox, requests, tasks
@@ -119,6 +119,7 @@ class StoreBase:
             # The orchestrator forgets too: personal data goes with the terminal state.
             values.update(completed_at=now, subject_json=None, reason=None, purged_at=now)
         conn.execute(requests.update().where(requests.c.request_id == request["request_id"]).values(**values))
+        order.write(conn, order.changes(rows))
         if changed and status in states.TERMINAL_STATUSES:
             turns.release_turns(conn, [request["subject_ref"]])
         if changed:

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from worker import receipts, states
 from worker.core.connector import Subject
 from worker.states import RequestStatus, SystemState
-from worker.store import turns
+from worker.store import order, turns
 from worker.store.base import StoreBase, dicts
 from worker.store.records import OPEN_STATUSES, ClaimedTask, StoreConflict, TaskUpdate, subject_of, task_state
 from worker.store.schema import CLAIMABLE_PREDICATE, RUNNING_PREDICATE, audit_events, requests, tasks
@@ -113,7 +113,8 @@ def _waiting_statement(systems: tuple[str, ...]) -> sa.Select[Any]:
     waiting = [
         sa.select(tasks.c.request_id, tasks.c.system, tasks.c.background, tasks.c.due_at, tasks.c.request_seq)
         .join(requests, requests.c.request_id == tasks.c.request_id)
-        .where(tasks.c.system == system, sa.text(f"tasks.{CLAIMABLE_PREDICATE} AND NOT tasks.held"),
+        .where(tasks.c.system == system,
+               sa.text(f"tasks.{CLAIMABLE_PREDICATE} AND NOT tasks.held AND NOT tasks.blocked"),
                tasks.c.next_attempt_at <= sa.bindparam("now"), *_gates(system))
         .order_by(*claim_order()).limit(sa.bindparam(f"n{i}", type_=sa.Integer))
         for i, system in enumerate(systems)
@@ -146,7 +147,8 @@ FROM unnest(CAST(:systems AS text[]), CAST(:limits AS integer[])) AS w(system, n
 CROSS JOIN LATERAL (
     SELECT tasks.*, requests.kind, requests.subject_json, requests.status AS request_status
     FROM tasks JOIN requests ON requests.request_id = tasks.request_id
-    WHERE tasks.system = w.system AND tasks.{CLAIMABLE_PREDICATE} AND NOT tasks.held AND tasks.next_attempt_at <= :now
+    WHERE tasks.system = w.system AND tasks.{CLAIMABLE_PREDICATE} AND NOT tasks.held AND NOT tasks.blocked
+      AND tasks.next_attempt_at <= :now
       AND NOT EXISTS (SELECT 1 FROM requests AS earlier WHERE earlier.subject_ref = requests.subject_ref
                       AND earlier.seq < requests.seq AND earlier.status IN ({_sql_list(OPEN_STATUSES)}))
       AND (w.system NOT IN ({_sql_list(receipts.FINAL_TASKS)})
@@ -392,3 +394,8 @@ class Claims(StoreBase):
         """Releases held tasks whose request's turn has come (``worker.store.turns``); returns how many."""
         with self.engine.begin() as conn:
             return turns.release_missed_turns(conn)
+
+    def unblock_missed(self) -> int:
+        """Releases blocked tasks whose siblings have all confirmed (``worker.store.order``); returns how many."""
+        with self.engine.begin() as conn:
+            return order.unblock_missed(conn)

@@ -25,7 +25,7 @@ from worker.core.timefmt import aware, iso
 from worker.deadletter.topic import ERROR_CODE, ERROR_MESSAGE, REFERENCE, SOURCE, reference
 from worker.messages import Command
 from worker.states import RequestStatus, SystemState
-from worker.store import turns
+from worker.store import order, turns
 from worker.store.base import dicts, task_values
 from worker.store.claims import Claims
 from worker.store.records import (
@@ -112,11 +112,13 @@ class Store(Claims, Restage, Unconfigured):
                 )).inserted_primary_key
                 assert inserted is not None
                 seq = inserted[0]
+                blocked = order.at_intake(targets)
                 conn.execute(tasks.insert(), [
                     {"request_id": command.request_id, "system": system, "request_seq": seq,
                      "state": SystemState.PENDING, "attempts": 0, "max_attempts": max_attempts,
                      "next_attempt_at": now, "records": 0, "version": 0,
-                     "background": command.priority == "background", "due_at": command.due_at}
+                     "background": command.priority == "background", "due_at": command.due_at,
+                     "blocked": system in blocked}
                     for system, max_attempts in targets.items()
                 ])
                 self._audit(conn, command.request_id, None, now, "accepted", to_state=RequestStatus.ACCEPTED,
@@ -207,11 +209,12 @@ class Store(Claims, Restage, Unconfigured):
     @staticmethod
     def _new_task_rows(item: NewCommand, seq: int, now: datetime, *, held: bool) -> list[dict[str, Any]]:
         # The request's priority and deadline go with each task: claims walk ix_tasks_claim in that order.
+        blocked = order.at_intake(item.targets)
         return [{**_TASK_BLANKS, "request_id": item.command.request_id, "system": system, "request_seq": seq,
                  "state": SystemState.PENDING.value, "attempts": 0, "max_attempts": max_attempts,
                  "next_attempt_at": now, "records": 0, "version": 0,
                  "background": item.command.priority == "background", "due_at": item.command.due_at,
-                 "held": held}
+                 "held": held, "blocked": system in blocked}
                 for system, max_attempts in sorted(item.targets.items())]
 
     def _accepted_audit(self, item: NewCommand, now: datetime) -> dict[str, Any]:
@@ -387,6 +390,7 @@ class Store(Claims, Restage, Unconfigured):
         if count != len(written):  # cannot happen under the request locks
             raise StoreConflict("a task changed while its request was locked")
         self._update_many(conn, requests, ("request_id",), REQUEST_COLUMNS, updated)
+        order.write(conn, order.changes(row for request_id in changes for row in rows_of[request_id]))
         turns.release_turns(conn, {originals[r]["subject_ref"] for r, status in status_of.items()
                                    if status in states.TERMINAL_STATUSES and status != originals[r]["status"]})
         self._insert_many(conn, audit_events, audits)

@@ -18,9 +18,11 @@ metadata = sa.MetaData(naming_convention={
 Timestamp = sa.DateTime(timezone=True)
 # The states a task can be claimed from (worker.states.CLAIMABLE), as SQL: the predicate of ix_tasks_claim.
 CLAIMABLE_PREDICATE = "state IN ('pending', 'retrying', 'waiting_vendor')"
-# Tasks that wait their turn behind an earlier open request of the subject stay out of ix_tasks_claim (0012).
-CLAIM_INDEX_PREDICATE = f"{CLAIMABLE_PREDICATE} AND NOT held"
+# Tasks that wait their turn behind an earlier open request of the subject stay out of ix_tasks_claim (0012), and
+# so do those that wait for a sibling of their request (0015).
+CLAIM_INDEX_PREDICATE = f"{CLAIMABLE_PREDICATE} AND NOT held AND NOT blocked"
 HELD_PREDICATE = "held"
+BLOCKED_PREDICATE = "blocked"
 # Calls in flight: the predicate of ix_tasks_running.
 RUNNING_PREDICATE = "state = 'running'"
 # What an operator did by hand, as the audit trail names it (``Store._operate``: the event's class, lower-cased),
@@ -82,6 +84,8 @@ tasks = sa.Table(
     sa.Column("due_at", Timestamp),
     # Recorded behind an earlier open request of the subject: out of the claims' walk until that one ends.
     sa.Column("held", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    # Waits for a sibling of its request to confirm (worker.store.order): out of the claims' walk until it has.
+    sa.Column("blocked", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     # Partial indexes only: a task is in ix_tasks_claim while it waits and in ix_tasks_running during its call,
     # so each of its writes touches the primary key and at most one of them (migration 0011).
     sa.Index("ix_tasks_running", "system", "lease_expires_at",
@@ -90,6 +94,8 @@ tasks = sa.Table(
              postgresql_where=sa.text(CLAIM_INDEX_PREDICATE), sqlite_where=sa.text(CLAIM_INDEX_PREDICATE)),
     sa.Index("ix_tasks_held", "request_seq",
              postgresql_where=sa.text(HELD_PREDICATE), sqlite_where=sa.text(HELD_PREDICATE)),
+    sa.Index("ix_tasks_blocked", "request_id",
+             postgresql_where=sa.text(BLOCKED_PREDICATE), sqlite_where=sa.text(BLOCKED_PREDICATE)),
 )
 
 audit_events = sa.Table(

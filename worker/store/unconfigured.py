@@ -48,8 +48,8 @@ SELECT system FROM present WHERE system IS NOT NULL
 """)  # noqa: S608 - the schema's own index predicates; no value is formatted in
 
 
-# Each predicate is the one of its index, word for word, so that PostgreSQL and SQLite both use it (``held``
-# unqualified in the inner select is ``t.held``: ``present`` has no such column).
+# Each predicate is the one of its index, word for word, so that PostgreSQL and SQLite both use it (``held`` and
+# ``blocked`` unqualified in the inner select are ``t``'s: ``present`` has no such columns).
 _WAITING_SYSTEMS = _present(CLAIM_INDEX_PREDICATE)
 _RUNNING_SYSTEMS = _present(RUNNING_PREDICATE)
 
@@ -106,8 +106,8 @@ class Unconfigured(StoreBase):
         state = SystemState(row["state"])
         if state is SystemState.RUNNING:
             return row["lease_expires_at"] is not None and aware(row["lease_expires_at"]) <= cutoff
-        return state in states.CLAIMABLE and not row["held"] and row["next_attempt_at"] is not None \
-            and aware(row["next_attempt_at"]) <= cutoff
+        return state in states.CLAIMABLE and not row["held"] and not row["blocked"] \
+            and row["next_attempt_at"] is not None and aware(row["next_attempt_at"]) <= cutoff
 
     def _fail_orphans(self, conn: sa.Connection, candidates: list[tuple[str, str]], now: datetime,
                       cutoff: datetime, configured: Collection[str]) -> list[tuple[str, str]]:
