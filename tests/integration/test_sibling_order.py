@@ -5,6 +5,7 @@ walks only tasks that can run, however many final steps wait."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime, timedelta
 
@@ -60,6 +61,17 @@ def test_the_rule_a_final_step_waits_for_every_system_and_every_system_for_ident
     assert order.at_intake({"alpha"}) == set() and order.at_intake({VERIFY_TASK}) == set()
     assert order.blocked_systems({IDENTITY_TASK: "confirmed", "alpha": "failed", VERIFY_TASK: "pending"}) \
         == {VERIFY_TASK}
+
+
+def test_blocked_systems_is_waits_for_over_every_pair() -> None:
+    """Exhaustive over the tasks a request can have (two systems, each internal step, or not) and their states."""
+    every = ["alpha", "beta", IDENTITY_TASK, VERIFY_TASK, PACKAGE_TASK]
+    states_ = [s.value for s in states.SystemState]
+    for systems in itertools.chain.from_iterable(itertools.combinations(every, n) for n in range(1, 6)):
+        for assigned in itertools.product(states_, repeat=len(systems)):
+            state_of = dict(zip(systems, assigned, strict=True))
+            expected = {s for s in systems if any(order.waits_for(s, o) for o in systems if state_of[o] != "confirmed")}
+            assert order.blocked_systems(state_of) == expected, state_of
 
 
 @pytest.mark.parametrize("db_url", ["sqlite", "pg"], indirect=True)

@@ -31,10 +31,18 @@ def waits_for(system: str, sibling: str) -> bool:
     return system != IDENTITY_TASK and sibling == IDENTITY_TASK
 
 
+ORDERED = FINAL_TASKS | {IDENTITY_TASK}  # a request without these has no order among its tasks
+
+
 def blocked_systems(state_of: Mapping[str, str]) -> set[str]:
-    """The systems of a request (system -> its task's state) that wait for a sibling not confirmed yet."""
-    unconfirmed = [system for system, state in state_of.items() if state != CONFIRMED]
-    return {system for system in state_of if any(waits_for(system, other) for other in unconfirmed)}
+    """The systems of a request (system -> its task's state) that wait for a sibling not confirmed yet: ``waits_for``
+    for every pair, in one pass (intake and every harvest run it for each request)."""
+    if ORDERED.isdisjoint(state_of):
+        return set()
+    identity_open = state_of.get(IDENTITY_TASK, CONFIRMED) != CONFIRMED
+    systems_open = any(state != CONFIRMED for system, state in state_of.items() if system not in FINAL_TASKS)
+    return {system for system in state_of
+            if (systems_open if system in FINAL_TASKS else identity_open and system != IDENTITY_TASK)}
 
 
 def at_intake(systems: Collection[str]) -> set[str]:
@@ -50,6 +58,8 @@ def changes(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
         by_request.setdefault(row["request_id"], []).append(row)
     out: list[tuple[str, str, bool]] = []
     for request_id, siblings in by_request.items():
+        if all(row["system"] not in ORDERED for row in siblings):
+            continue  # no order among its tasks: none ever blocked
         blocked = blocked_systems({row["system"]: row["state"] for row in siblings})
         out += [(request_id, row["system"], row["system"] in blocked) for row in siblings
                 if bool(row["blocked"]) != (row["system"] in blocked)]
