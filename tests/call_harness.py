@@ -42,22 +42,26 @@ def _record(store: Store, system: str, now: datetime) -> str:
     return str(body["request_id"])
 
 
+def run_to_the_end(executor: Executor, seconds: float = 10) -> None:
+    """One turn that starts what is due, then turns until every call started has been recorded; shuts down."""
+    try:
+        executor.tick()
+        deadline = time.monotonic() + seconds
+        while executor.busy():
+            assert time.monotonic() < deadline, "the calls never ended"
+            executor.wait_for_call(0.05)
+            executor.tick(accept_new=False)
+    finally:
+        executor.shutdown()
+
+
 def run_call(store: Store, connector: Any, system: str) -> tuple[dict[str, Any], str]:
     """Records one erasure, runs its call through a real executor, and returns the task row and every byte the
     store holds about it (receipts in the outbox, the audit trail)."""
     now = datetime.now(UTC)
     request_id = _record(store, system, now)
-    executor = Executor(store, {system: connector}, concurrency={system: 1}, max_in_flight=2, lease_seconds=60,
-                        clock=lambda: now)
-    try:
-        executor.tick()
-        deadline = time.monotonic() + 10
-        while executor.busy():
-            assert time.monotonic() < deadline, "the call never ended"
-            executor.wait_for_call(0.05)
-            executor.tick(accept_new=False)
-    finally:
-        executor.shutdown()
+    run_to_the_end(Executor(store, {system: connector}, concurrency={system: 1}, max_in_flight=2, lease_seconds=60,
+                            clock=lambda: now))
     _, (task,), _ = store.get(request_id)
     with store.engine.connect() as conn:
         kept = [repr(row) for row in conn.execute(sa.select(outbox)).all()]

@@ -14,6 +14,7 @@ import pytest
 
 from connectors import loyalty
 from devkit.pipeline import record
+from tests.call_harness import run_to_the_end
 from tests.unit.test_verification import KEY, NOW, _store, context, loyalty_db, subject
 from worker import states
 from worker.core.connector import BatchVerifier, Residue, Subject, Verifier
@@ -122,17 +123,8 @@ class Recorder:
 def _run(tmp_path: Path, verifier: Recorder, requests: int, max_in_flight: int = 64) -> dict[str, dict[str, Any]]:
     store, _ = _store(tmp_path)
     ids = {record(store, {VERIFY_TASK: 3}, customer_id=f"C-{n}", now=NOW): f"C-{n}" for n in range(requests)}
-    executor = Executor(store, {}, concurrency={}, max_in_flight=max_in_flight, lease_seconds=30, clock=lambda: NOW,
-                        verifier=verifier)
-    try:
-        executor.tick()
-        deadline = time.monotonic() + 10
-        while executor.busy():
-            assert time.monotonic() < deadline, "the batches never ended"
-            executor.wait_for_call(0.05)
-            executor.tick(accept_new=False)
-    finally:
-        executor.shutdown()
+    run_to_the_end(Executor(store, {}, concurrency={}, max_in_flight=max_in_flight, lease_seconds=30,
+                            clock=lambda: NOW, verifier=verifier))
     return {customer: next(r for r in store.get(request_id)[1] if r["system"] == VERIFY_TASK)
             for request_id, customer in ids.items()}
 
