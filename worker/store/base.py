@@ -119,7 +119,7 @@ class StoreBase:
             # The orchestrator forgets too: personal data goes with the terminal state.
             values.update(completed_at=now, subject_json=None, reason=None, purged_at=now)
         conn.execute(requests.update().where(requests.c.request_id == request["request_id"]).values(**values))
-        order.write(conn, order.changes(rows))
+        self._keep_order(conn, rows)
         if changed and status in states.TERMINAL_STATUSES:
             turns.release_turns(conn, [request["subject_ref"]])
         if changed:
@@ -128,6 +128,11 @@ class StoreBase:
         if changed or force_receipt:
             self._enqueue_receipt(conn, request["request_id"], now, request={**request, **values}, rows=rows)
         return status
+
+    def _keep_order(self, conn: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Keeps ``tasks.blocked`` of ``rows`` (every task of their requests, as this transaction leaves them) in step
+        with their siblings' states (``worker.store.order``): one statement, only when one is out of step."""
+        self._update_many(conn, tasks, ("request_id", "system"), ("blocked",), order.changes(rows))
 
     def _enqueue_receipt(self, conn: sa.Connection, request_id: str, now: datetime, *,
                          request: Mapping[str, Any] | None = None, rows: list[dict[str, Any]] | None = None) -> None:

@@ -12,7 +12,7 @@ written with its status (``changes``), and ``unblock_missed`` releases any left 
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,33 +50,20 @@ def at_intake(systems: Collection[str]) -> set[str]:
     return blocked_systems(dict.fromkeys(systems, SystemState.PENDING.value))
 
 
-def changes(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
-    """(request_id, system, blocked) for each task of ``rows`` (every task of their requests, as this transaction
-    leaves them) whose ``blocked`` is out of step with its siblings' states."""
+def changes(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``{request_id, system, blocked}`` for each task of ``rows`` (every task of their requests, as this transaction
+    leaves them) whose ``blocked`` is out of step with its siblings' states: what the store writes back."""
     by_request: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_request.setdefault(row["request_id"], []).append(row)
-    out: list[tuple[str, str, bool]] = []
+    out: list[dict[str, Any]] = []
     for request_id, siblings in by_request.items():
         if all(row["system"] not in ORDERED for row in siblings):
             continue  # no order among its tasks: none ever blocked
         blocked = blocked_systems({row["system"]: row["state"] for row in siblings})
-        out += [(request_id, row["system"], row["system"] in blocked) for row in siblings
-                if bool(row["blocked"]) != (row["system"] in blocked)]
+        out += [{"request_id": request_id, "system": row["system"], "blocked": row["system"] in blocked}
+                for row in siblings if bool(row["blocked"]) != (row["system"] in blocked)]
     return out
-
-
-def write(conn: sa.Connection, changed: Sequence[tuple[str, str, bool]]) -> None:
-    """Writes ``changes``, in one batch of a statement built once (a harvest's every turn may have some)."""
-    if changed:
-        conn.execute(_write_statement(), [{"r": request_id, "s": system, "b": blocked}
-                                          for request_id, system, blocked in changed])
-
-
-@functools.cache
-def _write_statement() -> sa.Update:
-    return (tasks.update().where(tasks.c.request_id == sa.bindparam("r"), tasks.c.system == sa.bindparam("s"))
-            .values(blocked=sa.bindparam("b")))
 
 
 def unblock_missed(conn: sa.Connection) -> int:

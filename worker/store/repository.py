@@ -390,7 +390,7 @@ class Store(Claims, Restage, Unconfigured):
         if count != len(written):  # cannot happen under the request locks
             raise StoreConflict("a task changed while its request was locked")
         self._update_many(conn, requests, ("request_id",), REQUEST_COLUMNS, updated)
-        order.write(conn, order.changes(row for request_id in changes for row in rows_of[request_id]))
+        self._keep_order(conn, (row for request_id in changes for row in rows_of[request_id]))
         turns.release_turns(conn, {originals[r]["subject_ref"] for r, status in status_of.items()
                                    if status in states.TERMINAL_STATUSES and status != originals[r]["status"]})
         self._insert_many(conn, audit_events, audits)
