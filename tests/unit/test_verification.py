@@ -132,8 +132,9 @@ def _run_verify(tmp_path: Path, connector: SqlConnector,
     assert [t.system for t in claimed] == [VERIFY_TASK]
     step = VerificationStep(vstore, {"loyalty": connector, **(others or {})}, clock=lambda: NOW, tombstone_key=KEY,
                             tombstone_days=30)
-    event, update = step.run(claimed[0])
-    store.finish(claimed[0], event, update, NOW)
+    (outcome,) = step.run_many(claimed)
+    assert not isinstance(outcome, Exception)
+    store.finish(claimed[0], *outcome, NOW)
     return store, vstore, request_id
 
 

@@ -3,11 +3,12 @@
 Each confirmed internal system whose connector is a ``Verifier`` re-checks the subject. Residue in a
 system reopens that system as ``failed`` (``verification_failed``, tables and counts, no values) and
 fails this step too, so the request turns ``action_required``; ``oubli retry`` runs both again.
-The executor hands the step a batch of requests at once (``run_many``): under a burst, one store read and one
-call per system check them all.
 When every check is clean, each is audited with its counts and, if the erasure covered every
 configured system and a tombstone key is set, the subject's tombstones are laid. Vendors are not
 checked (they stay ``requested``), nor systems a person confirmed by hand.
+
+The executor hands the step a batch of requests at once (``run_many``): under a burst, one store read and one
+call per system check them all.
 """
 
 from __future__ import annotations
@@ -56,13 +57,6 @@ class VerificationStep:
         self.clock = clock
         self.tombstone_key = tombstone_key
         self.tombstone_days = tombstone_days
-
-    def run(self, task: ClaimedTask) -> tuple[states.Event, TaskUpdate]:
-        """One request's step (``run_many`` of one)."""
-        (outcome,) = self.run_many([task])
-        if isinstance(outcome, ConnectorError):
-            raise outcome
-        return outcome
 
     def run_many(self, tasks: Sequence[ClaimedTask]) -> list[tuple[states.Event, TaskUpdate] | ConnectorError]:
         """The step of each task, in order: its outcome, or the error one of its checks raised. Called from a worker
