@@ -27,6 +27,7 @@ from worker.store import staging as staging_tables
 from worker.store.outbox import Outbox
 from worker.store.records import NotFound, StoreConflict, TaskUpdate
 from worker.store.schema import audit_events, outbox, requests, tasks
+from worker.store.sets import among_bound
 
 # From this many rows a bulk update goes by COPY into a temporary table (``StoreBase._update_many``). Below it, one
 # statement of bound arrays: the shipped turn (``max_in_flight`` 64) writes up to 64 rows, and staging them cost it
@@ -90,6 +91,14 @@ class StoreBase:
     @staticmethod
     def _task_rows(conn: sa.Connection, request_id: str) -> list[dict[str, Any]]:
         return dicts(conn.execute(sa.select(tasks).where(tasks.c.request_id == request_id).order_by(tasks.c.system)))
+
+    @staticmethod
+    def _task_rows_of(conn: sa.Connection, request_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """The task rows of many requests in one statement, by request (one with none is absent)."""
+        by_request: dict[str, list[dict[str, Any]]] = {}
+        for row in dicts(conn.execute(_tasks_of_statement(conn.dialect.name), {"ids": list(request_ids)})):
+            by_request.setdefault(row["request_id"], []).append(row)
+        return by_request
 
     @staticmethod
     def _write_task(conn: sa.Connection, request_id: str, system: str, version: int, after: TaskState,
@@ -358,3 +367,10 @@ def _pg_array_type(column_type: sa.types.TypeEngine[Any]) -> str:
 def _plain(value: Any) -> Any:
     """A state enum as its value: an array of them must bind as text."""
     return value.value if isinstance(value, enum.Enum) else value
+
+
+@functools.cache
+def _tasks_of_statement(dialect: str) -> sa.Select[Any]:
+    """The task rows of the requests bound as ``ids``, in (request, system) order (built once per dialect)."""
+    return (sa.select(tasks).where(among_bound(dialect, tasks.c.request_id, "ids"))
+            .order_by(tasks.c.request_id, tasks.c.system))

@@ -328,11 +328,9 @@ class Store(Claims, Restage, Unconfigured):
         dialect = conn.dialect.name
         locked = dicts(conn.execute(_locked_requests_statement(dialect), {"ids": ids}))
         originals = {r["request_id"]: r for r in locked}
-        rows_of: dict[str, list[dict[str, Any]]] = {}
-        row_of: dict[tuple[str, str], dict[str, Any]] = {}
-        for task_row in dicts(conn.execute(_tasks_of_statement(dialect), {"ids": ids})):
-            rows_of.setdefault(task_row["request_id"], []).append(task_row)
-            row_of[(task_row["request_id"], task_row["system"])] = task_row
+        rows_of = self._task_rows_of(conn, ids)
+        row_of = {(task_row["request_id"], task_row["system"]): task_row
+                  for rows in rows_of.values() for task_row in rows}
         changes: dict[str, dict[str, Any]] = {}
         written: dict[tuple[str, str], dict[str, Any]] = {}
         audits: list[dict[str, Any]] = []
@@ -482,14 +480,8 @@ def _reference(value: bytes, key: bytes | None, headers: Sequence[tuple[str, byt
 
 
 # Intake's and the harvest's reads, built once per dialect: building a statement and its cache key cost as much
-# of the loop thread's CPU as some of them take to run.
+# of the loop thread's CPU as some of them take to run (the tasks': ``StoreBase._task_rows_of``).
 @functools.cache
 def _locked_requests_statement(dialect: str) -> sa.Select[Any]:
     return (sa.select(requests).where(among_bound(dialect, requests.c.request_id, "ids"))
             .order_by(requests.c.request_id).with_for_update())
-
-
-@functools.cache
-def _tasks_of_statement(dialect: str) -> sa.Select[Any]:
-    return (sa.select(tasks).where(among_bound(dialect, tasks.c.request_id, "ids"))
-            .order_by(tasks.c.request_id, tasks.c.system))

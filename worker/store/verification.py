@@ -12,7 +12,6 @@ it are audit events on both requests.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,10 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from worker.states import SystemState
-from worker.store.base import StoreBase, dicts
+from worker.store.base import StoreBase
 from worker.store.records import OPEN_STATUSES, TaskUpdate, task_state
-from worker.store.schema import audit_events, requests, tasks, tombstones, verification_scans
-from worker.store.sets import among_bound
+from worker.store.schema import audit_events, requests, tombstones, verification_scans
 
 VERIFICATION_FAILED = "verification_failed"
 RESURRECTED_AS = "resurrected_as"
@@ -63,12 +61,8 @@ class VerificationStore(StoreBase):
 
     def task_rows(self, request_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Each request's task rows, by request (a request with none is absent), in one statement."""
-        by_request: dict[str, list[dict[str, Any]]] = {}
         with self.engine.connect() as conn:
-            rows = dicts(conn.execute(_tasks_of_statement(conn.dialect.name), {"ids": list(request_ids)}))
-        for row in rows:
-            by_request.setdefault(row["request_id"], []).append(row)
-        return by_request
+            return self._task_rows_of(conn, request_ids)
 
     def reopen(self, request_id: str, residues: Mapping[str, str], now: datetime) -> list[str]:
         """Turns each confirmed system of ``residues`` (system -> PII-free tables and counts) to ``failed``
@@ -188,10 +182,3 @@ class VerificationStore(StoreBase):
         if row is None:
             return None
         return ScanCounts(**{k: v for k, v in row.items() if k != "id"})
-
-
-@functools.cache
-def _tasks_of_statement(dialect: str) -> sa.Select[Any]:
-    """The task rows of the requests bound as ``ids`` (built once per dialect)."""
-    return sa.select(tasks).where(among_bound(dialect, tasks.c.request_id, "ids")).order_by(tasks.c.request_id,
-                                                                                           tasks.c.system)
