@@ -197,3 +197,42 @@ def test_a_batch_that_fails_as_a_whole_fails_each_of_its_requests_alike(tmp_path
                                                                         code: str) -> None:
     tasks = _run(tmp_path, Recorder(fail), requests=5)
     assert {(t["state"], t["error_code"]) for t in tasks.values()} == {("retrying", code)}
+
+
+def test_a_batch_whose_worker_died_before_its_results_were_recorded_is_checked_again_and_completes_once(
+        tmp_path: Path) -> None:
+    """The batched path under a crash: the step ran (tombstones laid) and the worker died before the harvest.
+    Another turn, once the leases ran out, checks the batch again: every erasure completes once, with one
+    receipt saying so and one tombstone per identifier; the audit trail shows both layings, and the checks once."""
+    import sqlalchemy as sa
+
+    from worker.store.schema import audit_events, outbox
+
+    store, vstore = _store(tmp_path)
+    customers = tuple(f"C-{n}" for n in range(5))
+    shop = loyalty.create("loyalty", {"url": loyalty_db(tmp_path, customers)}, context())
+    ids = [record(store, {"loyalty": 3, VERIFY_TASK: 3}, customer_id=customer,
+                  emails=[f"marie.{customer.lower()}@example.fr"], phones=[f"+3361234567{n}"], now=NOW)
+           for n, customer in enumerate(customers)]
+    for task in store.claim_due(now=NOW, lease_until=LEASE, limits={"loyalty": 9}, room=9):
+        store.finish(task, states.Confirm(shop.erase(task.subject).outcome), TaskUpdate(), NOW)
+    step = VerificationStep(vstore, {"loyalty": shop}, clock=lambda: NOW, tombstone_key=KEY)
+    doomed = store.claim_due(now=NOW, lease_until=LEASE, limits={VERIFY_TASK: 9}, room=9)
+    assert len(doomed) == 5 and all(not isinstance(o, Exception) for o in step.run_many(doomed))
+    # The worker dies here: its outcomes are never recorded. Its leases run out.
+    later = LEASE + timedelta(seconds=1)
+    again = VerificationStep(vstore, {"loyalty": shop}, clock=lambda: later, tombstone_key=KEY)
+    run_to_the_end(Executor(store, {}, concurrency={}, max_in_flight=64, lease_seconds=30, clock=lambda: later,
+                            verifier=again))
+
+    with store.engine.connect() as conn:
+        completed = conn.execute(sa.select(outbox.c.key).where(outbox.c.headers_json.like('%"completed"%'))).all()
+        actions = conn.execute(sa.select(audit_events.c.request_id, audit_events.c.action)
+                               .where(audit_events.c.action.in_(["tombstoned", "verified"]))).all()
+    assert sorted(key.decode() for (key,) in completed) == sorted(ids)  # one completed receipt each
+    assert {store.get(request_id)[0]["status"] for request_id in ids} == {"completed"}
+    assert vstore.tombstone_count(later) == 3 * len(ids)  # customer id, email and phone, once each
+    for request_id in ids:
+        done = [action for rid, action in actions if rid == request_id]
+        assert sorted(done) == ["tombstoned", "tombstoned", "verified"]
+    shop.close()
