@@ -117,6 +117,35 @@ def test_systems_wait_for_identity_and_a_person_s_confirmation_releases_a_final_
 
 
 @pytest.mark.parametrize("db_url", ["sqlite", "pg"], indirect=True)
+def test_the_sweep_releases_exactly_what_the_rule_would(db_url: str) -> None:
+    """The sweep's SQL against ``blocked_systems``: every task of every combination left blocked, one sweep."""
+    store = _store(db_url)
+    now = utcnow()
+    shapes = [("alpha", IDENTITY_TASK, VERIFY_TASK), ("alpha", "beta", PACKAGE_TASK), (IDENTITY_TASK, "alpha")]
+    items: list[NewCommand] = []
+    state_of: dict[tuple[str, str], str] = {}
+    expected: dict[tuple[str, str], bool] = {}
+    for n, systems in enumerate(shapes):
+        for k, assigned in enumerate(itertools.product(["pending", "confirmed", "failed"], repeat=len(systems))):
+            item = _new(f"C-sweep-{n}-{k}", dict.fromkeys(systems, 3), now)
+            items.append(item)
+            blocked = order.blocked_systems(dict(zip(systems, assigned, strict=True)))
+            for system, state in zip(systems, assigned, strict=True):
+                state_of[(item.command.request_id, system)] = state
+                expected[(item.command.request_id, system)] = system in blocked
+    store.record_commands(items, now)
+    with store.engine.begin() as conn:
+        for (request_id, system), state in state_of.items():
+            conn.execute(tasks.update().where(tasks.c.request_id == request_id, tasks.c.system == system)
+                         .values(state=state, blocked=True))
+    assert store.unblock_missed() == sum(not blocked for blocked in expected.values())
+    with store.engine.connect() as conn:
+        found = {(r.request_id, r.system): bool(r.blocked)
+                 for r in conn.execute(sa.select(tasks.c.request_id, tasks.c.system, tasks.c.blocked))}
+    assert found == expected
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "pg"], indirect=True)
 def test_a_task_left_blocked_is_released_by_the_sweep(db_url: str) -> None:
     store = _store(db_url)
     now = utcnow()
