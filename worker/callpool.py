@@ -33,8 +33,9 @@ class CallPool(Generic[Call, Outcome]):
     failures are outcomes (the executor turns every exception into a ``Fail`` event)."""
 
     def __init__(self, size: int, run: Callable[[Call], Outcome], *, name: str, spare: int = 0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, weight: Callable[[Call], int] = lambda _: 1) -> None:
         self._run = run
+        self._weight = weight  # a call of weight n may run n deadlines before it is abandoned
         self._name = name
         self._spare = spare
         self._monotonic = monotonic
@@ -83,15 +84,15 @@ class CallPool(Generic[Call, Outcome]):
             return [call for key, (call, _) in self._running.items() if key in self._abandoned]
 
     def abandon_overdue(self, seconds: float) -> list[tuple[Call, float]]:
-        """Gives up on every call that has run ``seconds`` or more: its outcome will never be taken. Returns
-        them, with how long each ran. A call that ended meanwhile is not among them (``take`` has it)."""
+        """Gives up on every call that has run ``seconds`` (times its weight) or more: its outcome will never be
+        taken. Returns them, with how long each ran. A call that ended meanwhile is not among them (``take`` has it)."""
         now = self._monotonic()
         overdue: list[tuple[Call, float]] = []
         with self._lock:
             for key, (call, started) in self._running.items():
                 if now - started < seconds:
-                    break  # the calls are in the order they started: the rest are younger
-                if key in self._abandoned:
+                    break  # the calls are in the order they started: the rest are younger (every weight is ≥ 1)
+                if key in self._abandoned or now - started < seconds * self._weight(call):
                     continue
                 replaced = len(self._abandoned) - self.lost < self._spare
                 self._abandoned[key] = replaced

@@ -130,8 +130,9 @@ class Executor:
         # worker's memory crept up for hours (bench/README.md, RSS +15.7 % over 200,000 requests).
         # As many spares as slots: a vendor that hangs every call at most doubles the threads; past that, the
         # slots of calls still hung stay lost (``_launch`` claims less) until those calls return.
+        # A batch of n checks gets n calls' deadlines: one slow check at a time must not fail the whole batch.
         self.pool: CallPool[Job, list[Outcome]] = CallPool(max_in_flight, self._call, name="oubli-call",
-                                                            spare=max_in_flight)
+                                                            spare=max_in_flight, weight=len)
         self.call_timeout = call_timeout
         # None: tasks of systems this worker does not run are left alone (a test's partial fleet).
         self.unconfigured_grace = unconfigured_grace
@@ -250,7 +251,7 @@ class Executor:
         self.next_deadline_check = time.monotonic() + self.deadline_every
         for job, seconds in self.pool.abandon_overdue(self.call_timeout):
             self._job_ended(job)
-            message = f"no answer within {self.call_timeout:g} s: the call was abandoned"
+            message = f"no answer within {self.call_timeout * len(job):g} s: the call was abandoned"
             # A floor on the backoff: the abandoned call gets another full deadline to end before the retry.
             event = states.Fail(CALL_TIMEOUT, message, retryable=True, retry_after=self.call_timeout)
             for task in job:

@@ -179,6 +179,26 @@ def test_a_call_past_its_deadline_is_abandoned_a_spare_takes_its_thread_and_its_
     pool.shutdown()
 
 
+def test_a_heavier_call_gets_as_many_deadlines_as_its_weight() -> None:
+    """A job of three checks (weight 3) runs past one deadline without being abandoned, not past three."""
+    clock = [0.0]
+    release = threading.Event()
+    pool: CallPool[tuple[str, ...], int] = CallPool(2, lambda job: (release.wait(5), len(job))[1], name="t",
+                                                    monotonic=lambda: clock[0], weight=len)
+    pool.submit(("a", "b", "c"))
+    pool.submit(("d",))
+    _until(lambda: len(pool._running) == 2)
+    clock[0] = 1.5
+    assert [call for call, _ in pool.abandon_overdue(1.0)] == [("d",)]
+    clock[0] = 2.9
+    assert pool.abandon_overdue(1.0) == []
+    clock[0] = 3.0
+    assert [call for call, _ in pool.abandon_overdue(1.0)] == [("a", "b", "c")]
+    release.set()
+    _until(lambda: pool.abandoned() == 0)
+    pool.shutdown()
+
+
 def test_past_its_spares_an_abandoned_call_holds_its_slot_as_lost_until_it_returns() -> None:
     release = threading.Event()
     pool: CallPool[str, str] = CallPool(1, lambda name: (release.wait(5), name)[1], name="t", spare=0)
