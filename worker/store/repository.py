@@ -112,15 +112,8 @@ class Store(Claims, Restage, Unconfigured):
                 )).inserted_primary_key
                 assert inserted is not None
                 seq = inserted[0]
-                blocked = order.at_intake(targets)
-                conn.execute(tasks.insert(), [
-                    {"request_id": command.request_id, "system": system, "request_seq": seq,
-                     "state": SystemState.PENDING, "attempts": 0, "max_attempts": max_attempts,
-                     "next_attempt_at": now, "records": 0, "version": 0,
-                     "background": command.priority == "background", "due_at": command.due_at,
-                     "blocked": system in blocked}
-                    for system, max_attempts in targets.items()
-                ])
+                item = NewCommand(command=command, subject_ref=subject_ref, digest=digest, targets=targets)
+                conn.execute(tasks.insert(), self._new_task_rows(item, seq, now, held=False))
                 self._audit(conn, command.request_id, None, now, "accepted", to_state=RequestStatus.ACCEPTED,
                             detail=f"{command.kind} for {len(targets)} systems, requested by {command.requested_by}"
                             + (f"; {note}" if note else ""))
