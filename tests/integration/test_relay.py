@@ -33,7 +33,7 @@ from worker.config import Settings, Topics
 from worker.core.timefmt import utcnow
 from worker.outbox import Relay, producer_config
 from worker.store import db
-from worker.store.outbox import Held, OutboxRecord
+from worker.store.outbox import Held, OutboxRecord, _held_delete_statement
 from worker.store.repository import Recorded, Store, TaskUpdate
 from worker.store.schema import outbox
 from worker.support import build_command
@@ -198,7 +198,7 @@ def test_only_the_current_lease_token_renews_the_lease_and_deletes_rows(pg_url: 
     engine.dispose()
 
 
-def test_deleting_published_rows_skips_the_wal_flush_and_only_that_transaction_does(pg_url: str) -> None:
+def test_deleting_published_rows_is_one_statement_that_skips_the_wal_flush_and_only_for_itself(pg_url: str) -> None:
     """A lost delete only publishes rows again, so its commit need not wait for the disk; every other transaction
     on the same pooled connection (results, intake) still does."""
     engine = db.create_engine(pg_url, pool_size=1)
@@ -214,16 +214,27 @@ def test_deleting_published_rows_skips_the_wal_flush_and_only_that_transaction_d
     _record(store, now)
     ids = [r.id for r in store.outbox.batch(10)]
     assert ids and store.outbox.acquire_lease(held.name, now=now, ttl=timedelta(seconds=15), token=held.token)
-    at_commit: list[str] = []
+    sent: list[str] = []
+    ends: list[str] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _sent(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
 
     @sa.event.listens_for(engine, "commit")
-    def _seen(conn: sa.Connection) -> None:
-        at_commit.append(conn.connection.driver_connection.execute("SHOW synchronous_commit").fetchone()[0])
+    def _ended(conn: sa.Connection) -> None:
+        ends.append(conn.connection.driver_connection.execute("SHOW synchronous_commit").fetchone()[0])
 
     assert store.outbox.delete(ids, held=held)
-    assert at_commit == ["off"]
+    assert store.outbox.batch(10) == []
+    # One statement in a transaction of its own: the lease's check, the lock and the delete in one round trip.
+    assert len(sent) == 2 and "DELETE FROM outbox" in sent[0] and ends == []
+    with engine.begin() as conn:  # what that statement sets holds for its own transaction, and no longer
+        conn.execute(_held_delete_statement(), {"ids": [], "name": held.name, "token": held.token})
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "off"
+    assert ends == ["off"]
     _record(store, now)  # a durable transaction on the same connection
-    assert at_commit == ["off", "on"]
+    assert ends == ["off", "on"]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
     engine.dispose()
