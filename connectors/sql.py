@@ -42,6 +42,7 @@ from worker.core.connector import (
 )
 from worker.core.errors import ConnectorError, NeedsPersonError, PermanentError
 from worker.core.identifiers import keyed_hash
+from worker.core.pooling import ping_after_idle
 
 Condition = sa.ColumnElement[bool]
 _T = TypeVar("_T")
@@ -64,13 +65,14 @@ def make_engine(config: SqlConfig) -> sa.Engine:
     else:
         engine = sa.create_engine(
             url,
-            pool_pre_ping=True,
             pool_size=config.pool_size,
             max_overflow=0,
             pool_timeout=30,
             hide_parameters=True,
             connect_args={"connect_timeout": config.connect_timeout_s},
         )
+
+        ping_after_idle(engine)
 
         @sa.event.listens_for(engine, "connect")
         def _timeouts(dbapi_connection: Any, _record: Any) -> None:

@@ -1,5 +1,6 @@
-"""The store's pool pings a connection only after it sat idle (``db._ping_after_idle``), and still rides out a
-connection the database dropped meanwhile: the next checkout gets a working one, with no error to the caller."""
+"""The store's pool, and a SQL connector's, ping a connection only after it sat idle (``worker.core.pooling``), and
+still ride out a connection the database dropped meanwhile: the next checkout gets a working one, with no error to the
+caller."""
 
 from __future__ import annotations
 
@@ -11,15 +12,24 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from connectors.sql import make_engine
+from connectors.sql_config import parse
+from worker.core import pooling
 from worker.store import db
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def engine(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[sa.Engine, list[int]]]:
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.2, raising=False)
-    engine = db.create_engine(pg_url, pool_size=1)
+def _connector_engine(url: str) -> sa.Engine:
+    rule = {"table": "customers", "match": {"email": "email"}, "erase": "delete"}
+    return make_engine(parse("shop", {"url": url, "pool_size": 1, "tables": [rule]}))
+
+
+@pytest.fixture(params=["store", "sql connector"])
+def engine(request: pytest.FixtureRequest, pg_url: str,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[sa.Engine, list[int]]]:
+    monkeypatch.setattr(pooling, "PING_AFTER_IDLE_SECONDS", 0.2)
+    engine = db.create_engine(pg_url, pool_size=1) if request.param == "store" else _connector_engine(pg_url)
     pings: list[int] = []
     ping = engine.dialect.do_ping
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -16,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg.types.array import ListBinaryDumper
 
+from worker.core.pooling import ping_after_idle
 from worker.store import staging
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -81,7 +80,7 @@ def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = N
               if name not in _options_named(parsed)}
     engine = sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size,
                               pool_timeout=timeouts.pool_seconds, hide_parameters=True, connect_args=connect_args)
-    _ping_after_idle(engine)
+    ping_after_idle(engine)
 
     @sa.event.listens_for(engine, "connect")
     def _session_settings(dbapi_connection: Any, _record: Any) -> None:
@@ -97,37 +96,6 @@ def create_engine(url: str, *, pool_size: int = 5, timeouts: Timeouts | None = N
 
     staging.track(engine)
     return engine
-
-
-def _ping_after_idle(engine: sa.Engine) -> None:
-    """Pings a pooled connection at checkout only if it sat in the pool for ``PING_AFTER_IDLE_SECONDS``.
-
-    The ping lets a worker ride out a database restart without a poisoned pool. ``pool_pre_ping`` did it at every
-    checkout: a round trip before each of a loop turn's three or four transactions, 8 % of the loop thread's time
-    at the shipped defaults (py-spy). A connection back in the pool moments ago was just answering; and should
-    the database have gone since, its first statement fails as any statement would, the loop takes that as an
-    outage, and SQLAlchemy invalidates the whole pool on a disconnect error, so the next try connects afresh."""
-
-    @sa.event.listens_for(engine, "checkin")
-    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_IDLE_SINCE] = time.monotonic()
-
-    @sa.event.listens_for(engine, "checkout")
-    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        since = record.info.get(_IDLE_SINCE)  # none: a connection just made (``info`` goes with each one)
-        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except psycopg.Error as exc:
-            if engine.dialect.is_disconnect(exc, dbapi_connection, None):  # type: ignore[arg-type]  # psycopg is the DBAPI
-                # The pool's documented answer: it discards this connection and checks out another (three tries).
-                raise sa.exc.DisconnectionError("the pooled connection was lost while idle") from exc
-            raise
-
-
-PING_AFTER_IDLE_SECONDS = 1.0
-_IDLE_SINCE = "oubli_idle_since"
 
 
 def ping(engine: sa.Engine) -> None:
