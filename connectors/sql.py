@@ -212,27 +212,20 @@ class SqlConnector:
                     condition = bound.conditions.get(rule.table)
                     if rule.erase == "keep":
                         continue
-                    left = 0 if condition is None else self._left(conn, index, tables[rule.table], rule, condition,
-                                                                  params)
+                    left = 0 if condition is None else int(conn.execute(
+                        self._cached((bound.shape, index, "left"),
+                                     partial(self._left, index, tables[rule.table], rule, condition)),
+                        params).scalar_one())
                     found.append(Residue(rule.table, left))
                 results.append(found)
         return results
 
-    def _left(
-        self,
-        conn: sa.Connection,
-        index: int,
-        table: sa.Table,
-        rule: TableRule,
-        condition: Condition,
-        params: Mapping[str, Any],
-    ) -> int:
-        """Rows an erasure should have removed or unlinked: ``delete`` and ``anonymise`` leave none that
-        match (anonymised rows lose their match columns); ``retain`` keeps rows within their date only,
-        with the columns it nulls still null."""
+    def _left(self, index: int, table: sa.Table, rule: TableRule, condition: Condition) -> sa.Select[Any]:
+        """The count of rows an erasure should have removed or unlinked (built once per shape and table, as the
+        erasure's statements are): ``delete`` and ``anonymise`` leave none that match (anonymised rows lose their
+        match columns); ``retain`` keeps rows within their date only, with the columns it nulls still null."""
         if rule.retention is None:
-            count = sa.select(sa.func.count()).select_from(table).where(condition)
-            return int(conn.execute(count, params).scalar_one())
+            return sa.select(sa.func.count()).select_from(table).where(condition)
         on = self._column(table, rule.retention.date_column)
         cutoff = _cutoff(index)
         left = sa.and_(condition, on <= cutoff)
@@ -240,7 +233,7 @@ class SqlConnector:
         if nulled:
             kept = sa.and_(condition, sa.or_(on > cutoff, on.is_(None)))
             left = sa.or_(left, sa.and_(kept, sa.or_(*(c.is_not(None) for c in nulled))))
-        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(left), params).scalar_one())
+        return sa.select(sa.func.count()).select_from(table).where(left)
 
     def sightings(self) -> Iterator[Sighting]:
         with self._guard("resurrection scan"), self._engine.connect() as conn:
