@@ -49,7 +49,7 @@ def run_to_the_end(executor: Executor, seconds: float = 10) -> None:
         deadline = time.monotonic() + seconds
         while executor.busy():
             assert time.monotonic() < deadline, "the calls never ended"
-            executor.wait_for_call(0.05)
+            executor.wait_for_calls(0.05)
             executor.tick(accept_new=False)
     finally:
         executor.shutdown()

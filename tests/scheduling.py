@@ -163,7 +163,7 @@ class Fleet:
             started = sum(executor.tick() for executor in order)
             if any(executor.busy() for executor in self.executors):
                 while any(executor.calls_running() for executor in self.executors):
-                    self.executors[0].wait_for_call(0.01)
+                    self.executors[0].wait_for_calls(0.01)
                 continue
             if started:
                 continue

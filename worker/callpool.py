@@ -70,7 +70,11 @@ class CallPool(Generic[Call, Outcome]):
 
     def running(self) -> int:
         """Calls submitted that have not ended yet (queued or on a thread), abandoned ones aside."""
-        return self._submitted - self._taken - self._given_up - len(self._ended)
+        return self.outstanding() - len(self._ended)
+
+    def outstanding(self) -> int:
+        """Calls submitted and not taken yet: running, or ended and waiting for ``take``; abandoned ones aside."""
+        return self._submitted - self._taken - self._given_up
 
     def abandoned(self) -> int:
         """Abandoned calls that have not returned yet: each holds a thread."""
@@ -105,11 +109,15 @@ class CallPool(Generic[Call, Outcome]):
                 overdue.append((call, now - started))
         return overdue
 
-    def wait(self, timeout: float) -> bool:
-        """Blocks until a call ends or ``timeout`` passes; True if one ended."""
-        ended = self.call_ended.wait(timeout)
-        self.call_ended.clear()
-        return ended
+    def wait(self, timeout: float, count: int = 1) -> bool:
+        """Blocks until ``count`` ended calls wait to be taken, or ``timeout`` passes; True if they do."""
+        deadline = self._monotonic() + timeout
+        while len(self._ended) < count:
+            left = deadline - self._monotonic()
+            if left <= 0 or not self.call_ended.wait(left):
+                return False
+            self.call_ended.clear()
+        return True
 
     def shutdown(self) -> None:
         """Drops the calls still queued; each thread ends after the call it is running."""

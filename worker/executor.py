@@ -87,6 +87,11 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 HAND_BACK_SECONDS = 2.0
 
 
+# A loop turn with calls in flight and nothing else to do waits for this share of them, not for the first to return
+# (up to the loop's short poll): a turn per returned call spent a turn's round trips on one or two results, and took
+# the GIL from the calls still running. A lone call's result is recorded as soon as it returns.
+GATHER_SHARE = 4
+
 INTERNAL_STEPS_MAX = 8
 # The most ``_verify`` tasks in one job. A burst's checks then cost a store read and a call per system for each
 # batch, not for each request, and ``internal_limit`` jobs at once check up to this many times more requests.
@@ -199,9 +204,10 @@ class Executor:
     def busy(self) -> int:
         return len(self.in_flight)
 
-    def wait_for_call(self, timeout: float) -> bool:
-        """Blocks until a call in flight returns (its result can be recorded) or ``timeout`` passes."""
-        return self.pool.wait(timeout)
+    def wait_for_calls(self, timeout: float) -> bool:
+        """Blocks until a share of the calls in flight (``GATHER_SHARE``, at least one) returned, so that their
+        results can be recorded together, or ``timeout`` passes."""
+        return self.pool.wait(timeout, count=max(1, self.pool.outstanding() // GATHER_SHARE))
 
     def calls_running(self) -> int:
         """Calls that have not returned yet (``busy`` counts the returned ones until they are recorded)."""

@@ -117,13 +117,12 @@ class Loop:
         self.last_loop = time.monotonic()
         self._check_store(self.last_loop)
         self._consume()
-        # Results are recorded before the claim, and the relay gets a turn on each side of it: the receipts
-        # intake and the results just wrote leave while the claim runs, and a batch in flight is committed
-        # as soon as it is acknowledged, not a turn later.
+        # Results are recorded right before the claim, so a slot a result frees is taken again at once; the relay
+        # then sends what intake, the results and the claim wrote. A relay turn between the two (the receipts
+        # leaving while the claim ran) held every freed slot for its store and broker round trips: with one
+        # SQL system at its concurrency limit, about a tenth fewer requests a second (bench/README.md).
         with self.timed("results"):
             self._guarded("executor", self.executor.record)
-        with self.timed("relay"):
-            self._guarded("relay", self.relay.tick)
         with self.timed("claim"):
             self._guarded("executor", self.executor.launch)
         with self.timed("relay"):
@@ -207,17 +206,21 @@ class Loop:
         return self.reader.take(batch, held=self.intake_held)
 
     def _wait_for_work(self) -> float:
-        """With no command in hand: waits for a call in flight to end, if any; returns how long ``poll`` may
-        then wait for a command.
+        """With no command in hand: waits for calls in flight to end, or else for the relay's batch to be
+        acknowledged; returns how long ``poll`` may then wait for a command.
 
         With calls in flight, the turn that records their results is a request's latency: the loop waits
-        here for a call to return (up to ``BUSY_POLL_SECONDS``), and ``poll`` then only looks. While a relay
-        batch waits for the broker's acknowledgement, the relay's next tick is as close: a short poll.
+        here for some of them to return (``Executor.wait_for_calls``, up to ``BUSY_POLL_SECONDS``), and
+        ``poll`` then only looks. Otherwise, while a relay batch waits for the broker's acknowledgement, the
+        loop waits for that (``Relay.wait``, as long at most), and the next turn's relay commits it: a lone
+        request's receipts leave as soon as the broker has them. Calls first: a relay batch is in flight
+        after most busy turns.
         """
-        if self.relay.pending():
-            return BUSY_POLL_SECONDS
         if self.executor.busy():
-            self.executor.wait_for_call(BUSY_POLL_SECONDS)
+            self.executor.wait_for_calls(BUSY_POLL_SECONDS)
+            return 0
+        if self.relay.pending():
+            self.relay.wait(BUSY_POLL_SECONDS)
             return 0
         return self.settings.worker.poll_seconds
 

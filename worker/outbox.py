@@ -117,6 +117,16 @@ class Relay:
     def pending(self) -> bool:
         return self.in_flight is not None
 
+    def wait(self, timeout: float) -> None:
+        """Blocks until the broker answered for every record of the batch in flight (the next ``tick`` commits it)
+        or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight is not None and self.producer is not None and not self.in_flight.settled():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.producer.poll(left)
+
     # --- leadership ----------------------------------------------------------------------------
 
     def _keep_lease(self, now: datetime) -> None:

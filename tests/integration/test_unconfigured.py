@@ -84,7 +84,7 @@ def _turn(executor: Executor) -> None:
     for _ in range(500):
         if not executor.busy():
             return
-        executor.wait_for_call(0.05)
+        executor.wait_for_calls(0.05)
         executor.tick()
     raise AssertionError("the calls did not end")
 

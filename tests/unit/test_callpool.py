@@ -77,6 +77,49 @@ def test_wait_returns_false_when_no_call_ends() -> None:
     pool.shutdown()
 
 
+def test_wait_for_several_calls_returns_once_that_many_wait_to_be_taken() -> None:
+    gates = {name: threading.Event() for name in "abcd"}
+    pool: CallPool[str, str] = CallPool(4, lambda name: (gates[name].wait(5), name)[1], name="t")
+    for name in "abcd":
+        pool.submit(name)
+    assert pool.outstanding() == 4
+    gates["a"].set()
+    assert pool.wait(5.0)  # one is the default
+    assert pool.wait(0.05, count=2) is False  # b, c and d still run
+    threading.Timer(0.1, gates["b"].set).start()
+    started = time.monotonic()
+    assert pool.wait(5.0, count=2)
+    assert 0.05 <= time.monotonic() - started < 4.0  # woken by b's end, not by a's earlier one, nor the timeout
+    assert [name for name, _ in pool.take(10)] == ["a", "b"] and pool.outstanding() == 2
+    gates["c"].set()
+    gates["d"].set()
+    pool.shutdown()
+
+
+def test_the_executor_waits_for_a_share_of_its_calls_and_for_a_lone_one(tmp_path: Path) -> None:
+    """A busy loop's turn records a share of the calls in flight at once, not one or two each turn; a lone call's
+    result is recorded as soon as it returns."""
+    from worker.executor import GATHER_SHARE
+
+    executor = World(tmp_path).loop.executor
+    gates = {index: threading.Event() for index in range(2 * GATHER_SHARE + 1)}
+    executor.pool._run = lambda index: gates[index].wait(5)  # type: ignore[method-assign,assignment]
+    for index in range(2 * GATHER_SHARE):
+        executor.pool.submit(index)  # type: ignore[arg-type]
+    gates[0].set()
+    assert executor.wait_for_calls(0.1) is False  # one of eight returned: two are waited for
+    gates[1].set()
+    assert executor.wait_for_calls(5.0)
+    for index in range(2, 2 * GATHER_SHARE):
+        gates[index].set()
+    _until(lambda: executor.pool.running() == 0)
+    assert len(executor.pool.take(100)) == 2 * GATHER_SHARE
+    lone = 2 * GATHER_SHARE
+    executor.pool.submit(lone)  # type: ignore[arg-type]
+    threading.Timer(0.05, gates[lone].set).start()
+    assert executor.wait_for_calls(5.0)  # its own end is enough
+
+
 def test_shutdown_drops_the_queued_calls_and_lets_the_running_one_end() -> None:
     release, running = threading.Event(), threading.Event()
     ran: list[int] = []

@@ -161,8 +161,8 @@ def test_intake_hands_the_loop_back_when_its_turn_is_up_and_takes_the_rest_next_
     assert world.requests() == 1 and world.stored() == {4: 1}
     assert consumer.position(consumer.assignment())[4].offset == 1  # rewound to the first unrecorded
     assert not world.loop.intake_held and not world.loop.intake_stall.active and world.loop._ready()
-    world.until(lambda: world.stored() == {4: 4})
-    assert world.requests() == 3 and len(world.broker.records(world.topics.dlq)) == 1
+    world.until(lambda: world.stored() == {4: 4} and len(world.broker.records(world.topics.dlq)) == 1)
+    assert world.requests() == 3
 
 
 def test_a_store_that_fails_every_write_loses_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,7 +302,7 @@ def test_with_calls_in_flight_the_loop_waits_for_a_call_not_for_commands(tmp_pat
     world.send(subject_command(systems=["alpha"]), partition=0)
     world.until(lambda: world.loop.executor.busy() > 0)
     world.loop.executor.pool.call_ended.clear()
-    assert world.loop.executor.wait_for_call(10.0)  # woken by the call's end (0.3 s), not the timeout
+    assert world.loop.executor.wait_for_calls(10.0)  # woken by the call's end (0.3 s), not the timeout
     timeouts.clear()
     world.until(lambda: world.loop.executor.busy() == 0)
     assert timeouts and set(timeouts) == {0}

@@ -173,7 +173,7 @@ def test_a_burst_of_checks_takes_no_more_jobs_than_the_store_pool_has_connection
         deadline = time.monotonic() + 20
         while executor.busy() or executor.tick():
             assert time.monotonic() < deadline, "the checks never ended"
-            executor.wait_for_call(0.05)
+            executor.wait_for_calls(0.05)
             executor.tick()
     finally:
         executor.shutdown()
