@@ -123,6 +123,11 @@ def _rows_where(columns: Sequence[sa.Column[Any]], condition: Condition) -> sa.S
     return sa.select(*columns).where(condition)
 
 
+# At most this many counts (subjects times the tables the rules check) in one statement of a batch's checks:
+# SQLite allows 500 SELECTs in a compound one.
+COUNTS_PER_STATEMENT = 400
+
+
 def _cutoff(index: int) -> sa.BindParameter[Any]:
     """The bound last expired date of the retention of rule ``index`` (``SqlConnector._cutoffs``)."""
     return sa.bindparam(f"oubli_t{index}_cutoff")
@@ -195,37 +200,75 @@ class SqlConnector:
         return found
 
     def verify_many(self, subjects: Sequence[Subject]) -> list[Sequence[Residue] | ConnectorError]:
-        """On one connection, reflected once: a batch's checks cost a count per table and subject, no more."""
+        """On one connection, reflected once. The subjects of one shape are counted together: one statement for
+        all their tables (``_lefts``), not one for each subject and table, which cost SQLAlchemy's run of a
+        statement and a round trip each (the most of a burst's checks, py-spy)."""
         cutoffs = self._cutoffs(self._context.now().date())
-        results: list[Sequence[Residue] | ConnectorError] = []
+        bounds: list[_Bound | ConnectorError] = []
+        counts: dict[tuple[int, int], int] = {}  # (position in subjects, table index) -> rows left
         with self._guard("verification"), self._engine.connect() as conn:
             tables = self._reflect(conn)
             for subject in subjects:
                 try:
-                    bound = self._conditions(conn, tables, subject)
+                    bounds.append(self._conditions(conn, tables, subject))
                 except ConnectorError as exc:  # this subject's own (an ambiguous match): the others go on
-                    results.append(exc)
-                    continue
-                params = {**bound.params, **cutoffs}
-                found: list[Residue] = []
-                for index, rule in enumerate(self.config.tables):
-                    condition = bound.conditions.get(rule.table)
-                    if rule.erase == "keep":
-                        continue
-                    left = 0 if condition is None else int(conn.execute(
-                        self._cached((bound.shape, index, "left"),
-                                     partial(self._left, index, tables[rule.table], rule, condition)),
-                        params).scalar_one())
-                    found.append(Residue(rule.table, left))
-                results.append(found)
+                    bounds.append(exc)
+            checked = sum(rule.erase != "keep" for rule in self.config.tables)
+            together = max(1, COUNTS_PER_STATEMENT // max(1, checked))
+            by_shape: dict[_Shape, list[int]] = {}
+            for position, bound in enumerate(bounds):
+                if isinstance(bound, _Bound):
+                    by_shape.setdefault(bound.shape, []).append(position)
+            for shape, positions in by_shape.items():
+                for start in range(0, len(positions), together):
+                    chunk = positions[start:start + together]
+                    statement = self._cached((shape, "left", len(chunk)),
+                                             partial(self._lefts, tables, shape, len(chunk)))
+                    if statement is None:
+                        continue  # no table the rules check is reached by this shape
+                    params: dict[str, Any] = dict(cutoffs)
+                    for j, position in enumerate(chunk):
+                        bound = bounds[position]
+                        assert isinstance(bound, _Bound)  # noqa: S101 - by_shape holds bound subjects only
+                        params.update({f"{name}_{j}": value for name, value in bound.params.items()})
+                    for j, index, count in conn.execute(statement, params):
+                        counts[(chunk[j], index)] = int(count)
+        results: list[Sequence[Residue] | ConnectorError] = []
+        for position, bound in enumerate(bounds):
+            if isinstance(bound, ConnectorError):
+                results.append(bound)
+                continue
+            # A table the subject's conditions reach has its count, or this raises: never a silent zero.
+            results.append([Residue(rule.table, 0 if bound.conditions.get(rule.table) is None
+                                    else counts[(position, index)])
+                            for index, rule in enumerate(self.config.tables) if rule.erase != "keep"])
         return results
 
-    def _left(self, index: int, table: sa.Table, rule: TableRule, condition: Condition) -> sa.Select[Any]:
-        """The count of rows an erasure should have removed or unlinked (built once per shape and table, as the
-        erasure's statements are): ``delete`` and ``anonymise`` leave none that match (anonymised rows lose their
-        match columns); ``retain`` keeps rows within their date only, with the columns it nulls still null."""
+    def _lefts(self, tables: Mapping[str, sa.Table], shape: _Shape, subjects: int) -> sa.Executable | None:
+        """For ``subjects`` subjects of ``shape`` (their values bound with the suffixes ``_0``, ``_1``...), the rows
+        (subject, table index, count) of each table's rows that an erasure should have left none of; built once per
+        shape and number of subjects. None when the shape reaches no table the rules check."""
+        branches: list[sa.Select[int, int, int]] = []
+        number = partial(sa.literal_column, type_=sa.Integer)
+        for j in range(subjects):
+            conditions = self._build_conditions(tables, shape, suffix=f"_{j}")
+            for index, rule in enumerate(self.config.tables):
+                condition = conditions.get(rule.table)
+                if rule.erase == "keep" or condition is None:
+                    continue
+                table = tables[rule.table]
+                count = sa.select(number(str(j)), number(str(index)), sa.func.count())
+                branches.append(count.select_from(table).where(self._left(index, table, rule, condition)))
+        if len(branches) <= 1:
+            return branches[0] if branches else None
+        return sa.union_all(*branches)
+
+    def _left(self, index: int, table: sa.Table, rule: TableRule, condition: Condition) -> Condition:
+        """Which of a subject's rows an erasure should have removed or unlinked: ``delete`` and ``anonymise`` leave
+        none that match (anonymised rows lose their match columns); ``retain`` keeps rows within their date only,
+        with the columns it nulls still null."""
         if rule.retention is None:
-            return sa.select(sa.func.count()).select_from(table).where(condition)
+            return condition
         on = self._column(table, rule.retention.date_column)
         cutoff = _cutoff(index)
         left = sa.and_(condition, on <= cutoff)
@@ -233,7 +276,7 @@ class SqlConnector:
         if nulled:
             kept = sa.and_(condition, sa.or_(on > cutoff, on.is_(None)))
             left = sa.or_(left, sa.and_(kept, sa.or_(*(c.is_not(None) for c in nulled))))
-        return sa.select(sa.func.count()).select_from(table).where(left)
+        return left
 
     def sightings(self) -> Iterator[Sighting]:
         with self._guard("resurrection scan"), self._engine.connect() as conn:
@@ -280,19 +323,21 @@ class SqlConnector:
                 params[f"oubli_t{index}_phones"] = phones
         return _Bound(shape, conditions, params)
 
-    def _build_conditions(self, tables: Mapping[str, sa.Table], shape: _Shape) -> dict[str, Condition | None]:
+    def _build_conditions(self, tables: Mapping[str, sa.Table], shape: _Shape,
+                          suffix: str = "") -> dict[str, Condition | None]:
+        """Each table's condition, its values bound as ``_conditions`` names them, plus ``suffix``."""
         conditions: dict[str, Condition | None] = {}
         for index, rule in enumerate(self.config.tables):  # parents first, so a via finds its parent's condition
             table, match = tables[rule.table], rule.match
             parts: list[Condition] = []
             if match.customer_id and shape.keys:
-                keys: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_keys", expanding=True)
+                keys: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_keys{suffix}", expanding=True)
                 parts.append(self._column(table, match.customer_id).in_(keys))
             if match.email and shape.emails:
                 column = self._column(table, match.email)
-                parts.append(sql_email.bound_condition(column, f"oubli_t{index}_emails"))
+                parts.append(sql_email.bound_condition(column, f"oubli_t{index}_emails{suffix}"))
             if match.phone and shape.phones:
-                phones: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_phones", expanding=True)
+                phones: sa.BindParameter[Any] = sa.bindparam(f"oubli_t{index}_phones{suffix}", expanding=True)
                 parts.append(self._column(table, match.phone).in_(phones))
             parent_condition = conditions.get(match.via.table) if match.via is not None else None
             if match.via is not None and parent_condition is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import date
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connectors import orders_db
+from connectors import orders_db, sql
 from connectors.sql import SqlConnector
 from devkit.sampledata import SCHEMAS, Bundle, bundle
 from tests.conformance import ConnectorConformance, MemoryExportWriter
@@ -286,3 +287,31 @@ def test_sample_schema_has_every_category_of_the_policy() -> None:
         "company_contact",
         "classification",
     } <= customer_columns
+
+
+@pytest.mark.parametrize("together", [sql.COUNTS_PER_STATEMENT, 9])
+def test_a_batch_of_checks_counts_what_each_subjects_own_check_counts(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch, together: int) -> None:
+    """``verify_many`` counts the batch's subjects of one shape in one statement (``UNION ALL``), by as many at once
+    as ``COUNTS_PER_STATEMENT`` allows (9: fewer than orders_db checks tables, so one subject a statement). Erased,
+    untouched and unknown subjects, with a customer id or by email alone: each finds what its own check finds, and
+    holds data exactly when the rows say so."""
+    monkeypatch.setattr(sql, "COUNTS_PER_STATEMENT", together)
+    h = SqlHarness("orders_db", pg_url, lambda url: make_connector(url, match_by_email=True), holds_orders,
+                   has_orders_and_invoices)
+    try:
+        subjects = [h.subject_with_data() for _ in range(6)]
+        for erased in subjects[:3]:
+            h.connector.erase(erased)
+        by_email = dataclasses.replace(subjects[4], customer_id="")
+        unknown = dataclasses.replace(subjects[0], customer_id="C-nobody", emails=("nobody@example.com",))
+        batch = [*subjects, by_email, unknown]
+        assert isinstance(h.connector, sql.SqlConnector)
+        found = h.connector.verify_many(batch)
+        assert found == [h.connector.verify(s) for s in batch]
+        with h.engine.connect() as conn:
+            holds = [holds_orders(conn, s) for s in batch]
+        assert holds == [False, False, False, True, True, True, True, False]
+        assert [any(r.count for r in f) for f in found] == holds  # type: ignore[union-attr]
+    finally:
+        h.close()
