@@ -77,7 +77,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "retention_rule_swept": "one retention rule was swept (counts only)",
     "retention_subjects_invalid": "a rule's expired subjects no valid command can name, left for a person (a count)",
     # Verification and the resurrection scan (worker.verification)
-    "verified": "an erasure's verification found nothing left in any checked system; tombstones laid (counts)",
+    "verified": "an erasure's verification found nothing left in any checked system; tombstones laid (counts; at "
+                "debug, as the audit trail has it)",
     "verification_failed": "an erasure's verification found data left: those systems reopened as failed",
     "resurrection_scan_finished": "oubli verify ended: rows scanned, rows and subjects found again, erasures sent",
     # Web callbacks (worker.web)
