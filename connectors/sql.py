@@ -257,8 +257,8 @@ class SqlConnector:
                 if rule.erase == "keep" or condition is None:
                     continue
                 table = tables[rule.table]
-                count = sa.select(number(str(j)), number(str(index)), sa.func.count())
-                branches.append(count.select_from(table).where(self._left(index, table, rule, condition)))
+                branch = sa.select(number(str(j)), number(str(index)), sa.func.count())
+                branches.append(branch.select_from(table).where(self._left(index, table, rule, condition)))
         if len(branches) <= 1:
             return branches[0] if branches else None
         return sa.union_all(*branches)

@@ -110,14 +110,18 @@ class CallPool(Generic[Call, Outcome]):
         return overdue
 
     def wait(self, timeout: float, count: int = 1) -> bool:
-        """Blocks until ``count`` ended calls wait to be taken, or ``timeout`` passes; True if they do."""
+        """Blocks until a call ends and ``count`` ended calls wait to be taken, or ``timeout`` passes; True if so.
+
+        A call must have ended since the last wait: ended calls the loop cannot take (the store is out) do not
+        make it return at once, turn after turn."""
         deadline = self._monotonic() + timeout
-        while len(self._ended) < count:
-            left = deadline - self._monotonic()
-            if left <= 0 or not self.call_ended.wait(left):
-                return False
+        while True:
+            ended = self.call_ended.wait(max(0.0, deadline - self._monotonic()))
             self.call_ended.clear()
-        return True
+            if not ended:
+                return False
+            if len(self._ended) >= count:
+                return True
 
     def shutdown(self) -> None:
         """Drops the calls still queued; each thread ends after the call it is running."""

@@ -119,8 +119,7 @@ class Loop:
         self._consume()
         # Results are recorded right before the claim, so a slot a result frees is taken again at once; the relay
         # then sends what intake, the results and the claim wrote. A relay turn between the two (the receipts
-        # leaving while the claim ran) held every freed slot for its store and broker round trips: with one
-        # SQL system at its concurrency limit, about a tenth fewer requests a second (bench/README.md).
+        # leaving while the claim ran) held every freed slot for its store and broker round trips.
         with self.timed("results"):
             self._guarded("executor", self.executor.record)
         with self.timed("claim"):
@@ -220,8 +219,8 @@ class Loop:
             self.executor.wait_for_calls(BUSY_POLL_SECONDS)
             return 0
         if self.relay.pending():
-            self.relay.wait(BUSY_POLL_SECONDS)
-            return 0
+            # A batch whose commit is held back waits in the short poll instead: the loop never spins.
+            return 0 if self.relay.wait(BUSY_POLL_SECONDS) else BUSY_POLL_SECONDS
         return self.settings.worker.poll_seconds
 
     def _record(self, batch: Sequence[Record]) -> None:

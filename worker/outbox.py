@@ -117,15 +117,20 @@ class Relay:
     def pending(self) -> bool:
         return self.in_flight is not None
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         """Blocks until the broker answered for every record of the batch in flight (the next ``tick`` commits it)
-        or ``timeout`` passes."""
+        or ``timeout`` passes. False, at once, for a batch already answered for: its commit is held back (still
+        under way at the broker, or after a call that timed out), and waiting here would not end sooner."""
+        batch = self.in_flight
+        if batch is None or self.producer is None or batch.settled():
+            return False
         deadline = time.monotonic() + timeout
-        while self.in_flight is not None and self.producer is not None and not self.in_flight.settled():
+        while not batch.settled():
             left = deadline - time.monotonic()
-            if left <= 0:
-                return
+            if left <= 0 or self.producer is None:
+                return False
             self.producer.poll(left)
+        return True
 
     # --- leadership ----------------------------------------------------------------------------
 

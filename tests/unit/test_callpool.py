@@ -96,6 +96,18 @@ def test_wait_for_several_calls_returns_once_that_many_wait_to_be_taken() -> Non
     pool.shutdown()
 
 
+def test_ended_calls_left_untaken_do_not_end_every_wait_at_once() -> None:
+    """The loop cannot take results while the store is out: its next waits still last, so it does not spin."""
+    pool: CallPool[int, int] = CallPool(1, lambda n: n, name="t")
+    pool.submit(1)
+    assert pool.wait(5.0)
+    started = time.monotonic()
+    assert pool.wait(0.05) is False and pool.wait(0.05) is False
+    assert time.monotonic() - started >= 0.09
+    assert pool.take(10) == [(1, 1)]
+    pool.shutdown()
+
+
 def test_the_executor_waits_for_a_share_of_its_calls_and_for_a_lone_one(tmp_path: Path) -> None:
     """A busy loop's turn records a share of the calls in flight at once, not one or two each turn; a lone call's
     result is recorded as soon as it returns."""

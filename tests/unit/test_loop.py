@@ -429,3 +429,17 @@ def test_the_loop_counts_each_step_s_wall_and_cpu_time_and_waiting_shows_as_thei
         assert spent[step, "wall"] > 0 and 0 <= spent[step, "cpu"] <= spent[step, "wall"] + 0.01, (step, spent)
     assert spent["claim", "wall"] - spent["claim", "cpu"] >= 0.3  # at least one turn's claim slept 0.3 s
     assert spent["claim", "cpu"] < 0.3 and spent["claim", "wall"] > spent["results", "wall"] + 0.25
+
+
+def test_a_relay_batch_already_acknowledged_gets_the_short_poll_not_a_spin(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no call in flight, the loop waits for the relay's acknowledgement; a batch already acknowledged whose
+    commit is held back (a broker that timed out) gets the short poll, so the loop does not turn without a pause."""
+    from worker.loop import BUSY_POLL_SECONDS
+
+    loop = World(tmp_path).loop
+    monkeypatch.setattr(loop.relay, "pending", lambda: True)
+    monkeypatch.setattr(loop.relay, "wait", lambda timeout: True)
+    assert loop._wait_for_work() == 0  # acknowledged while it waited: the next turn commits it at once
+    monkeypatch.setattr(loop.relay, "wait", lambda timeout: False)
+    assert loop._wait_for_work() == BUSY_POLL_SECONDS
