@@ -203,9 +203,7 @@ class SqlConnector:
         """On one connection, reflected once. The subjects of one shape are counted together: one statement for
         all their tables (``_lefts``), not one for each subject and table, which cost SQLAlchemy's run of a
         statement and a round trip each (the most of a burst's checks, py-spy)."""
-        cutoffs = self._cutoffs(self._context.now().date())
         bounds: list[_Bound | ConnectorError] = []
-        counts: dict[tuple[int, int], int] = {}  # (position in subjects, table index) -> rows left
         with self._guard("verification"), self._engine.connect() as conn:
             tables = self._reflect(conn)
             for subject in subjects:
@@ -213,26 +211,7 @@ class SqlConnector:
                     bounds.append(self._conditions(conn, tables, subject))
                 except ConnectorError as exc:  # this subject's own (an ambiguous match): the others go on
                     bounds.append(exc)
-            checked = sum(rule.erase != "keep" for rule in self.config.tables)
-            together = max(1, COUNTS_PER_STATEMENT // max(1, checked))
-            by_shape: dict[_Shape, list[int]] = {}
-            for position, bound in enumerate(bounds):
-                if isinstance(bound, _Bound):
-                    by_shape.setdefault(bound.shape, []).append(position)
-            for shape, positions in by_shape.items():
-                for start in range(0, len(positions), together):
-                    chunk = positions[start:start + together]
-                    statement = self._cached((shape, "left", len(chunk)),
-                                             partial(self._lefts, tables, shape, len(chunk)))
-                    if statement is None:
-                        continue  # no table the rules check is reached by this shape
-                    params: dict[str, Any] = dict(cutoffs)
-                    for j, position in enumerate(chunk):
-                        bound = bounds[position]
-                        assert isinstance(bound, _Bound)  # noqa: S101 - by_shape holds bound subjects only
-                        params.update({f"{name}_{j}": value for name, value in bound.params.items()})
-                    for j, index, count in conn.execute(statement, params):
-                        counts[(chunk[j], index)] = int(count)
+            counts = self._count_lefts(conn, tables, bounds)
         results: list[Sequence[Residue] | ConnectorError] = []
         for position, bound in enumerate(bounds):
             if isinstance(bound, ConnectorError):
@@ -243,6 +222,32 @@ class SqlConnector:
                                     else counts[(position, index)])
                             for index, rule in enumerate(self.config.tables) if rule.erase != "keep"])
         return results
+
+    def _count_lefts(self, conn: sa.Connection, tables: Mapping[str, sa.Table],
+                     bounds: Sequence[_Bound | ConnectorError]) -> dict[tuple[int, int], int]:
+        """(position in ``bounds``, table index) -> the rows left that an erasure should have removed or unlinked,
+        for every subject bound and table its conditions reach: a statement for each shape, or for each
+        ``COUNTS_PER_STATEMENT`` counts of it."""
+        cutoffs = self._cutoffs(self._context.now().date())
+        checked = sum(rule.erase != "keep" for rule in self.config.tables)
+        together = max(1, COUNTS_PER_STATEMENT // max(1, checked))
+        by_shape: dict[_Shape, list[tuple[int, _Bound]]] = {}
+        for position, bound in enumerate(bounds):
+            if isinstance(bound, _Bound):
+                by_shape.setdefault(bound.shape, []).append((position, bound))
+        counts: dict[tuple[int, int], int] = {}
+        for shape, members in by_shape.items():
+            for start in range(0, len(members), together):
+                chunk = members[start:start + together]
+                statement = self._cached((shape, "left", len(chunk)), partial(self._lefts, tables, shape, len(chunk)))
+                if statement is None:
+                    continue  # no table the rules check is reached by this shape
+                params: dict[str, Any] = dict(cutoffs)
+                for j, (_, bound) in enumerate(chunk):
+                    params.update({f"{name}_{j}": value for name, value in bound.params.items()})
+                for j, index, count in conn.execute(statement, params):
+                    counts[(chunk[j][0], index)] = int(count)
+        return counts
 
     def _lefts(self, tables: Mapping[str, sa.Table], shape: _Shape, subjects: int) -> sa.Executable | None:
         """For ``subjects`` subjects of ``shape`` (their values bound with the suffixes ``_0``, ``_1``...), the rows
