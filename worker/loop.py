@@ -219,8 +219,9 @@ class Loop:
             self.executor.wait_for_calls(BUSY_POLL_SECONDS)
             return 0
         if self.relay.pending():
-            # A batch whose commit is held back waits in the short poll instead: the loop never spins.
-            return 0 if self.relay.wait(BUSY_POLL_SECONDS) else BUSY_POLL_SECONDS
+            # A batch whose commit is held back waits in the short poll instead: the loop never spins. Guarded as
+            # the relay's turns are: the producer's poll runs its callbacks, and a failure there must not stop intake.
+            return 0 if self._guarded("relay", lambda: self.relay.wait(BUSY_POLL_SECONDS)) else BUSY_POLL_SECONDS
         return self.settings.worker.poll_seconds
 
     def _record(self, batch: Sequence[Record]) -> None:
@@ -379,8 +380,9 @@ class Loop:
             self.store_stall.recovered()
             self.intake_stall.retry_at = now  # the record intake could not write is tried at once
 
-    def _guarded(self, name: str, step: Callable[[], Any], *, gated: bool = True) -> None:
-        """Runs one store-backed step of the loop. No failure of it stops the worker but a fatal Kafka one.
+    def _guarded(self, name: str, step: Callable[[], Any], *, gated: bool = True) -> Any:
+        """Runs one store-backed step of the loop and returns what it returns (None when it failed or was held).
+        No failure of it stops the worker but a fatal Kafka one.
 
         A store outage holds every store step until the probe in ``_check_store`` passes. Any other error is
         logged by type and place (never its message, which may quote personal data), counted in
@@ -390,9 +392,9 @@ class Loop:
         stall = self.step_stalls.setdefault(name, self._stall())
         now = time.monotonic()
         if gated and (self.store_stall.active or not stall.due(now)):
-            return
+            return None
         try:
-            step()
+            result = step()
         except Exception as exc:  # noqa: BLE001 - see the docstring: one bad row must not crash-loop the fleet
             if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError) \
                     and exc.args[0].fatal():
@@ -407,8 +409,9 @@ class Loop:
                 wait = stall.failed(now)
                 metrics.LOOP_ERRORS.labels(name, kind).inc()
                 log.error("loop_step_failed", step=name, error_type=kind, site=error_site(exc), retry_in=round(wait, 1))
-            return
+            return None
         stall.recovered()
+        return result
 
     def _live(self) -> bool:
         return time.monotonic() - self.last_loop < 60

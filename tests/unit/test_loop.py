@@ -443,3 +443,9 @@ def test_a_relay_batch_already_acknowledged_gets_the_short_poll_not_a_spin(tmp_p
     assert loop._wait_for_work() == 0  # acknowledged while it waited: the next turn commits it at once
     monkeypatch.setattr(loop.relay, "wait", lambda timeout: False)
     assert loop._wait_for_work() == BUSY_POLL_SECONDS
+
+    def broken(timeout: float) -> bool:
+        raise RuntimeError("a producer callback failed")
+
+    monkeypatch.setattr(loop.relay, "wait", broken)  # counted and backed off as a relay step, not raised
+    assert loop._wait_for_work() == BUSY_POLL_SECONDS
